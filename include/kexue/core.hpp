@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// Types shared by every kernel family: index type, row-major matrices, the error type and
+/// the strided 4-D view used by the batched [batch, heads, seq, dim] forms.
+
+#include <Eigen/Core>
+
+#include <array>
+#include <cstddef>
+#include <stdexcept>
+#include <type_traits>
+
+#include "kexue/version.hpp"
+
+namespace kexue {
+
+/// Signed index type used for every size, position and stride.
+using Index = std::ptrdiff_t;
+
+/// Row-major dynamic matrix: the layout every kernel reads and writes.
+template <class T>
+using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// Dynamic column vector (bias vectors, gains, flat data).
+template <class T>
+using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+/// Thrown for bad input before any output is written; the message names the function,
+/// the argument and the shapes involved.
+struct Error : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+/// A strided view of a 4-D tensor [batch, heads, seq, dim] with unit stride along dim.
+/// T may be const-qualified for inputs. Strides are in elements, not bytes.
+template <class T>
+struct TensorView {
+  T* data = nullptr;
+  std::array<Index, 4> shape{0, 0, 0, 0};    ///< batch, heads, seq, dim
+  std::array<Index, 3> strides{0, 0, 0};     ///< elements between consecutive batch, head, seq entries
+
+  TensorView() = default;
+  TensorView(T* data_, std::array<Index, 4> shape_, std::array<Index, 3> strides_)
+      : data(data_), shape(shape_), strides(strides_) {}
+  /// Converts a mutable view to a const one.
+  template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
+  TensorView(const TensorView<U>& other) : data(other.data), shape(other.shape), strides(other.strides) {}
+
+  /// A densely packed [batch, heads, seq, dim] buffer.
+  static TensorView contiguous(T* data_, Index batch, Index heads, Index seq, Index dim) {
+    return TensorView(data_, {batch, heads, seq, dim}, {heads * seq * dim, seq * dim, dim});
+  }
+  /// A densely packed [batch, seq, heads, dim] buffer (the layout a fused projection produces),
+  /// viewed as [batch, heads, seq, dim].
+  static TensorView seq_major(T* data_, Index batch, Index seq, Index heads, Index dim) {
+    return TensorView(data_, {batch, heads, seq, dim}, {seq * heads * dim, dim, heads * dim});
+  }
+
+  Index batch() const { return shape[0]; }
+  Index heads() const { return shape[1]; }
+  Index seq() const { return shape[2]; }
+  Index dim() const { return shape[3]; }
+  /// Pointer to the first element of row (b, h, s).
+  T* row(Index b, Index h, Index s) const { return data + b * strides[0] + h * strides[1] + s * strides[2]; }
+  /// The (b, h) slice as an Eigen map [seq, dim] with the seq stride.
+  Eigen::Map<std::conditional_t<std::is_const<T>::value, const Matrix<std::remove_const_t<T>>, Matrix<T>>, 0,
+             Eigen::OuterStride<>>
+  matrix(Index b, Index h) const {
+    return {row(b, h, 0), shape[2], shape[3], Eigen::OuterStride<>(strides[2])};
+  }
+};
+
+}  // namespace kexue
+
+// The SIMD layer needs the types above; including it here lets simd_arch() be public without a header of its own.
+#include "kexue/detail/simd.hpp"
+
+namespace kexue {
+/// Name of the instruction set the kernels were compiled for in this translation unit (e.g. "fma3+avx2").
+inline const char* simd_arch() { return detail::simd_arch_name(); }
+}  // namespace kexue

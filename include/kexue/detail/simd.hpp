@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// The only file besides detail/simd_*.hpp that talks to xsimd. It pins the architecture (the best one the
+// compiler was told it may use, e.g. fma3<avx2> under -march=native or -mavx2 -mfma) and shims the few
+// calls that differ between xsimd 8.1 (Debian 12) and 9.x-14.x (what FetchContent users get).
+
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include <cstddef>
+
+namespace kexue {
+using Index = std::ptrdiff_t;  // the same alias as core.hpp, which includes this file
+}  // namespace kexue
+
+namespace kexue::detail {
+
+using Arch = xsimd::default_arch;
+template <class T>
+using Batch = xsimd::batch<T, Arch>;
+template <class T>
+using BatchBool = xsimd::batch_bool<T, Arch>;
+
+/// Lanes of one register for T (8 floats / 4 doubles on AVX2).
+template <class T>
+constexpr Index kLanes = static_cast<Index>(Batch<T>::size);
+
+/// Name of the instruction set the kernels were compiled for ("fma3+avx2", "sse2", ...).
+inline const char* simd_arch_name() { return Arch::name(); }
+
+template <class T>
+inline T reduce_add(const Batch<T>& b) {
+#if XSIMD_VERSION_MAJOR >= 9
+  return xsimd::reduce_add(b);
+#else
+  return xsimd::hadd(b);
+#endif
+}
+
+template <class T>
+inline T reduce_max(const Batch<T>& b) {
+#if XSIMD_VERSION_MAJOR >= 9
+  return xsimd::reduce_max(b);
+#else
+  alignas(64) T lanes[Batch<T>::size];
+  b.store_unaligned(lanes);
+  T m = lanes[0];
+  for (std::size_t i = 1; i < Batch<T>::size; ++i) m = lanes[i] > m ? lanes[i] : m;
+  return m;
+#endif
+}
+
+template <class T>
+inline Batch<T> load(const T* p) {
+  return Batch<T>::load_unaligned(p);
+}
+template <class T>
+inline void store(T* p, const Batch<T>& b) {
+  b.store_unaligned(p);
+}
+
+// ---- row helpers: pointer + length, SIMD body, scalar tail ------------------------------------------------
+
+/// sum_i a[i] * b[i]. Four independent accumulators: an FMA has 4-5 cycles of latency and two issue ports,
+/// so one accumulator would run at a quarter of peak.
+template <class T>
+inline T dot(const T* a, const T* b, Index n) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
+  Index i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    s0 = xsimd::fma(load(a + i), load(b + i), s0);
+    s1 = xsimd::fma(load(a + i + L), load(b + i + L), s1);
+    s2 = xsimd::fma(load(a + i + 2 * L), load(b + i + 2 * L), s2);
+    s3 = xsimd::fma(load(a + i + 3 * L), load(b + i + 3 * L), s3);
+  }
+  for (; i + L <= n; i += L) s0 = xsimd::fma(load(a + i), load(b + i), s0);
+  T s = reduce_add<T>((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+/// y[i] += alpha * x[i].
+template <class T>
+inline void axpy(T alpha, const T* x, T* y, Index n) {
+  constexpr Index L = kLanes<T>;
+  const Batch<T> va(alpha);
+  Index i = 0;
+  for (; i + L <= n; i += L) store(y + i, xsimd::fma(va, load(x + i), load(y + i)));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+/// x[i] *= alpha.
+template <class T>
+inline void scale(T alpha, T* x, Index n) {
+  constexpr Index L = kLanes<T>;
+  const Batch<T> va(alpha);
+  Index i = 0;
+  for (; i + L <= n; i += L) store(x + i, load(x + i) * va);
+  for (; i < n; ++i) x[i] *= alpha;
+}
+
+/// max_i x[i]; -inf for n == 0. NaN entries are ignored.
+template <class T>
+inline T row_max(const T* x, Index n) {
+  constexpr Index L = kLanes<T>;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  Batch<T> m0(ninf), m1(ninf);
+  Index i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    m0 = xsimd::max(m0, load(x + i));
+    m1 = xsimd::max(m1, load(x + i + L));
+  }
+  for (; i + L <= n; i += L) m0 = xsimd::max(m0, load(x + i));
+  T m = reduce_max<T>(xsimd::max(m0, m1));
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+/// sum_i x[i].
+template <class T>
+inline T row_sum(const T* x, Index n) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> s0(T(0)), s1(T(0));
+  Index i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    s0 += load(x + i);
+    s1 += load(x + i + L);
+  }
+  for (; i + L <= n; i += L) s0 += load(x + i);
+  T s = reduce_add<T>(s0 + s1);
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+/// x[i] = exp(x[i] - shift), returning the sum of the new values. exp(-inf) = 0.
+template <class T>
+inline T exp_shift_sum(T* x, T shift, Index n) {
+  constexpr Index L = kLanes<T>;
+  const Batch<T> vs(shift);
+  Batch<T> s0(T(0));
+  Index i = 0;
+  for (; i + L <= n; i += L) {
+    const Batch<T> e = xsimd::exp(load(x + i) - vs);
+    store(x + i, e);
+    s0 += e;
+  }
+  T s = reduce_add<T>(s0);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - shift);
+    s += x[i];
+  }
+  return s;
+}
+
+/// In-place softmax of one row. A row with no finite maximum (empty, or every entry -inf) becomes zeros:
+/// it has no visible key, and exp(-inf - (-inf)) would be NaN.
+template <class T>
+inline void softmax_row(T* x, Index n) {
+  const T m = row_max(x, n);
+  if (!(m > -std::numeric_limits<T>::infinity())) {
+    std::fill(x, x + n, T(0));
+    return;
+  }
+  if (m == std::numeric_limits<T>::infinity()) {
+    // +inf logits share the whole mass; everything else gets 0.
+    Index count = 0;
+    for (Index i = 0; i < n; ++i) count += x[i] == m;
+    for (Index i = 0; i < n; ++i) x[i] = x[i] == m ? T(1) / T(count) : T(0);
+    return;
+  }
+  const T s = exp_shift_sum(x, m, n);
+  scale(T(1) / s, x, n);
+}
+
+}  // namespace kexue::detail

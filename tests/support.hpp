@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Shared test utilities: error metrics, random data, NaN-padded buffers for SIMD edge tests.
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "catch_compat.hpp"
+#include "kexue/core.hpp"
+
+namespace kexue_test {
+
+using kexue::Index;
+
+/// Normalised squared error sum (a-b)^2 / max(sum b^2, tiny), the metric ggml's backend tests use.
+/// Entries where both are equal (including both +-inf) contribute 0; a NaN or a mismatched inf gives inf.
+template <class A, class B>
+double nmse(const A& a, const B& b) {
+  double num = 0, den = 0;
+  for (Index i = 0; i < static_cast<Index>(b.size()); ++i) {
+    const double x = static_cast<double>(a.data()[i]), y = static_cast<double>(b.data()[i]);
+    if (x == y) {
+      if (std::isfinite(y)) den += y * y;
+      continue;
+    }
+    if (!std::isfinite(x) || !std::isfinite(y)) return std::numeric_limits<double>::infinity();
+    num += (x - y) * (x - y);
+    den += y * y;
+  }
+  return num / std::max(den, 1e-300);
+}
+
+/// max |a - b| over entries that are not equal (inf == inf counts as equal).
+template <class A, class B>
+double max_abs_diff(const A& a, const B& b) {
+  double m = 0;
+  for (Index i = 0; i < static_cast<Index>(b.size()); ++i) {
+    const double x = static_cast<double>(a.data()[i]), y = static_cast<double>(b.data()[i]);
+    if (x == y) continue;
+    if (std::isnan(x) || std::isnan(y) || !std::isfinite(x) || !std::isfinite(y))
+      return std::numeric_limits<double>::infinity();
+    m = std::max(m, std::abs(x - y));
+  }
+  return m;
+}
+
+/// Default NMSE bound for a kernel in precision T: ~ (c * eps)^2.
+template <class T>
+constexpr double nmse_bound() {
+  return std::is_same<T, float>::value ? 1e-10 : 1e-24;
+}
+
+/// Uniform values in [lo, hi) from a fixed seed.
+template <class T>
+std::vector<T> random_values(Index n, std::uint32_t seed, T lo = T(-1), T hi = T(1)) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<T> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = static_cast<T>(dist(gen));
+  return v;
+}
+
+/// A buffer whose data starts `offset` elements into an allocation surrounded by NaN, so a kernel that
+/// reads past its data or depends on alignment shows up as a NaN in the result.
+template <class T>
+struct PaddedBuffer {
+  static constexpr Index kGuard = 64;
+  std::vector<T> storage;
+  Index offset;
+  PaddedBuffer(Index n, Index offset_ = 0)
+      : storage(static_cast<std::size_t>(n + 2 * kGuard + offset_), std::numeric_limits<T>::quiet_NaN()),
+        offset(offset_) {}
+  T* data() { return storage.data() + kGuard + offset; }
+  /// True when the guard regions still hold NaN (nothing wrote past the data).
+  bool guards_intact(Index n) const {
+    for (Index i = 0; i < kGuard + offset; ++i)
+      if (!std::isnan(storage[static_cast<std::size_t>(i)])) return false;
+    for (std::size_t i = static_cast<std::size_t>(kGuard + offset + n); i < storage.size(); ++i)
+      if (!std::isnan(storage[i])) return false;
+    return true;
+  }
+};
+
+/// The sizes every SIMD helper is swept over: around 0, one register, and several registers.
+inline std::vector<Index> lane_sizes(Index lanes) {
+  return {0, 1, 3, 7, lanes - 1, lanes, lanes + 1, 2 * lanes + 1, 3 * lanes, 8 * lanes + 2};
+}
+
+}  // namespace kexue_test
