@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include <cstddef>
 
@@ -136,7 +137,21 @@ inline T row_sum(const T* x, Index n) {
   return s;
 }
 
-/// x[i] = exp(x[i] - shift), returning the sum of the new values. exp(-inf) = 0.
+/// Below this argument exp underflows to 0 in T. Arguments are clamped to it first: xsimd 8.1's double exp
+/// converts its argument to an integer in scalar code, which is undefined behaviour for -inf or -1e30
+/// (found by fuzz/fuzz_core.cpp).
+template <class T>
+constexpr T kExpUnderflow = std::is_same<T, float>::value ? T(-110) : T(-760);
+
+/// exp(x) for x <= 0 (softmax arguments after subtracting the max); -inf and huge negatives give 0.
+/// The argument is clamped to [kExpUnderflow, 0]; max(x, lo) returns lo for a NaN x (vmaxps returns its
+/// second operand), so even NaN input cannot reach xsimd's integer conversion.
+template <class T>
+inline Batch<T> exp_nonpositive(const Batch<T>& x) {
+  return xsimd::exp(xsimd::min(xsimd::max(x, Batch<T>(kExpUnderflow<T>)), Batch<T>(T(0))));
+}
+
+/// x[i] = exp(x[i] - shift), returning the sum of the new values. exp(-inf) = 0. Requires x[i] <= shift.
 template <class T>
 inline T exp_shift_sum(T* x, T shift, Index n) {
   constexpr Index L = kLanes<T>;
@@ -144,7 +159,7 @@ inline T exp_shift_sum(T* x, T shift, Index n) {
   Batch<T> s0(T(0));
   Index i = 0;
   for (; i + L <= n; i += L) {
-    const Batch<T> e = xsimd::exp(load(x + i) - vs);
+    const Batch<T> e = exp_nonpositive(load(x + i) - vs);
     store(x + i, e);
     s0 += e;
   }
