@@ -1,0 +1,387 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// Fused attention with the three normalisations of bert4keras' attention_normalize (SPEC.md 3.3):
+/// softmax, the entropy-invariant softmax_plus (SPEC 3.4) and squared ReLU (SPEC 3.1, 3.4), plus the
+/// concentration diagnostics of SPEC 5.1 (row entropy, l1/l2 sparsity).
+///
+/// For query row i (0-based) of n and keys j of m, key j is *visible* to row i when
+///   j < key_length  and  key_mask[j] != 0 (if a mask is given)  and  (not causal or j <= i + m - n).
+/// l_i is the number of keys visible to row i, and a_ij = scale * q_i . k_j (scale defaults to 1/sqrt(d)).
+///   Softmax:      A_ij = softmax_j over visible keys of a_ij
+///   SoftmaxPlus:  A_ij = softmax_j of a_ij * ln(max(l_i, min_length)) / ln(train_length)
+///   SquaredRelu:  A_ij = relu(a_ij)^2 / L_i,  L_i = relu2_length if set, else l_i
+/// and out_i = sum_j A_ij v_j. A row that sees no key is zero (not NaN, unlike bert4keras' 0/0).
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <type_traits>
+
+#include "kexue/core.hpp"
+#include "kexue/detail/attention_kernel.hpp"
+#include "kexue/detail/check.hpp"
+#include "kexue/detail/view.hpp"
+
+namespace kexue {
+
+/// How a row of logits becomes attention weights (SPEC 3.3).
+enum class Normalization {
+  Softmax,      ///< ordinary softmax over the visible keys
+  SoftmaxPlus,  ///< entropy-invariant softmax: logits * ln(max(l, min_length)) / ln(train_length) (bert4keras)
+  SquaredRelu,  ///< relu(logits)^2 / L with L = relu2_length or the row's visible-key count l (GAU)
+};
+
+/// Options of attention(); the defaults are bert4keras' (min_length 16 since its commit 988e899, SPEC 3.3).
+struct AttentionOptions {
+  Normalization normalization = Normalization::Softmax;
+  bool causal = false;                 ///< query i sees keys j <= i + (m - n)  (bottom-right aligned, KV-cache friendly)
+  std::optional<double> scale;         ///< logits = scale * q.k ; default 1/sqrt(d)
+  std::optional<Index> key_length;     ///< keys [key_length, m) are padding; default m
+  Index train_length = 512;            ///< SoftmaxPlus: logits *= ln(max(l, min_length)) / ln(train_length)
+  Index min_length = 16;               ///<   l = number of keys visible to that query row
+  std::optional<Index> relu2_length;   ///< SquaredRelu: A = relu(logits)^2 / L, L = this fixed n, default l
+};
+
+/// A per-key visibility mask of length m (nonzero / true = the key may be attended to). It refers to the
+/// caller's contiguous bool or byte buffer (std::vector<std::uint8_t>, std::array<bool, N>, a pointer + size,
+/// an Eigen vector of bool or uint8); std::vector<bool> is not contiguous and is not accepted.
+class KeyMask {
+ public:
+  /// Pointer + length over bool.
+  KeyMask(const bool* data, Index size) : data_(reinterpret_cast<const unsigned char*>(data)), size_(size) {}
+  /// Pointer + length over bytes.
+  KeyMask(const unsigned char* data, Index size) : data_(data), size_(size) {}
+  /// Pointer + length over chars.
+  KeyMask(const char* data, Index size) : data_(reinterpret_cast<const unsigned char*>(data)), size_(size) {}
+  /// Any contiguous container with data() and size() of bool / char / signed char / unsigned char.
+  template <class C, class E = std::remove_cv_t<std::remove_pointer_t<decltype(std::declval<const C&>().data())>>,
+            class = std::enable_if_t<std::is_same<E, bool>::value || std::is_same<E, char>::value ||
+                                     std::is_same<E, signed char>::value || std::is_same<E, unsigned char>::value>>
+  KeyMask(const C& container)  // NOLINT: implicit on purpose, so a vector can be passed directly
+      : data_(reinterpret_cast<const unsigned char*>(container.data())), size_(Index(container.size())) {}
+
+  /// The bytes of the mask (bool is one byte holding 0 or 1).
+  const unsigned char* data() const { return data_; }
+  /// Number of keys covered.
+  Index size() const { return size_; }
+
+ private:
+  const unsigned char* data_;
+  Index size_;
+};
+
+namespace detail {
+
+inline AttnNorm to_attn_norm(Normalization n) {
+  switch (n) {
+    case Normalization::SoftmaxPlus: return AttnNorm::SoftmaxPlus;
+    case Normalization::SquaredRelu: return AttnNorm::SquaredRelu;
+    default: return AttnNorm::Softmax;
+  }
+}
+
+/// Validates options against (d, m) and fills the scalar part of a plan.
+template <class T>
+inline void plan_options(const char* fn, const AttentionOptions& o, Index d, Index m, AttentionPlan<T>& p) {
+  require(!o.scale || std::isfinite(*o.scale), fn, "options.scale must be finite, got ", o.scale ? *o.scale : 0.0);
+  require(!o.key_length || (*o.key_length >= 0 && *o.key_length <= m), fn, "options.key_length is ",
+          o.key_length ? *o.key_length : 0, " but k has ", m, " rows (keys)");
+  require(o.train_length >= 2, fn, "options.train_length must be >= 2, got ", o.train_length);
+  require(o.min_length >= 1, fn, "options.min_length must be >= 1, got ", o.min_length);
+  require(!o.relu2_length || *o.relu2_length >= 1, fn, "options.relu2_length must be >= 1, got ",
+          o.relu2_length ? *o.relu2_length : 0);
+  p.norm = to_attn_norm(o.normalization);
+  p.causal = o.causal;
+  p.scale = T(o.scale ? *o.scale : (d > 0 ? 1.0 / std::sqrt(double(d)) : 1.0));
+  p.key_length = o.key_length ? *o.key_length : m;
+  p.log_train = std::log(double(o.train_length));
+  p.min_length = o.min_length;
+  p.relu2_length = o.relu2_length ? *o.relu2_length : 0;
+}
+
+template <class T>
+inline TensorView<const T> as_tensor(const View<const T>& v) {
+  return TensorView<const T>(v.data, {1, 1, v.rows, v.cols}, {0, 0, v.stride});
+}
+template <class T>
+inline TensorView<T> as_tensor(const View<T>& v) {
+  return TensorView<T>(v.data, {1, 1, v.rows, v.cols}, {0, 0, v.stride});
+}
+
+template <class QD, class KD, class VD, class OD>
+void attention_2d(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
+                  const KeyMask* key_mask, const Eigen::DenseBase<OD>& out, const AttentionOptions& options) {
+  using T = typename QD::Scalar;
+  static_assert(std::is_same<T, typename KD::Scalar>::value && std::is_same<T, typename VD::Scalar>::value &&
+                    std::is_same<T, typename OD::Scalar>::value,
+                "attention: q, k, v and out must have the same scalar type");
+  constexpr const char* fn = "attention";
+  const auto qv = make_view(fn, "q", q);
+  const auto kv = make_view(fn, "k", k);
+  const auto vv = make_view(fn, "v", v);
+  const auto ov = make_mut_view(fn, "out", out);
+  require(kv.cols == qv.cols, fn, "k has ", kv.cols, " columns but q has ", qv.cols, " (k ",
+          shape_str(kv.rows, kv.cols), ", q ", shape_str(qv.rows, qv.cols), ")");
+  require(vv.rows == kv.rows, fn, "v has ", vv.rows, " rows but k has ", kv.rows, " (v ", shape_str(vv.rows, vv.cols),
+          ", k ", shape_str(kv.rows, kv.cols), ")");
+  require_shape(fn, "out", ov, qv.rows, vv.cols, "[rows of q x columns of v] is ");
+  require(qv.cols >= 1 || qv.rows == 0, fn, "q ", shape_str(qv.rows, qv.cols), " needs at least one column");
+  require(!overlaps(ov, qv) && !overlaps(ov, kv) && !overlaps(ov, vv), fn, "out must not alias q, k or v");
+  AttentionPlan<T> p;
+  plan_options(fn, options, qv.cols, kv.rows, p);
+  if (key_mask) {
+    require(key_mask->size() == kv.rows, fn, "key_mask has ", key_mask->size(), " entries but k has ", kv.rows,
+            " rows (keys)");
+    p.mask = key_mask->data();
+  }
+  p.q = as_tensor(qv);
+  p.k = as_tensor(kv);
+  p.v = as_tensor(vv);
+  p.out = as_tensor(ov);
+  run_attention(p);
+}
+
+template <class T>
+void attention_batched(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
+                       const KeyMask* key_mask, const TensorView<T>& out, const AttentionOptions& options) {
+  constexpr const char* fn = "attention";
+  auto dims = [](const auto& t) {
+    return "[" + std::to_string(t.shape[0]) + ", " + std::to_string(t.shape[1]) + ", " + std::to_string(t.shape[2]) +
+           ", " + std::to_string(t.shape[3]) + "]";
+  };
+  for (Index i = 0; i < 4; ++i) {
+    require(q.shape[i] >= 0 && k.shape[i] >= 0 && v.shape[i] >= 0 && out.shape[i] >= 0, fn,
+            "negative extent in q ", dims(q), ", k ", dims(k), ", v ", dims(v), " or out ", dims(out));
+  }
+  require(k.batch() == q.batch() && v.batch() == q.batch() && out.batch() == q.batch(), fn,
+          "batch sizes differ: q ", dims(q), ", k ", dims(k), ", v ", dims(v), ", out ", dims(out));
+  require(k.heads() == v.heads(), fn, "k has ", k.heads(), " heads but v has ", v.heads(), " (k ", dims(k), ", v ",
+          dims(v), ")");
+  require(out.heads() == q.heads(), fn, "out has ", out.heads(), " heads but q has ", q.heads());
+  require((k.heads() > 0 && q.heads() % k.heads() == 0) || q.heads() == 0, fn, "q has ", q.heads(),
+          " heads, not a multiple of the ", k.heads(), " heads of k and v (grouped-query attention)");
+  require(k.dim() == q.dim(), fn, "k has dim ", k.dim(), " but q has ", q.dim(), " (k ", dims(k), ", q ", dims(q), ")");
+  require(v.seq() == k.seq(), fn, "v has ", v.seq(), " keys but k has ", k.seq(), " (v ", dims(v), ", k ", dims(k),
+          ")");
+  require(out.seq() == q.seq() && out.dim() == v.dim(), fn, "out is ", dims(out), " but q ", dims(q), " and v ",
+          dims(v), " need [batch, heads, ", q.seq(), ", ", v.dim(), "]");
+  require(q.dim() >= 1 || q.seq() == 0, fn, "q ", dims(q), " needs dim >= 1");
+  AttentionPlan<T> p;
+  plan_options(fn, options, q.dim(), k.seq(), p);
+  if (key_mask) {
+    require(key_mask->size() == k.seq() || key_mask->size() == k.seq() * q.batch(), fn, "key_mask has ",
+            key_mask->size(), " entries but needs m = ", k.seq(), " (shared) or batch x m = ", k.seq() * q.batch());
+    p.mask = key_mask->data();
+    p.mask_batch_stride = key_mask->size() == k.seq() ? 0 : k.seq();
+  }
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.out = out;
+  run_attention(p);
+}
+
+/// Visible-key count of each row under options (+ mask), for the diagnostics.
+inline Index row_visible_count(Index i, Index n, Index m, const AttentionOptions& o, const KeyMask* mask) {
+  const Index kl = o.key_length ? *o.key_length : m;
+  const Index lim = visible_limit(i, n, m, kl, o.causal);
+  if (!mask) return lim;
+  Index c = 0;
+  for (Index j = 0; j < lim; ++j) c += mask->data()[j] != 0;
+  return c;
+}
+
+template <class QD, class KD, class AD>
+void attention_weights_impl(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const KeyMask* key_mask,
+                            const Eigen::DenseBase<AD>& weights, const AttentionOptions& options) {
+  using T = typename QD::Scalar;
+  constexpr const char* fn = "attention_weights";
+  const auto qv = make_view(fn, "q", q);
+  const auto kv = make_view(fn, "k", k);
+  const auto av = make_mut_view(fn, "weights", weights);
+  require(kv.cols == qv.cols, fn, "k has ", kv.cols, " columns but q has ", qv.cols);
+  require_shape(fn, "weights", av, qv.rows, kv.rows, "[rows of q x rows of k] is ");
+  require(!overlaps(av, qv) && !overlaps(av, kv), fn, "weights must not alias q or k");
+  AttentionPlan<T> p;
+  plan_options(fn, options, qv.cols, kv.rows, p);
+  if (key_mask)
+    require(key_mask->size() == kv.rows, fn, "key_mask has ", key_mask->size(), " entries but k has ", kv.rows,
+            " rows");
+  const Index n = qv.rows, m = kv.rows;
+  std::vector<double> a(static_cast<std::size_t>(m));
+  std::vector<char> vis(static_cast<std::size_t>(m));
+  for (Index i = 0; i < n; ++i) {
+    const Index lim = visible_limit(i, n, m, p.key_length, p.causal);
+    Index l = 0;
+    double mx = -std::numeric_limits<double>::infinity();
+    for (Index j = 0; j < m; ++j) {
+      vis[j] = j < lim && (!key_mask || key_mask->data()[j] != 0);
+      double s = 0;
+      for (Index c = 0; c < qv.cols; ++c) s += double(qv(i, c)) * double(kv(j, c));
+      a[j] = s * double(p.scale);
+      if (vis[j]) {
+        ++l;
+        mx = std::max(mx, a[j]);
+      }
+    }
+    T* row = av.row(i);
+    if (p.norm == AttnNorm::SquaredRelu) {
+      const double L = p.relu2_length > 0 ? double(p.relu2_length) : double(l);
+      for (Index j = 0; j < m; ++j) {
+        const double r = std::max(a[j], 0.0);
+        row[j] = vis[j] && L > 0 ? T(r * r / L) : T(0);
+      }
+      continue;
+    }
+    const double c = p.norm == AttnNorm::SoftmaxPlus
+                         ? std::log(std::max(double(l), double(p.min_length))) / p.log_train
+                         : 1.0;
+    double sum = 0;
+    for (Index j = 0; j < m; ++j) {
+      a[j] = vis[j] ? std::exp(c * (a[j] - mx)) : 0.0;
+      sum += a[j];
+    }
+    for (Index j = 0; j < m; ++j) row[j] = l > 0 ? T(a[j] / sum) : T(0);
+  }
+}
+
+template <class AD, class OD>
+void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_mask, const Eigen::DenseBase<OD>& out,
+                             const AttentionOptions& options) {
+  using T = typename AD::Scalar;
+  constexpr const char* fn = "attention_sparsity";
+  const auto av = make_view(fn, "a", a);
+  const auto ov = make_mut_view(fn, "sparsity", out);
+  require(ov.size() == av.rows, fn, "sparsity has ", ov.size(), " entries but a ", shape_str(av.rows, av.cols),
+          " has ", av.rows, " rows");
+  require(!options.key_length || (*options.key_length >= 0 && *options.key_length <= av.cols), fn,
+          "options.key_length is ", options.key_length ? *options.key_length : 0, " but a has ", av.cols, " columns");
+  if (key_mask)
+    require(key_mask->size() == av.cols, fn, "key_mask has ", key_mask->size(), " entries but a has ", av.cols,
+            " columns");
+  T* o = ov.data;
+  for (Index i = 0; i < av.rows; ++i) {
+    const Index ni = row_visible_count(i, av.rows, av.cols, options, key_mask);
+    double l1 = 0, l2 = 0;
+    for (Index j = 0; j < av.cols; ++j) {
+      const double x = double(av(i, j));
+      l1 += std::abs(x);
+      l2 += x * x;
+    }
+    o[i] = ni > 0 && l2 > 0 ? T(l1 / (std::sqrt(double(ni)) * std::sqrt(l2))) : T(0);
+  }
+}
+
+}  // namespace detail
+
+/// Fused attention: out = A(q k^T) v, never materialising the n x m matrix (online softmax over key tiles).
+/// q: [n, d], k: [m, d], v: [m, dv], out: [n, dv] (row-major, any row stride; out must not alias the inputs).
+/// Semantics in the header comment and SPEC 3.3; rows with no visible key are zero. Parallel over query tiles.
+template <class QD, class KD, class VD, class OD>
+void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
+               const Eigen::DenseBase<OD>& out, const AttentionOptions& options = {}) {
+  detail::attention_2d(q, k, v, nullptr, out, options);
+}
+
+/// attention() with an arbitrary per-key visibility mask (length m), combined with key_length and causal.
+template <class QD, class KD, class VD, class OD>
+void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
+               const KeyMask& key_mask, const Eigen::DenseBase<OD>& out, const AttentionOptions& options = {}) {
+  detail::attention_2d(q, k, v, &key_mask, out, options);
+}
+
+/// Batched, strided attention. q: [batch, heads, n, d], k: [batch, kv_heads, m, d], v: [batch, kv_heads, m, dv],
+/// out: [batch, heads, n, dv]; heads % kv_heads == 0 (grouped-query attention: q head h uses kv head
+/// h / (heads / kv_heads)). With n = 1 and causal = true this is one decoding step against an m-key cache.
+/// Parallel over batch x heads x query tiles; bitwise identical for any thread count.
+template <class TQ, class TK, class TV, class T>
+void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<T>& out,
+               const AttentionOptions& options = {}) {
+  static_assert(!std::is_const<T>::value, "attention: out must be a mutable TensorView");
+  static_assert(std::is_same<std::remove_const_t<TQ>, T>::value && std::is_same<std::remove_const_t<TK>, T>::value &&
+                    std::is_same<std::remove_const_t<TV>, T>::value,
+                "attention: q, k, v and out must have the same scalar type");
+  detail::attention_batched<T>(TensorView<const T>(q.data, q.shape, q.strides),
+                               TensorView<const T>(k.data, k.shape, k.strides),
+                               TensorView<const T>(v.data, v.shape, v.strides), nullptr, out, options);
+}
+
+/// Batched attention with a key mask of m entries (shared by every batch) or batch x m entries (row b for batch b).
+template <class TQ, class TK, class TV, class T>
+void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const KeyMask& key_mask,
+               const TensorView<T>& out, const AttentionOptions& options = {}) {
+  static_assert(!std::is_const<T>::value, "attention: out must be a mutable TensorView");
+  static_assert(std::is_same<std::remove_const_t<TQ>, T>::value && std::is_same<std::remove_const_t<TK>, T>::value &&
+                    std::is_same<std::remove_const_t<TV>, T>::value,
+                "attention: q, k, v and out must have the same scalar type");
+  detail::attention_batched<T>(TensorView<const T>(q.data, q.shape, q.strides),
+                               TensorView<const T>(k.data, k.shape, k.strides),
+                               TensorView<const T>(v.data, v.shape, v.strides), &key_mask, out, options);
+}
+
+/// The attention matrix itself, weights: [n, m] (small inputs: this one does materialise it), with exactly the
+/// semantics of attention() (masked cells 0, rows with no visible key all 0). Computed in double.
+template <class QD, class KD, class AD>
+void attention_weights(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<AD>& weights,
+                       const AttentionOptions& options = {}) {
+  detail::attention_weights_impl(q, k, nullptr, weights, options);
+}
+
+/// attention_weights() with a per-key visibility mask of length m.
+template <class QD, class KD, class AD>
+void attention_weights(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const KeyMask& key_mask,
+                       const Eigen::DenseBase<AD>& weights, const AttentionOptions& options = {}) {
+  detail::attention_weights_impl(q, k, &key_mask, weights, options);
+}
+
+/// Per-row attention entropy (SPEC 3.4, post 8823): entropy_i = -sum_j p_ij ln p_ij with p_ij = a_ij / sum_j a_ij,
+/// so softmax rows are used as they are and relu^2 rows are first normalised to a distribution. a: [n, m] with
+/// a_ij >= 0; entropy: n entries (a vector or an [n, 1] / [1, n] matrix). A row summing to 0 has entropy 0.
+template <class AD, class OD>
+void attention_entropy(const Eigen::DenseBase<AD>& a, const Eigen::DenseBase<OD>& entropy) {
+  using T = typename AD::Scalar;
+  constexpr const char* fn = "attention_entropy";
+  const auto av = detail::make_view(fn, "a", a);
+  const auto ov = detail::make_mut_view(fn, "entropy", entropy);
+  detail::require(ov.size() == av.rows, fn, "entropy has ", ov.size(), " entries but a ",
+                  detail::shape_str(av.rows, av.cols), " has ", av.rows, " rows");
+  for (Index i = 0; i < av.rows; ++i)
+    for (Index j = 0; j < av.cols; ++j)
+      detail::require(av(i, j) >= T(0) && std::isfinite(double(av(i, j))), fn, "a(", i, ", ", j, ") = ",
+                      double(av(i, j)), " is not a finite non-negative weight");
+  T* o = ov.data;
+  for (Index i = 0; i < av.rows; ++i) {
+    double sum = 0;
+    for (Index j = 0; j < av.cols; ++j) sum += double(av(i, j));
+    double h = 0;
+    if (sum > 0) {
+      for (Index j = 0; j < av.cols; ++j) {
+        const double pj = double(av(i, j)) / sum;
+        if (pj > 0) h -= pj * std::log(pj);
+      }
+    }
+    o[i] = T(h);
+  }
+}
+
+/// Per-row l1/l2 sparsity of SPEC 5.1 (posts 9595, 9889): S_i = sum_j |a_ij| / (sqrt(n_i) sqrt(sum_j a_ij^2)),
+/// n_i = number of keys visible to row i under options (causal, key_length). In [1/sqrt(n_i), 1]: one-hot gives
+/// 1/sqrt(n_i), uniform over the visible keys gives 1. Works for signed or unnormalised rows; an all-zero row
+/// (or n_i = 0) gives 0. a: [n, m]; sparsity: n entries.
+template <class AD, class OD>
+void attention_sparsity(const Eigen::DenseBase<AD>& a, const Eigen::DenseBase<OD>& sparsity,
+                        const AttentionOptions& options = {}) {
+  detail::attention_sparsity_impl(a, nullptr, sparsity, options);
+}
+
+/// attention_sparsity() where n_i also honours a per-key visibility mask of length m.
+template <class AD, class OD>
+void attention_sparsity(const Eigen::DenseBase<AD>& a, const KeyMask& key_mask, const Eigen::DenseBase<OD>& sparsity,
+                        const AttentionOptions& options = {}) {
+  detail::attention_sparsity_impl(a, &key_mask, sparsity, options);
+}
+
+}  // namespace kexue

@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// SIMD pieces of the fused attention kernel: a fast exp for the online softmax and the register-blocked
+// broadcast-FMA micro-kernel used for both S = Q K^T and O += P V. Like detail/simd.hpp this is a SIMD helper
+// file: the only attention file that talks to xsimd (and, for one bit reinterpretation, to AVX2 intrinsics).
+//
+// Layout idea ("rows as lanes"): the kernel keeps every per-query quantity transposed so that one SIMD register
+// holds the same quantity for kLanes consecutive query rows. Then S^T[key][rows], P^T[key][rows] and
+// O^T[dim][rows] are all products of the form  C[x][rows] += sum_t B(x, t) * A[t][rows]  with B broadcast
+// from memory and A a packed row vector, and the softmax statistics (row max, row sum, rescale factor) are
+// plain vertical vector operations: no horizontal reduction anywhere in the hot loop.
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "kexue/detail/simd.hpp"
+
+namespace kexue::detail {
+
+/// exp(x) for a batch, accurate to ~2 ulp for float, exactly 0 for x <= -88 (so exp(-inf) = 0) and never inf
+/// for x <= 88. The softmax only ever evaluates it at x <= 0. Cody-Waite range reduction x = n ln2 + r,
+/// |r| <= ln2/2, then the cephes degree-6 polynomial; 2^n is built in the exponent bits (n >= -127 gives
+/// the bit pattern 0 = +0.0 at the bottom, which is what makes -inf map to an exact 0 without a select).
+template <class T>
+inline Batch<T> fast_exp(Batch<T> x) {
+  if constexpr (std::is_same<T, float>::value && kLanes<float> == 8) {
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 lo = _mm256_set1_ps(-88.0f), hi = _mm256_set1_ps(88.0f);
+    __m256 v = _mm256_min_ps(_mm256_max_ps(static_cast<__m256>(x), lo), hi);
+    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // Two-part ln2: the high part has few mantissa bits, so fx * C1 is exact.
+    v = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), v);
+    v = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), v);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(5.0000001201e-1f));
+    const __m256 v2 = _mm256_mul_ps(v, v);
+    p = _mm256_fmadd_ps(p, v2, _mm256_add_ps(v, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return Batch<float>(_mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+#endif
+  }
+  // Generic path (double, or other instruction sets): xsimd's exp, with the tails pinned down explicitly.
+  const T lo = std::is_same<T, float>::value ? T(-88) : T(-708);
+  const T hi = -lo;
+  const Batch<T> c = xsimd::min(xsimd::max(x, Batch<T>(lo)), Batch<T>(hi));
+  return xsimd::select(x <= Batch<T>(lo), Batch<T>(T(0)), xsimd::exp(c));
+}
+
+/// Scalar exp with the same conventions (used by tails and the non-SIMD reference paths).
+template <class T>
+inline T scalar_exp(T x) {
+  const T lo = std::is_same<T, float>::value ? T(-88) : T(-708);
+  return x <= lo ? T(0) : std::exp(x < -lo ? x : -lo);
+}
+
+/// How the micro-kernel combines its register block with C.
+enum class Combine {
+  Store,        ///< C = acc
+  ScaleAdd,     ///< C = C * alpha[rows] + acc   (online-softmax rescale of O)
+};
+
+/// C[x * ldc + r] (op)= sum_{t < nt} B[x * bx + t * bt] * A[t * lda + r] for x < NX and r < NR * kLanes.
+/// NX x NR accumulators stay in registers across the whole reduction. With NX = 4, NR = 3 that is 12
+/// accumulators (two FMA ports x ~5 cycles latency need >= 10 independent chains), plus 3 loads of A and
+/// one broadcast register: 16 ymm registers, no spills. Per step 3 loads + 4 broadcasts feed 12 FMAs, so
+/// the two load ports are not the bottleneck.
+template <class T, int NX, int NR, Combine C>
+inline void bcast_fma_block(const T* A, Index lda, const T* B, Index bx, Index bt, Index nt, T* Cp, Index ldc,
+                            const T* alpha) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> acc[NX][NR];
+  for (int x = 0; x < NX; ++x)
+    for (int r = 0; r < NR; ++r) acc[x][r] = Batch<T>(T(0));
+  for (Index t = 0; t < nt; ++t) {
+    Batch<T> a[NR];
+    for (int r = 0; r < NR; ++r) a[r] = load(A + t * lda + r * L);
+    const T* bp = B + t * bt;
+    for (int x = 0; x < NX; ++x) {
+      const Batch<T> b(bp[x * bx]);
+      for (int r = 0; r < NR; ++r) acc[x][r] = xsimd::fma(b, a[r], acc[x][r]);
+    }
+  }
+  for (int x = 0; x < NX; ++x) {
+    for (int r = 0; r < NR; ++r) {
+      T* cp = Cp + x * ldc + r * L;
+      if constexpr (C == Combine::Store) {
+        store(cp, acc[x][r]);
+      } else {
+        store(cp, xsimd::fma(load(cp), load(alpha + r * L), acc[x][r]));
+      }
+    }
+  }
+}
+
+/// The same product for any count nx of x (blocks of 4, then a tail of 1-3).
+template <class T, int NR, Combine C>
+inline void bcast_fma(const T* A, Index lda, const T* B, Index bx, Index bt, Index nt, Index nx, T* Cp, Index ldc,
+                      const T* alpha) {
+  Index x = 0;
+  for (; x + 4 <= nx; x += 4) bcast_fma_block<T, 4, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha);
+  switch (nx - x) {
+    case 3: bcast_fma_block<T, 3, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha); break;
+    case 2: bcast_fma_block<T, 2, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha); break;
+    case 1: bcast_fma_block<T, 1, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha); break;
+    default: break;
+  }
+}
+
+/// Which keys of a key tile a row tile may see, beyond the key range the caller already cut to.
+struct TileMask {
+  const unsigned char* keys = nullptr;  ///< per-key visibility for this tile (nonzero = visible), or null
+  bool causal = false;                  ///< apply the causal rule row >= first_key_shift + j (j within the tile)
+  Index first_key_shift = 0;            ///< j0 - (m - n): bottom-right alignment, query i sees keys <= i + m - n
+};
+
+/// Online-softmax step 1 on a key tile S^T [nb][NR * L] (rows as lanes): logits *= rowscale, clamped to the
+/// finite range (a +-inf or overflowing logit must not turn s - max into inf - inf), masked keys set to -inf.
+/// Returns the tile's row maxima in tmax. row0: index of the tile's first query row.
+template <class T, int NR>
+inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMask& mask, Index row0, T* tmax) {
+  constexpr Index L = kLanes<T>;
+  constexpr Index W = NR * L;
+  const Batch<T> big(std::numeric_limits<T>::max()), nbig(-std::numeric_limits<T>::max());
+  const Batch<T> ninf(-std::numeric_limits<T>::infinity());
+  Batch<T> rs[NR], mx[NR], rowidx[NR];
+  alignas(64) T idx[W];
+  for (Index i = 0; i < W; ++i) idx[i] = T(row0 + i);
+  for (int r = 0; r < NR; ++r) {
+    rs[r] = load(rowscale + r * L);
+    mx[r] = ninf;
+    rowidx[r] = load(idx + r * L);
+  }
+  const bool masked = mask.keys != nullptr || mask.causal;
+  for (Index j = 0; j < nb; ++j) {
+    T* sp = st + j * W;
+    if (!masked) {
+      for (int r = 0; r < NR; ++r) {
+        const Batch<T> s = xsimd::min(xsimd::max(load(sp + r * L) * rs[r], nbig), big);
+        mx[r] = xsimd::max(mx[r], s);
+        store(sp + r * L, s);
+      }
+      continue;
+    }
+    if (mask.keys && !mask.keys[j]) {
+      for (int r = 0; r < NR; ++r) store(sp + r * L, ninf);
+      continue;
+    }
+    const Batch<T> need(T(mask.first_key_shift + j));
+    for (int r = 0; r < NR; ++r) {
+      Batch<T> s = xsimd::min(xsimd::max(load(sp + r * L) * rs[r], nbig), big);
+      if (mask.causal) s = xsimd::select(rowidx[r] >= need, s, ninf);
+      mx[r] = xsimd::max(mx[r], s);
+      store(sp + r * L, s);
+    }
+  }
+  for (int r = 0; r < NR; ++r) store(tmax + r * L, mx[r]);
+}
+
+/// Online-softmax step 2: given the old running max m and the tile max, sets m to the new max, alpha to the
+/// factor exp(m_old - m_new) that rescales the running sum and O, replaces S^T by P^T = exp(S^T - m_new) and
+/// updates the running sum l = l * alpha + sum_j P. A row that has seen no visible key yet keeps m = -inf;
+/// its shift is taken as 0 so that exp(-inf - shift) = 0 and no inf - inf appears.
+template <class T, int NR>
+inline void softmax_tile_exp(T* st, Index nb, const T* tmax, T* m, T* l, T* alpha) {
+  constexpr Index L = kLanes<T>;
+  constexpr Index W = NR * L;
+  const Batch<T> ninf(-std::numeric_limits<T>::infinity());
+  Batch<T> shift[NR], sum[NR];
+  for (int r = 0; r < NR; ++r) {
+    const Batch<T> mold = load(m + r * L);
+    const Batch<T> mnew = xsimd::max(mold, load(tmax + r * L));
+    shift[r] = xsimd::select(mnew == ninf, Batch<T>(T(0)), mnew);
+    store(alpha + r * L, fast_exp<T>(mold - shift[r]));
+    store(m + r * L, mnew);
+    sum[r] = Batch<T>(T(0));
+  }
+  for (Index j = 0; j < nb; ++j) {
+    T* sp = st + j * W;
+    for (int r = 0; r < NR; ++r) {
+      const Batch<T> p = fast_exp<T>(load(sp + r * L) - shift[r]);
+      sum[r] += p;
+      store(sp + r * L, p);
+    }
+  }
+  for (int r = 0; r < NR; ++r) store(l + r * L, xsimd::fma(load(l + r * L), load(alpha + r * L), sum[r]));
+}
+
+/// Squared-ReLU tile: S^T <- relu(scale * S^T)^2, masked keys 0. The 1/L normalisation is applied once at the end.
+template <class T, int NR>
+inline void relu2_tile(T* st, Index nb, T scale, const TileMask& mask, Index row0) {
+  constexpr Index L = kLanes<T>;
+  constexpr Index W = NR * L;
+  const Batch<T> vs(scale), zero(T(0));
+  Batch<T> rowidx[NR];
+  alignas(64) T idx[W];
+  for (Index i = 0; i < W; ++i) idx[i] = T(row0 + i);
+  for (int r = 0; r < NR; ++r) rowidx[r] = load(idx + r * L);
+  for (Index j = 0; j < nb; ++j) {
+    T* sp = st + j * W;
+    if (mask.keys && !mask.keys[j]) {
+      for (int r = 0; r < NR; ++r) store(sp + r * L, zero);
+      continue;
+    }
+    const Batch<T> need(T(mask.first_key_shift + j));
+    for (int r = 0; r < NR; ++r) {
+      const Batch<T> a = xsimd::max(load(sp + r * L) * vs, zero);
+      Batch<T> p = a * a;
+      if (mask.causal) p = xsimd::select(rowidx[r] >= need, p, zero);
+      store(sp + r * L, p);
+    }
+  }
+}
+
+}  // namespace kexue::detail
