@@ -1,0 +1,507 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// DDPM (SPEC.md section 6): beta schedules, forward noising, the velocity target and diffusers'
+/// DDPMScheduler reverse step, with 0-based timesteps as in diffusers (betas[t] is the paper's beta_{t+1}).
+/// Every schedule coefficient is computed and kept in double; data may be float or double.
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kexue/core.hpp"
+#include "kexue/detail/check.hpp"
+#include "kexue/detail/ddpm_simd.hpp"
+#include "kexue/detail/parallel.hpp"
+#include "kexue/detail/view.hpp"
+#include "kexue/random.hpp"
+
+namespace kexue {
+
+/// Beta schedules (SPEC 6.1-6.3), betas[i] for i = 0..T-1.
+enum class BetaSchedule {
+  Linear,        ///< linspace(beta_start, beta_end, T) (official DDPM, diffusers "linear"; here in double)
+  ScaledLinear,  ///< linspace(sqrt(beta_start), sqrt(beta_end), T)^2 (diffusers "scaled_linear")
+  Cosine,        ///< squaredcos_cap_v2: min(1 - f((i+1)/T) / f(i/T), 0.999), f(u) = cos^2((u + 0.008)/1.008 pi/2);
+                 ///< beta_start and beta_end are ignored
+  Proportional,  ///< the blog's own schedule (kexue.fm/archives/9119, SPEC 6.3): beta_t = beta_end t / T for the
+                 ///< 1-based t, i.e. betas[i] = beta_end (i+1) / T (0.02 t / T with the default beta_end);
+                 ///< beta_start is ignored
+};
+
+/// What the model predicts (SPEC 6.4): the noise, x0 itself, or v = sqrt(ab) eps - sqrt(1 - ab) x0.
+enum class Prediction { Epsilon, Sample, Velocity };
+
+/// Reverse-step noise variance (SPEC 6.1/6.4): the posterior variance ("fixed_small") or the effective
+/// single-step beta ("fixed_large").
+enum class Variance { FixedSmall, FixedLarge };
+
+/// How inference timesteps are spaced over the T training steps (diffusers' timestep_spacing, SPEC 6.4).
+enum class TimestepSpacing {
+  Leading,   ///< arange(0, k) * (T / k) reversed, + steps_offset
+  Trailing,  ///< round(arange(T, 0, -T / k)) - 1
+  Linspace,  ///< round(linspace(0, T - 1, k)) reversed
+};
+
+/// A DDPM noise schedule with T training timesteps t = 0..T-1; all coefficients in double.
+class DdpmSchedule {
+ public:
+  /// T = num_train_timesteps >= 1; 0 < beta_start <= beta_end < 1 for the linear schedules,
+  /// 0 < beta_end < 1 for Proportional.
+  explicit DdpmSchedule(Index num_train_timesteps = 1000, BetaSchedule schedule = BetaSchedule::Linear,
+                        double beta_start = 1e-4, double beta_end = 0.02) {
+    const char* fn = "DdpmSchedule";
+    const Index T = num_train_timesteps;
+    detail::require(T >= 1, fn, "num_train_timesteps must be >= 1, got ", T);
+    const bool uses_start = schedule == BetaSchedule::Linear || schedule == BetaSchedule::ScaledLinear;
+    const bool uses_end = schedule != BetaSchedule::Cosine;
+    if (uses_start)
+      detail::require(std::isfinite(beta_start) && beta_start > 0 && beta_start <= beta_end, fn,
+                      "beta range invalid: need 0 < beta_start <= beta_end < 1, got beta_start = ", beta_start,
+                      ", beta_end = ", beta_end);
+    if (uses_end)
+      detail::require(std::isfinite(beta_end) && beta_end > 0 && beta_end < 1, fn,
+                      "beta range invalid: need 0 < beta_end < 1, got beta_end = ", beta_end);
+    std::vector<double> b(static_cast<std::size_t>(T));
+    switch (schedule) {
+      case BetaSchedule::Linear:
+        linspace(beta_start, beta_end, b);
+        break;
+      case BetaSchedule::ScaledLinear:
+        linspace(std::sqrt(beta_start), std::sqrt(beta_end), b);
+        for (double& v : b) v *= v;
+        break;
+      case BetaSchedule::Cosine: {
+        constexpr double kS = 0.008, kHalfPi = 1.57079632679489661923, kMaxBeta = 0.999;
+        auto f = [&](double u) {
+          const double c = std::cos((u + kS) / (1 + kS) * kHalfPi);
+          return c * c;
+        };
+        for (Index i = 0; i < T; ++i)
+          b[std::size_t(i)] = std::min(1 - f(double(i + 1) / double(T)) / f(double(i) / double(T)), kMaxBeta);
+        break;
+      }
+      case BetaSchedule::Proportional:
+        for (Index i = 0; i < T; ++i) b[std::size_t(i)] = beta_end * double(i + 1) / double(T);
+        break;
+    }
+    init(std::move(b));
+  }
+
+  /// A schedule from explicit betas, each in (0, 1).
+  explicit DdpmSchedule(std::vector<double> betas) {
+    detail::require(!betas.empty(), "DdpmSchedule", "betas must not be empty");
+    for (std::size_t i = 0; i < betas.size(); ++i)
+      detail::require(std::isfinite(betas[i]) && betas[i] > 0 && betas[i] < 1, "DdpmSchedule",
+                      "beta range invalid: betas[", i, "] = ", betas[i], " is not in (0, 1)");
+    init(std::move(betas));
+  }
+
+  /// Number of training timesteps T.
+  Index size() const { return static_cast<Index>(betas_.size()); }
+  /// beta_t (the paper's beta_{t+1}), t in [0, T).
+  double beta(Index t) const { return betas_[checked(t, "DdpmSchedule::beta")]; }
+  /// alpha_t = 1 - beta_t.
+  double alpha(Index t) const { return 1.0 - beta(t); }
+  /// alpha_bar_t = prod_{s <= t} (1 - beta_s), t in [0, T); alpha_bar(-1) = 1 (the clean data).
+  double alpha_bar(Index t) const {
+    if (t == -1) return 1.0;
+    return alpha_bar_[checked(t, "DdpmSchedule::alpha_bar")];
+  }
+  /// Posterior variance of x_prev given x_t and x0 (SPEC 6.4):
+  /// max((1 - ab_prev) / (1 - ab_t) (1 - ab_t / ab_prev), 1e-20); -1 <= prev_t < t.
+  double variance(Index t, Index prev_t) const {
+    check_pair("DdpmSchedule::variance", t, prev_t);
+    const double ab = alpha_bar_[std::size_t(t)], ab_prev = alpha_bar(prev_t);
+    const double current_beta = 1.0 - ab / ab_prev;
+    return std::max((1.0 - ab_prev) / (1.0 - ab) * current_beta, 1e-20);
+  }
+  /// Posterior variance for the single step t -> t - 1.
+  double variance(Index t) const { return variance(t, t - 1); }
+
+  /// All betas (T values).
+  const std::vector<double>& betas() const { return betas_; }
+  /// All alpha_bar (T values).
+  const std::vector<double>& alphas_cumprod() const { return alpha_bar_; }
+
+  /// num_inference_steps descending timesteps with diffusers' spacing (SPEC 6.4); 1 <= k <= T.
+  std::vector<Index> timesteps(Index num_inference_steps, TimestepSpacing spacing = TimestepSpacing::Leading,
+                               Index steps_offset = 0) const {
+    const char* fn = "DdpmSchedule::timesteps";
+    const Index T = size(), k = num_inference_steps;
+    detail::require(k >= 1 && k <= T, fn, "num_inference_steps must be in [1, ", T, "], got ", k);
+    detail::require(steps_offset >= 0, fn, "steps_offset must be >= 0, got ", steps_offset);
+    std::vector<Index> ts(static_cast<std::size_t>(k));
+    for (Index i = 0; i < k; ++i) {
+      Index v = 0;
+      switch (spacing) {
+        case TimestepSpacing::Leading:
+          v = (k - 1 - i) * (T / k) + steps_offset;
+          break;
+        case TimestepSpacing::Trailing:
+          // np.round is round-half-to-even: nearbyint in the default rounding mode.
+          v = static_cast<Index>(std::nearbyint(double(T) - double(i) * (double(T) / double(k)))) - 1;
+          break;
+        case TimestepSpacing::Linspace: {
+          const Index j = k - 1 - i;
+          const double x = k == 1 ? 0.0 : double(j) * (double(T - 1) / double(k - 1));
+          v = static_cast<Index>(std::nearbyint(j == k - 1 ? double(T - 1) : x));
+          break;
+        }
+      }
+      ts[std::size_t(i)] = v;
+    }
+    check_timesteps(ts, fn);
+    return ts;
+  }
+
+  /// Throws unless timesteps is non-empty, strictly descending and inside [0, T) (a custom list).
+  void check_timesteps(const std::vector<Index>& ts, const char* fn = "DdpmSchedule::check_timesteps") const {
+    detail::require(!ts.empty(), fn, "the timestep list is empty");
+    for (std::size_t i = 0; i < ts.size(); ++i) {
+      detail::require(ts[i] >= 0 && ts[i] < size(), fn, "timestep ", ts[i], " at index ", i,
+                      " is outside the schedule [0, ", size(), ")");
+      detail::require(i == 0 || ts[i] < ts[i - 1], fn, "timesteps must be strictly descending, but entry ", i,
+                      " (", ts[i], ") follows ", ts[i - 1]);
+    }
+  }
+
+  /// Throws unless 0 <= t < T and -1 <= prev_t < t.
+  void check_pair(const char* fn, Index t, Index prev_t) const {
+    detail::require(t >= 0 && t < size(), fn, "t = ", t, " is outside the schedule [0, ", size(), ")");
+    detail::require(prev_t >= -1 && prev_t < t, fn, "prev_t = ", prev_t, " must satisfy -1 <= prev_t < t = ", t);
+  }
+
+ private:
+  static void linspace(double a, double b, std::vector<double>& out) {
+    // torch.linspace's two-sided formula, so both ends are exact.
+    const Index n = static_cast<Index>(out.size());
+    if (n == 1) {
+      out[0] = a;
+      return;
+    }
+    const double step = (b - a) / double(n - 1);
+    for (Index i = 0; i < n; ++i)
+      out[std::size_t(i)] = i < n / 2 ? a + step * double(i) : b - step * double(n - 1 - i);
+  }
+  void init(std::vector<double> b) {
+    betas_ = std::move(b);
+    alpha_bar_.resize(betas_.size());
+    double p = 1.0;
+    for (std::size_t i = 0; i < betas_.size(); ++i) alpha_bar_[i] = p *= 1.0 - betas_[i];
+  }
+  std::size_t checked(Index t, const char* fn) const {
+    detail::require(t >= 0 && t < size(), fn, "t = ", t, " is outside the schedule [0, ", size(), ")");
+    return static_cast<std::size_t>(t);
+  }
+  std::vector<double> betas_, alpha_bar_;
+};
+
+/// The timestep that follows entry i of a descending list (the step's prev_t): timesteps[i + 1], or -1 after
+/// the last entry.
+inline Index previous_timestep(const std::vector<Index>& timesteps, std::size_t i) {
+  return i + 1 < timesteps.size() ? timesteps[i + 1] : Index(-1);
+}
+
+/// Options of ddpm_step (diffusers' DDPMScheduler defaults, SPEC 6.4).
+struct DdpmStepOptions {
+  Prediction prediction = Prediction::Epsilon;
+  Variance variance = Variance::FixedSmall;
+  bool clip_sample = true;    ///< clamp x0_hat to [-clip_range, clip_range] before forming the mean
+  double clip_range = 1.0;
+  std::optional<Index> prev_t;  ///< the step's target timestep; default t - 1 (skipped steps: the next list entry)
+};
+
+/// Step coefficients in double (SPEC 6.4), exposed for callers who fuse the step into their own kernels:
+/// x0_hat = ax x + am m; clamp; mean = c0 x0_hat + c1 x; out = mean + noise_std z.
+struct DdpmStepCoefficients {
+  double alpha_bar = 0, alpha_bar_prev = 1, current_alpha = 0, current_beta = 0;
+  double ax = 0, am = 0, c0 = 0, c1 = 0;
+  double noise_std = 0;  ///< 0 when prev_t < 0: no noise at the final step
+};
+
+/// The coefficients of the step t -> prev_t (validates t, prev_t and the clip range).
+inline DdpmStepCoefficients ddpm_step_coefficients(const DdpmSchedule& schedule, Index t,
+                                                   const DdpmStepOptions& options = {},
+                                                   const char* fn = "ddpm_step_coefficients") {
+  const Index prev_t = options.prev_t ? *options.prev_t : t - 1;
+  schedule.check_pair(fn, t, prev_t);
+  if (options.clip_sample)
+    detail::require(std::isfinite(options.clip_range) && options.clip_range > 0, fn,
+                    "clip_range must be finite and > 0, got ", options.clip_range);
+  DdpmStepCoefficients k;
+  k.alpha_bar = schedule.alpha_bar(t);
+  k.alpha_bar_prev = schedule.alpha_bar(prev_t);
+  k.current_alpha = k.alpha_bar / k.alpha_bar_prev;
+  k.current_beta = 1.0 - k.current_alpha;
+  const double sa = std::sqrt(k.alpha_bar), sb = std::sqrt(1.0 - k.alpha_bar);
+  switch (options.prediction) {
+    case Prediction::Epsilon:  // (x - sqrt(1 - ab) eps) / sqrt(ab)
+      k.ax = 1.0 / sa;
+      k.am = -sb / sa;
+      break;
+    case Prediction::Sample:
+      k.ax = 0.0;
+      k.am = 1.0;
+      break;
+    case Prediction::Velocity:  // sqrt(ab) x - sqrt(1 - ab) v
+      k.ax = sa;
+      k.am = -sb;
+      break;
+  }
+  k.c0 = std::sqrt(k.alpha_bar_prev) * k.current_beta / (1.0 - k.alpha_bar);
+  k.c1 = std::sqrt(k.current_alpha) * (1.0 - k.alpha_bar_prev) / (1.0 - k.alpha_bar);
+  if (prev_t >= 0) {
+    k.noise_std = options.variance == Variance::FixedSmall ? std::sqrt(schedule.variance(t, prev_t))
+                                                           : std::sqrt(k.current_beta);
+  }
+  return k;
+}
+
+namespace detail {
+
+// Elements per parallel work item: 16K floats = 64 KiB per stream, big enough to amortise the scheduling
+// and small enough to balance; the result does not depend on it (elementwise).
+constexpr Index kDdpmChunk = 16384;
+
+template <class T>
+DdpmStepCoef<T> to_kernel_coef(const DdpmStepCoefficients& k, const DdpmStepOptions& o) {
+  DdpmStepCoef<T> c;
+  c.ax = T(k.ax);
+  c.am = T(k.am);
+  c.c0 = T(k.c0);
+  c.c1 = T(k.c1);
+  c.fold_x = T(k.c0 * k.ax + k.c1);
+  c.fold_m = T(k.c0 * k.am);
+  c.s = T(k.noise_std);
+  c.clip = o.clip_sample;
+  c.lo = T(-o.clip_range);
+  c.hi = T(o.clip_range);
+  return c;
+}
+
+/// True when [a, a + n) and [b, b + n) are either the same range or disjoint (elementwise kernels may run
+/// in place, but not on shifted overlaps).
+template <class A, class B>
+bool same_or_disjoint(const A* a, const B* b, Index n) {
+  const void* va = a;
+  const void* vb = b;
+  if (va == vb || n == 0) return true;
+  const char* a0 = reinterpret_cast<const char*>(a);
+  const char* b0 = reinterpret_cast<const char*>(b);
+  return a0 + n * Index(sizeof(A)) <= b0 || b0 + n * Index(sizeof(B)) <= a0;
+}
+
+template <class Derived>
+scalar_of<Derived>* flat_mut(const char* fn, const char* name, const Eigen::DenseBase<Derived>& m) {
+  static_assert(bool(Derived::Flags & Eigen::LvalueBit), "kexue: an output argument must be writable");
+  return const_cast<scalar_of<Derived>*>(flat_data(fn, name, m));
+}
+
+template <class T>
+void ddpm_step_flat(const DdpmStepCoef<T>& c, const T* m, const T* x, const T* z, T* out, Index n) {
+  const Index chunks = (n + kDdpmChunk - 1) / kDdpmChunk;
+  parallel_for(chunks, [&](Index ci) {
+    const Index b = ci * kDdpmChunk, len = std::min(kDdpmChunk, n - b);
+    ddpm_step_range(c, m + b, x + b, z ? z + b : nullptr, out + b, len);
+  });
+}
+
+template <class T>
+void axpby_flat(T a, const T* u, T b, const T* v, T* out, Index n) {
+  const Index chunks = (n + kDdpmChunk - 1) / kDdpmChunk;
+  parallel_for(chunks, [&](Index ci) {
+    const Index s = ci * kDdpmChunk;
+    axpby_range(a, u + s, b, v + s, out + s, std::min(kDdpmChunk, n - s));
+  });
+}
+
+}  // namespace detail
+
+/// Forward noising (SPEC 6.1): out = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise. x0, noise, out: same size, any
+/// contiguous Eigen dense objects (flat); out may be x0 or noise itself.
+template <class D1, class D2, class D3>
+void ddpm_add_noise(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0, const Eigen::DenseBase<D2>& noise,
+                    Index t, const Eigen::DenseBase<D3>& out) {
+  using T = detail::scalar_of<D1>;
+  const char* fn = "ddpm_add_noise";
+  static_assert(std::is_same<T, detail::scalar_of<D2>>::value && std::is_same<T, detail::scalar_of<D3>>::value,
+                "ddpm_add_noise: x0, noise and out must have the same scalar type");
+  const Index n = x0.size();
+  detail::require(noise.size() == n, fn, "noise has ", noise.size(), " elements but x0 has ", n);
+  detail::require(out.size() == n, fn, "out has ", out.size(), " elements but x0 has ", n);
+  schedule.check_pair(fn, t, -1);
+  const T* px = detail::flat_data(fn, "x0", x0);
+  const T* pz = detail::flat_data(fn, "noise", noise);
+  T* po = detail::flat_mut(fn, "out", out);
+  detail::require(detail::same_or_disjoint(po, px, n) && detail::same_or_disjoint(po, pz, n), fn,
+                  "out partially overlaps x0 or noise");
+  const double ab = schedule.alpha_bar(t);
+  detail::axpby_flat(T(std::sqrt(ab)), px, T(std::sqrt(1.0 - ab)), pz, po, n);
+}
+
+/// Batched forward noising with one timestep per row: x0, noise, out are [batch, n] row-major (any row
+/// stride), t has batch entries.
+template <class D1, class D2, class D3>
+void ddpm_add_noise(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0, const Eigen::DenseBase<D2>& noise,
+                    const std::vector<Index>& t, const Eigen::DenseBase<D3>& out) {
+  const char* fn = "ddpm_add_noise";
+  auto vx = detail::make_view(fn, "x0", x0);
+  auto vz = detail::make_view(fn, "noise", noise);
+  auto vo = detail::make_mut_view(fn, "out", out);
+  detail::require(Index(t.size()) == vx.rows, fn, "t has ", t.size(), " entries but x0 has ", vx.rows, " rows");
+  detail::require_shape(fn, "noise", vz, vx.rows, vx.cols, "x0 has shape ");
+  detail::require_shape(fn, "out", vo, vx.rows, vx.cols, "x0 has shape ");
+  for (Index t_b : t) schedule.check_pair(fn, t_b, -1);
+  detail::parallel_for(vx.rows, [&](Index r) {
+    const double ab = schedule.alpha_bar(t[std::size_t(r)]);
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(vx.data)>>;
+    detail::axpby_range(T(std::sqrt(ab)), vx.row(r), T(std::sqrt(1.0 - ab)), vz.row(r), vo.row(r), vx.cols);
+  });
+}
+
+/// Velocity target (SPEC 6.4, diffusers get_velocity): out = sqrt(ab_t) noise - sqrt(1 - ab_t) x0.
+template <class D1, class D2, class D3>
+void ddpm_velocity(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0, const Eigen::DenseBase<D2>& noise,
+                   Index t, const Eigen::DenseBase<D3>& out) {
+  using T = detail::scalar_of<D1>;
+  const char* fn = "ddpm_velocity";
+  static_assert(std::is_same<T, detail::scalar_of<D2>>::value && std::is_same<T, detail::scalar_of<D3>>::value,
+                "ddpm_velocity: x0, noise and out must have the same scalar type");
+  const Index n = x0.size();
+  detail::require(noise.size() == n, fn, "noise has ", noise.size(), " elements but x0 has ", n);
+  detail::require(out.size() == n, fn, "out has ", out.size(), " elements but x0 has ", n);
+  schedule.check_pair(fn, t, -1);
+  const T* px = detail::flat_data(fn, "x0", x0);
+  const T* pz = detail::flat_data(fn, "noise", noise);
+  T* po = detail::flat_mut(fn, "out", out);
+  detail::require(detail::same_or_disjoint(po, px, n) && detail::same_or_disjoint(po, pz, n), fn,
+                  "out partially overlaps x0 or noise");
+  const double ab = schedule.alpha_bar(t);
+  detail::axpby_flat(T(std::sqrt(ab)), pz, T(-std::sqrt(1.0 - ab)), px, po, n);
+}
+
+/// One reverse step of diffusers' DDPMScheduler (SPEC 6.4) from t to prev_t (default t - 1):
+/// x0_hat from the model output (Epsilon, Sample or Velocity), optionally clamped to +-clip_range, posterior
+/// mean with the effective single-step alpha = ab_t / ab_prev and beta = 1 - alpha, plus std z with
+/// std^2 = the posterior variance (FixedSmall) or beta (FixedLarge). No noise when prev_t < 0 (noise is not
+/// read and may be empty). model_output, sample, noise, out: same size, any contiguous Eigen dense objects
+/// (flat); out may be sample or model_output itself (in place).
+/// Note: diffusers adds noise whenever t > 0, so for a custom list whose last entry is t > 0 (prev_t = -1)
+/// it would add std sqrt(1e-20) (FixedSmall) or sqrt(1 - ab_t) (FixedLarge) noise; kexue adds none.
+template <class D1, class D2, class D3, class D4>
+void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_output, Index t,
+               const Eigen::DenseBase<D2>& sample, const Eigen::DenseBase<D3>& noise,
+               const Eigen::DenseBase<D4>& out, const DdpmStepOptions& options = {}) {
+  using T = detail::scalar_of<D1>;
+  const char* fn = "ddpm_step";
+  static_assert(std::is_same<T, detail::scalar_of<D2>>::value && std::is_same<T, detail::scalar_of<D3>>::value &&
+                    std::is_same<T, detail::scalar_of<D4>>::value,
+                "ddpm_step: model_output, sample, noise and out must have the same scalar type");
+  const DdpmStepCoefficients k = ddpm_step_coefficients(schedule, t, options, fn);
+  const Index n = sample.size();
+  detail::require(model_output.size() == n, fn, "model_output has ", model_output.size(), " elements but sample has ",
+                  n);
+  detail::require(out.size() == n, fn, "out has ", out.size(), " elements but sample has ", n);
+  const bool uses_noise = k.noise_std != 0.0;
+  detail::require(noise.size() == n || (!uses_noise && noise.size() == 0), fn, "noise has ", noise.size(),
+                  " elements but sample has ", n);
+  const T* pm = detail::flat_data(fn, "model_output", model_output);
+  const T* px = detail::flat_data(fn, "sample", sample);
+  const T* pz = uses_noise ? detail::flat_data(fn, "noise", noise) : nullptr;
+  T* po = detail::flat_mut(fn, "out", out);
+  detail::require(detail::same_or_disjoint(po, pm, n) && detail::same_or_disjoint(po, px, n) &&
+                      (!pz || detail::same_or_disjoint(po, pz, n)),
+                  fn, "out partially overlaps an input");
+  detail::require(!pz || pz != po, fn, "out must not be the noise buffer");
+  detail::ddpm_step_flat(detail::to_kernel_coef<T>(k, options), pm, px, pz, po, n);
+}
+
+/// The reverse step with the noise drawn from a Philox stream on the fly (no noise buffer: the fast path for
+/// sampling). Element i gets value gen.offset() + i of the stream, exactly as gen.normal(noise) followed by
+/// ddpm_step would; the offset advances by sample.size() when noise is used. Bitwise identical for any
+/// thread count.
+template <class D1, class D2, class D4>
+void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_output, Index t,
+               const Eigen::DenseBase<D2>& sample, PhiloxGenerator& gen, const Eigen::DenseBase<D4>& out,
+               const DdpmStepOptions& options = {}) {
+  using T = detail::scalar_of<D1>;
+  const char* fn = "ddpm_step";
+  static_assert(std::is_same<T, detail::scalar_of<D2>>::value && std::is_same<T, detail::scalar_of<D4>>::value,
+                "ddpm_step: model_output, sample and out must have the same scalar type");
+  const DdpmStepCoefficients k = ddpm_step_coefficients(schedule, t, options, fn);
+  const Index n = sample.size();
+  detail::require(model_output.size() == n, fn, "model_output has ", model_output.size(), " elements but sample has ",
+                  n);
+  detail::require(out.size() == n, fn, "out has ", out.size(), " elements but sample has ", n);
+  const T* pm = detail::flat_data(fn, "model_output", model_output);
+  const T* px = detail::flat_data(fn, "sample", sample);
+  T* po = detail::flat_mut(fn, "out", out);
+  detail::require(detail::same_or_disjoint(po, pm, n) && detail::same_or_disjoint(po, px, n), fn,
+                  "out partially overlaps an input");
+  const auto c = detail::to_kernel_coef<T>(k, options);
+  if (k.noise_std == 0.0) {
+    detail::ddpm_step_flat(c, pm, px, static_cast<const T*>(nullptr), po, n);
+    return;
+  }
+  // Noise is produced per tile into a stack buffer (L1-resident), so the step streams m, x and out only.
+  constexpr Index kTile = 1024;
+  const std::uint64_t seed = gen.seed(), base = gen.offset();
+  const Index chunks = (n + detail::kDdpmChunk - 1) / detail::kDdpmChunk;
+  detail::parallel_for(chunks, [&](Index ci) {
+    alignas(64) T z[kTile];
+    const Index end = std::min(n, (ci + 1) * detail::kDdpmChunk);
+    for (Index b = ci * detail::kDdpmChunk; b < end; b += kTile) {
+      const Index len = std::min(kTile, end - b);
+      detail::philox_normal_serial(seed, base + std::uint64_t(b), z, len);
+      detail::ddpm_step_range(c, pm + b, px + b, z, po + b, len);
+    }
+  });
+  gen.set_offset(base + std::uint64_t(n));
+}
+
+/// Batched reverse step with one timestep per sample: model_output, sample, noise, out are [batch, n]
+/// row-major (any row stride; out rows may be the sample rows themselves), t has batch entries, prev_t is
+/// empty (each t - 1) or has batch entries. options.prev_t must be unset. Row b equals the single step of
+/// row b with t[b], prev_t[b].
+template <class D1, class D2, class D3, class D4>
+void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_output, const std::vector<Index>& t,
+               const Eigen::DenseBase<D2>& sample, const Eigen::DenseBase<D3>& noise,
+               const Eigen::DenseBase<D4>& out, const DdpmStepOptions& options = {},
+               const std::vector<Index>& prev_t = {}) {
+  using T = detail::scalar_of<D1>;
+  const char* fn = "ddpm_step";
+  auto vm = detail::make_view(fn, "model_output", model_output);
+  auto vx = detail::make_view(fn, "sample", sample);
+  auto vz = detail::make_view(fn, "noise", noise);
+  auto vo = detail::make_mut_view(fn, "out", out);
+  static_assert(std::is_same<T, detail::scalar_of<D2>>::value && std::is_same<T, detail::scalar_of<D3>>::value &&
+                    std::is_same<T, detail::scalar_of<D4>>::value,
+                "ddpm_step: model_output, sample, noise and out must have the same scalar type");
+  detail::require(!options.prev_t, fn, "options.prev_t must be unset in the batched step; pass the prev_t list");
+  const Index rows = vx.rows, cols = vx.cols;
+  detail::require(Index(t.size()) == rows, fn, "t has ", t.size(), " entries but sample has ", rows, " rows");
+  detail::require(prev_t.empty() || Index(prev_t.size()) == rows, fn, "prev_t has ", prev_t.size(),
+                  " entries but sample has ", rows, " rows");
+  detail::require_shape(fn, "model_output", vm, rows, cols, "sample has shape ");
+  detail::require_shape(fn, "noise", vz, rows, cols, "sample has shape ");
+  detail::require_shape(fn, "out", vo, rows, cols, "sample has shape ");
+  std::vector<detail::DdpmStepCoef<T>> coef(static_cast<std::size_t>(rows));
+  for (Index r = 0; r < rows; ++r) {
+    DdpmStepOptions o = options;
+    o.prev_t = prev_t.empty() ? t[std::size_t(r)] - 1 : prev_t[std::size_t(r)];
+    coef[std::size_t(r)] = detail::to_kernel_coef<T>(ddpm_step_coefficients(schedule, t[std::size_t(r)], o, fn), o);
+  }
+  for (Index r = 0; r < rows; ++r)
+    detail::require(detail::same_or_disjoint(vo.row(r), vm.row(r), cols) &&
+                        detail::same_or_disjoint(vo.row(r), vx.row(r), cols),
+                    fn, "out row ", r, " partially overlaps an input row");
+  detail::parallel_for(rows, [&](Index r) {
+    detail::ddpm_step_range(coef[std::size_t(r)], vm.row(r), vx.row(r), vz.row(r), vo.row(r), cols);
+  });
+}
+
+}  // namespace kexue
