@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: MIT
+// Fused attention (issue 4 shapes): fp32, d = dv = 64, 8 heads, n = m in {512, 2048, 8192}, the three
+// normalisations, causal and not, 1 and 2 threads; a KV-cache decode step (n = 1 against m cached keys, GQA);
+// and the naive baseline in the same binary: plain Eigen materialising S = q k^T, a row softmax, then S v.
+// Flops: 4 n m d per head (two GEMM-like products), halved for causal (n = m).
+#include <sys/resource.h>
+
+#include <cmath>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "kexue/attention.hpp"
+
+using namespace kexue_bench;
+
+namespace {
+
+constexpr Index kHeads = 8;
+constexpr Index kDim = 64;
+
+struct Inputs {
+  std::vector<float> q, k, v, out;
+  Index heads, kv_heads, n, m;
+  Inputs(Index heads_, Index kv_heads_, Index n_, Index m_) : heads(heads_), kv_heads(kv_heads_), n(n_), m(m_) {
+    q.resize(static_cast<std::size_t>(heads * n * kDim));
+    k.resize(static_cast<std::size_t>(kv_heads * m * kDim));
+    v.resize(k.size());
+    out.resize(q.size());
+    auto fill = [](std::vector<float>& x, unsigned seed) {
+      for (std::size_t i = 0; i < x.size(); ++i)
+        x[i] = float(((i + seed) * 2654435761u) % 2001) * 1e-3f - 1.f;  // uniform-ish in [-1, 1]
+    };
+    fill(q, 1);
+    fill(k, 7);
+    fill(v, 13);
+  }
+  kexue::TensorView<const float> tq() const { return kexue::TensorView<const float>::contiguous(q.data(), 1, heads, n, kDim); }
+  kexue::TensorView<const float> tk() const {
+    return kexue::TensorView<const float>::contiguous(k.data(), 1, kv_heads, m, kDim);
+  }
+  kexue::TensorView<const float> tv() const {
+    return kexue::TensorView<const float>::contiguous(v.data(), 1, kv_heads, m, kDim);
+  }
+  kexue::TensorView<float> to() { return kexue::TensorView<float>::contiguous(out.data(), 1, heads, n, kDim); }
+};
+
+long max_rss_kib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
+// Args: n, normalization (0 softmax, 1 softmax_plus, 2 squared_relu), causal, threads.
+void BM_attention(benchmark::State& state) {
+  const Index n = state.range(0);
+  const auto norm = static_cast<kexue::Normalization>(state.range(1));
+  const bool causal = state.range(2) != 0;
+  const int threads = static_cast<int>(state.range(3));
+  set_threads(threads);
+  Inputs in(kHeads, kHeads, n, n);
+  kexue::AttentionOptions opt;
+  opt.normalization = norm;
+  opt.causal = causal;
+  // High-water mark of the process before and after the first call: the call's own memory beyond its
+  // inputs and outputs (only visible if it exceeds every earlier peak of this process, so an upper bound
+  // of 0 here means "less than what the process had already used").
+  const long rss0 = max_rss_kib();
+  kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
+  const long rss1 = max_rss_kib();
+  for (auto _ : state) {
+    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+  const double flops = 4.0 * double(n) * double(n) * kDim * kHeads * (causal ? 0.5 : 1.0);
+  report_flops(state, flops, threads);
+  state.counters["call_extra_MiB"] = double(rss1 - rss0) / 1024.0;
+  set_threads(1);
+}
+
+void attention_args(benchmark::internal::Benchmark* b) {
+  for (long n : {512, 2048, 8192})
+    for (long norm : {0, 1, 2}) b->Args({n, norm, 0, 1});
+  for (long n : {2048, 8192}) b->Args({n, 0, 1, 1});
+  b->Args({2048, 0, 0, 2});
+  b->Args({2048, 0, 1, 2});
+  b->Args({8192, 0, 0, 2});
+  b->ArgNames({"n", "norm", "causal", "threads"});
+}
+BENCHMARK(BM_attention)->Apply(attention_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// One decoding step: a single new query per head against m cached keys, 8 query heads sharing 2 KV heads
+// (grouped-query attention). Memory-bound: it reads the whole cache once.
+void BM_attention_decode(benchmark::State& state) {
+  const Index m = state.range(0);
+  Inputs in(kHeads, 2, 1, m);
+  kexue::AttentionOptions opt;
+  opt.causal = true;
+  for (auto _ : state) {
+    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 4.0 * double(m) * kDim * kHeads, 1);
+  report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
+}
+BENCHMARK(BM_attention_decode)->Arg(4096)->Arg(16384)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// Naive baseline: per head, S = scale q k^T with Eigen's GEMM (materialised n x n), row softmax, O = S v.
+void BM_attention_naive_eigen(benchmark::State& state) {
+  const Index n = state.range(0);
+  set_threads(1);
+  Inputs in(kHeads, kHeads, n, n);
+  using M = kexue::Matrix<float>;
+  M s(n, n);
+  const float scale = 1.0f / std::sqrt(float(kDim));
+  for (auto _ : state) {
+    for (Index h = 0; h < kHeads; ++h) {
+      Eigen::Map<const M> q(in.q.data() + h * n * kDim, n, kDim), k(in.k.data() + h * n * kDim, n, kDim),
+          v(in.v.data() + h * n * kDim, n, kDim);
+      Eigen::Map<M> o(in.out.data() + h * n * kDim, n, kDim);
+      s.noalias() = scale * (q * k.transpose());
+      for (Index r = 0; r < n; ++r) {
+        auto row = s.row(r);
+        const float mx = row.maxCoeff();
+        row = (row.array() - mx).exp();
+        row /= row.sum();
+      }
+      o.noalias() = s * v;
+    }
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 4.0 * double(n) * double(n) * kDim * kHeads, 1);
+}
+BENCHMARK(BM_attention_naive_eigen)->Arg(512)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,503 @@
+// SPDX-License-Identifier: MIT
+// kexue::attention: PyTorch reference data (bert4keras attention_normalize) for every normalisation x mask
+// kind x causal alignment, float and double; the tiled SIMD kernel against the scalar double reference over
+// odd sizes, strided rows and NaN guards; huge logits; errors before writing; batched / GQA / KV-cache forms
+// against the 2-D form; thread-count determinism; the fast exp; the diagnostics.
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kexue/attention.hpp"
+#include "kexue/detail/parallel.hpp"
+#include "reference/attention_reference.hpp"
+#include "reference/reference_data.hpp"
+#include "support.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using namespace kexue_test;
+using kexue::AttentionOptions;
+using kexue::Matrix;
+using kexue::Normalization;
+namespace kd = kexue::detail;
+
+namespace {
+
+const RefData& ref() {
+  static const RefData r("attention");
+  return r;
+}
+
+std::vector<std::string> case_names() {
+  std::vector<std::string> names;
+  for (const char* g : {"g0", "g1", "g2"})
+    for (const char* norm : {"softmax", "softmax_plus", "squared_relu"})
+      for (const char* tag : {"plain", "keylen", "keymask", "causal_lt", "causal_eq", "causal_gt", "causal_mask"})
+        names.push_back(std::string(g) + "_" + norm + "_" + tag);
+  for (const char* extra : {"opt_scale", "opt_relu2_fixed", "opt_relu2_fixed_causal", "opt_plus_nofloor"})
+    names.push_back(extra);
+  return names;
+}
+
+AttentionOptions case_options(const std::string& name) {
+  const RefData& r = ref();
+  AttentionOptions o;
+  o.normalization = static_cast<Normalization>(int(r.scalar(name + "/norm")));
+  o.causal = r.scalar(name + "/causal") != 0;
+  if (r.scalar(name + "/key_length") >= 0) o.key_length = Index(r.scalar(name + "/key_length"));
+  if (r.scalar(name + "/scale") != 0) o.scale = r.scalar(name + "/scale");
+  o.train_length = Index(r.scalar(name + "/train_length"));
+  o.min_length = Index(r.scalar(name + "/min_length"));
+  if (r.scalar(name + "/relu2_length") > 0) o.relu2_length = Index(r.scalar(name + "/relu2_length"));
+  return o;
+}
+
+template <class T>
+void check_reference_case(const std::string& name) {
+  const RefData& r = ref();
+  if (!r.has(name + "/out")) return;  // group 2 has fewer variants
+  const std::string g = "g" + std::to_string(int(r.scalar(name + "/group")));
+  const Index n = Index(r.scalar(name + "/n"));
+  const Matrix<T> qall = r.matrix<T>(g + "/q");
+  const Matrix<T> q = qall.topRows(n);
+  const Matrix<T> k = r.matrix<T>(g + "/k");
+  const Matrix<T> v = r.matrix<T>(g + "/v");
+  const Matrix<T> expected = r.matrix<T>(name + "/out");
+  std::vector<std::uint8_t> mask;
+  for (double x : r.values(g + "/mask")) mask.push_back(x != 0);
+  const AttentionOptions o = case_options(name);
+  const bool use_mask = r.scalar(name + "/use_mask") != 0;
+
+  Matrix<T> out = Matrix<T>::Constant(n, v.cols(), T(7));
+  Matrix<T> weights(n, k.rows());
+  if (use_mask) {
+    kexue::attention(q, k, v, mask, out, o);
+    kexue::attention_weights(q, k, mask, weights, o);
+  } else {
+    kexue::attention(q, k, v, out, o);
+    kexue::attention_weights(q, k, weights, o);
+  }
+  INFO(name << (std::is_same<T, float>::value ? " float" : " double"));
+  CHECK(nmse(out, expected) < nmse_bound<T>());
+  const Matrix<T> via_weights = weights * v;
+  CHECK(nmse(via_weights, expected) < nmse_bound<T>());
+  // Rows the reference leaves at exactly 0 (no visible key) must be exactly 0 here too.
+  for (Index i = 0; i < n; ++i) {
+    if (expected.row(i).cwiseAbs().maxCoeff() == 0) CHECK(out.row(i).cwiseAbs().maxCoeff() == T(0));
+  }
+}
+
+// Random data in [-1, 1) as T and as double.
+template <class T>
+struct Rand {
+  std::vector<T> t;
+  std::vector<double> d;
+  Rand(Index n, std::uint32_t seed, double amp = 1.0) {
+    auto x = random_values<T>(n, seed);
+    for (auto& e : x) e = T(double(e) * amp);
+    t = x;
+    d.assign(x.begin(), x.end());
+  }
+};
+
+template <class T>
+using StridedMap = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using ConstStridedMap = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+
+// Copies rows x cols values into a NaN-guarded buffer with row stride cols + pad, starting `offset` in.
+template <class T>
+struct GuardedMatrix {
+  PaddedBuffer<T> buf;
+  Index rows, cols, stride;
+  GuardedMatrix(const std::vector<T>& values, Index rows_, Index cols_, Index pad, Index offset)
+      : buf(rows_ * (cols_ + pad), offset), rows(rows_), cols(cols_), stride(cols_ + pad) {
+    for (Index i = 0; i < rows; ++i)
+      for (Index j = 0; j < cols; ++j) buf.data()[i * stride + j] = values.empty() ? T(0) : values[i * cols + j];
+  }
+  ConstStridedMap<T> cmap() { return ConstStridedMap<T>(buf.data(), rows, cols, Eigen::OuterStride<>(stride)); }
+  StridedMap<T> map() { return StridedMap<T>(buf.data(), rows, cols, Eigen::OuterStride<>(stride)); }
+};
+
+template <class T>
+void sweep_against_scalar_reference() {
+  const Index sizes_n[] = {0, 1, 3, kd::kTileRows<T> - 1, kd::kTileRows<T>, kd::kTileRows<T> + 1, 49};
+  const Index sizes_m[] = {0, 1, 7, 63, 64, 65, 130};
+  const Index dims[][2] = {{1, 1}, {3, 5}, {8, 8}, {17, 13}, {64, 64}};
+  std::uint32_t seed = 1;
+  int checked = 0;
+  for (Index n : sizes_n) {
+    for (Index m : sizes_m) {
+      for (const auto& dd : dims) {
+        const Index d = dd[0], dv = dd[1];
+        // Rotate through normalisations and masks rather than taking the full product (runtime under ASan).
+        const int variant = int(seed % 12);
+        ++seed;
+        AttentionOptions o;
+        o.normalization = static_cast<Normalization>(variant % 3);
+        o.causal = (variant / 3) % 2 == 1;
+        RefAttentionArgs ra;
+        ra.norm = o.normalization;
+        ra.causal = o.causal;
+        if (variant >= 6 && m > 2) {
+          o.key_length = m - 2;
+          ra.key_length = m - 2;
+        }
+        std::vector<unsigned char> mask(static_cast<std::size_t>(m));
+        for (Index j = 0; j < m; ++j) mask[j] = ((j * 7 + seed) % 5) != 0;
+        const bool use_mask = variant % 4 == 1;
+        if (use_mask) ra.mask = mask.data();
+        Rand<T> q(n * d, seed * 3 + 1, 2.0), k(m * d, seed * 3 + 2, 2.0), v(m * dv, seed * 3 + 3);
+        GuardedMatrix<T> gq(q.t, n, d, 3, 1), gk(k.t, m, d, 1, 2), gv(v.t, m, dv, 5, 3);
+        GuardedMatrix<T> go({}, n, dv, 2, 1);
+        if (use_mask)
+          kexue::attention(gq.cmap(), gk.cmap(), gv.cmap(), kexue::KeyMask(mask.data(), m), go.map(), o);
+        else
+          kexue::attention(gq.cmap(), gk.cmap(), gv.cmap(), go.map(), o);
+        const auto expected = reference_attention(q.d, k.d, v.d, n, m, d, dv, ra);
+        Matrix<double> got(n, dv), want(n, dv);
+        for (Index i = 0; i < n; ++i)
+          for (Index e = 0; e < dv; ++e) {
+            got(i, e) = double(go.map()(i, e));
+            want(i, e) = expected[i * dv + e];
+          }
+        INFO("n " << n << " m " << m << " d " << d << " dv " << dv << " variant " << variant);
+        CHECK(nmse(got, want) < nmse_bound<T>());
+        // Padding between rows is part of the guarded region too: only real entries may change.
+        bool pads_nan = true;
+        for (Index i = 0; i < n; ++i)
+          for (Index e = dv; e < go.stride; ++e) pads_nan &= std::isnan(go.buf.data()[i * go.stride + e]);
+        CHECK(pads_nan);
+        CHECK(go.buf.guards_intact(n * go.stride));
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked == 7 * 7 * 5);
+}
+
+}  // namespace
+
+TEST_CASE("attention matches PyTorch (bert4keras attention_normalize) for every normalisation and mask",
+          "[attention]") {
+  for (const auto& name : case_names()) {
+    check_reference_case<float>(name);
+    check_reference_case<double>(name);
+  }
+}
+
+TEST_CASE("tiled SIMD attention matches the scalar reference over odd sizes, strides and NaN guards",
+          "[attention]") {
+  sweep_against_scalar_reference<float>();
+  sweep_against_scalar_reference<double>();
+}
+
+TEST_CASE("fast exp: accurate against std::exp, exact 0 at -inf, finite at the top", "[attention]") {
+  constexpr Index L = kd::kLanes<float>;
+  std::vector<float> xs;
+  for (double x = -100; x <= 88; x += 0.01337) xs.push_back(float(x));
+  for (float x : {0.f, -0.f, -1e-30f, 1e-30f, -87.99f, -88.f, -88.1f, -1e30f, 88.f})
+    xs.push_back(x);
+  xs.push_back(-std::numeric_limits<float>::infinity());
+  while (xs.size() % L) xs.push_back(0.f);
+  double worst = 0;
+  for (std::size_t i = 0; i < xs.size(); i += L) {
+    float y[L];
+    kd::store(y, kd::fast_exp<float>(kd::load(xs.data() + i)));
+    for (Index l = 0; l < L; ++l) {
+      const float x = xs[i + l];
+      if (x <= -88.f) {
+        CHECK(y[l] == 0.f);
+        continue;
+      }
+      const double want = std::exp(double(x));
+      if (want < 1e-37) {  // the bottom binade may flush to 0: absolute error is what matters there
+        CHECK(std::abs(double(y[l]) - want) < 1e-37);
+        continue;
+      }
+      worst = std::max(worst, std::abs(double(y[l]) - want) / want);
+    }
+  }
+  CHECK(worst < 3e-7);
+  // The double path (xsimd's exp) with the same tail conventions.
+  const double inf = std::numeric_limits<double>::infinity();
+  double yd[kd::kLanes<double>];
+  double xd[4] = {-inf, -800.0, -1.5, 0.0};
+  for (Index i = 0; i < 4; i += kd::kLanes<double>) {
+    kd::store(yd, kd::fast_exp<double>(kd::load(xd + i)));
+    for (Index l = 0; l < kd::kLanes<double>; ++l) {
+      const double want = xd[i + l] <= -708 ? 0.0 : std::exp(xd[i + l]);
+      CHECK(std::abs(yd[l] - want) <= 1e-15 * want);
+    }
+  }
+}
+
+TEST_CASE("huge and overflowing logits never give NaN or inf", "[attention]") {
+  const Index n = 30, m = 70, d = 16;
+  for (double amp : {1e3, 1e10, 1e20}) {
+    Matrix<float> q = Matrix<float>::Random(n, d) * float(amp), k = Matrix<float>::Random(m, d) * float(amp);
+    Matrix<float> v = Matrix<float>::Random(m, d), out(n, d);
+    for (int norm = 0; norm < 2; ++norm) {
+      for (bool causal : {false, true}) {
+        AttentionOptions o;
+        o.normalization = static_cast<Normalization>(norm);
+        o.causal = causal;
+        kexue::attention(q, k, v, out, o);
+        INFO("amp " << amp << " norm " << norm << " causal " << causal);
+        CHECK(out.allFinite());
+        // Each output row is a convex combination of value rows.
+        CHECK(out.cwiseAbs().maxCoeff() <= v.cwiseAbs().maxCoeff() * 1.0001f);
+      }
+    }
+  }
+  // At 1e3 the logits are ~1e5: softmax is one-hot on the argmax key; compare with the double reference.
+  Matrix<float> q = Matrix<float>::Random(n, d) * 1e3f, k = Matrix<float>::Random(m, d) * 1e3f;
+  Matrix<float> v = Matrix<float>::Random(m, d), out(n, d);
+  kexue::attention(q, k, v, out);
+  std::vector<double> qd(q.data(), q.data() + q.size()), kd_(k.data(), k.data() + k.size()),
+      vd(v.data(), v.data() + v.size());
+  const auto want = reference_attention(qd, kd_, vd, n, m, d, d, RefAttentionArgs{});
+  Matrix<double> w = Eigen::Map<const Matrix<double>>(want.data(), n, d);
+  CHECK(nmse(Matrix<double>(out.cast<double>()), w) < 1e-10);
+}
+
+TEST_CASE("rows that see no key are zero; softmax rows average v; squared ReLU length options", "[attention]") {
+  const Index n = 40, m = 25, d = 8;
+  Matrix<double> q = Matrix<double>::Random(n, d), k = Matrix<double>::Random(m, d);
+  Matrix<double> ones = Matrix<double>::Ones(m, 3), out(n, 3);
+  AttentionOptions o;
+  o.causal = true;  // n > m: rows i < n - m see nothing
+  for (int norm = 0; norm < 2; ++norm) {
+    o.normalization = static_cast<Normalization>(norm);
+    kexue::attention(q, k, ones, out, o);
+    for (Index i = 0; i < n; ++i) {
+      const double want = i < n - m ? 0.0 : 1.0;
+      CHECK(out.row(i).cwiseAbs().maxCoeff() == Approx(want).margin(1e-12));
+    }
+  }
+  // key_length = 0: nothing visible anywhere, for every normalisation.
+  o = AttentionOptions{};
+  o.key_length = 0;
+  for (int norm = 0; norm < 3; ++norm) {
+    o.normalization = static_cast<Normalization>(norm);
+    out.setConstant(5);
+    kexue::attention(q, k, ones, out, o);
+    CHECK(out.cwiseAbs().maxCoeff() == 0.0);
+  }
+  // An all-zero key mask as well.
+  std::vector<bool> none_bool(m, false);
+  std::vector<std::uint8_t> none(static_cast<std::size_t>(m), 0);
+  kexue::attention(q, k, ones, none, out);
+  CHECK(out.cwiseAbs().maxCoeff() == 0.0);
+  // SquaredRelu: a fixed L divides by L instead of l, so out(fixed L) = out(per-row l) * l / L.
+  AttentionOptions per_row, fixed;
+  per_row.normalization = fixed.normalization = Normalization::SquaredRelu;
+  fixed.relu2_length = 512;
+  Matrix<double> v = Matrix<double>::Random(m, 5), a(n, 5), b(n, 5);
+  kexue::attention(q, k, v, a, per_row);
+  kexue::attention(q, k, v, b, fixed);
+  CHECK(nmse(b, (a * (double(m) / 512.0)).eval()) < 1e-24);
+  // SoftmaxPlus with l <= min_length is softmax with the scale multiplied by ln(16)/ln(512) = 4/9.
+  AttentionOptions plus, soft;
+  plus.normalization = Normalization::SoftmaxPlus;
+  soft.scale = (1.0 / std::sqrt(double(d))) * std::log(16.0) / std::log(512.0);
+  Matrix<double> k10 = k.topRows(10), v10 = v.topRows(10);
+  kexue::attention(q, k10, v10, a, plus);
+  kexue::attention(q, k10, v10, b, soft);
+  CHECK(nmse(a, b) < 1e-24);
+  // n = 0 and m = 0 are fine.
+  Matrix<double> q0(0, d), o0(0, 5);
+  kexue::attention(q0, k, v, o0);
+  Matrix<double> k0(0, d), v0(0, 5);
+  a.setConstant(3);
+  kexue::attention(q, k0, v0, a);
+  CHECK(a.cwiseAbs().maxCoeff() == 0.0);
+}
+
+TEST_CASE("bad input throws kexue::Error naming the argument, before writing", "[attention]") {
+  Matrix<float> q(5, 8), k(7, 8), v(7, 3), out = Matrix<float>::Constant(5, 3, 42.f);
+  q.setRandom();
+  k.setRandom();
+  v.setRandom();
+  auto untouched = [&] { return (out.array() == 42.f).all(); };
+  Matrix<float> k_bad(7, 9), v_bad(6, 3), out_bad(5, 4);
+  CHECK_THROWS_WITH(kexue::attention(q, k_bad, v, out), Catch::Contains("k has 9 columns but q has 8"));
+  CHECK_THROWS_WITH(kexue::attention(q, k, v_bad, out), Catch::Contains("v has 6 rows but k has 7"));
+  CHECK_THROWS_AS(kexue::attention(q, k, v, out_bad), kexue::Error);
+  AttentionOptions o;
+  o.key_length = 8;
+  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), Catch::Contains("key_length"));
+  o = {};
+  o.train_length = 1;
+  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), Catch::Contains("train_length"));
+  o = {};
+  o.min_length = 0;
+  CHECK_THROWS_AS(kexue::attention(q, k, v, out, o), kexue::Error);
+  o = {};
+  o.relu2_length = 0;
+  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), Catch::Contains("relu2_length"));
+  o = {};
+  o.scale = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_AS(kexue::attention(q, k, v, out, o), kexue::Error);
+  std::vector<std::uint8_t> short_mask(6, 1);
+  CHECK_THROWS_WITH(kexue::attention(q, k, v, short_mask, out), Catch::Contains("key_mask has 6"));
+  // out aliasing an input.
+  Matrix<float> buf(7, 8);
+  buf.setRandom();
+  CHECK_THROWS_WITH(kexue::attention(buf.topRows(5), k, v, buf.block(0, 0, 5, 3)), Catch::Contains("alias"));
+  CHECK(untouched());
+  // Batched: heads not a multiple of kv heads.
+  std::vector<float> bq(2 * 3 * 4 * 8), bk(2 * 2 * 5 * 8), bv(2 * 2 * 5 * 3), bo(2 * 3 * 4 * 3, 42.f);
+  auto tq = kexue::TensorView<float>::contiguous(bq.data(), 2, 3, 4, 8);
+  auto tk = kexue::TensorView<float>::contiguous(bk.data(), 2, 2, 5, 8);
+  auto tv = kexue::TensorView<float>::contiguous(bv.data(), 2, 2, 5, 3);
+  auto to = kexue::TensorView<float>::contiguous(bo.data(), 2, 3, 4, 3);
+  CHECK_THROWS_WITH(kexue::attention(tq, tk, tv, to), Catch::Contains("not a multiple"));
+  for (float x : bo) CHECK(x == 42.f);
+}
+
+TEST_CASE("batched GQA, seq-major layouts and the KV-cache step equal the 2-D form", "[attention]") {
+  const Index B = 2, H = 4, Hk = 2, n = 29, m = 41, d = 12, dv = 7;
+  // q and out in the [batch, seq, heads, dim] layout of a fused projection, k and v contiguous per head.
+  auto qv = random_values<float>(B * n * H * d, 11);
+  auto kv = random_values<float>(B * Hk * m * d, 12);
+  auto vv = random_values<float>(B * Hk * m * dv, 13);
+  std::vector<float> ov(static_cast<std::size_t>(B * n * H * dv), 0.f);
+  auto tq = kexue::TensorView<const float>::seq_major(qv.data(), B, n, H, d);
+  auto tk = kexue::TensorView<const float>::contiguous(kv.data(), B, Hk, m, d);
+  auto tv = kexue::TensorView<const float>::contiguous(vv.data(), B, Hk, m, dv);
+  auto to = kexue::TensorView<float>::seq_major(ov.data(), B, n, H, dv);
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(B * m));
+  for (Index i = 0; i < B * m; ++i) mask[i] = (i * 5 % 7) != 0;
+  for (int norm = 0; norm < 3; ++norm) {
+    for (int masked = 0; masked < 2; ++masked) {
+      AttentionOptions o;
+      o.normalization = static_cast<Normalization>(norm);
+      o.causal = masked == 0;
+      if (masked)
+        kexue::attention(tq, tk, tv, mask, to, o);
+      else
+        kexue::attention(tq, tk, tv, to, o);
+      for (Index b = 0; b < B; ++b) {
+        for (Index h = 0; h < H; ++h) {
+          Matrix<float> q2 = tq.matrix(b, h), k2 = tk.matrix(b, h / (H / Hk)), v2 = tv.matrix(b, h / (H / Hk));
+          Matrix<float> o2(n, dv);
+          if (masked)
+            kexue::attention(q2, k2, v2, kexue::KeyMask(mask.data() + b * m, m), o2, o);
+          else
+            kexue::attention(q2, k2, v2, o2, o);
+          Matrix<float> got = to.matrix(b, h);
+          INFO("norm " << norm << " masked " << masked << " b " << b << " h " << h);
+          CHECK(max_abs_diff(got, o2) == 0.0);  // same engine, same tiles: bitwise equal
+        }
+      }
+    }
+  }
+  // KV cache: one new query (position m - 1) against m cached keys equals the last row of the full causal run.
+  Matrix<float> qf = Matrix<float>::Random(m, d), kf = Matrix<float>::Random(m, d), vf = Matrix<float>::Random(m, dv);
+  Matrix<float> full(m, dv), step(1, dv);
+  AttentionOptions o;
+  o.causal = true;
+  kexue::attention(qf, kf, vf, full, o);
+  kexue::attention(qf.bottomRows(1), kf, vf, step, o);
+  CHECK(nmse(step, full.bottomRows(1).eval()) < 1e-12);
+}
+
+TEST_CASE("results are bitwise identical for 1 and 2 threads", "[attention]") {
+#if defined(_OPENMP)
+  const Index B = 2, H = 3, n = 70, m = 90, d = 16;
+  auto qv = random_values<float>(B * H * n * d, 21);
+  auto kv = random_values<float>(B * H * m * d, 22);
+  auto vv = random_values<float>(B * H * m * d, 23);
+  std::vector<float> o1(qv.size()), o2(qv.size());
+  auto tq = kexue::TensorView<const float>::contiguous(qv.data(), B, H, n, d);
+  auto tk = kexue::TensorView<const float>::contiguous(kv.data(), B, H, m, d);
+  auto tv = kexue::TensorView<const float>::contiguous(vv.data(), B, H, m, d);
+  const int saved = omp_get_max_threads();
+  for (int norm = 0; norm < 3; ++norm) {
+    AttentionOptions o;
+    o.normalization = static_cast<Normalization>(norm);
+    o.causal = norm != 1;
+    omp_set_num_threads(1);
+    kexue::attention(tq, tk, tv, kexue::TensorView<float>::contiguous(o1.data(), B, H, n, d), o);
+    omp_set_num_threads(2);
+    kexue::attention(tq, tk, tv, kexue::TensorView<float>::contiguous(o2.data(), B, H, n, d), o);
+    CHECK(o1 == o2);
+  }
+  omp_set_num_threads(saved);
+#else
+  SUCCEED("built without OpenMP: the loop is serial");
+#endif
+}
+
+TEST_CASE("KeyMask accepts bool and byte buffers", "[attention]") {
+  Matrix<double> q = Matrix<double>::Random(4, 5), k = Matrix<double>::Random(6, 5), v = Matrix<double>::Random(6, 2);
+  Matrix<double> a(4, 2), b(4, 2), c(4, 2), e(4, 2);
+  std::array<bool, 6> mb{true, false, true, true, false, true};
+  std::vector<char> mc{1, 0, 1, 1, 0, 1};
+  const unsigned char mu[6] = {1, 0, 7, 1, 0, 255};  // any nonzero byte is visible
+  kexue::attention(q, k, v, mb, a);
+  kexue::attention(q, k, v, mc, b);
+  kexue::attention(q, k, v, kexue::KeyMask(mu, 6), c);
+  CHECK(max_abs_diff(a, b) == 0.0);
+  CHECK(max_abs_diff(a, c) == 0.0);
+  // Equivalent to dropping the masked keys.
+  Matrix<double> k4(4, 5), v4(4, 2);
+  Index r = 0;
+  for (Index j = 0; j < 6; ++j)
+    if (mb[j]) {
+      k4.row(r) = k.row(j);
+      v4.row(r++) = v.row(j);
+    }
+  kexue::attention(q, k4, v4, e);
+  CHECK(nmse(a, e) < 1e-24);
+}
+
+TEST_CASE("diagnostics: entropy and l1/l2 sparsity (SPEC 5.1)", "[attention]") {
+  // One-hot, uniform, and the linear-RNN decay row of SPEC 5.1 (n = 8, lambda = 0.5 -> 0.6099850097).
+  Matrix<double> a = Matrix<double>::Zero(3, 8);
+  a(0, 3) = 1;
+  a.row(1).setConstant(1.0 / 8);
+  for (Index j = 0; j < 8; ++j) a(2, j) = std::pow(0.5, double(7 - j));
+  kexue::Vector<double> s(3), h(3);
+  kexue::attention_sparsity(a, s);
+  CHECK(s[0] == Approx(1.0 / std::sqrt(8.0)).epsilon(1e-14));
+  CHECK(s[1] == Approx(1.0).epsilon(1e-14));
+  CHECK(s[2] == Approx(0.6099850097).epsilon(1e-9));
+  kexue::attention_entropy(a, h);
+  CHECK(h[0] == Approx(0.0).margin(1e-15));
+  CHECK(h[1] == Approx(std::log(8.0)).epsilon(1e-14));
+  // Causal: row i has n_i = i + 1 visible keys, so a uniform-over-visible row scores 1.
+  Matrix<float> t = Matrix<float>::Zero(4, 4);
+  for (Index i = 0; i < 4; ++i) t.row(i).head(i + 1).setConstant(1.f / float(i + 1));
+  kexue::Vector<float> st(4);
+  AttentionOptions causal;
+  causal.causal = true;
+  kexue::attention_sparsity(t, st, causal);
+  for (Index i = 0; i < 4; ++i) CHECK(st[i] == Approx(1.0f).epsilon(1e-6));
+  // Softmax weights are probability rows: entropy <= ln(l); weights @ v equals attention().
+  Matrix<double> q = Matrix<double>::Random(6, 4), k = Matrix<double>::Random(9, 4), v = Matrix<double>::Random(9, 3);
+  Matrix<double> w(6, 9), o(6, 3);
+  kexue::attention_weights(q, k, w, causal);
+  kexue::attention(q, k, v, o, causal);
+  const Matrix<double> wv = w * v;
+  CHECK(nmse(wv, o) < 1e-24);
+  kexue::Vector<double> hw(6);
+  kexue::attention_entropy(w, hw);
+  for (Index i = 0; i < 6; ++i) {
+    CHECK(w.row(i).sum() == Approx(1.0).epsilon(1e-12));
+    CHECK(hw[i] <= std::log(double(i + 4)) + 1e-12);  // row i sees i + 1 + (9 - 6) keys
+  }
+  // Errors.
+  Matrix<double> neg = Matrix<double>::Constant(2, 2, -0.1);
+  kexue::Vector<double> h2(2), h3(3);
+  CHECK_THROWS_WITH(kexue::attention_entropy(neg, h2), Catch::Contains("non-negative"));
+  CHECK_THROWS_WITH(kexue::attention_entropy(a, h2), Catch::Contains("entropy has 2 entries"));
+  CHECK_THROWS_AS(kexue::attention_sparsity(a, h2), kexue::Error);
+  (void)h3;
+}
