@@ -1,17 +1,79 @@
 // SPDX-License-Identifier: MIT
-// Tests of kexue/rope.hpp.
+// Tests of kexue/rope.hpp: SPEC 1.2's derived vectors, PyTorch reference data for every variant (float and
+// double), the SIMD kernels against the scalar reference over odd sizes, misaligned and strided rows with NaN
+// guards, the rotation's properties, errors before any write, batched vs 2-D equality and thread-count
+// independence.
 
 #include "kexue/rope.hpp"
 
+#include <cstring>
+#include <limits>
+#include <string>
 #include <vector>
 
+#include "reference/reference_data.hpp"
+#include "reference/rope_reference.hpp"
 #include "support.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 using kexue::Index;
 using kexue::Matrix;
 using kexue::RopeLayout;
 using kexue::RopeOptions;
+using kexue::RopeScaling;
 using kexue::RopeTable;
+using kexue::TensorView;
+using namespace kexue_test;
+
+namespace {
+
+const RefData& ref() {
+  static const RefData data("rope");
+  return data;
+}
+
+template <class T>
+std::vector<Index> int_positions(const RefData& r, const std::string& name) {
+  std::vector<Index> p;
+  for (double v : r.values(name)) p.push_back(static_cast<Index>(v));
+  return p;
+}
+
+template <class T>
+double tolerance() {
+  return std::is_same<T, float>::value ? 1e-11 : 1e-26;
+}
+
+template <class T>
+std::vector<double> as_double(const Matrix<T>& m) {
+  return std::vector<double>(m.data(), m.data() + m.size());
+}
+
+template <class T>
+void fill_random(Matrix<T>& m, std::uint32_t seed) {
+  const auto v = random_values<T>(m.size(), seed, T(-2), T(2));
+  std::copy(v.begin(), v.end(), m.data());
+}
+
+struct Nmse {
+  std::vector<double> want;
+  template <class M>
+  double operator()(const M& got) const {
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      const double d = double(got.data()[i]) - want[i];
+      if (!std::isfinite(double(got.data()[i]))) return std::numeric_limits<double>::infinity();
+      num += d * d;
+      den += want[i] * want[i];
+    }
+    return num / std::max(den, 1e-300);
+  }
+};
+
+}  // namespace
 
 TEST_CASE("rope: SPEC 1.2 derived test vectors (interleaved, base 10000)", "[rope]") {
   {
@@ -43,4 +105,532 @@ TEST_CASE("rope: SPEC 1.2 derived test vectors (interleaved, base 10000)", "[rop
     CHECK(q5.row(0).dot(k9.row(0)) == Approx(0.8336164029).margin(1e-9));
     CHECK(q0.row(0).dot(k4.row(0)) == Approx(0.8336164029).margin(1e-9));
   }
+}
+
+TEST_CASE("RopeTable rows: the documented cos/signed-sin format of both layouts", "[rope]") {
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::Half}) {
+    RopeOptions o;
+    o.layout = layout;
+    o.rotary_dim = 8;
+    RopeTable<double> t(5, 10, o);
+    CHECK(t.rotary_dim() == 8);
+    CHECK(t.dim() == 10);
+    CHECK(t.max_positions() == 5);
+    CHECK(t.attention_factor() == 1.0);
+    REQUIRE(t.inv_freq().size() == 4);
+    for (Index i = 0; i < 4; ++i) CHECK(t.inv_freq()[std::size_t(i)] == Approx(std::pow(10000.0, -2.0 * i / 8)));
+    for (Index i = 0; i < 4; ++i) {
+      const double angle = 3 * t.inv_freq()[std::size_t(i)];
+      const Index a = layout == RopeLayout::Interleaved ? 2 * i : i;
+      const Index b = layout == RopeLayout::Interleaved ? 2 * i + 1 : i + 4;
+      CHECK(t.cos_row(3)[a] == Approx(std::cos(angle)));
+      CHECK(t.cos_row(3)[b] == Approx(std::cos(angle)));
+      CHECK(t.sin_row(3)[a] == Approx(-std::sin(angle)));
+      CHECK(t.sin_row(3)[b] == Approx(std::sin(angle)));
+    }
+  }
+}
+
+// ---- PyTorch reference data -------------------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("rope matches PyTorch: layouts, offsets, partial rotation", "[rope][torch]", float, double) {
+  using T = TestType;
+  struct Case {
+    const char* name;
+    RopeLayout layout;
+    Index dim, rotary_dim;
+    double base;
+  };
+  const Case cases[] = {
+      {"inter64", RopeLayout::Interleaved, 64, 0, 10000.0},     {"inter40_off", RopeLayout::Interleaved, 40, 0, 10000.0},
+      {"inter6", RopeLayout::Interleaved, 6, 0, 10000.0},       {"half64_off", RopeLayout::Half, 64, 0, 10000.0},
+      {"half20", RopeLayout::Half, 20, 0, 500000.0},            {"inter_partial", RopeLayout::Interleaved, 72, 24, 10000.0},
+      {"half_partial", RopeLayout::Half, 80, 32, 10000.0},      {"half_partial_odd", RopeLayout::Half, 45, 18, 10000.0},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const std::string n = c.name;
+    RopeOptions o;
+    o.layout = c.layout;
+    o.rotary_dim = c.rotary_dim;
+    o.base = c.base;
+    RopeTable<T> table(600, c.dim, o);
+    Matrix<T> x = ref().matrix<T>(n + "/x");
+    const Matrix<T> want = ref().matrix<T>(n + "/y");
+    REQUIRE(x.cols() == c.dim);
+    kexue::rope(table, x, static_cast<Index>(ref().scalar(n + "/first")));
+    CHECK(nmse(x, want) < tolerance<T>());
+    // The pass-through dims are bit-identical to the input.
+    const Matrix<T> x0 = ref().matrix<T>(n + "/x");
+    const Index r = table.rotary_dim();
+    CHECK((x.rightCols(c.dim - r).array() == x0.rightCols(c.dim - r).array()).all());
+  }
+}
+
+TEMPLATE_TEST_CASE("rope matches PyTorch: explicit positions and RoPE + bias", "[rope][torch]", float, double) {
+  using T = TestType;
+  for (auto layout : {RopeLayout::Interleaved, RopeLayout::Half}) {
+    const std::string n = layout == RopeLayout::Interleaved ? "pos_inter" : "pos_half";
+    RopeOptions o;
+    o.layout = layout;
+    RopeTable<T> table(512, 48, o);
+    Matrix<T> x = ref().matrix<T>(n + "/x");
+    const auto pos = int_positions<T>(ref(), n + "/positions");
+    kexue::rope(table, x, pos);
+    CHECK(nmse(x, ref().matrix<T>(n + "/y")) < tolerance<T>());
+    // Positions as std::vector<int> and as an Eigen integer vector give the same bits.
+    Matrix<T> x2 = ref().matrix<T>(n + "/x"), x3 = x2;
+    std::vector<int> pos_int(pos.begin(), pos.end());
+    Eigen::Matrix<Index, Eigen::Dynamic, 1> pos_eigen(static_cast<Index>(pos.size()));
+    for (std::size_t i = 0; i < pos.size(); ++i) pos_eigen[Index(i)] = pos[i];
+    kexue::rope(table, x2, pos_int);
+    kexue::rope(table, x3, pos_eigen);
+    CHECK((x2.array() == x.array()).all());
+    CHECK((x3.array() == x.array()).all());
+  }
+  {
+    RopeTable<T> table(64, 64);
+    Matrix<T> x = ref().matrix<T>("bias_inter/x");
+    const kexue::Vector<T> b = ref().vector<T>("bias_inter/bias");
+    kexue::rope_with_bias(table, x, b, 4);
+    CHECK(nmse(x, ref().matrix<T>("bias_inter/y")) < tolerance<T>());
+    // The explicit-positions form agrees bitwise.
+    Matrix<T> x2 = ref().matrix<T>("bias_inter/x");
+    std::vector<Index> pos;
+    for (Index i = 0; i < x2.rows(); ++i) pos.push_back(4 + i);
+    kexue::rope_with_bias(table, x2, b, pos);
+    CHECK((x2.array() == x.array()).all());
+  }
+  {
+    RopeOptions o;
+    o.layout = RopeLayout::Half;
+    o.rotary_dim = 24;
+    RopeTable<T> table(64, 40, o);
+    Matrix<T> x = ref().matrix<T>("bias_half_partial/x");
+    const kexue::Vector<T> b = ref().vector<T>("bias_half_partial/bias");
+    kexue::rope_with_bias(table, x, b, 4);
+    CHECK(nmse(x, ref().matrix<T>("bias_half_partial/y")) < tolerance<T>());
+  }
+}
+
+TEMPLATE_TEST_CASE("rope matches PyTorch: HF frequency scalings", "[rope][torch]", float, double) {
+  using T = TestType;
+  struct Case {
+    const char* name;
+    RopeLayout layout;
+    Index dim;
+    RopeOptions options;
+  };
+  std::vector<Case> cases;
+  {
+    RopeOptions o;
+    o.layout = RopeLayout::Half;
+    o.scaling = RopeScaling::Linear;
+    o.factor = 4.0;
+    cases.push_back({"linear", RopeLayout::Half, 64, o});
+  }
+  {
+    RopeOptions o;
+    o.layout = RopeLayout::Half;
+    o.scaling = RopeScaling::DynamicNtk;
+    o.factor = 2.0;
+    o.original_max_positions = 512;
+    cases.push_back({"dynamic", RopeLayout::Half, 64, o});  // L = max_positions = 1500
+  }
+  {
+    RopeOptions o;
+    o.layout = RopeLayout::Half;
+    o.scaling = RopeScaling::Yarn;
+    o.factor = 8.0;
+    o.original_max_positions = 4096;
+    cases.push_back({"yarn", RopeLayout::Half, 64, o});
+  }
+  {
+    RopeOptions o;
+    o.scaling = RopeScaling::Yarn;
+    o.factor = 4.0;
+    o.original_max_positions = 2048;
+    o.beta_fast = 16.0;
+    o.beta_slow = 2.0;
+    o.truncate = false;
+    o.mscale = 0.707;
+    o.mscale_all_dim = 1.0;
+    cases.push_back({"yarn_deepseek", RopeLayout::Interleaved, 64, o});
+  }
+  {
+    RopeOptions o;
+    o.layout = RopeLayout::Half;
+    o.base = 500000.0;
+    o.scaling = RopeScaling::Llama3;
+    o.factor = 8.0;
+    o.original_max_positions = 8192;
+    cases.push_back({"llama3", RopeLayout::Half, 128, o});
+  }
+  {
+    RopeOptions o;
+    o.scaling = RopeScaling::Llama3;
+    o.factor = 4.0;
+    o.original_max_positions = 1024;
+    o.low_freq_factor = 2.0;
+    o.high_freq_factor = 8.0;
+    cases.push_back({"llama3_custom", RopeLayout::Interleaved, 64, o});
+  }
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const std::string n = c.name;
+    const Index max_pos = static_cast<Index>(ref().scalar(n + "/max_positions"));
+    RopeTable<T> table(max_pos, c.dim, c.options);
+    const auto inv = ref().values(n + "/inv_freq");
+    REQUIRE(table.inv_freq().size() == inv.size());
+    for (std::size_t i = 0; i < inv.size(); ++i) CHECK(table.inv_freq()[i] == Approx(inv[i]).epsilon(1e-13));
+    CHECK(table.attention_factor() == Approx(ref().scalar(n + "/attention_factor")).epsilon(1e-14));
+    const auto pos = int_positions<T>(ref(), n + "/positions");
+    Matrix<T> x = ref().matrix<T>(n + "/x");
+    kexue::rope(table, x, pos);
+    CHECK(nmse(x, ref().matrix<T>(n + "/y")) < tolerance<T>());
+    if (ref().has(n + "/y_unfolded")) {
+      RopeOptions o = c.options;
+      o.fold_attention_factor = false;
+      RopeTable<T> unfolded(max_pos, c.dim, o);
+      CHECK(unfolded.attention_factor() == table.attention_factor());
+      Matrix<T> x2 = ref().matrix<T>(n + "/x");
+      kexue::rope(unfolded, x2, pos);
+      CHECK(nmse(x2, ref().matrix<T>(n + "/y_unfolded")) < tolerance<T>());
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("rope_2d matches PyTorch (SPEC 1.3: base 1000, row then column halves)", "[rope][torch]", float,
+                   double) {
+  using T = TestType;
+  RopeOptions o;
+  o.base = 1000.0;
+  RopeTable<T> table(8, 64, o);
+  Matrix<T> x = ref().matrix<T>("rope2d/x");
+  const Matrix<T> want = ref().matrix<T>("rope2d/y");
+  kexue::rope_2d(table, x, 5, 2);
+  CHECK(nmse(x, want) < tolerance<T>());
+  Matrix<T> x2 = ref().matrix<T>("rope2d/x");
+  kexue::rope_2d(table, x2, int_positions<T>(ref(), "rope2d/rows"), int_positions<T>(ref(), "rope2d/cols"));
+  CHECK((x2.array() == x.array()).all());
+}
+
+TEST_CASE("rope: dynamic NTK within the original context leaves the frequencies unscaled", "[rope]") {
+  RopeOptions o;
+  o.scaling = RopeScaling::DynamicNtk;
+  o.factor = 4.0;
+  o.original_max_positions = 2048;
+  RopeTable<double> dynamic(1024, 64, o), plain(1024, 64);
+  for (std::size_t i = 0; i < 32; ++i) CHECK(dynamic.inv_freq()[i] == Approx(plain.inv_freq()[i]).epsilon(1e-15));
+  o.sequence_length = 4096;  // stretched for a longer sequence than the table holds
+  RopeTable<double> stretched(1024, 64, o);
+  CHECK(stretched.inv_freq()[31] < plain.inv_freq()[31]);
+  CHECK(stretched.inv_freq()[0] == 1.0);
+}
+
+// ---- SIMD vs the scalar reference -------------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("rope SIMD kernels match the scalar reference over odd sizes, offsets and strides",
+                   "[rope][simd]", float, double) {
+  using T = TestType;
+  constexpr Index L = kexue::detail::kLanes<T>;
+  std::uint32_t seed = 1;
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::Half}) {
+    for (Index half : lane_sizes(L)) {
+      if (half == 0) continue;
+      for (Index extra : {Index(0), Index(3)}) {  // pass-through tail
+        for (Index offset : {Index(0), Index(1), L / 4 > 0 ? L / 4 : Index(1)}) {
+          for (bool with_bias : {false, true}) {
+            const Index r = 2 * half, dim = r + extra, rows = 5, stride = dim + 3, first = 17;
+            INFO("layout " << int(layout) << " r " << r << " dim " << dim << " offset " << offset << " bias "
+                           << with_bias);
+            RopeOptions o;
+            o.layout = layout;
+            o.rotary_dim = r;
+            RopeTable<T> table(64, dim, o);
+            PaddedBuffer<T> buf(rows * stride, offset);
+            const auto vals = random_values<T>(rows * stride, seed++, T(-3), T(3));
+            for (Index i = 0; i < rows; ++i)
+              for (Index j = 0; j < dim; ++j) buf.data()[i * stride + j] = vals[std::size_t(i * stride + j)];
+            std::vector<double> bias;
+            kexue::Vector<T> b(dim);
+            if (with_bias) {
+              const auto bv = random_values<T>(dim, seed++, T(-1), T(1));
+              for (Index j = 0; j < dim; ++j) b[j] = bv[std::size_t(j)];
+              bias.assign(b.data(), b.data() + dim);
+            }
+            std::vector<Index> pos;
+            for (Index i = 0; i < rows; ++i) pos.push_back(first + i);
+            const auto want =
+                kexue_ref::rope_rows(buf.data(), rows, dim, stride, bias, layout, r, table.inv_freq(), pos);
+            Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>> x(buf.data(), rows, dim, Eigen::OuterStride<>(stride));
+            if (with_bias) {
+              kexue::rope_with_bias(table, x, b, first);
+            } else {
+              kexue::rope(table, x, first);
+            }
+            Matrix<T> got = x;
+            CHECK(Nmse{want}(got) < tolerance<T>());
+            CHECK(buf.guards_intact(rows * stride - 3));
+            // The gaps between rows (stride > dim) are never touched.
+            bool gaps = true;
+            for (Index i = 0; i + 1 < rows; ++i)
+              for (Index j = dim; j < stride; ++j) gaps = gaps && std::isnan(buf.data()[i * stride + j]);
+            CHECK(gaps);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- properties -------------------------------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("rope properties: norms kept, scores depend on n - m, Half = permuted Interleaved", "[rope]", float,
+                   double) {
+  using T = TestType;
+  const double eps = std::is_same<T, float>::value ? 1e-5 : 1e-12;
+  const Index d = 40;
+  RopeTable<T> inter(4096, d);
+  RopeOptions ho;
+  ho.layout = RopeLayout::Half;
+  RopeTable<T> half(4096, d, ho);
+  Matrix<T> q(1, d), k(1, d);
+  fill_random(q, 11);
+  fill_random(k, 12);
+  for (const RopeTable<T>* t : {&inter, &half}) {
+    Matrix<T> x = q;
+    kexue::rope(*t, x, 3001);
+    CHECK(double(x.norm()) == Approx(double(q.norm())).epsilon(eps));
+    // (R_m q) . (R_n k) depends on n - m only.
+    auto score = [&](Index m, Index n) {
+      Matrix<T> a = q, b = k;
+      kexue::rope(*t, a, m);
+      kexue::rope(*t, b, n);
+      return double(a.row(0).dot(b.row(0)));
+    };
+    const double base_score = score(0, 7);
+    CHECK(score(100, 107) == Approx(base_score).epsilon(eps * 10));
+    CHECK(score(2000, 2007) == Approx(base_score).epsilon(eps * 100));
+    CHECK(std::abs(score(0, 8) - base_score) > 1e-3);  // a different distance gives a different score
+  }
+  // Half on P x equals P (Interleaved on x), P taking dim 2i to i and 2i + 1 to i + d/2.
+  Matrix<T> xi = q, xh(1, d);
+  for (Index i = 0; i < d / 2; ++i) {
+    xh(0, i) = q(0, 2 * i);
+    xh(0, i + d / 2) = q(0, 2 * i + 1);
+  }
+  kexue::rope(inter, xi, 77);
+  kexue::rope(half, xh, 77);
+  for (Index i = 0; i < d / 2; ++i) {
+    CHECK(xh(0, i) == Approx(xi(0, 2 * i)).margin(eps));
+    CHECK(xh(0, i + d / 2) == Approx(xi(0, 2 * i + 1)).margin(eps));
+  }
+  // Position 0 is the identity.
+  Matrix<T> x0 = q;
+  kexue::rope(half, x0, 0);
+  CHECK((x0.array() == q.array()).all());
+}
+
+TEST_CASE("rope: huge finite values, empty inputs and a zero-position table", "[rope]") {
+  RopeTable<float> table(16, 8);
+  Matrix<float> x = Matrix<float>::Constant(3, 8, 1e30f);
+  kexue::rope(table, x, 5);
+  CHECK(x.allFinite());
+  Matrix<float> empty(0, 8);
+  kexue::rope(table, empty, 16);  // no rows: any first_position >= 0 is fine
+  RopeTable<float> none(0, 8);
+  Matrix<float> empty2(0, 8);
+  kexue::rope(none, empty2);
+  Matrix<float> one(1, 8);
+  CHECK_THROWS_AS(kexue::rope(none, one), kexue::Error);
+}
+
+// ---- errors -----------------------------------------------------------------------------------------------
+
+TEST_CASE("rope: bad input throws kexue::Error naming the problem, before anything is written", "[rope][errors]") {
+  auto throws_with = [](auto&& f, const std::string& part) {
+    try {
+      f();
+    } catch (const kexue::Error& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).find(part) != std::string::npos);
+      return;
+    }
+    FAIL("no kexue::Error thrown; expected one mentioning " << part);
+  };
+  // Options.
+  throws_with([] { RopeTable<float>(8, 7); }, "odd");
+  throws_with([] { RopeOptions o; o.rotary_dim = 5; RopeTable<float>(8, 8, o); }, "odd");
+  throws_with([] { RopeOptions o; o.rotary_dim = 10; RopeTable<float>(8, 8, o); }, "rotary_dim 10");
+  throws_with([] { RopeTable<float>(-1, 8); }, "max_positions");
+  throws_with([] { RopeOptions o; o.base = 0.5; RopeTable<float>(8, 8, o); }, "base");
+  throws_with([] { RopeOptions o; o.scaling = RopeScaling::Yarn; o.factor = 4; RopeTable<float>(8, 8, o); },
+              "original_max_positions");
+  throws_with([] { RopeOptions o; o.scaling = RopeScaling::Linear; o.factor = 0; RopeTable<float>(8, 8, o); },
+              "factor");
+  throws_with([] { RopeOptions o; o.scaling = RopeScaling::Llama3; o.factor = 8; o.original_max_positions = 64;
+                   o.low_freq_factor = 4; o.high_freq_factor = 4; RopeTable<float>(8, 8, o); }, "high_freq_factor");
+  throws_with([] { RopeOptions o; o.freq_factors = {1.0, 2.0}; RopeTable<float>(8, 8, o); }, "freq_factors");
+
+  RopeTable<float> table(10, 8);
+  Matrix<float> x(4, 8);
+  fill_random(x, 3);
+  const Matrix<float> x0 = x;
+  Matrix<float> wrong(4, 6);
+  throws_with([&] { kexue::rope(table, wrong); }, "x has 6 columns");
+  throws_with([&] { kexue::rope(table, x, -1); }, "first_position is -1");
+  throws_with([&] { kexue::rope(table, x, 7); }, "[7, 11)");
+  throws_with([&] { kexue::rope(table, x, std::vector<Index>{0, 1, 10, 2}); }, "positions[2] = 10");
+  throws_with([&] { kexue::rope(table, x, std::vector<int>{0, 1, -3, 2}); }, "positions[2] = -3");
+  throws_with([&] { kexue::rope(table, x, std::vector<Index>{0, 1}); }, "positions has 2 entries");
+  kexue::Vector<float> b(7);
+  throws_with([&] { kexue::rope_with_bias(table, x, b); }, "bias has 7 values");
+  throws_with([&] { kexue::rope_2d(table, x, 3); }, "2 x table dim = 16");
+  Matrix<float> x2d(4, 16);
+  fill_random(x2d, 4);
+  const Matrix<float> x2d0 = x2d;
+  throws_with([&] { kexue::rope_2d(table, x2d, 0); }, "grid_width");
+  throws_with([&] { kexue::rope_2d(table, x2d, 2, 19); }, "row 11");  // patches 19..22 of width 2: rows 9..11
+  CHECK((x.array() == x0.array()).all());
+  CHECK((x2d.array() == x2d0.array()).all());
+
+  // Batched forms.
+  std::vector<float> qbuf(2 * 3 * 4 * 8, 1.f), kbuf(2 * 3 * 5 * 8, 1.f);
+  auto q = TensorView<float>::contiguous(qbuf.data(), 2, 3, 4, 8);
+  auto k = TensorView<float>::contiguous(kbuf.data(), 2, 3, 5, 8);
+  throws_with([&] { kexue::rope(table, q, k); }, "batch and seq must match");
+  throws_with([&] { kexue::rope(table, q, q); }, "same buffer");
+  throws_with([&] { kexue::rope(table, q, 7); }, "[7, 11)");
+  throws_with([&] { kexue::rope(table, q, std::vector<Index>{0, 1, 2}); }, "positions has 3 entries");
+  auto q6 = TensorView<float>::contiguous(qbuf.data(), 2, 3, 4, 6);
+  throws_with([&] { kexue::rope(table, q6); }, "dim 6");
+  kexue::Vector<float> bias_bad(16);
+  throws_with([&] { kexue::rope_with_bias(table, q, bias_bad); }, "bias has 16 values");
+  for (float v : qbuf) REQUIRE(v == 1.f);
+  for (float v : kbuf) REQUIRE(v == 1.f);
+}
+
+TEST_CASE("rope_2d: coordinates checked against the table", "[rope][errors]") {
+  RopeTable<double> table(4, 4);
+  Matrix<double> x(6, 8);
+  x.setOnes();
+  // Width 3: patches 0..5 are rows 0..1, cols 0..2: inside a 4-position table.
+  kexue::rope_2d(table, x, 3);
+  // Width 5 from patch 0: cols reach 4 (outside), rows 0..1.
+  Matrix<double> y = Matrix<double>::Ones(6, 8);
+  CHECK_THROWS_AS(kexue::rope_2d(table, y, 5), kexue::Error);
+  CHECK((y.array() == 1.0).all());
+  // Width 5 from patch 21: one grid row (row 4: outside), cols 1..4.
+  Matrix<double> z = Matrix<double>::Ones(2, 8);
+  CHECK_THROWS_AS(kexue::rope_2d(table, z, 5, 21), kexue::Error);
+  // Width 8 from patch 1, 3 patches: cols 1..3 and row 0: inside.
+  Matrix<double> w = Matrix<double>::Ones(3, 8);
+  kexue::rope_2d(table, w, 8, 1);
+  CHECK(w.allFinite());
+}
+
+// ---- batched ----------------------------------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("batched rope equals the 2-D form, for any layout of the buffer and thread count",
+                   "[rope][batched]", float, double) {
+  using T = TestType;
+  const Index B = 2, H = 4, HK = 2, S = 13, D = 36;
+  const int saved_threads = kexue::detail::max_threads();
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::Half}) {
+    RopeOptions o;
+    o.layout = layout;
+    o.rotary_dim = 28;
+    RopeTable<T> table(40, D, o);
+    const auto qv = random_values<T>(B * H * S * D, 21, T(-2), T(2));
+    const auto kv = random_values<T>(B * HK * S * D, 22, T(-2), T(2));
+    std::vector<Index> pos_bs;  // [batch, seq]: batch 0 from 0, batch 1 from 20
+    for (Index b = 0; b < B; ++b)
+      for (Index s = 0; s < S; ++s) pos_bs.push_back(b * 20 + s);
+
+    auto expected = [&](const std::vector<T>& src, Index heads, auto pos_of) {
+      std::vector<T> out(src);
+      auto view = TensorView<T>::contiguous(out.data(), B, heads, S, D);
+      for (Index b = 0; b < B; ++b)
+        for (Index h = 0; h < heads; ++h) {
+          auto m = view.matrix(b, h);
+          std::vector<Index> pos;
+          for (Index s = 0; s < S; ++s) pos.push_back(pos_of(b, s));
+          kexue::rope(table, m, pos);
+        }
+      return out;
+    };
+    const auto want_q = expected(qv, H, [](Index, Index s) { return 3 + s; });
+    const auto want_k = expected(kv, HK, [](Index, Index s) { return 3 + s; });
+    const auto want_qp = expected(qv, H, [&](Index b, Index s) { return pos_bs[std::size_t(b * S + s)]; });
+    const auto want_kp = expected(kv, HK, [&](Index b, Index s) { return pos_bs[std::size_t(b * S + s)]; });
+
+    for (int threads : {1, 2}) {
+#if defined(_OPENMP)
+      omp_set_num_threads(threads);
+#endif
+      INFO("threads " << threads << " layout " << int(layout));
+      {  // q and k contiguous, grouped-query (H != HK), first_position.
+        std::vector<T> q(qv), k(kv);
+        kexue::rope(table, TensorView<T>::contiguous(q.data(), B, H, S, D),
+                    TensorView<T>::contiguous(k.data(), B, HK, S, D), 3);
+        CHECK(q == want_q);
+        CHECK(k == want_k);
+      }
+      {  // single tensor, [batch, seq] positions
+        std::vector<T> q(qv);
+        kexue::rope(table, TensorView<T>::contiguous(q.data(), B, H, S, D), pos_bs);
+        CHECK(q == want_qp);
+        std::vector<T> q2(qv), k2(kv);
+        kexue::rope(table, TensorView<T>::contiguous(q2.data(), B, H, S, D),
+                    TensorView<T>::contiguous(k2.data(), B, HK, S, D), pos_bs);
+        CHECK(q2 == want_qp);
+        CHECK(k2 == want_kp);
+      }
+      {  // [seq] positions shared across the batch, single tensor
+        std::vector<T> q(qv);
+        std::vector<int> pos;
+        for (Index s = 0; s < S; ++s) pos.push_back(int(3 + s));
+        kexue::rope(table, TensorView<T>::contiguous(q.data(), B, H, S, D), pos);
+        CHECK(q == want_q);
+      }
+      {  // seq-major [batch, seq, heads, dim] buffer (a fused projection's layout)
+        std::vector<T> sm(qv.size());
+        for (Index b = 0; b < B; ++b)
+          for (Index h = 0; h < H; ++h)
+            for (Index s = 0; s < S; ++s)
+              for (Index j = 0; j < D; ++j)
+                sm[std::size_t(((b * S + s) * H + h) * D + j)] = qv[std::size_t(((b * H + h) * S + s) * D + j)];
+        auto view = TensorView<T>::seq_major(sm.data(), B, S, H, D);
+        kexue::rope(table, view, 3);
+        bool same = true;
+        for (Index b = 0; b < B; ++b)
+          for (Index h = 0; h < H; ++h)
+            for (Index s = 0; s < S; ++s)
+              for (Index j = 0; j < D; ++j)
+                same = same && sm[std::size_t(((b * S + s) * H + h) * D + j)] ==
+                                   want_q[std::size_t(((b * H + h) * S + s) * D + j)];
+        CHECK(same);
+      }
+      {  // per-head bias [heads, dim] equals the 2-D rope_with_bias per head
+        std::vector<T> q(qv);
+        const auto bv = random_values<T>(H * D, 23, T(-1), T(1));
+        Matrix<T> bias(H, D);
+        std::copy(bv.begin(), bv.end(), bias.data());
+        kexue::rope_with_bias(table, TensorView<T>::contiguous(q.data(), B, H, S, D), bias, 2);
+        std::vector<T> want(qv);
+        auto wv = TensorView<T>::contiguous(want.data(), B, H, S, D);
+        for (Index b = 0; b < B; ++b)
+          for (Index h = 0; h < H; ++h) {
+            auto m = wv.matrix(b, h);
+            kexue::rope_with_bias(table, m, bias.row(h), 2);
+          }
+        CHECK(q == want);
+      }
+    }
+  }
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
+  (void)saved_threads;
 }
