@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// Gated Attention Unit (GAU, post 8934; bert4keras GatedAttentionUnit; GAU-alpha), SPEC.md sections 3.1-3.3.
+///
+/// For x: [n, D] (one sequence), with e = units and s = key_size:
+///     [u | v | z] = swish(x W_in + b_in)             u, v: [n, e], z: [n, s]   (one fused projection)
+///     q = gamma_q * z + beta_q,  k = gamma_k * z + beta_k                        (per-dim scale and offset)
+///     q, k <- RoPE(q), RoPE(k) at positions 0..n-1                               (when a table is given)
+///     a = scale * q k^T, scale = 1/sqrt(s) (attention_scale) or 1                [n, n], never materialised
+///     A = normalise(a) with keys [key_length, n) masked (and j > i when causal):
+///         SquaredRelu  relu(a)^2 / L, L = keys visible to the row (or relu2_length)   (bert4keras default)
+///         Softmax      softmax(a)
+///         SoftmaxPlus  softmax(a * ln(max(l, min_length)) / ln(train_length))   (GAU-alpha)
+///     out = (u * (A v)) W_out + b_out                                            [n, D]
+/// A row that sees no key gets A = 0 (bert4keras would give NaN), so its output is b_out.
+/// Query rows at padding positions are computed like any other row, as bert4keras does.
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <optional>
+#include <type_traits>
+#include <utility>
+#include <algorithm>
+#include <vector>
+
+#include "kexue/attention.hpp"
+#include "kexue/core.hpp"
+#include "kexue/detail/check.hpp"
+#include "kexue/detail/gau_impl.hpp"
+#include "kexue/detail/parallel.hpp"
+#include "kexue/detail/view.hpp"
+#include "kexue/rope.hpp"
+
+namespace kexue {
+
+/// Weights of one GAU layer (SPEC 3.2). D = hidden size, e = units, s = key size.
+/// w_in: [D, 2e + s], columns [u | v | z]; b_in: [2e + s] or empty (no bias, GAU-alpha);
+/// gamma_q, gamma_k: [s]; beta_q, beta_k: [s] or empty (no offset, GAU-alpha);
+/// w_out: [e, D]; b_out: [D] or empty (no bias).
+template <class T>
+struct GauWeights {
+  Matrix<T> w_in;
+  Vector<T> b_in;
+  Vector<T> gamma_q, beta_q, gamma_k, beta_k;
+  Matrix<T> w_out;
+  Vector<T> b_out;
+
+  /// D: columns of x and out.
+  Index hidden() const { return w_in.rows(); }
+  /// e: width of u, v and of the gated product.
+  Index units() const { return w_out.rows(); }
+  /// s: width of z, q and k (the RoPE table's dim).
+  Index key_size() const { return gamma_q.size(); }
+};
+
+namespace detail {
+inline AttentionOptions gau_default_attention() {
+  AttentionOptions a;
+  a.normalization = Normalization::SquaredRelu;
+  return a;
+}
+}  // namespace detail
+
+/// Options of gau(). Defaults are bert4keras' GatedAttentionUnit defaults: squared_relu normalisation,
+/// attention_scale = true (a = q k^T / sqrt(s)), no mask. GAU-alpha: attention.normalization = SoftmaxPlus
+/// (with train_length 512, min_length 16 as in current bert4keras) and weights without biases.
+struct GauOptions {
+  /// Normalisation and masking of the attention step, with AttentionOptions' meaning:
+  /// normalization (default here SquaredRelu), causal (query i sees keys j <= i), key_length (keys
+  /// [key_length, n) are padding; default n), train_length and min_length (SoftmaxPlus), relu2_length
+  /// (SquaredRelu divides by this fixed length instead of the row's visible keys, post 9019), scale
+  /// (overrides attention_scale when set).
+  AttentionOptions attention = detail::gau_default_attention();
+  /// bert4keras attention_scale: logits are q.k / sqrt(s) when true, q.k when false.
+  bool attention_scale = true;
+};
+
+/// Caller-owned scratch of gau(). It grows to the largest call it has served and is reused without
+/// allocating; one workspace must not be used by two calls at the same time. For a sequence of n tokens
+/// on P threads it holds n (2e + 3s) values for [u | v | z], q, k, plus per thread a query tile of
+/// min(n, 128) x (n + e) values (scores and gated rows); the batched form, when it runs sequences in
+/// parallel, holds the sequence buffers once per thread.
+template <class T>
+class GauWorkspace {
+ public:
+  /// Bytes currently held.
+  std::size_t bytes() const {
+    std::size_t total = 0;
+    for (const auto& s : slots_)
+      total += (s.hidden.size() + s.q.size() + s.k.size() + s.scores.size() + s.gated.size()) * sizeof(T);
+    return total;
+  }
+  /// Frees everything.
+  void clear() { slots_.clear(); }
+
+  /// Scratch of each thread (an implementation detail; the layout may change).
+  std::vector<detail::GauSlot<T>>& detail_slots() { return slots_; }
+
+ private:
+  std::vector<detail::GauSlot<T>> slots_;
+};
+
+namespace detail {
+
+template <class T>
+struct gau_identity {
+  using type = T;
+};
+
+template <class T>
+bool gau_weight_overlaps(const GauWeights<T>& w, const View<T>& out) {
+  auto hits = [&](const T* p, Index size) {
+    if (size == 0) return false;
+    View<const T> v{p, 1, size, size};
+    return overlaps(v, out);
+  };
+  return hits(w.w_in.data(), w.w_in.size()) || hits(w.b_in.data(), w.b_in.size()) ||
+         hits(w.gamma_q.data(), w.gamma_q.size()) || hits(w.beta_q.data(), w.beta_q.size()) ||
+         hits(w.gamma_k.data(), w.gamma_k.size()) || hits(w.beta_k.data(), w.beta_k.size()) ||
+         hits(w.w_out.data(), w.w_out.size()) || hits(w.b_out.data(), w.b_out.size());
+}
+
+/// Validates weights and options and resolves them into a plan; throws kexue::Error on bad input.
+template <class T>
+GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, Index n, const RopeTable<T>* rope) {
+  GauPlan p;
+  p.hidden = w.w_in.rows();
+  p.units = w.w_out.rows();
+  p.key_size = w.gamma_q.size();
+  p.width = 2 * p.units + p.key_size;
+  require(p.hidden > 0, fn, "weights.w_in has shape ", shape_str(w.w_in.rows(), w.w_in.cols()),
+          "; the hidden size D (its rows) must be > 0");
+  require(p.key_size > 0, fn, "weights.gamma_q is empty; it sets the key size s and must have s > 0 values");
+  require(p.units > 0, fn, "weights.w_out has shape ", shape_str(w.w_out.rows(), w.w_out.cols()),
+          "; the units e (its rows) must be > 0");
+  require(w.w_in.cols() == p.width, fn, "weights.w_in has shape ", shape_str(w.w_in.rows(), w.w_in.cols()),
+          " but [D, 2e + s] = ", shape_str(p.hidden, p.width), " (e = ", p.units, " from w_out, s = ", p.key_size,
+          " from gamma_q)");
+  require(w.w_out.cols() == p.hidden, fn, "weights.w_out has shape ", shape_str(w.w_out.rows(), w.w_out.cols()),
+          " but w_in has ", p.hidden, " rows (D)");
+  require(w.b_in.size() == 0 || w.b_in.size() == p.width, fn, "weights.b_in has ", w.b_in.size(),
+          " values but 2e + s = ", p.width, " (or 0: no bias)");
+  require(w.gamma_k.size() == p.key_size, fn, "weights.gamma_k has ", w.gamma_k.size(), " values but gamma_q has ",
+          p.key_size);
+  require(w.beta_q.size() == 0 || w.beta_q.size() == p.key_size, fn, "weights.beta_q has ", w.beta_q.size(),
+          " values but s = ", p.key_size, " (or 0: no offset)");
+  require(w.beta_k.size() == 0 || w.beta_k.size() == p.key_size, fn, "weights.beta_k has ", w.beta_k.size(),
+          " values but s = ", p.key_size, " (or 0: no offset)");
+  require(w.b_out.size() == 0 || w.b_out.size() == p.hidden, fn, "weights.b_out has ", w.b_out.size(),
+          " values but D = ", p.hidden, " (or 0: no bias)");
+
+  const AttentionOptions& a = o.attention;
+  p.normalization = a.normalization;
+  require(a.normalization == Normalization::Softmax || a.normalization == Normalization::SoftmaxPlus ||
+              a.normalization == Normalization::SquaredRelu,
+          fn, "options.attention.normalization has the invalid value ", static_cast<int>(a.normalization));
+  p.causal = a.causal;
+  p.scale = a.scale ? *a.scale : (o.attention_scale ? 1.0 / std::sqrt(double(p.key_size)) : 1.0);
+  require(std::isfinite(p.scale), fn, "options.attention.scale must be finite, got ", p.scale);
+  require(a.train_length >= 2, fn, "options.attention.train_length must be >= 2, got ", a.train_length);
+  require(a.min_length >= 1, fn, "options.attention.min_length must be >= 1, got ", a.min_length);
+  p.train_length = double(a.train_length);
+  p.min_length = double(a.min_length);
+  if (a.relu2_length) require(*a.relu2_length >= 1, fn, "options.attention.relu2_length must be >= 1, got ",
+                              *a.relu2_length);
+  p.relu2_length = a.relu2_length;
+  if (rope) {
+    require(rope->dim() == p.key_size, fn, "rope_table has dim ", rope->dim(), " but the key size s is ",
+            p.key_size);
+    require(rope->max_positions() >= n, fn, "rope_table covers positions [0, ", rope->max_positions(),
+            ") but the sequence has ", n, " tokens");
+  }
+  return p;
+}
+
+/// Byte range [first, last) a [batch, 1, n, D] view touches (n, D, batch > 0), for aliasing checks.
+template <class T>
+std::pair<const char*, const char*> gau_extent(const TensorView<T>& t) {
+  const T* first = t.data;
+  const T* last = t.data + 1;
+  for (Index b : {Index(0), t.batch() - 1})
+    for (Index r : {Index(0), t.seq() - 1}) {
+      const T* row = t.row(b, 0, r);
+      first = std::min(first, row);
+      last = std::max(last, row + t.dim());
+    }
+  return {reinterpret_cast<const char*>(first), reinterpret_cast<const char*>(last)};
+}
+
+inline Index gau_key_length(const char* fn, const char* what, std::optional<Index> key_length, Index n) {
+  const Index kl = key_length ? *key_length : n;
+  require(kl >= 0 && kl <= n, fn, what, " is ", kl, " but must lie in [0, ", n, "] (the sequence length)");
+  return kl;
+}
+
+}  // namespace detail
+
+/// GAU layer on one sequence with caller-owned scratch (no allocation once the workspace has grown).
+/// x, out: [n, D], row-major with unit inner stride (Matrix, Map, Block). out may be x itself (in place):
+/// x is read completely before out is written. rope_table (dim s, at least n positions; bert4keras uses
+/// RopeTable<T>(n, s) with the default interleaved base-10000 layout) rotates q and k, or nullptr for none.
+/// Work is spread over OpenMP threads by tiles of rows; results are bitwise identical for any thread count.
+/// Eigen's GEMM allocates its own packing buffers (under a few MiB) per product.
+template <class T, class Dx, class Do>
+void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
+         GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
+  static_assert(std::is_same<typename Dx::Scalar, T>::value && std::is_same<typename Do::Scalar, T>::value,
+                "gau: x and out must have the scalar type of the weights");
+  constexpr const char* fn = "gau";
+  const detail::View<const T> xv = detail::make_view(fn, "x", x);
+  const detail::View<T> ov = detail::make_mut_view(fn, "out", out);
+  const Index n = xv.rows;
+  detail::GauPlan p = detail::gau_plan(fn, weights, options, n, rope_table);
+  detail::require(xv.cols == p.hidden || n == 0, fn, "x has shape ", detail::shape_str(xv.rows, xv.cols),
+                  " but weights.w_in has ", p.hidden, " rows (D)");
+  detail::require_shape(fn, "out", ov, n, n == 0 ? ov.cols : p.hidden, "x implies ");
+  detail::require(!detail::gau_weight_overlaps(weights, ov), fn, "out overlaps one of the weights");
+  const Index key_length = detail::gau_key_length(fn, "options.attention.key_length",
+                                                      options.attention.key_length, n);
+  if (n == 0) return;
+  auto& slots = workspace.detail_slots();
+  detail::gau_reserve_tiles(slots, std::max<Index>(1, detail::max_threads()), n, p.units);
+  detail::gau_reserve_sequence(slots[0], n, p);
+  detail::gau_sequence(weights, p, xv, ov, key_length, rope_table, slots, 0, true);
+}
+
+/// GAU layer on one sequence; allocates its scratch per call: n (2e + 3s) values plus, per thread,
+/// min(n, 128) x (n + e) values (see GauWorkspace). Otherwise as the workspace overload.
+template <class T, class Dx, class Do>
+void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
+         const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
+  GauWorkspace<T> workspace;
+  gau(weights, x, out, workspace, options, rope_table);
+}
+
+/// Batched GAU over a padded batch x, out: [batch, 1, n, D] (TensorView with heads = 1, any strides,
+/// unit inner stride; out may be x itself). lengths: one key length per sequence (keys [lengths[b], n)
+/// are padding, as bert4keras' mask), or empty to use options.attention.key_length (default n) for all;
+/// options.attention.key_length must be unset when lengths are given. Each sequence gives exactly the
+/// bits of the 2-D gau() on it. Sequences run in parallel when there are enough of them (at least as many
+/// as threads), else the row tiles of each sequence do.
+template <class T>
+void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<const T>>::type x,
+         typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths,
+         GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
+  constexpr const char* fn = "gau";
+  const Index batch = x.batch(), n = x.seq();
+  detail::require(x.batch() >= 0 && x.heads() >= 0 && x.seq() >= 0 && x.dim() >= 0, fn, "x has a negative extent");
+  detail::require(x.heads() == 1, fn, "x has ", x.heads(), " heads; the batched GAU takes [batch, 1, n, D]");
+  detail::require(out.batch() == batch && out.heads() == 1 && out.seq() == n && out.dim() == x.dim(), fn,
+                  "out has shape [", out.batch(), ", ", out.heads(), ", ", out.seq(), ", ", out.dim(),
+                  "] but x has [", batch, ", 1, ", n, ", ", x.dim(), "]");
+  detail::GauPlan p = detail::gau_plan(fn, weights, options, n, rope_table);
+  if (batch == 0 || n == 0) return;
+  detail::require(x.dim() == p.hidden, fn, "x has dim ", x.dim(), " but weights.w_in has ", p.hidden, " rows (D)");
+  detail::require(x.data != nullptr && out.data != nullptr, fn, "x or out has no data");
+  detail::require(lengths.empty() || static_cast<Index>(lengths.size()) == batch, fn, "lengths has ",
+                  lengths.size(), " entries but the batch has ", batch, " sequences");
+  detail::require(lengths.empty() || !options.attention.key_length, fn,
+                  "options.attention.key_length and lengths are both given; pass one of them");
+  std::vector<Index> key_lengths(static_cast<std::size_t>(batch));
+  for (Index b = 0; b < batch; ++b) {
+    key_lengths[static_cast<std::size_t>(b)] =
+        lengths.empty() ? detail::gau_key_length(fn, "options.attention.key_length", options.attention.key_length, n)
+                        : detail::gau_key_length(fn, "lengths[b]", lengths[static_cast<std::size_t>(b)], n);
+  }
+  for (Index b = 0; b < batch; ++b) {
+    const detail::View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
+    detail::require(!detail::gau_weight_overlaps(weights, ob), fn, "out overlaps one of the weights");
+  }
+  // Sequence b reads all of its x before writing its out, so out may be x itself, but not a shifted view
+  // of it (sequence b would overwrite the input of another sequence).
+  const bool same = out.data == x.data && out.strides == x.strides;
+  const auto xe = detail::gau_extent(x), oe = detail::gau_extent(out);
+  detail::require(same || oe.second <= xe.first || xe.second <= oe.first, fn,
+                  "out overlaps x without being the same view; pass out = x or disjoint buffers");
+  auto& slots = workspace.detail_slots();
+  const Index threads = std::max<Index>(1, detail::max_threads());
+  const bool by_sequence = threads > 1 && batch >= threads;
+  detail::gau_reserve_tiles(slots, threads, n, p.units);
+  for (Index t = 0; t < (by_sequence ? threads : 1); ++t) detail::gau_reserve_sequence(slots[static_cast<std::size_t>(t)], n, p);
+  auto run = [&](Index b, Index slot, bool tiles_parallel) {
+    const detail::View<const T> xb{x.row(b, 0, 0), n, p.hidden, x.strides[2]};
+    const detail::View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
+    detail::gau_sequence(weights, p, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots, slot,
+                         tiles_parallel);
+  };
+  if (by_sequence) {
+    detail::gau_parallel(batch, true, [&](Index b, Index thread) { run(b, thread, false); });
+  } else {
+    for (Index b = 0; b < batch; ++b) run(b, 0, true);
+  }
+}
+
+/// Batched GAU allocating its scratch per call (see GauWorkspace); otherwise as the workspace overload.
+template <class T>
+void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<const T>>::type x,
+         typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths = {},
+         const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
+  GauWorkspace<T> workspace;
+  gau(weights, x, out, lengths, workspace, options, rope_table);
+}
+
+}  // namespace kexue

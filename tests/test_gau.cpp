@@ -1,0 +1,505 @@
+// SPDX-License-Identifier: MIT
+// Tests of kexue/gau.hpp: PyTorch (bert4keras semantics) reference data, the scalar double reference over
+// odd sizes and strided NaN-guarded buffers, masking properties, batched vs 2-D, thread determinism, errors.
+
+#include "kexue/gau.hpp"
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "reference/gau_reference.hpp"
+#include "reference/reference_data.hpp"
+#include "support.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using kexue::GauOptions;
+using kexue::GauWeights;
+using kexue::GauWorkspace;
+using kexue::Index;
+using kexue::Matrix;
+using kexue::Normalization;
+using kexue::RopeTable;
+using kexue::TensorView;
+using kexue::Vector;
+using namespace kexue_test;
+
+namespace {
+
+template <class T>
+using RowMap = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+
+template <class T>
+GauWeights<T> ref_weights(const RefData& ref, const std::string& tag) {
+  GauWeights<T> w;
+  w.w_in = ref.matrix<T>(tag + "/w_in");
+  w.gamma_q = ref.vector<T>(tag + "/gamma_q");
+  w.gamma_k = ref.vector<T>(tag + "/gamma_k");
+  w.w_out = ref.matrix<T>(tag + "/w_out");
+  if (ref.has(tag + "/b_in")) {
+    w.b_in = ref.vector<T>(tag + "/b_in");
+    w.beta_q = ref.vector<T>(tag + "/beta_q");
+    w.beta_k = ref.vector<T>(tag + "/beta_k");
+    w.b_out = ref.vector<T>(tag + "/b_out");
+  }
+  return w;
+}
+
+/// Random weights with D, e, s; biases when `bias`.
+template <class T>
+GauWeights<T> random_weights(Index D, Index e, Index s, bool bias, std::uint32_t seed) {
+  GauWeights<T> w;
+  auto fill = [&](auto& m, std::uint32_t sd, double lo, double hi) {
+    auto v = random_values<T>(m.size(), sd, T(lo), T(hi));
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = v[static_cast<std::size_t>(i)];
+  };
+  const double a = std::sqrt(3.0 / double(D)), b = std::sqrt(3.0 / double(e));
+  w.w_in.resize(D, 2 * e + s);
+  fill(w.w_in, seed, -a, a);
+  w.gamma_q.resize(s);
+  fill(w.gamma_q, seed + 1, 0.5, 1.5);
+  w.gamma_k.resize(s);
+  fill(w.gamma_k, seed + 2, 0.5, 1.5);
+  w.w_out.resize(e, D);
+  fill(w.w_out, seed + 3, -b, b);
+  if (bias) {
+    w.b_in.resize(2 * e + s);
+    fill(w.b_in, seed + 4, -0.5, 0.5);
+    w.beta_q.resize(s);
+    fill(w.beta_q, seed + 5, -0.5, 0.5);
+    w.beta_k.resize(s);
+    fill(w.beta_k, seed + 6, -0.5, 0.5);
+    w.b_out.resize(D);
+    fill(w.b_out, seed + 7, -0.5, 0.5);
+  }
+  return w;
+}
+
+template <class T>
+Matrix<T> random_matrix(Index rows, Index cols, std::uint32_t seed, double scale = 1.0) {
+  Matrix<T> m(rows, cols);
+  auto v = random_values<T>(m.size(), seed, T(-scale), T(scale));
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = v[static_cast<std::size_t>(i)];
+  return m;
+}
+
+GauOptions make_options(Normalization norm, bool causal = false, Index key_length = -1) {
+  GauOptions o;
+  o.attention.normalization = norm;
+  o.attention.causal = causal;
+  if (key_length >= 0) o.attention.key_length = key_length;
+  return o;
+}
+
+void set_threads(int t) {
+#if defined(_OPENMP)
+  omp_set_num_threads(t);
+#else
+  (void)t;
+#endif
+}
+
+int hardware_threads() {
+#if defined(_OPENMP)
+  return omp_get_num_procs();
+#else
+  return 1;
+#endif
+}
+
+const char* const kCaseNames[] = {
+    "relu2_bias_rope",       "relu2_bias",          "relu2_nobias_rope",         "relu2_bias_rope_keylen",
+    "relu2_fixed_length",    "relu2_noscale",       "softmax_bias_rope",         "softmax_nobias",
+    "softmax_nobias_rope_keylen", "softmax_huge",   "softmax_plus_nobias_rope",  "softmax_plus_bias_keylen",
+    "softmax_plus_short",    "softmax_plus_causal", "relu2_causal_keylen",       "softmax_single"};
+
+const char* case_tag(const std::string& name) { return name.find("nobias") != std::string::npos ||
+                                                     name == "relu2_noscale" || name == "softmax_plus_short" ||
+                                                     name == "softmax_plus_causal" ? "nobias" : "bias"; }
+
+GauOptions ref_options(const RefData& ref, const std::string& name) {
+  GauOptions o;
+  const int method = int(ref.scalar(name + "/method"));
+  o.attention.normalization = method == 0   ? Normalization::Softmax
+                              : method == 1 ? Normalization::SoftmaxPlus
+                                            : Normalization::SquaredRelu;
+  o.attention.causal = ref.scalar(name + "/causal") != 0;
+  o.attention_scale = ref.scalar(name + "/attention_scale") != 0;
+  if (ref.scalar(name + "/key_length") >= 0) o.attention.key_length = Index(ref.scalar(name + "/key_length"));
+  if (ref.scalar(name + "/relu2_length") >= 0) o.attention.relu2_length = Index(ref.scalar(name + "/relu2_length"));
+  return o;
+}
+
+template <class T>
+void check_pytorch_cases() {
+  const RefData ref("gau");
+  for (const char* raw : kCaseNames) {
+    const std::string name = raw;
+    INFO("case " << name << " in " << (sizeof(T) == 4 ? "float" : "double"));
+    const GauWeights<T> w = ref_weights<T>(ref, case_tag(name));
+    const Matrix<T> x = ref.matrix<T>(name + "/x");
+    const Matrix<double> want = ref.matrix<double>(name + "/out");
+    const GauOptions o = ref_options(ref, name);
+    const bool rope = ref.scalar(name + "/rope") != 0;
+    const RopeTable<T> table(x.rows(), w.key_size());
+    Matrix<T> out(x.rows(), x.cols());
+    kexue::gau(w, x, out, o, rope ? &table : nullptr);
+    const Matrix<double> got = out.template cast<double>().eval();
+    // float: inputs are exact (float32-drawn), the error is rounding through two GEMMs and the attention.
+    CHECK(nmse(got, want) < (sizeof(T) == 4 ? 1e-10 : 1e-24));
+    // The scalar reference is a second, independent transcription of SPEC 3.2.
+    if (sizeof(T) == 8) CHECK(nmse(got, gau_reference(w, x.template cast<double>().eval(), o, rope)) < 1e-24);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gau matches the PyTorch bert4keras GAU (float)", "[gau]") { check_pytorch_cases<float>(); }
+TEST_CASE("gau matches the PyTorch bert4keras GAU (double)", "[gau]") { check_pytorch_cases<double>(); }
+
+TEMPLATE_TEST_CASE("gau batched form matches PyTorch with one key length per sequence", "[gau]", float, double) {
+  using T = TestType;
+  const RefData ref("gau");
+  const GauWeights<T> w = ref_weights<T>(ref, "nobias");
+  const Matrix<T> x = ref.matrix<T>("batch/x");  // [batch * n, D]
+  const auto& shape = ref.shape("batch/x");
+  const Index batch = shape[0], n = shape[1], D = shape[2];
+  std::vector<Index> lengths;
+  for (double l : ref.values("batch/lengths")) lengths.push_back(Index(l));
+  GauOptions o;
+  o.attention.normalization = Normalization::SoftmaxPlus;
+  const RopeTable<T> table(n, w.key_size());
+  Matrix<T> out(batch * n, D);
+  kexue::gau(w, TensorView<const T>::contiguous(x.data(), batch, 1, n, D),
+             TensorView<T>::contiguous(out.data(), batch, 1, n, D), lengths, o, &table);
+  CHECK(nmse(out.template cast<double>().eval(), ref.matrix<double>("batch/out")) < (sizeof(T) == 4 ? 1e-10 : 1e-24));
+  // Each sequence gives exactly the bits of the 2-D call.
+  for (Index b = 0; b < batch; ++b) {
+    GauOptions ob = o;
+    ob.attention.key_length = lengths[static_cast<std::size_t>(b)];
+    Matrix<T> one(n, D);
+    kexue::gau(w, x.middleRows(b * n, n), one, ob, &table);
+    CHECK(max_abs_diff(out.middleRows(b * n, n).eval(), one) == 0.0);
+  }
+}
+
+TEMPLATE_TEST_CASE("gau vs the scalar reference over odd sizes, strided rows and NaN guards", "[gau]", float, double) {
+  using T = TestType;
+  const Index D = 13, e = 11, s = 6;
+  const Index xs = D + 3;  // row strides longer than D, and start offsets that break alignment
+  for (bool bias : {true, false}) {
+    const GauWeights<T> w = random_weights<T>(D, e, s, bias, bias ? 7u : 8u);
+    for (Index n : {1, 2, 7, 9, 33, 129, 130, 257}) {
+      const RopeTable<T> table(n, s);
+      const Matrix<T> xd = random_matrix<T>(n, D, std::uint32_t(100 + n));
+      for (int variant = 0; variant < 6; ++variant) {
+        GauOptions o;
+        bool rope = variant % 2 == 0;
+        if (variant == 0) o = make_options(Normalization::SquaredRelu);
+        if (variant == 1) o = make_options(Normalization::Softmax, false, std::max<Index>(1, n - 3));
+        if (variant == 2) o = make_options(Normalization::SoftmaxPlus, true);
+        if (variant == 3) o = make_options(Normalization::SquaredRelu, true, (n + 1) / 2);
+        if (variant == 4) {
+          o = make_options(Normalization::Softmax, true, 0);  // no row sees a key
+        }
+        if (variant == 5) {
+          o = make_options(Normalization::SquaredRelu);
+          o.attention.relu2_length = 512;
+          o.attention_scale = false;
+          o.attention.scale = 0.3;
+        }
+        INFO("n = " << n << ", bias = " << bias << ", variant " << variant);
+        PaddedBuffer<T> xb(n * xs, 1), ob(n * xs, 3);
+        RowMap<T> x(xb.data(), n, D, Eigen::OuterStride<>(xs)), out(ob.data(), n, D, Eigen::OuterStride<>(xs));
+        x = xd;
+        kexue::gau(w, x, out, o, rope ? &table : nullptr);
+        CHECK(ob.guards_intact(n * xs));
+        bool gaps_nan = true;  // the 3 values after each row belong to nobody
+        for (Index r = 0; r < n; ++r)
+          for (Index c = D; c < xs; ++c) gaps_nan = gaps_nan && (r == n - 1 || std::isnan(ob.data()[r * xs + c]));
+        CHECK(gaps_nan);
+        const Matrix<double> want = gau_reference(w, xd.template cast<double>().eval(), o, rope);
+        const Matrix<T> got = out;
+        CHECK(nmse(got.template cast<double>().eval(), want) < (sizeof(T) == 4 ? 1e-10 : 1e-24));
+        if (variant == 4) {
+          // No visible key: A = 0, so every row is exactly b_out (or 0).
+          Matrix<T> bias_rows(n, D);
+          for (Index r = 0; r < n; ++r)
+            for (Index c = 0; c < D; ++c) bias_rows(r, c) = bias ? w.b_out[c] : T(0);
+          CHECK(max_abs_diff(got, bias_rows) == 0.0);
+        }
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("gau masking: padded and future tokens do not reach visible rows", "[gau]", float, double) {
+  using T = TestType;
+  const Index D = 16, e = 24, s = 8, n = 150;
+  const GauWeights<T> w = random_weights<T>(D, e, s, true, 3);
+  const RopeTable<T> table(n, s);
+  const Matrix<T> x = random_matrix<T>(n, D, 11);
+  Matrix<T> x2 = x;
+  for (Index r = 100; r < n; ++r) x2.row(r) *= T(-3);
+  for (Normalization norm : {Normalization::Softmax, Normalization::SoftmaxPlus, Normalization::SquaredRelu}) {
+    INFO("normalization " << int(norm));
+    // Keys [100, n) are padding: rows < 100 must not change (bitwise) when the padding does.
+    const GauOptions pad = make_options(norm, false, 100);
+    Matrix<T> a(n, D), b(n, D);
+    kexue::gau(w, x, a, pad, &table);
+    kexue::gau(w, x2, b, pad, &table);
+    CHECK(max_abs_diff(a.topRows(100).eval(), b.topRows(100).eval()) == 0.0);
+    // Padded query rows are still computed, as in bert4keras: they differ.
+    CHECK(max_abs_diff(a.bottomRows(50).eval(), b.bottomRows(50).eval()) > 0.0);
+    // Causal: rows < 100 do not see rows >= 100.
+    const GauOptions causal = make_options(norm, true);
+    kexue::gau(w, x, a, causal, &table);
+    kexue::gau(w, x2, b, causal, &table);
+    CHECK(max_abs_diff(a.topRows(100).eval(), b.topRows(100).eval()) == 0.0);
+    // The first causal row sees only itself: for softmax A = 1, so out_0 = (u_0 * v_0) W_out + b_out.
+    if (norm != Normalization::SquaredRelu) {
+      const Vector<double> hidden =
+          ((x.row(0).template cast<double>().eval() * w.w_in.template cast<double>().eval()).transpose() +
+           w.b_in.template cast<double>().eval());
+      Vector<double> g(e);
+      for (Index c = 0; c < e; ++c) {
+        auto sw = [](double t) { return t / (1 + std::exp(-t)); };
+        g[c] = sw(hidden[c]) * sw(hidden[e + c]);
+      }
+      const Vector<double> o0 = (g.transpose() * w.w_out.template cast<double>().eval()).transpose() +
+                                w.b_out.template cast<double>().eval();
+      Matrix<double> got = a.row(0).template cast<double>().eval(), want = o0.transpose();
+      CHECK(nmse(got, want) < (sizeof(T) == 4 ? 1e-11 : 1e-26));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("gau huge inputs give finite outputs, and out may be x", "[gau]", float, double) {
+  using T = TestType;
+  const Index D = 16, e = 24, s = 8, n = 40;
+  const GauWeights<T> w = random_weights<T>(D, e, s, true, 5);
+  const RopeTable<T> table(n, s);
+  const Matrix<T> x = random_matrix<T>(n, D, 12, 300.0);  // logits ~1e5: softmax rows are one-hot
+  for (Normalization norm : {Normalization::Softmax, Normalization::SoftmaxPlus, Normalization::SquaredRelu}) {
+    Matrix<T> out(n, D);
+    kexue::gau(w, x, out, make_options(norm), &table);
+    CHECK(out.allFinite());
+    Matrix<T> inplace = x;
+    kexue::gau(w, inplace, inplace, make_options(norm), &table);
+    CHECK(max_abs_diff(inplace, out) == 0.0);
+    if (norm == Normalization::Softmax) {
+      const Matrix<double> want = gau_reference(w, x.template cast<double>().eval(), make_options(norm), true);
+      CHECK(nmse(out.template cast<double>().eval(), want) < (sizeof(T) == 4 ? 1e-8 : 1e-20));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("gau is bitwise identical for 1 and 2 threads, with and without a workspace", "[gau]", float,
+                   double) {
+  using T = TestType;
+  const Index D = 20, e = 36, s = 12;
+  const GauWeights<T> w = random_weights<T>(D, e, s, false, 9);
+  GauWorkspace<T> ws;
+  for (Index n : {300, 50, 3}) {
+    const RopeTable<T> table(n, s);
+    const Matrix<T> x = random_matrix<T>(n, D, std::uint32_t(n));
+    const GauOptions o = make_options(Normalization::SoftmaxPlus, n == 300, n - 1);
+    Matrix<T> one(n, D), two(n, D), reused(n, D);
+    set_threads(1);
+    kexue::gau(w, x, one, o, &table);
+    set_threads(2);
+    kexue::gau(w, x, two, o, &table);
+    kexue::gau(w, x, reused, ws, o, &table);  // grows at n = 300, then reused for smaller n
+    set_threads(hardware_threads());
+    CHECK(max_abs_diff(one, two) == 0.0);
+    CHECK(max_abs_diff(one, reused) == 0.0);
+    CHECK(ws.bytes() > 0);
+  }
+  // Batched: 4 sequences run one per thread, 1 sequence runs its tiles in parallel; same bits as 2-D.
+  const Index n = 140;
+  const RopeTable<T> table(n, s);
+  for (Index batch : {Index(1), Index(4)}) {
+    const Matrix<T> x = random_matrix<T>(batch * n, D, 77);
+    const std::vector<Index> lengths = batch == 1 ? std::vector<Index>{130} : std::vector<Index>{140, 1, 70, 129};
+    Matrix<T> ref_out(batch * n, D), got1(batch * n, D), got2(batch * n, D);
+    const GauOptions o = make_options(Normalization::SquaredRelu);
+    for (Index b = 0; b < batch; ++b) {
+      GauOptions ob = o;
+      ob.attention.key_length = lengths[static_cast<std::size_t>(b)];
+      Matrix<T> tmp(n, D);
+      kexue::gau(w, x.middleRows(b * n, n), tmp, ob, &table);
+      ref_out.middleRows(b * n, n) = tmp;
+    }
+    auto xv = TensorView<const T>::contiguous(x.data(), batch, 1, n, D);
+    set_threads(1);
+    kexue::gau(w, xv, TensorView<T>::contiguous(got1.data(), batch, 1, n, D), lengths, o, &table);
+    set_threads(2);
+    GauWorkspace<T> bws;
+    kexue::gau(w, xv, TensorView<T>::contiguous(got2.data(), batch, 1, n, D), lengths, bws, o, &table);
+    set_threads(hardware_threads());
+    CHECK(max_abs_diff(got1, ref_out) == 0.0);
+    CHECK(max_abs_diff(got2, ref_out) == 0.0);
+    // In place on the batch.
+    Matrix<T> inplace = x;
+    kexue::gau(w, TensorView<const T>::contiguous(inplace.data(), batch, 1, n, D),
+               TensorView<T>::contiguous(inplace.data(), batch, 1, n, D), lengths, o, &table);
+    CHECK(max_abs_diff(inplace, ref_out) == 0.0);
+  }
+}
+
+TEST_CASE("gau: bad input throws kexue::Error naming the argument, before writing", "[gau]") {
+  using T = float;
+  const Index D = 8, e = 10, s = 4, n = 6;
+  const GauWeights<T> good = random_weights<T>(D, e, s, true, 1);
+  const Matrix<T> x = random_matrix<T>(n, D, 2);
+  const RopeTable<T> table(n, s);
+  auto expect_error = [&](const GauWeights<T>& w, const Matrix<T>& xin, Matrix<T> out, const GauOptions& o,
+                          const RopeTable<T>* rope, const std::string& needle) {
+    INFO("expecting an error mentioning '" << needle << "'");
+    out.setConstant(T(7));
+    bool thrown = false;
+    try {
+      kexue::gau(w, xin, out, o, rope);
+    } catch (const kexue::Error& err) {
+      thrown = true;
+      const std::string msg = err.what();
+      INFO("message: " << msg);
+      CHECK(msg.rfind("gau: ", 0) == 0);
+      CHECK(msg.find(needle) != std::string::npos);
+    }
+    CHECK(thrown);
+    CHECK((out.array() == T(7)).all());
+  };
+  const GauOptions o;
+  Matrix<T> out(n, D);
+  {
+    GauWeights<T> w = good;
+    w.w_in.conservativeResize(D, 2 * e + s + 1);
+    expect_error(w, x, out, o, nullptr, "w_in");
+  }
+  {
+    GauWeights<T> w = good;
+    w.b_in.conservativeResize(2 * e + s - 1);
+    expect_error(w, x, out, o, nullptr, "b_in");
+  }
+  {
+    GauWeights<T> w = good;
+    w.gamma_k.conservativeResize(s + 2);
+    expect_error(w, x, out, o, nullptr, "gamma_k");
+  }
+  {
+    GauWeights<T> w = good;
+    w.beta_q.conservativeResize(1);
+    expect_error(w, x, out, o, nullptr, "beta_q");
+  }
+  {
+    GauWeights<T> w = good;
+    w.b_out.conservativeResize(D + 1);
+    expect_error(w, x, out, o, nullptr, "b_out");
+  }
+  {
+    GauWeights<T> w = good;
+    w.w_out.conservativeResize(e, D - 1);
+    expect_error(w, x, out, o, nullptr, "w_out");
+  }
+  {
+    GauWeights<T> w = good;
+    w.gamma_q.resize(0);
+    expect_error(w, x, out, o, nullptr, "gamma_q");
+  }
+  expect_error(good, random_matrix<T>(n, D + 1, 3), out, o, nullptr, "x has shape [6 x 9]");
+  expect_error(good, x, Matrix<T>(n + 1, D), o, nullptr, "out has shape [7 x 8]");
+  expect_error(good, x, Matrix<T>(n, D + 2), o, nullptr, "out has shape");
+  {
+    GauOptions bad = o;
+    bad.attention.key_length = n + 1;
+    expect_error(good, x, out, bad, nullptr, "key_length is 7");
+    bad.attention.key_length = -1;
+    expect_error(good, x, out, bad, nullptr, "key_length is -1");
+  }
+  {
+    GauOptions bad = o;
+    bad.attention.train_length = 1;
+    expect_error(good, x, out, bad, nullptr, "train_length");
+  }
+  {
+    GauOptions bad = o;
+    bad.attention.relu2_length = 0;
+    expect_error(good, x, out, bad, nullptr, "relu2_length");
+  }
+  {
+    GauOptions bad = o;
+    bad.attention.scale = std::numeric_limits<double>::infinity();
+    expect_error(good, x, out, bad, nullptr, "scale");
+  }
+  {
+    const RopeTable<T> wrong_dim(n, s + 2), short_table(n - 1, s);
+    expect_error(good, x, out, o, &wrong_dim, "rope_table has dim 6");
+    expect_error(good, x, out, o, &short_table, "rope_table covers positions [0, 5)");
+  }
+  {
+    // out aliasing a weight.
+    GauWeights<T> w = good;
+    Eigen::Map<Matrix<T>> alias(w.w_in.data(), n, D);
+    const Matrix<T> before = w.w_in;
+    CHECK_THROWS_AS(kexue::gau(w, x, alias, o), kexue::Error);
+    CHECK(max_abs_diff(w.w_in, before) == 0.0);
+  }
+  // Batched form.
+  const Index batch = 2;
+  const Matrix<T> xb = random_matrix<T>(batch * n, D, 4);
+  Matrix<T> ob(batch * n, D);
+  auto xv = TensorView<const T>::contiguous(xb.data(), batch, 1, n, D);
+  auto ov = TensorView<T>::contiguous(ob.data(), batch, 1, n, D);
+  auto expect_batched = [&](TensorView<const T> xin, TensorView<T> oin, const std::vector<Index>& lengths,
+                            const GauOptions& opt, const std::string& needle) {
+    INFO("expecting an error mentioning '" << needle << "'");
+    ob.setConstant(T(7));
+    bool thrown = false;
+    try {
+      kexue::gau(good, xin, oin, lengths, opt);
+    } catch (const kexue::Error& err) {
+      thrown = true;
+      INFO("message: " << err.what());
+      CHECK(std::string(err.what()).find(needle) != std::string::npos);
+    }
+    CHECK(thrown);
+    CHECK((ob.array() == T(7)).all());
+  };
+  expect_batched(xv, ov, {n, n, n}, o, "lengths has 3 entries");
+  expect_batched(xv, ov, {n, n + 1}, o, "lengths[b] is 7");
+  {
+    GauOptions both = o;
+    both.attention.key_length = 2;
+    expect_batched(xv, ov, {n, n}, both, "both given");
+  }
+  expect_batched(TensorView<const T>::contiguous(xb.data(), 1, 2, n, D), ov, {}, o, "heads");
+  expect_batched(xv, TensorView<T>::contiguous(ob.data(), batch, 1, n - 1, D), {}, o, "out has shape");
+  {
+    // out is x shifted by one row: would overwrite the next sequence's input.
+    Matrix<T> buf(batch * n + 1, D);
+    buf.setConstant(T(7));
+    bool thrown = false;
+    try {
+      kexue::gau(good, TensorView<const T>::contiguous(buf.data(), batch, 1, n, D),
+                 TensorView<T>::contiguous(buf.data() + D, batch, 1, n, D), {}, o);
+    } catch (const kexue::Error&) {
+      thrown = true;
+    }
+    CHECK(thrown);
+    CHECK((buf.array() == T(7)).all());
+  }
+}
+
+TEST_CASE("gau: empty sequences are a no-op", "[gau]") {
+  const GauWeights<double> w = random_weights<double>(8, 10, 4, true, 1);
+  Matrix<double> x(0, 8), out(0, 8);
+  kexue::gau(w, x, out);
+  kexue::gau(w, TensorView<const double>::contiguous(x.data(), 0, 1, 5, 8),
+             TensorView<double>::contiguous(out.data(), 0, 1, 5, 8));
+  CHECK(out.size() == 0);
+}
