@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// The SIMD helper file of the linear-attention family (the only file of the family that talks to xsimd):
+// the feature maps over a row, and one register-blocked micro-kernel that every chunk product is made of.
+//
+// Every product of the chunked algorithms (S += phi(K)^T V, O = phi(Q) S, A = phi(Q) phi(K)^T, O += A V) is
+// C[r][c] (+)= sum_p A(r, p) * B[p][c] with A read through two strides, so one kernel serves them all:
+// A(r, p) = a[r * ars + p * aps] is broadcast from memory (a transposed operand costs nothing extra) and B is a
+// row-major panel whose width is padded to a multiple of kNR by the caller.
+
+#include <algorithm>
+#include <cmath>
+
+#include "kexue/detail/simd.hpp"
+
+namespace kexue::detail {
+
+/// Rows of one register tile. 6 rows x 2 registers = 12 accumulators: AVX2 has 16 ymm registers, and the two
+/// B registers plus one broadcast need the other 3-4. 12 independent FMA chains cover the 2 ports x 4 cycles of
+/// latency with room to spare, and per step the 12 FMAs need only 2 loads + 6 broadcasts (2 load ports).
+constexpr Index kMR = 6;
+/// Columns of one register tile, in lanes: two registers.
+template <class T>
+constexpr Index kNR = 2 * kLanes<T>;
+
+/// Rounds n up to a multiple of the tile width.
+template <class T>
+constexpr Index pad_cols(Index n) {
+  return (n + kNR<T> - 1) / kNR<T> * kNR<T>;
+}
+
+/// One MR x kNR tile: C[r][0..kNR) (+)= sum_{p < K} a[r*ars + p*aps] * b[p*ldb + 0..kNR).
+template <class T, int MR>
+inline void gemm_tile(Index K, const T* a, Index ars, Index aps, const T* b, Index ldb, T* c, Index ldc,
+                      bool accumulate) {
+  using B = Batch<T>;
+  constexpr Index L = kLanes<T>;
+  B acc0[MR], acc1[MR];
+  for (int r = 0; r < MR; ++r) {
+    if (accumulate) {
+      acc0[r] = load(c + r * ldc);
+      acc1[r] = load(c + r * ldc + L);
+    } else {
+      acc0[r] = B(T(0));
+      acc1[r] = B(T(0));
+    }
+  }
+  for (Index p = 0; p < K; ++p) {
+    const B b0 = load(b + p * ldb), b1 = load(b + p * ldb + L);
+    const T* ap = a + p * aps;
+    for (int r = 0; r < MR; ++r) {
+      const B ar(ap[r * ars]);
+      acc0[r] = xsimd::fma(ar, b0, acc0[r]);
+      acc1[r] = xsimd::fma(ar, b1, acc1[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    store(c + r * ldc, acc0[r]);
+    store(c + r * ldc + L, acc1[r]);
+  }
+}
+
+/// Dispatches a tile of 1..kMR rows.
+template <class T>
+inline void gemm_tile_rows(Index rows, Index K, const T* a, Index ars, Index aps, const T* b, Index ldb, T* c,
+                           Index ldc, bool accumulate) {
+  switch (rows) {
+    case 6: gemm_tile<T, 6>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
+    case 5: gemm_tile<T, 5>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
+    case 4: gemm_tile<T, 4>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
+    case 3: gemm_tile<T, 3>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
+    case 2: gemm_tile<T, 2>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
+    case 1: gemm_tile<T, 1>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
+    default: break;
+  }
+}
+
+/// C[M x N] (+)= A(M x K) * B[K x N]; N must be a multiple of kNR<T> (the caller pads B and C). With K = 0 and
+/// accumulate = false, C is zeroed.
+template <class T>
+inline void gemm(Index M, Index N, Index K, const T* a, Index ars, Index aps, const T* b, Index ldb, T* c, Index ldc,
+                 bool accumulate) {
+  // Column panels outside: one K x kNR panel of B (at most a few KB) stays in L1 while every row tile uses it.
+  for (Index c0 = 0; c0 < N; c0 += kNR<T>) {
+    for (Index r0 = 0; r0 < M; r0 += kMR) {
+      gemm_tile_rows(std::min(kMR, M - r0), K, a + r0 * ars, ars, aps, b + c0, ldb, c + r0 * ldc + c0, ldc,
+                     accumulate);
+    }
+  }
+}
+
+/// Lower-triangular scores of one causal chunk: C[r][c] = sum_p A(r, p) B[p][c] for the column panels that
+/// reach c <= r + diag (the rest of C is not written). Cuts the intra-chunk QK^T work roughly in half.
+template <class T>
+inline void gemm_lower(Index M, Index K, Index diag, const T* a, Index ars, Index aps, const T* b, Index ldb, T* c,
+                       Index ldc) {
+  for (Index r0 = 0; r0 < M; r0 += kMR) {
+    const Index rows = std::min(kMR, M - r0);
+    const Index last_col = r0 + rows - 1 + diag;  // the last column any row of this tile can see
+    for (Index c0 = 0; c0 <= last_col; c0 += kNR<T>)
+      gemm_tile_rows(rows, K, a + r0 * ars, ars, aps, b + c0, ldb, c + r0 * ldc + c0, ldc, false);
+  }
+}
+
+/// C[M x N] += A[M x K] B[K x N] where row r of A is zero past column r + diag: the reduction of each row tile
+/// stops at the tile's last visible column.
+template <class T>
+inline void gemm_lower_a(Index M, Index N, Index K, Index diag, const T* a, Index lda, const T* b, Index ldb, T* c,
+                         Index ldc) {
+  for (Index c0 = 0; c0 < N; c0 += kNR<T>) {
+    for (Index r0 = 0; r0 < M; r0 += kMR) {
+      const Index rows = std::min(kMR, M - r0);
+      const Index kk = std::min(K, r0 + rows + diag);
+      if (kk <= 0) continue;
+      gemm_tile_rows(rows, kk, a + r0 * lda, lda, Index(1), b + c0, ldb, c + r0 * ldc + c0, ldc, true);
+    }
+  }
+}
+
+/// The feature maps of SPEC 5.2 (kept in step with kexue::FeatureMap).
+enum class Phi { EluPlusOne, Relu, Identity };
+
+template <class T>
+inline T phi_scalar(Phi f, T x) {
+  switch (f) {
+    case Phi::EluPlusOne: return x > T(0) ? x + T(1) : std::exp(x);
+    case Phi::Relu: return x > T(0) ? x : T(0);
+    default: return x;
+  }
+}
+
+template <Phi F, class T>
+inline Batch<T> phi_batch(const Batch<T>& x) {
+  if constexpr (F == Phi::EluPlusOne) {
+    // elu(x) + 1 = x + 1 for x > 0, exp(x) otherwise; exp sees min(x, 0) so huge x never overflows to inf.
+    return xsimd::select(x > Batch<T>(T(0)), x + Batch<T>(T(1)), xsimd::exp(xsimd::min(x, Batch<T>(T(0)))));
+  } else if constexpr (F == Phi::Relu) {
+    return xsimd::max(x, Batch<T>(T(0)));
+  } else {
+    return x;
+  }
+}
+
+template <Phi F, class T>
+inline void phi_row_impl(const T* x, T* y, Index n) {
+  constexpr Index L = kLanes<T>;
+  Index i = 0;
+  for (; i + L <= n; i += L) store(y + i, phi_batch<F, T>(load(x + i)));
+  for (; i < n; ++i) y[i] = phi_scalar(F, x[i]);
+}
+
+/// y[i] = phi(x[i]) for one row.
+template <class T>
+inline void phi_row(Phi f, const T* x, T* y, Index n) {
+  switch (f) {
+    case Phi::EluPlusOne: phi_row_impl<Phi::EluPlusOne>(x, y, n); break;
+    case Phi::Relu: phi_row_impl<Phi::Relu>(x, y, n); break;
+    default: phi_row_impl<Phi::Identity>(x, y, n); break;
+  }
+}
+
+/// Column j of the transposed buffer yt[p * ldy + j] = phi(x[p]): the keys of a chunk laid out as the B panel
+/// of the score product. The map runs in registers; the transpose is a strided scalar store.
+template <class T>
+inline void phi_row_to_column(Phi f, const T* x, T* yt, Index ldy, Index n) {
+  constexpr Index L = kLanes<T>;
+  alignas(64) T tmp[kLanes<T>];
+  Index p = 0;
+  for (; p + L <= n; p += L) {
+    Batch<T> y;
+    switch (f) {
+      case Phi::EluPlusOne: y = phi_batch<Phi::EluPlusOne, T>(load(x + p)); break;
+      case Phi::Relu: y = phi_batch<Phi::Relu, T>(load(x + p)); break;
+      default: y = load(x + p); break;
+    }
+    y.store_aligned(tmp);
+    for (Index l = 0; l < L; ++l) yt[(p + l) * ldy] = tmp[l];
+  }
+  for (; p < n; ++p) yt[p * ldy] = phi_scalar(f, x[p]);
+}
+
+/// x[i] = relu(s * x[i])^2 * w for i < n: the squared-ReLU weights of FLASH's quadratic part (SPEC 3.5).
+template <class T>
+inline void relu2_row(T* x, T s, T w, Index n) {
+  constexpr Index L = kLanes<T>;
+  const Batch<T> vs(s), vw(w), zero(T(0));
+  Index i = 0;
+  for (; i + L <= n; i += L) {
+    const Batch<T> r = xsimd::max(load(x + i) * vs, zero);
+    store(x + i, r * r * vw);
+  }
+  for (; i < n; ++i) {
+    const T r = std::max(x[i] * s, T(0));
+    x[i] = r * r * w;
+  }
+}
+
+}  // namespace kexue::detail

@@ -1,0 +1,376 @@
+// SPDX-License-Identifier: MIT
+// Linear attention (SPEC 5.2): PyTorch reference data for every feature map, causal and non-causal, n != m, key
+// padding, float and double; the chunked kernel against the scalar O(n m) reference over odd sizes, misaligned
+// rows and NaN guards; streaming in pieces == one-shot; last causal row == non-causal; batched == 2-D (with GQA and
+// per-batch key lengths); bitwise determinism across thread counts; errors leave outputs untouched.
+#include <string>
+#include <vector>
+
+#include "kexue/linear_attention.hpp"
+#include "reference/linear_attention_reference.hpp"
+#include "reference/reference_data.hpp"
+#include "support.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using namespace kexue_test;
+using kexue::FeatureMap;
+using kexue::LinearAttentionOptions;
+using kexue::Matrix;
+
+namespace {
+
+FeatureMap map_of(int i) { return i == 0 ? FeatureMap::EluPlusOne : i == 1 ? FeatureMap::Relu : FeatureMap::Identity; }
+
+template <class T>
+Matrix<T> random_matrix(Index rows, Index cols, std::uint32_t seed, T lo = T(-1.5), T hi = T(1.5)) {
+  Matrix<T> m(rows, cols);
+  const auto v = random_values<T>(rows * cols, seed, lo, hi);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = v[static_cast<std::size_t>(i)];
+  return m;
+}
+
+template <class T>
+double tol() {
+  return std::is_same<T, float>::value ? 1e-10 : 1e-24;
+}
+
+template <class T>
+void check_reference_data() {
+  RefData ref("linear_attention");
+  const int count = static_cast<int>(ref.scalar("la/count"));
+  REQUIRE(count >= 11);
+  for (int c = 0; c < count; ++c) {
+    const std::string p = "la" + std::to_string(c) + "/";
+    const Matrix<T> q = ref.matrix<T>(p + "q"), k = ref.matrix<T>(p + "k"), v = ref.matrix<T>(p + "v");
+    const Matrix<double> want = ref.matrix<double>(p + "out");
+    LinearAttentionOptions o;
+    o.feature_map = map_of(static_cast<int>(ref.scalar(p + "feature")));
+    o.causal = ref.scalar(p + "causal") != 0;
+    o.eps = ref.scalar(p + "eps");
+    o.key_length = static_cast<Index>(ref.scalar(p + "key_length"));
+    for (bool wide : {false, true}) {
+      o.double_state = wide;
+      Matrix<T> out(q.rows(), v.cols());
+      kexue::linear_attention(q, k, v, out, o);
+      INFO("case " << c << " double_state " << wide);
+      CHECK(nmse(out, want) < tol<T>());
+      // The scalar reference agrees with PyTorch on the same (rounded) inputs: both sides are independent.
+      const auto mine = kexue_ref::linear_attention(q, k, v, static_cast<int>(ref.scalar(p + "feature")), o.causal,
+                                                    o.eps, *o.key_length);
+      CHECK(nmse(mine, want) < 1e-24);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("linear attention matches PyTorch: every feature map, causal, n != m, key padding", "[linear]") {
+  check_reference_data<float>();
+  check_reference_data<double>();
+}
+
+TEMPLATE_TEST_CASE("chunked kernel matches the scalar reference over odd sizes, misaligned, NaN-guarded", "[linear]",
+                   float, double) {
+  using T = TestType;
+  const Index L = kexue::detail::kLanes<T>;
+  std::uint32_t seed = 1;
+  struct Shape {
+    Index n, m, d, dv;
+  };
+  const std::vector<Shape> shapes = {{0, 0, 3, 2},    {1, 1, 1, 1},   {3, 5, 7, 3},     {7, 7, L - 1, L + 1},
+                                     {9, 9, L, L},    {17, 13, 5, 2 * L + 1}, {63, 63, 8, 9}, {64, 64, 16, 16},
+                                     {65, 65, 3 * L, 8 * L + 2}, {130, 130, 13, 7}, {70, 150, 6, 5}, {150, 70, 6, 5}};
+  for (const auto& s : shapes) {
+    for (int map = 0; map < 3; ++map) {
+      for (bool causal : {false, true}) {
+        for (Index off : {Index(0), Index(1), L / 4}) {
+          const T lo = map == 2 ? T(0.05) : T(-1.5);
+          const Index stride_q = s.d + 3, stride_v = s.dv + 2, stride_o = s.dv + 5;
+          PaddedBuffer<T> bq(s.n * stride_q, off), bk(s.m * stride_q, off), bv(s.m * stride_v, off),
+              bo(s.n * stride_o, off);
+          Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>> q(bq.data(), s.n, s.d, Eigen::OuterStride<>(stride_q)),
+              k(bk.data(), s.m, s.d, Eigen::OuterStride<>(stride_q)),
+              v(bv.data(), s.m, s.dv, Eigen::OuterStride<>(stride_v)),
+              o(bo.data(), s.n, s.dv, Eigen::OuterStride<>(stride_o));
+          q = random_matrix<T>(s.n, s.d, seed++, lo);
+          k = random_matrix<T>(s.m, s.d, seed++, lo);
+          v = random_matrix<T>(s.m, s.dv, seed++);
+          const Index key_length = s.m > 4 ? s.m - 3 : s.m;
+          // Padded key rows hold NaN: they must not reach the result.
+          for (Index j = key_length; j < s.m; ++j) {
+            k.row(j).setConstant(std::numeric_limits<T>::quiet_NaN());
+            v.row(j).setConstant(std::numeric_limits<T>::quiet_NaN());
+          }
+          LinearAttentionOptions opt;
+          opt.feature_map = map_of(map);
+          opt.causal = causal;
+          opt.key_length = key_length;
+          kexue::linear_attention(q, k, v, o, opt);
+          const auto want = kexue_ref::linear_attention(Matrix<T>(q), Matrix<T>(k), Matrix<T>(v), map, causal,
+                                                        opt.eps, key_length);
+          INFO("n " << s.n << " m " << s.m << " d " << s.d << " dv " << s.dv << " map " << map << " causal " << causal
+                    << " offset " << off);
+          CHECK(nmse(Matrix<T>(o), want) < tol<T>());
+          CHECK(bo.guards_intact(s.n * stride_o));
+          // The gap between rows of out is not ours to write.
+          for (Index i = 0; i < s.n; ++i)
+            for (Index c = s.dv; c < stride_o; ++c) CHECK(std::isnan(bo.data()[i * stride_o + c]));
+        }
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("streaming in 1, 2 and 7 pieces equals the one-shot causal call", "[linear][stream]", float,
+                   double) {
+  using T = TestType;
+  const Index n = 203, d = 24, dv = 20;
+  const Matrix<T> q = random_matrix<T>(n, d, 11), k = random_matrix<T>(n, d, 12), v = random_matrix<T>(n, dv, 13);
+  for (int map = 0; map < 2; ++map) {
+    for (bool wide : {false, true}) {
+      LinearAttentionOptions o;
+      o.feature_map = map_of(map);
+      o.causal = true;
+      o.double_state = wide;
+      Matrix<T> one(n, dv);
+      kexue::linear_attention(q, k, v, one, o);
+      for (Index pieces : {1, 2, 7}) {
+        kexue::LinearAttentionState<T> state(d, dv);
+        Matrix<T> out(n, dv);
+        Index begin = 0;
+        for (Index p = 0; p < pieces; ++p) {
+          const Index end = n * (p + 1) / pieces;
+          kexue::linear_attention(q.middleRows(begin, end - begin), k.middleRows(begin, end - begin),
+                                  v.middleRows(begin, end - begin), out.middleRows(begin, end - begin), state, o);
+          begin = end;
+        }
+        INFO("pieces " << pieces << " map " << map << " double_state " << wide);
+        CHECK(state.tokens() == n);
+        if (pieces == 1) {
+          CHECK(max_abs_diff(out, one) == 0);  // the same chunks in the same order
+        } else {
+          CHECK(nmse(out, one) < tol<T>());
+        }
+        // The state holds S = sum phi(k) v^T and z = sum phi(k).
+        Matrix<double> s_want = Matrix<double>::Zero(d, dv);
+        Eigen::VectorXd z_want = Eigen::VectorXd::Zero(d);
+        for (Index j = 0; j < n; ++j)
+          for (Index p = 0; p < d; ++p) {
+            const double f = kexue_ref::feature(map, double(k(j, p)));
+            z_want[p] += f;
+            for (Index c = 0; c < dv; ++c) s_want(p, c) += f * double(v(j, c));
+          }
+        CHECK(nmse(state.s(), s_want) < tol<T>());
+        CHECK(nmse(state.z(), z_want) < tol<T>());
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("the last causal row equals the non-causal output when n = m", "[linear]", float, double) {
+  using T = TestType;
+  for (Index n : {1, 5, 64, 129}) {
+    const Index d = 16, dv = 12;
+    const Matrix<T> q = random_matrix<T>(n, d, 21), k = random_matrix<T>(n, d, 22), v = random_matrix<T>(n, dv, 23);
+    LinearAttentionOptions o;
+    o.eps = 0;  // so the first causal row is exactly v_0 up to rounding
+    Matrix<T> full(n, dv), causal(n, dv);
+    kexue::linear_attention(q, k, v, full, o);
+    o.causal = true;
+    kexue::linear_attention(q, k, v, causal, o);
+    const Matrix<T> a = causal.row(n - 1), b = full.row(n - 1);
+    CHECK(nmse(a, b) < tol<T>());
+    // ... and a causal first row sees only key 0: it equals v_0.
+    const Matrix<T> v0 = v.row(0), c0 = causal.row(0);
+    CHECK(nmse(c0, v0) < (std::is_same<T, float>::value ? 1e-10 : 1e-20));
+  }
+}
+
+TEST_CASE("double state accumulation: a long float sequence stays close to the double result", "[linear]") {
+  const Index n = 6000, d = 8, dv = 8;
+  const Matrix<double> qd = random_matrix<double>(n, d, 31), kd = random_matrix<double>(n, d, 32),
+                       vd = random_matrix<double>(n, dv, 33);
+  const Matrix<float> q = qd.cast<float>(), k = kd.cast<float>(), v = vd.cast<float>();
+  LinearAttentionOptions o;
+  o.causal = true;
+  Matrix<double> want(n, dv);
+  kexue::linear_attention(Matrix<double>(q.cast<double>()), Matrix<double>(k.cast<double>()),
+                          Matrix<double>(v.cast<double>()), want, o);
+  Matrix<float> narrow(n, dv), wide(n, dv);
+  kexue::linear_attention(q, k, v, narrow, o);
+  o.double_state = true;
+  kexue::linear_attention(q, k, v, wide, o);
+  const double e_narrow = nmse(narrow, want), e_wide = nmse(wide, want);
+  INFO("float state nmse " << e_narrow << ", double state nmse " << e_wide);
+  CHECK(e_wide < 1e-12);
+  CHECK(e_narrow < 1e-9);
+  CHECK(e_wide <= e_narrow);
+}
+
+TEMPLATE_TEST_CASE("empty inputs, no visible key, huge values: zeros or finite, never NaN", "[linear]", float, double) {
+  using T = TestType;
+  LinearAttentionOptions o;
+  // n = 0 and m = 0.
+  Matrix<T> q0(0, 4), k0(0, 4), v0(0, 3), o0(0, 3);
+  kexue::linear_attention(q0, k0, v0, o0, o);
+  Matrix<T> q = random_matrix<T>(5, 4, 41), out(5, 3);
+  out.setConstant(T(7));
+  kexue::linear_attention(q, k0, v0, out, o);
+  CHECK(out.isZero(0));
+  // key_length = 0 with eps = 0: 0 / 0 is defined as 0.
+  const Matrix<T> k = random_matrix<T>(6, 4, 42), v = random_matrix<T>(6, 3, 43);
+  o.eps = 0;
+  o.key_length = 0;
+  for (bool causal : {false, true}) {
+    o.causal = causal;
+    out.setConstant(T(7));
+    kexue::linear_attention(q, k, v, out, o);
+    CHECK(out.isZero(0));
+  }
+  // Causal with m < n: the first n - m queries see nothing.
+  o.key_length.reset();
+  Matrix<T> out8(8, 3);
+  kexue::linear_attention(random_matrix<T>(8, 4, 44), k.topRows(3), v.topRows(3), out8, o);
+  CHECK(out8.topRows(5).isZero(0));
+  CHECK(out8.bottomRows(3).allFinite());
+  // Huge positive inputs: elu + 1 is x + 1 and never overflows through exp; huge negative ones give exp -> 0.
+  Matrix<T> big = random_matrix<T>(5, 4, 45) * T(1e4);
+  o.causal = false;
+  o.eps = 1e-6;
+  kexue::linear_attention(big, big, v.topRows(5), out, o);
+  CHECK(out.allFinite());
+}
+
+TEMPLATE_TEST_CASE("batched form equals the 2-D form per head, with GQA and per-batch key lengths", "[linear][batched]",
+                   float, double) {
+  using T = TestType;
+  const Index B = 2, H = 4, Hkv = 2, n = 77, m = 77, d = 12, dv = 10;
+  // q in [batch, seq, heads, dim] memory (seq-major view), k and v contiguous, out with a padded row stride.
+  std::vector<T> qbuf(B * n * H * d), kbuf(B * Hkv * m * d), vbuf(B * Hkv * m * dv), obuf(B * H * n * (dv + 3), T(-1));
+  const auto rq = random_values<T>(static_cast<Index>(qbuf.size()), 51);
+  const auto rk = random_values<T>(static_cast<Index>(kbuf.size()), 52);
+  const auto rv = random_values<T>(static_cast<Index>(vbuf.size()), 53);
+  std::copy(rq.begin(), rq.end(), qbuf.begin());
+  std::copy(rk.begin(), rk.end(), kbuf.begin());
+  std::copy(rv.begin(), rv.end(), vbuf.begin());
+  auto tq = kexue::TensorView<T>::seq_major(qbuf.data(), B, n, H, d);
+  auto tk = kexue::TensorView<T>::contiguous(kbuf.data(), B, Hkv, m, d);
+  auto tv = kexue::TensorView<T>::contiguous(vbuf.data(), B, Hkv, m, dv);
+  kexue::TensorView<T> to(obuf.data(), {B, H, n, dv}, {H * n * (dv + 3), n * (dv + 3), dv + 3});
+  for (bool causal : {false, true}) {
+    LinearAttentionOptions o;
+    o.causal = causal;
+    const std::vector<Index> lengths = {m, 50};
+    kexue::linear_attention(tq, tk, tv, to, o, lengths);
+    for (Index b = 0; b < B; ++b) {
+      for (Index h = 0; h < H; ++h) {
+        LinearAttentionOptions o2 = o;
+        o2.key_length = lengths[static_cast<std::size_t>(b)];
+        Matrix<T> want(n, dv);
+        kexue::linear_attention(tq.matrix(b, h), tk.matrix(b, h / 2), tv.matrix(b, h / 2), want, o2);
+        const Matrix<T> got = to.matrix(b, h);
+        CHECK(max_abs_diff(got, want) == 0);
+      }
+    }
+  }
+#if defined(_OPENMP)
+  // Bitwise identical for 1 and 2 threads.
+  LinearAttentionOptions o;
+  o.causal = true;
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  kexue::linear_attention(tq, tk, tv, to, o);
+  const std::vector<T> one = obuf;
+  omp_set_num_threads(2);
+  kexue::linear_attention(tq, tk, tv, to, o);
+  omp_set_num_threads(saved);
+  CHECK(std::equal(one.begin(), one.end(), obuf.begin(), [](T a, T b) { return a == b || (a != a && b != b); }));
+#endif
+  // Batched streaming: two halves with per-head states equal the one-shot batched causal call.
+  LinearAttentionOptions os;
+  os.causal = true;
+  std::vector<T> full(obuf.size());
+  kexue::TensorView<T> tf(full.data(), to.shape, to.strides);
+  auto tk4 = kexue::TensorView<T>::contiguous(kbuf.data(), B, Hkv, m, d);
+  kexue::linear_attention(tq, tk4, tv, tf, os);
+  std::vector<kexue::LinearAttentionState<T>> states(B * H, kexue::LinearAttentionState<T>(d, dv));
+  const Index half = 40;
+  auto slice = [](auto t, Index s0, Index len) {
+    t.data = t.row(0, 0, s0);
+    t.shape[2] = len;
+    return t;
+  };
+  kexue::linear_attention(slice(tq, 0, half), slice(tk4, 0, half), slice(tv, 0, half), slice(to, 0, half), states, os);
+  kexue::linear_attention(slice(tq, half, n - half), slice(tk4, half, n - half), slice(tv, half, n - half),
+                          slice(to, half, n - half), states, os);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h) {
+      const Matrix<T> got = to.matrix(b, h), want = tf.matrix(b, h);
+      CHECK(nmse(got, want) < tol<T>());
+    }
+  CHECK(states[3].tokens() == n);
+}
+
+TEST_CASE("bad input throws kexue::Error and leaves the output untouched", "[linear][errors]") {
+  const Matrix<float> q = random_matrix<float>(5, 4, 61), k = random_matrix<float>(6, 4, 62),
+                      v = random_matrix<float>(6, 3, 63);
+  Matrix<float> out = Matrix<float>::Constant(5, 3, 42.f);
+  auto untouched = [&] { return (out.array() == 42.f).all(); };
+  LinearAttentionOptions o;
+  CHECK_THROWS_AS(kexue::linear_attention(q, Matrix<float>(6, 5), v, out, o), kexue::Error);
+  CHECK(untouched());
+  CHECK_THROWS_AS(kexue::linear_attention(q, k, Matrix<float>(5, 3), out, o), kexue::Error);
+  CHECK_THROWS_AS(kexue::linear_attention(q, k, v, Matrix<float>(5, 2), o), kexue::Error);
+  CHECK_THROWS_AS(kexue::linear_attention(q, k, v, Matrix<float>(4, 3), o), kexue::Error);
+  CHECK_THROWS_AS(kexue::linear_attention(Matrix<float>(5, 0), Matrix<float>(6, 0), v, out, o), kexue::Error);
+  o.eps = -1e-6;
+  CHECK_THROWS_AS(kexue::linear_attention(q, k, v, out, o), kexue::Error);
+  o.eps = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(kexue::linear_attention(q, k, v, out, o), kexue::Error);
+  o.eps = 1e-6;
+  o.key_length = 7;
+  CHECK_THROWS_AS(kexue::linear_attention(q, k, v, out, o), kexue::Error);
+  o.key_length = -1;
+  CHECK_THROWS_AS(kexue::linear_attention(q, k, v, out, o), kexue::Error);
+  o.key_length.reset();
+  CHECK(untouched());
+  // Message names the function, the argument and the shapes.
+  try {
+    kexue::linear_attention(q, Matrix<float>(6, 5), v, out, o);
+  } catch (const kexue::Error& e) {
+    const std::string msg = e.what();
+    CHECK(msg.find("linear_attention") != std::string::npos);
+    CHECK(msg.find("k has shape [6 x 5]") != std::string::npos);
+  }
+  // Streaming: state shape mismatch, and one key per query.
+  kexue::LinearAttentionState<float> bad(4, 2), good(4, 3);
+  CHECK_THROWS_AS(kexue::linear_attention(q, k.topRows(5), v.topRows(5), out, bad, o), kexue::Error);
+  CHECK_THROWS_AS(kexue::linear_attention(q, k, v, out, good, o), kexue::Error);
+  CHECK(untouched());
+  CHECK(good.tokens() == 0);
+  CHECK(good.s().isZero(0));
+  CHECK_THROWS_AS(kexue::LinearAttentionState<double>(0, 3), kexue::Error);
+  // Aliasing.
+  Matrix<float> qv = random_matrix<float>(5, 4, 64);
+  CHECK_THROWS_AS(kexue::linear_attention(qv, qv, qv.leftCols(4), qv.leftCols(4), o), kexue::Error);
+  // Batched: heads not a multiple of kv heads, batch mismatch, bad key_lengths size.
+  std::vector<float> buf(2 * 3 * 5 * 4, 0.f), obuf(2 * 3 * 5 * 3, 42.f), kbuf(2 * 2 * 5 * 4, 0.f),
+      vbuf(2 * 2 * 5 * 3, 0.f);
+  auto tq = kexue::TensorView<float>::contiguous(buf.data(), 2, 3, 5, 4);
+  auto tk = kexue::TensorView<float>::contiguous(kbuf.data(), 2, 2, 5, 4);
+  auto tv = kexue::TensorView<float>::contiguous(vbuf.data(), 2, 2, 5, 3);
+  auto to = kexue::TensorView<float>::contiguous(obuf.data(), 2, 3, 5, 3);
+  CHECK_THROWS_AS(kexue::linear_attention(tq, tk, tv, to, o), kexue::Error);
+  auto tk3 = kexue::TensorView<float>::contiguous(kbuf.data(), 1, 3, 5, 4);
+  CHECK_THROWS_AS(kexue::linear_attention(tq, tk3, tv, to, o), kexue::Error);
+  auto tk1 = kexue::TensorView<float>::contiguous(kbuf.data(), 2, 1, 5, 4);
+  auto tv1 = kexue::TensorView<float>::contiguous(vbuf.data(), 2, 1, 5, 3);
+  CHECK_THROWS_AS(kexue::linear_attention(tq, tk1, tv1, to, o, std::vector<Index>{5}), kexue::Error);
+  CHECK_THROWS_AS(kexue::linear_attention(tq, tk1, tv1, to, o, std::vector<Index>{5, 6}), kexue::Error);
+  std::vector<kexue::LinearAttentionState<float>> states(5, kexue::LinearAttentionState<float>(4, 3));
+  CHECK_THROWS_AS(kexue::linear_attention(tq, tk1, tv1, to, states, o), kexue::Error);
+  CHECK(std::all_of(obuf.begin(), obuf.end(), [](float x) { return x == 42.f; }));
+}
