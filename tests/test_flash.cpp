@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: MIT
+// FLASH mixed-chunk attention (SPEC 3.5): a direct PyTorch implementation (SPEC defaults and FLASH-pytorch's
+// variant, causal with both normalisers, key padding), the scalar reference over odd sizes and chunk sizes with NaN
+// guards, the first causal chunk's linear term, batched == 2-D, thread determinism, errors.
+#include <string>
+#include <vector>
+
+#include "kexue/flash.hpp"
+#include "reference/linear_attention_reference.hpp"
+#include "reference/reference_data.hpp"
+#include "support.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using namespace kexue_test;
+using kexue::FlashLinearNorm;
+using kexue::FlashOptions;
+using kexue::Matrix;
+
+namespace {
+
+template <class T>
+Matrix<T> random_matrix(Index rows, Index cols, std::uint32_t seed) {
+  Matrix<T> m(rows, cols);
+  const auto v = random_values<T>(rows * cols, seed, T(-1.5), T(1.5));
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = v[static_cast<std::size_t>(i)];
+  return m;
+}
+
+template <class T>
+double tol() {
+  return std::is_same<T, float>::value ? 1e-10 : 1e-24;
+}
+
+template <class T>
+void check_reference_data() {
+  RefData ref("linear_attention");
+  const int count = static_cast<int>(ref.scalar("flash/count"));
+  REQUIRE(count >= 7);
+  for (int c = 0; c < count; ++c) {
+    const std::string p = "flash" + std::to_string(c) + "/";
+    const Matrix<T> qq = ref.matrix<T>(p + "qq"), kq = ref.matrix<T>(p + "kq"), ql = ref.matrix<T>(p + "ql"),
+                    kl = ref.matrix<T>(p + "kl"), v = ref.matrix<T>(p + "v");
+    const Matrix<double> want = ref.matrix<double>(p + "out");
+    FlashOptions o;
+    o.chunk_size = static_cast<Index>(ref.scalar(p + "chunk"));
+    o.causal = ref.scalar(p + "causal") != 0;
+    o.linear_norm = ref.scalar(p + "prefix") != 0 ? FlashLinearNorm::Prefix : FlashLinearNorm::SequenceLength;
+    o.key_length = static_cast<Index>(ref.scalar(p + "key_length"));
+    const double scale = ref.scalar(p + "scale"), quad = ref.scalar(p + "quad_norm");
+    // The SPEC defaults must reproduce the cases generated with them; the others pass scale and quad_norm.
+    if (std::abs(scale - 1.0 / std::sqrt(double(qq.cols()))) > 1e-15 || quad != double(o.chunk_size)) {
+      o.scale = scale;
+      o.quad_norm = quad;
+    }
+    Matrix<T> out(qq.rows(), v.cols());
+    kexue::mixed_chunk_attention(qq, kq, ql, kl, v, out, o);
+    INFO("flash case " << c);
+    CHECK(nmse(out, want) < tol<T>());
+    const auto mine = kexue_ref::flash(qq, kq, ql, kl, v, o.chunk_size, o.causal, scale, quad,
+                                       o.linear_norm == FlashLinearNorm::Prefix, *o.key_length);
+    CHECK(nmse(mine, want) < 1e-24);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("FLASH mixed-chunk attention matches a direct PyTorch implementation", "[flash]") {
+  check_reference_data<float>();
+  check_reference_data<double>();
+}
+
+TEMPLATE_TEST_CASE("FLASH matches the scalar reference over odd sizes and chunk sizes, NaN-guarded", "[flash]", float,
+                   double) {
+  using T = TestType;
+  const Index L = kexue::detail::kLanes<T>;
+  std::uint32_t seed = 100;
+  struct Shape {
+    Index n, c, s, sl, e;
+  };
+  const std::vector<Shape> shapes = {{0, 4, 3, 3, 2},       {1, 4, 1, 1, 1},      {7, 3, L - 1, 2, L + 1},
+                                     {20, 7, 5, 4, 2 * L + 1}, {33, 16, 8, 8, 8}, {64, 64, 16, 12, 3 * L},
+                                     {65, 13, 9, 6, 8 * L + 2}, {100, 256, 6, 5, 7}};
+  for (const auto& s : shapes) {
+    for (bool causal : {false, true}) {
+      for (FlashLinearNorm norm : {FlashLinearNorm::SequenceLength, FlashLinearNorm::Prefix}) {
+        for (Index key_length : {s.n, s.n > 5 ? s.n - 4 : s.n}) {
+          const Index off = (seed % 3 == 0) ? 0 : (seed % 3 == 1 ? 1 : L / 4);
+          const Index st = s.e + 3;
+          PaddedBuffer<T> bo(s.n * st, off);
+          Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>> out(bo.data(), s.n, s.e, Eigen::OuterStride<>(st));
+          const Matrix<T> qq = random_matrix<T>(s.n, s.s, seed++), ql = random_matrix<T>(s.n, s.sl, seed++);
+          Matrix<T> kq = random_matrix<T>(s.n, s.s, seed++), kl = random_matrix<T>(s.n, s.sl, seed++),
+                    v = random_matrix<T>(s.n, s.e, seed++);
+          for (Index j = key_length; j < s.n; ++j) {  // padded keys hold NaN: they must not reach the result
+            kq.row(j).setConstant(std::numeric_limits<T>::quiet_NaN());
+            kl.row(j).setConstant(std::numeric_limits<T>::quiet_NaN());
+            v.row(j).setConstant(std::numeric_limits<T>::quiet_NaN());
+          }
+          FlashOptions o;
+          o.chunk_size = s.c;
+          o.causal = causal;
+          o.linear_norm = norm;
+          o.key_length = key_length;
+          kexue::mixed_chunk_attention(qq, kq, ql, kl, v, out, o);
+          const auto want = kexue_ref::flash(qq, kq, ql, kl, v, s.c, causal, 1.0 / std::sqrt(double(s.s)),
+                                             double(s.c), norm == FlashLinearNorm::Prefix, key_length);
+          INFO("n " << s.n << " c " << s.c << " s " << s.s << " e " << s.e << " causal " << causal << " prefix "
+                    << (norm == FlashLinearNorm::Prefix) << " key_length " << key_length);
+          CHECK(nmse(Matrix<T>(out), want) < tol<T>());
+          CHECK(bo.guards_intact(s.n * st));
+        }
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("FLASH causal: the first chunk has no linear term; later chunks follow the chosen normaliser",
+                   "[flash]", float, double) {
+  using T = TestType;
+  const Index n = 48, c = 16, s = 8, e = 6;
+  const Matrix<T> qq = random_matrix<T>(n, s, 201), kq = random_matrix<T>(n, s, 202), ql = random_matrix<T>(n, s, 203),
+                  kl = random_matrix<T>(n, s, 204), v = random_matrix<T>(n, e, 205);
+  FlashOptions o;
+  o.chunk_size = c;
+  o.causal = true;
+  Matrix<T> seq(n, e), pre(n, e), quad_only(n, e);
+  kexue::mixed_chunk_attention(qq, kq, ql, kl, v, seq, o);
+  o.linear_norm = FlashLinearNorm::Prefix;
+  kexue::mixed_chunk_attention(qq, kq, ql, kl, v, pre, o);
+  // Zero linear queries switch the linear term off everywhere.
+  kexue::mixed_chunk_attention(qq, kq, Matrix<T>(Matrix<T>::Zero(n, s)), kl, v, quad_only, o);
+  CHECK(max_abs_diff(seq.topRows(c), quad_only.topRows(c)) == 0);
+  CHECK(max_abs_diff(pre.topRows(c), quad_only.topRows(c)) == 0);
+  CHECK(seq.allFinite());
+  CHECK(pre.allFinite());
+  // Chunk 3 sums 2c keys: its Prefix linear term is n / (2c) times its SequenceLength one.
+  const Matrix<T> lin_seq = seq.bottomRows(c) - quad_only.bottomRows(c);
+  const Matrix<T> lin_pre = pre.bottomRows(c) - quad_only.bottomRows(c);
+  const Matrix<T> scaled = lin_seq * T(double(n) / double(2 * c));
+  CHECK(nmse(lin_pre, scaled) < (std::is_same<T, float>::value ? 1e-9 : 1e-20));
+  // Without the linear part and with a single chunk, FLASH is causal relu^2 attention over the whole sequence.
+  o.chunk_size = n;
+  Matrix<T> one(n, e);
+  kexue::mixed_chunk_attention(qq, kq, Matrix<T>(Matrix<T>::Zero(n, s)), kl, v, one, o);
+  const auto want = kexue_ref::flash(qq, kq, ql, kl, v, n, true, 1.0 / std::sqrt(double(s)), double(n), true, n);
+  CHECK(nmse(one, want) < tol<T>());
+}
+
+TEMPLATE_TEST_CASE("FLASH batched form equals the 2-D form per head, for any thread count", "[flash][batched]", float,
+                   double) {
+  using T = TestType;
+  const Index B = 2, H = 3, n = 70, s = 10, e = 9;
+  auto fill = [](std::vector<T>& b, std::uint32_t seed) {
+    const auto r = random_values<T>(static_cast<Index>(b.size()), seed);
+    std::copy(r.begin(), r.end(), b.begin());
+  };
+  std::vector<T> qq(B * H * n * s), kq(qq.size()), ql(qq.size()), kl(qq.size()), v(B * n * H * e),
+      out(B * H * n * e, T(-1));
+  fill(qq, 1);
+  fill(kq, 2);
+  fill(ql, 3);
+  fill(kl, 4);
+  fill(v, 5);
+  auto t = [&](std::vector<T>& b) { return kexue::TensorView<T>::contiguous(b.data(), B, H, n, s); };
+  auto tv = kexue::TensorView<T>::seq_major(v.data(), B, n, H, e);
+  auto to = kexue::TensorView<T>::contiguous(out.data(), B, H, n, e);
+  for (bool causal : {false, true}) {
+    FlashOptions o;
+    o.chunk_size = 32;
+    o.causal = causal;
+    o.key_length = 60;
+    kexue::mixed_chunk_attention(t(qq), t(kq), t(ql), t(kl), tv, to, o);
+    for (Index b = 0; b < B; ++b)
+      for (Index h = 0; h < H; ++h) {
+        Matrix<T> want(n, e);
+        kexue::mixed_chunk_attention(t(qq).matrix(b, h), t(kq).matrix(b, h), t(ql).matrix(b, h), t(kl).matrix(b, h),
+                                     tv.matrix(b, h), want, o);
+        const Matrix<T> got = to.matrix(b, h);
+        CHECK(max_abs_diff(got, want) == 0);
+      }
+#if defined(_OPENMP)
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    kexue::mixed_chunk_attention(t(qq), t(kq), t(ql), t(kl), tv, to, o);
+    const std::vector<T> one = out;
+    omp_set_num_threads(2);
+    kexue::mixed_chunk_attention(t(qq), t(kq), t(ql), t(kl), tv, to, o);
+    omp_set_num_threads(saved);
+    CHECK(one == out);
+#endif
+  }
+}
+
+TEST_CASE("FLASH bad input throws kexue::Error and leaves the output untouched", "[flash][errors]") {
+  const Index n = 10;
+  const Matrix<float> a = random_matrix<float>(n, 4, 1), l = random_matrix<float>(n, 3, 2), v = random_matrix<float>(n, 5, 3);
+  Matrix<float> out = Matrix<float>::Constant(n, 5, 42.f);
+  FlashOptions o;
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, Matrix<float>(n, 5), l, l, v, out, o), kexue::Error);
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, a, l, Matrix<float>(n, 4), v, out, o), kexue::Error);
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, a, l, l, Matrix<float>(n - 1, 5), out, o), kexue::Error);
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, a, l, l, v, Matrix<float>(n, 4), o), kexue::Error);
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, a.topRows(9), l, l, v, out, o), kexue::Error);
+  o.chunk_size = 0;
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, a, l, l, v, out, o), kexue::Error);
+  o.chunk_size = 4;
+  o.quad_norm = 0.0;
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, a, l, l, v, out, o), kexue::Error);
+  o.quad_norm.reset();
+  o.scale = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, a, l, l, v, out, o), kexue::Error);
+  o.scale.reset();
+  o.key_length = n + 1;
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, a, l, l, v, out, o), kexue::Error);
+  CHECK((out.array() == 42.f).all());
+  try {
+    o.key_length.reset();
+    kexue::mixed_chunk_attention(a, Matrix<float>(n, 5), l, l, v, out, o);
+  } catch (const kexue::Error& e) {
+    const std::string msg = e.what();
+    CHECK(msg.find("mixed_chunk_attention") != std::string::npos);
+    CHECK(msg.find("k_quad has shape [10 x 5]") != std::string::npos);
+  }
+  // Batched: a head-count mismatch.
+  std::vector<float> b4(2 * 2 * n * 4), b3(2 * 2 * n * 3), b5(2 * 2 * n * 5), bo(2 * 2 * n * 5, 42.f);
+  auto t4 = kexue::TensorView<float>::contiguous(b4.data(), 2, 2, n, 4);
+  auto t3 = kexue::TensorView<float>::contiguous(b3.data(), 2, 2, n, 3);
+  auto t5 = kexue::TensorView<float>::contiguous(b5.data(), 2, 2, n, 5);
+  auto t5h = kexue::TensorView<float>::contiguous(b5.data(), 2, 1, n, 5);
+  auto to = kexue::TensorView<float>::contiguous(bo.data(), 2, 2, n, 5);
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(t4, t4, t3, t3, t5h, to, FlashOptions{}), kexue::Error);
+  CHECK_THROWS_AS(kexue::mixed_chunk_attention(t4, t3, t3, t3, t5, to, FlashOptions{}), kexue::Error);
+  CHECK(std::all_of(bo.begin(), bo.end(), [](float x) { return x == 42.f; }));
+}
