@@ -147,8 +147,13 @@ class DdpmSchedule {
           break;
         case TimestepSpacing::Linspace: {
           const Index j = k - 1 - i;
-          const double x = k == 1 ? 0.0 : double(j) * (double(T - 1) / double(k - 1));
-          v = static_cast<Index>(std::nearbyint(j == k - 1 ? double(T - 1) : x));
+          // np.linspace: start + j * step, the last point exactly stop; a single point is start (0).
+          if (k == 1) {
+            v = 0;
+          } else {
+            const double x = double(j) * (double(T - 1) / double(k - 1));
+            v = static_cast<Index>(std::nearbyint(j == k - 1 ? double(T - 1) : x));
+          }
           break;
         }
       }
@@ -266,6 +271,20 @@ namespace detail {
 // Elements per parallel work item: 16K floats = 64 KiB per stream, big enough to amortise the scheduling
 // and small enough to balance; the result does not depend on it (elementwise).
 constexpr Index kDdpmChunk = 16384;
+// Below this many chunks a parallel region costs more than it saves (an elementwise step streams 16K floats
+// in a few microseconds; waking a team takes about as long, far longer on a loaded machine).
+constexpr Index kDdpmMinParallelChunks = 4;
+
+/// f(chunk) for every chunk of kDdpmChunk elements, in parallel when there are enough of them.
+template <class F>
+void for_chunks(Index n, F&& f) {
+  const Index chunks = (n + kDdpmChunk - 1) / kDdpmChunk;
+  if (chunks < kDdpmMinParallelChunks) {
+    for (Index c = 0; c < chunks; ++c) f(c);
+  } else {
+    parallel_for(chunks, f);
+  }
+}
 
 template <class T>
 DdpmStepCoef<T> to_kernel_coef(const DdpmStepCoefficients& k, const DdpmStepOptions& o) {
@@ -303,8 +322,7 @@ scalar_of<Derived>* flat_mut(const char* fn, const char* name, const Eigen::Dens
 
 template <class T>
 void ddpm_step_flat(const DdpmStepCoef<T>& c, const T* m, const T* x, const T* z, T* out, Index n) {
-  const Index chunks = (n + kDdpmChunk - 1) / kDdpmChunk;
-  parallel_for(chunks, [&](Index ci) {
+  for_chunks(n, [&](Index ci) {
     const Index b = ci * kDdpmChunk, len = std::min(kDdpmChunk, n - b);
     ddpm_step_range(c, m + b, x + b, z ? z + b : nullptr, out + b, len);
   });
@@ -312,8 +330,7 @@ void ddpm_step_flat(const DdpmStepCoef<T>& c, const T* m, const T* x, const T* z
 
 template <class T>
 void axpby_flat(T a, const T* u, T b, const T* v, T* out, Index n) {
-  const Index chunks = (n + kDdpmChunk - 1) / kDdpmChunk;
-  parallel_for(chunks, [&](Index ci) {
+  for_chunks(n, [&](Index ci) {
     const Index s = ci * kDdpmChunk;
     axpby_range(a, u + s, b, v + s, out + s, std::min(kDdpmChunk, n - s));
   });
@@ -450,8 +467,7 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
   // Noise is produced per tile into a stack buffer (L1-resident), so the step streams m, x and out only.
   constexpr Index kTile = 1024;
   const std::uint64_t seed = gen.seed(), base = gen.offset();
-  const Index chunks = (n + detail::kDdpmChunk - 1) / detail::kDdpmChunk;
-  detail::parallel_for(chunks, [&](Index ci) {
+  detail::for_chunks(n, [&](Index ci) {
     alignas(64) T z[kTile];
     const Index end = std::min(n, (ci + 1) * detail::kDdpmChunk);
     for (Index b = ci * detail::kDdpmChunk; b < end; b += kTile) {

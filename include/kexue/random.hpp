@@ -153,8 +153,9 @@ class PhiloxGenerator {
   static void fill_at(std::uint64_t seed, std::uint64_t position, T* out, Index n) {
     // Chunks are whole multiples of the 32-value group, so a thread computes each group at most once; 64 KiB
     // of floats per chunk keeps the scheduling overhead negligible.
+    // Below four chunks the fill is serial: a parallel region costs about as much as 16K normals.
     constexpr Index kChunk = 512 * detail::kPhiloxGroup;
-    if (n <= kChunk) {
+    if (n < 4 * kChunk) {
       detail::philox_normal_serial(seed, position, out, n);
       return;
     }

@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Scalar, double-precision DDPM reference written for clarity (SPEC.md 6.4, diffusers DDPMScheduler.step
+// line by line). The tests compare the SIMD kernels against it.
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kexue/ddpm.hpp"
+
+namespace kexue_ref {
+
+using kexue::Index;
+
+/// diffusers' step for one element stream; prev_t < 0 adds no noise.
+inline std::vector<double> ddpm_step(const std::vector<double>& alphas_cumprod, const std::vector<double>& m, Index t,
+                                     const std::vector<double>& x, const std::vector<double>& z,
+                                     kexue::Prediction prediction, kexue::Variance variance, bool clip,
+                                     double clip_range, Index prev_t) {
+  const double ab_t = alphas_cumprod[std::size_t(t)];
+  const double ab_prev = prev_t >= 0 ? alphas_cumprod[std::size_t(prev_t)] : 1.0;
+  const double beta_prod_t = 1 - ab_t, beta_prod_prev = 1 - ab_prev;
+  const double current_alpha = ab_t / ab_prev, current_beta = 1 - current_alpha;
+  const double var = std::max(beta_prod_prev / beta_prod_t * current_beta, 1e-20);
+  const double std_dev = variance == kexue::Variance::FixedSmall ? std::sqrt(var) : std::sqrt(current_beta);
+  std::vector<double> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    double x0 = 0;
+    switch (prediction) {
+      case kexue::Prediction::Epsilon:
+        x0 = (x[i] - std::sqrt(beta_prod_t) * m[i]) / std::sqrt(ab_t);
+        break;
+      case kexue::Prediction::Sample:
+        x0 = m[i];
+        break;
+      case kexue::Prediction::Velocity:
+        x0 = std::sqrt(ab_t) * x[i] - std::sqrt(beta_prod_t) * m[i];
+        break;
+    }
+    if (clip) x0 = std::min(std::max(x0, -clip_range), clip_range);
+    const double mean = std::sqrt(ab_prev) * current_beta / beta_prod_t * x0 +
+                        std::sqrt(current_alpha) * beta_prod_prev / beta_prod_t * x[i];
+    out[i] = prev_t >= 0 ? mean + std_dev * z[i] : mean;
+  }
+  return out;
+}
+
+/// The paper's Algorithm 2 step (SPEC 6.1) with sigma^2 = beta (fixedlarge) or beta-tilde (fixedsmall):
+/// x_{t-1} = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t) + sigma z, no noise at t = 0.
+inline std::vector<double> algorithm2_step(const std::vector<double>& betas, const std::vector<double>& alphas_cumprod,
+                                           const std::vector<double>& eps, Index t, const std::vector<double>& x,
+                                           const std::vector<double>& z, bool fixed_large) {
+  const double beta = betas[std::size_t(t)], ab = alphas_cumprod[std::size_t(t)];
+  const double ab_prev = t > 0 ? alphas_cumprod[std::size_t(t - 1)] : 1.0;
+  const double sigma = std::sqrt(fixed_large ? beta : beta * (1 - ab_prev) / (1 - ab));
+  std::vector<double> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    out[i] = (x[i] - beta / std::sqrt(1 - ab) * eps[i]) / std::sqrt(1 - beta);
+    if (t > 0) out[i] += sigma * z[i];
+  }
+  return out;
+}
+
+}  // namespace kexue_ref

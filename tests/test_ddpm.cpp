@@ -1,0 +1,500 @@
+// SPDX-License-Identifier: MIT
+// DDPM: schedules and timestep lists against the float64 PyTorch reference (SPEC 6), add_noise / velocity /
+// reverse step against the diffusers rule (reference data and the scalar reference), the Algorithm-2
+// identity, batched and fused forms, thread-count independence, bad input, and the mixture sampler demo.
+
+#include <kexue/ddpm.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../examples/ddpm_mixture.hpp"
+#include "reference/ddpm_reference.hpp"
+#include "reference/reference_data.hpp"
+#include "support.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+using kexue::BetaSchedule;
+using kexue::DdpmSchedule;
+using kexue::DdpmStepOptions;
+using kexue::Index;
+using kexue::Prediction;
+using kexue::Variance;
+using kexue_test::RefData;
+
+namespace {
+
+const RefData& ref() {
+  static const RefData r("ddpm");
+  return r;
+}
+
+const char* const kKinds[] = {"linear", "scaled_linear", "cosine", "proportional"};
+const BetaSchedule kSchedules[] = {BetaSchedule::Linear, BetaSchedule::ScaledLinear, BetaSchedule::Cosine,
+                                   BetaSchedule::Proportional};
+
+// max |a - b| / max(|b|, 1): the error relative to the value's scale (c eps max(|ref|, 1)).
+template <class A>
+double max_rel_err(const A& a, const std::vector<double>& b) {
+  double m = 0;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    const double x = static_cast<double>(a[i]);
+    if (!std::isfinite(x)) return INFINITY;
+    m = std::max(m, std::abs(x - b[i]) / std::max(std::abs(b[i]), 1.0));
+  }
+  return m;
+}
+
+template <class T>
+std::vector<double> to_double(const T* p, Index n) {
+  return std::vector<double>(p, p + n);
+}
+
+template <class T>
+constexpr double tol() {
+  return std::is_same<T, float>::value ? 4e-6 : 1e-13;
+}
+
+}  // namespace
+
+TEST_CASE("DdpmSchedule: betas, alpha_bar and posterior variance match the float64 reference", "[ddpm][schedule]") {
+  for (int k = 0; k < 4; ++k) {
+    INFO(kKinds[k]);
+    const DdpmSchedule s(1000, kSchedules[k]);
+    REQUIRE(s.size() == 1000);
+    const std::string base = std::string("schedule/") + kKinds[k] + "/";
+    const auto& betas = ref().values(base + "betas");
+    const auto& acp = ref().values(base + "alphas_cumprod");
+    const auto& var = ref().values(base + "variance");
+    double eb = 0, ea = 0, ev = 0;
+    for (Index t = 0; t < 1000; ++t) {
+      eb = std::max(eb, std::abs(s.beta(t) - betas[std::size_t(t)]) / betas[std::size_t(t)]);
+      ea = std::max(ea, std::abs(s.alpha_bar(t) - acp[std::size_t(t)]) / acp[std::size_t(t)]);
+      ev = std::max(ev, std::abs(s.variance(t) - var[std::size_t(t)]) / var[std::size_t(t)]);
+      REQUIRE(s.alpha(t) == 1.0 - s.beta(t));
+    }
+    CHECK(eb < 1e-13);
+    CHECK(ea < 1e-12);
+    // current_beta = 1 - ab_t / ab_prev (diffusers' form) cancels for tiny betas: ~1e-16 / beta_0.
+    CHECK(ev < 1e-10);
+    CHECK(s.variance(0) == 1e-20);  // beta-tilde_1 = 0, floored
+    CHECK(s.alpha_bar(-1) == 1.0);
+  }
+  const DdpmSchedule small(10, BetaSchedule::ScaledLinear, 0.00085, 0.012);
+  CHECK(max_rel_err(small.betas(), ref().values("schedule/scaled_linear_T10/betas")) < 1e-15);
+}
+
+TEST_CASE("DdpmSchedule: SPEC 6.1-6.3 derived values", "[ddpm][schedule]") {
+  const DdpmSchedule lin;
+  CHECK(lin.alpha_bar(999) == Approx(ref().scalar("derived/linear_alpha_bar_T")).epsilon(1e-12));
+  CHECK(lin.alpha_bar(999) == Approx(4.0358e-5).epsilon(1e-4));
+  CHECK(std::sqrt(lin.alpha_bar(999)) == Approx(0.006353).epsilon(1e-3));
+  CHECK(lin.variance(1) == Approx(5.4532e-5).epsilon(1e-4));
+  CHECK(lin.variance(999) == Approx(0.0199999835).epsilon(3e-9));
+  CHECK(lin.beta(0) == 1e-4);
+  CHECK(lin.beta(999) == 0.02);
+  const DdpmSchedule cos(1000, BetaSchedule::Cosine);
+  CHECK(cos.beta(0) == Approx(4.1284e-5).epsilon(1e-4));
+  CHECK(cos.beta(999) == 0.999);
+  CHECK(cos.beta(998) < 0.999);  // exactly one value capped
+  CHECK(cos.alpha_bar(999) == Approx(2.4288e-9).epsilon(1e-4));
+  CHECK(cos.alpha_bar(999) == Approx(ref().scalar("derived/cosine_alpha_bar_T")).epsilon(1e-10));
+  const DdpmSchedule su(1000, BetaSchedule::Proportional);
+  CHECK(su.beta(0) == Approx(2e-5).epsilon(1e-14));  // not linspace(1e-4, 0.02): beta_1 = 2e-5
+  CHECK(su.beta(999) == Approx(0.02).epsilon(1e-15));
+  CHECK(std::sqrt(su.alpha_bar(999)) == Approx(0.0064820).epsilon(1e-5));
+  CHECK(std::log(std::sqrt(su.alpha_bar(999))) == Approx(-5.0387).epsilon(1e-4));
+  // The post's estimate log alpha-bar^Su_T < -0.005 (T + 1).
+  CHECK(std::log(std::sqrt(su.alpha_bar(999))) < -0.005 * 1001);
+}
+
+TEST_CASE("DdpmSchedule: inference timesteps match diffusers' spacings", "[ddpm][timesteps]") {
+  const std::pair<Index, Index> cases[] = {{1000, 1},   {1000, 3},    {1000, 7}, {1000, 50},
+                                           {1000, 999}, {1000, 1000}, {10, 3},   {10, 4}};
+  const char* names[] = {"leading", "trailing", "linspace"};
+  const kexue::TimestepSpacing spacings[] = {kexue::TimestepSpacing::Leading, kexue::TimestepSpacing::Trailing,
+                                             kexue::TimestepSpacing::Linspace};
+  for (auto [T, k] : cases) {
+    const DdpmSchedule s(T);
+    for (int sp = 0; sp < 3; ++sp) {
+      const std::string name = "timesteps/T" + std::to_string(T) + "_k" + std::to_string(k) + "_" + names[sp];
+      INFO(name);
+      REQUIRE(ref().has(name));
+      const auto got = s.timesteps(k, spacings[sp]);
+      const auto& want = ref().values(name);
+      REQUIRE(got.size() == want.size());
+      for (std::size_t i = 0; i < got.size(); ++i) CHECK(double(got[i]) == want[i]);
+    }
+  }
+  const auto off = DdpmSchedule().timesteps(10, kexue::TimestepSpacing::Leading, 1);
+  const auto& want = ref().values("timesteps/T1000_k10_leading_offset1");
+  for (std::size_t i = 0; i < off.size(); ++i) CHECK(double(off[i]) == want[i]);
+  // prev_t of a skipped step is the next list entry (diffusers PR #2076), -1 after the last.
+  const auto ts = DdpmSchedule().timesteps(50);
+  CHECK(kexue::previous_timestep(ts, 0) == 960);
+  CHECK(kexue::previous_timestep(ts, ts.size() - 1) == -1);
+}
+
+TEST_CASE("DdpmSchedule: custom timestep lists and bad input", "[ddpm][errors]") {
+  const DdpmSchedule s(100);
+  CHECK_NOTHROW(s.check_timesteps({99, 50, 7, 0}));
+  CHECK_NOTHROW(s.check_timesteps({42}));
+  CHECK_THROWS_AS(s.check_timesteps({50, 60, 0}), kexue::Error);  // not descending
+  CHECK_THROWS_AS(s.check_timesteps({50, 50, 0}), kexue::Error);  // repeated
+  CHECK_THROWS_AS(s.check_timesteps({100, 50}), kexue::Error);    // outside [0, T)
+  CHECK_THROWS_AS(s.check_timesteps({50, -1}), kexue::Error);
+  CHECK_THROWS_AS(s.check_timesteps({}), kexue::Error);
+  CHECK_THROWS_AS(s.timesteps(0), kexue::Error);
+  CHECK_THROWS_AS(s.timesteps(101), kexue::Error);
+  CHECK_THROWS_AS(s.timesteps(10, kexue::TimestepSpacing::Leading, 91), kexue::Error);  // 9 * 10 + 91 >= T
+  CHECK_THROWS_AS(s.beta(100), kexue::Error);
+  CHECK_THROWS_AS(s.alpha_bar(-2), kexue::Error);
+  CHECK_THROWS_AS(s.variance(5, 5), kexue::Error);
+  CHECK_THROWS_AS(s.variance(5, 7), kexue::Error);
+  CHECK_THROWS_AS(s.variance(5, -2), kexue::Error);
+  // beta range invalid
+  CHECK_THROWS_AS(DdpmSchedule(0), kexue::Error);
+  CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 0.02, 1e-4), kexue::Error);
+  CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 0.0, 0.02), kexue::Error);
+  CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 1e-4, 1.0), kexue::Error);
+  CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::ScaledLinear, NAN, 0.02), kexue::Error);
+  CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Proportional, 0.0, 1.5), kexue::Error);
+  CHECK_THROWS_AS(DdpmSchedule(std::vector<double>{0.1, 1.0}), kexue::Error);
+  CHECK_NOTHROW(DdpmSchedule(10, BetaSchedule::Cosine, -5, -5));  // the cosine schedule ignores the range
+  try {
+    s.beta(100);
+    FAIL("no throw");
+  } catch (const kexue::Error& e) {
+    CHECK(std::string(e.what()).find("t = 100 is outside the schedule [0, 100)") != std::string::npos);
+  }
+}
+
+TEMPLATE_TEST_CASE("ddpm_add_noise and ddpm_velocity match the reference", "[ddpm][noise]", float, double) {
+  using T = TestType;
+  const auto x0 = ref().matrix<T>("noise/x0");
+  const auto eps = ref().matrix<T>("noise/eps");
+  const std::pair<int, Index> cases[] = {{0, 0}, {0, 500}, {2, 999}, {3, 250}};
+  for (auto [k, t] : cases) {
+    const DdpmSchedule s(1000, kSchedules[k]);
+    const std::string base = std::string("noise/") + kKinds[k] + "_t" + std::to_string(t) + "/";
+    INFO(base);
+    kexue::Matrix<T> out(x0.rows(), x0.cols());
+    kexue::ddpm_add_noise(s, x0, eps, t, out);
+    CHECK(max_rel_err(out.data(), ref().values(base + "add_noise")) < tol<T>());
+    kexue::ddpm_velocity(s, x0, eps, t, out);
+    CHECK(max_rel_err(out.data(), ref().values(base + "velocity")) < tol<T>());
+    // In place.
+    kexue::Matrix<T> inplace = x0;
+    kexue::ddpm_add_noise(s, inplace, eps, t, inplace);
+    CHECK(max_rel_err(inplace.data(), ref().values(base + "add_noise")) < tol<T>());
+  }
+  // Batched: one t per row equals the single call on that row.
+  const DdpmSchedule s;
+  const std::vector<Index> ts = {0, 500, 999};
+  kexue::Matrix<T> batched(x0.rows(), x0.cols()), single(1, x0.cols());
+  kexue::ddpm_add_noise(s, x0, eps, ts, batched);
+  for (Index r = 0; r < 3; ++r) {
+    kexue::ddpm_add_noise(s, x0.row(r), eps.row(r), ts[std::size_t(r)], single);
+    CHECK(batched.row(r) == single);
+  }
+}
+
+TEMPLATE_TEST_CASE("ddpm_step matches diffusers' rule for every prediction x variance x clip", "[ddpm][step]", float,
+                   double) {
+  using T = TestType;
+  const auto m = ref().matrix<T>("step/model_output");
+  const auto x = ref().matrix<T>("step/sample");
+  const auto z = ref().matrix<T>("step/noise");
+  const DdpmSchedule schedules[] = {DdpmSchedule(1000, kSchedules[0]), DdpmSchedule(1000, kSchedules[1]),
+                                    DdpmSchedule(1000, kSchedules[2]), DdpmSchedule(1000, kSchedules[3])};
+  const Prediction preds[] = {Prediction::Epsilon, Prediction::Sample, Prediction::Velocity};
+  int count = 0;
+  for (int i = 0; ref().has("step/case" + std::to_string(i) + "/out"); ++i, ++count) {
+    const auto& c = ref().values("step/case" + std::to_string(i) + "/config");
+    DdpmStepOptions o;
+    o.prediction = preds[int(c[0])];
+    o.variance = c[1] == 0 ? Variance::FixedSmall : Variance::FixedLarge;
+    o.clip_sample = c[2] != 0;
+    o.clip_range = c[3];
+    const auto& s = schedules[int(c[4])];
+    const Index t = Index(c[5]), prev = Index(c[6]);
+    if (prev != t - 1 || i % 2 == 0) o.prev_t = prev;  // also exercise the default prev_t = t - 1
+    INFO("case " << i << " t " << t << " prev " << prev);
+    kexue::Matrix<T> out(x.rows(), x.cols());
+    kexue::ddpm_step(s, m, t, x, z, out, o);
+    const auto& want = ref().values("step/case" + std::to_string(i) + "/out");
+    CHECK(max_rel_err(out.data(), want) < 4 * tol<T>());
+    // The scalar double reference agrees with the data.
+    const auto r = kexue_ref::ddpm_step(s.alphas_cumprod(), to_double(m.data(), m.size()), t,
+                                        to_double(x.data(), x.size()), to_double(z.data(), z.size()), o.prediction,
+                                        o.variance, o.clip_sample, o.clip_range, prev);
+    CHECK(max_rel_err(r, want) < 1e-13);
+  }
+  CHECK(count == 72);
+}
+
+TEMPLATE_TEST_CASE("ddpm_step: SIMD vs scalar reference over odd sizes, offsets and NaN guards", "[ddpm][step]",
+                   float, double) {
+  using T = TestType;
+  const Index L = kexue::detail::kLanes<T>;
+  const DdpmSchedule s(1000, BetaSchedule::Cosine);
+  for (Index n : kexue_test::lane_sizes(L)) {
+    for (Index off : {Index(0), Index(1), L / 4}) {
+      const auto mv = kexue_test::random_values<T>(n, 1 + std::uint32_t(n), T(-3), T(3));
+      const auto xv = kexue_test::random_values<T>(n, 2 + std::uint32_t(n), T(-3), T(3));
+      const auto zv = kexue_test::random_values<T>(n, 3 + std::uint32_t(n), T(-3), T(3));
+      kexue_test::PaddedBuffer<T> pm(n, off), px(n, off), pz(n, off), po(n, off);
+      std::copy(mv.begin(), mv.end(), pm.data());
+      std::copy(xv.begin(), xv.end(), px.data());
+      std::copy(zv.begin(), zv.end(), pz.data());
+      using Map = Eigen::Map<kexue::Vector<T>>;
+      for (Prediction p : {Prediction::Epsilon, Prediction::Sample, Prediction::Velocity})
+        for (Variance v : {Variance::FixedSmall, Variance::FixedLarge})
+          for (bool clip : {false, true})
+            for (Index t : {Index(0), Index(3), Index(700)}) {
+              INFO("n " << n << " off " << off << " t " << t << " clip " << clip);
+              DdpmStepOptions o;
+              o.prediction = p;
+              o.variance = v;
+              o.clip_sample = clip;
+              o.clip_range = 1.5;
+              kexue::ddpm_step(s, Map(pm.data(), n), t, Map(px.data(), n), Map(pz.data(), n), Map(po.data(), n), o);
+              const auto r = kexue_ref::ddpm_step(s.alphas_cumprod(), to_double(mv.data(), n), t,
+                                                  to_double(xv.data(), n), to_double(zv.data(), n), p, v, clip, 1.5,
+                                                  t - 1);
+              // The epsilon route divides by sqrt(ab_t) (1e-4 at t = 999 of cosine): judge relative to the
+              // size of the terms, which the float rounding of x0_hat scales.
+              CHECK(max_rel_err(po.data(), r) < 8 * tol<T>());
+              CHECK(po.guards_intact(n));
+            }
+    }
+  }
+}
+
+TEST_CASE("ddpm_step equals the paper's Algorithm 2 when nothing is clipped (SPEC 6.1 identity)", "[ddpm][step]") {
+  const DdpmSchedule s;
+  const Index n = 101;
+  const auto e = kexue_test::random_values<double>(n, 5, -2, 2);
+  const auto x = kexue_test::random_values<double>(n, 6, -2, 2);
+  const auto z = kexue_test::random_values<double>(n, 7, -2, 2);
+  using Map = Eigen::Map<const kexue::Vector<double>>;
+  for (bool large : {false, true})
+    for (Index t : {0, 1, 10, 500, 999}) {
+      DdpmStepOptions o;
+      o.clip_sample = false;
+      o.variance = large ? Variance::FixedLarge : Variance::FixedSmall;
+      kexue::Vector<double> out(n);
+      kexue::ddpm_step(s, Map(e.data(), n), t, Map(x.data(), n), Map(z.data(), n), out, o);
+      const auto r = kexue_ref::algorithm2_step(s.betas(), s.alphas_cumprod(), e, t, x, z, large);
+      INFO("t " << t << " large " << large);
+      CHECK(max_rel_err(out.data(), r) < 1e-12);
+    }
+}
+
+TEST_CASE("ddpm_step: skipped steps use the effective single-step alpha and beta", "[ddpm][step]") {
+  const DdpmSchedule s;
+  DdpmStepOptions o;
+  o.prev_t = 300;
+  const auto k = kexue::ddpm_step_coefficients(s, 600, o);
+  CHECK(k.current_alpha == Approx(s.alpha_bar(600) / s.alpha_bar(300)).epsilon(1e-15));
+  CHECK(k.current_beta == Approx(1 - s.alpha_bar(600) / s.alpha_bar(300)).epsilon(1e-15));
+  CHECK(k.current_beta > 10 * s.beta(600));  // the bug of PR #2076 used beta_t
+  CHECK(k.noise_std * k.noise_std == Approx(s.variance(600, 300)).epsilon(1e-14));
+  // Chaining two half-steps with x0 predictions is not one step, but a step to prev_t = -1 returns the
+  // clipped x0_hat exactly (ab_prev = 1): c0 = 1, c1 = 0, no noise.
+  DdpmStepOptions last;
+  last.prev_t = -1;
+  last.prediction = Prediction::Sample;
+  const auto kl = kexue::ddpm_step_coefficients(s, 40, last);
+  CHECK(kl.c0 == Approx(1.0).epsilon(1e-15));
+  CHECK(kl.c1 == 0.0);
+  CHECK(kl.noise_std == 0.0);
+  kexue::Vector<float> m = kexue::Vector<float>::LinSpaced(9, -2, 2), x = kexue::Vector<float>::Constant(9, 0.3f),
+                       out(9), empty;
+  kexue::ddpm_step(s, m, 40, x, empty, out, last);  // noise may be empty when it is not used
+  for (Index i = 0; i < 9; ++i) CHECK(out[i] == Approx(std::clamp(m[i], -1.0f, 1.0f)).epsilon(1e-6));
+}
+
+TEMPLATE_TEST_CASE("ddpm_step: batched per-sample t equals single steps; in place; threads", "[ddpm][step][batched]",
+                   float, double) {
+  using T = TestType;
+  const DdpmSchedule s(1000, BetaSchedule::ScaledLinear, 0.00085, 0.012);
+  const Index B = 5, n = 1000;
+  const kexue::Matrix<T> m = kexue::Matrix<T>::Random(B, n), x = kexue::Matrix<T>::Random(B, n),
+                         z = kexue::Matrix<T>::Random(B, n);
+  const std::vector<Index> t = {999, 0, 500, 37, 1}, prev = {899, -1, 0, 36, -1};
+  for (bool explicit_prev : {false, true}) {
+    DdpmStepOptions o;
+    o.prediction = Prediction::Velocity;
+    o.variance = Variance::FixedLarge;
+    kexue::Matrix<T> out(B, n);
+    kexue::ddpm_step(s, m, t, x, z, out, o, explicit_prev ? prev : std::vector<Index>{});
+    for (Index r = 0; r < B; ++r) {
+      DdpmStepOptions single = o;
+      single.prev_t = explicit_prev ? prev[std::size_t(r)] : t[std::size_t(r)] - 1;
+      kexue::Matrix<T> one(1, n);
+      kexue::ddpm_step(s, m.row(r), t[std::size_t(r)], x.row(r), z.row(r), one, single);
+      CHECK(out.row(r) == one);
+    }
+    // In place on the sample rows, through a Block of a wider buffer (row stride != n).
+    kexue::Matrix<T> wide = kexue::Matrix<T>::Zero(B, n + 7);
+    wide.leftCols(n) = x;
+    kexue::ddpm_step(s, m, t, wide.leftCols(n), z, wide.leftCols(n), o, explicit_prev ? prev : std::vector<Index>{});
+    CHECK(wide.leftCols(n) == out);
+  }
+  // 1 vs 2 threads: bitwise equal for the flat step, the fused Philox step and the batched step.
+  const Index big = 5 * 16384 + 5;  // enough chunks for the parallel path
+  const kexue::Vector<T> bm = kexue::Vector<T>::Random(big), bx = kexue::Vector<T>::Random(big),
+                         bz = kexue::Vector<T>::Random(big);
+  kexue::Vector<T> a1(big), a2(big), f1(big), f2(big);
+  auto run = [&](kexue::Vector<T>& a, kexue::Vector<T>& f) {
+    kexue::ddpm_step(s, bm, 700, bx, bz, a);
+    kexue::PhiloxGenerator g(5, 3);
+    kexue::ddpm_step(s, bm, 700, bx, g, f);
+    CHECK(g.offset() == 3 + std::uint64_t(big));
+  };
+#if defined(_OPENMP)
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  run(a1, f1);
+  omp_set_num_threads(2);
+  run(a2, f2);
+  omp_set_num_threads(saved);
+#else
+  run(a1, f1);
+  run(a2, f2);
+#endif
+  CHECK(std::memcmp(a1.data(), a2.data(), sizeof(T) * std::size_t(big)) == 0);
+  CHECK(std::memcmp(f1.data(), f2.data(), sizeof(T) * std::size_t(big)) == 0);
+  // The fused step equals gen.normal(noise) followed by the step with that buffer.
+  kexue::Vector<T> noise(big), expect(big);
+  kexue::PhiloxGenerator g(5, 3);
+  g.normal(noise);
+  kexue::ddpm_step(s, bm, 700, bx, noise, expect);
+  CHECK(expect == f1);
+}
+
+TEST_CASE("ddpm_step and ddpm_add_noise: bad input throws before writing", "[ddpm][errors]") {
+  const DdpmSchedule s(100);
+  kexue::Vector<float> m = kexue::Vector<float>::Ones(8), x = kexue::Vector<float>::Ones(8),
+                       z = kexue::Vector<float>::Ones(8), out = kexue::Vector<float>::Constant(8, 42.0f),
+                       short_v = kexue::Vector<float>::Ones(7);
+  auto untouched = [&] { return (out.array() == 42.0f).all(); };
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, 100, x, z, out), kexue::Error);  // t outside
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, -1, x, z, out), kexue::Error);
+  DdpmStepOptions o;
+  o.prev_t = 50;
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, out, o), kexue::Error);  // prev_t >= t
+  o.prev_t = -2;
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, out, o), kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, short_v, 50, x, z, out), kexue::Error);  // size mismatch
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, short_v, out), kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, short_v), kexue::Error);
+  DdpmStepOptions bad_clip;
+  bad_clip.clip_range = 0;
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, out, bad_clip), kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, z), kexue::Error);  // out is the noise
+  kexue::Vector<float> buf = kexue::Vector<float>::Ones(12);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, buf.head(8), 50, x, z, buf.tail(8)), kexue::Error);  // shifted overlap
+  kexue::PhiloxGenerator g(1);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, m, 100, x, g, out), kexue::Error);
+  CHECK(g.offset() == 0);
+  CHECK_THROWS_AS(kexue::ddpm_add_noise(s, m, short_v, 5, out), kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_add_noise(s, m, z, 100, out), kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_velocity(s, m, z, -1, out), kexue::Error);
+  CHECK(untouched());
+  // Batched: t count, prev_t count, options.prev_t set, shapes.
+  kexue::Matrix<float> bm = kexue::Matrix<float>::Ones(2, 4), bo = kexue::Matrix<float>::Constant(2, 4, 42.0f),
+                       b3 = kexue::Matrix<float>::Ones(2, 3);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, bm, std::vector<Index>{5}, bm, bm, bo), kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, bm, std::vector<Index>{5, 6}, bm, bm, bo, {}, std::vector<Index>{4}),
+                  kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, bm, std::vector<Index>{5, 6}, bm, bm, bo, {}, std::vector<Index>{4, 6}),
+                  kexue::Error);
+  DdpmStepOptions with_prev;
+  with_prev.prev_t = 3;
+  CHECK_THROWS_AS(kexue::ddpm_step(s, bm, std::vector<Index>{5, 6}, bm, bm, bo, with_prev), kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_step(s, b3, std::vector<Index>{5, 6}, bm, bm, bo), kexue::Error);
+  CHECK_THROWS_AS(kexue::ddpm_add_noise(s, bm, b3, std::vector<Index>{5, 6}, bo), kexue::Error);
+  CHECK((bo.array() == 42.0f).all());
+  try {
+    kexue::ddpm_step(s, short_v, 50, x, z, out);
+    FAIL("no throw");
+  } catch (const kexue::Error& e) {
+    CHECK(std::string(e.what()) == "ddpm_step: model_output has 7 elements but sample has 8");
+  }
+  // n = 0 is fine.
+  kexue::Vector<float> e0;
+  CHECK_NOTHROW(kexue::ddpm_step(s, e0, 5, e0, e0, e0));
+}
+
+TEST_CASE("DDPM mixture sampler: 1000 steps reproduce the mixture's statistics", "[ddpm][demo]") {
+  // The demo's sampler (examples/ddpm_mixture.hpp) with 1500 samples instead of 10000. Each statistic must be
+  // within 5 standard errors of the truth (+0.01 for the discretisation of 1000 DDPM steps, which is far
+  // smaller). The standard errors come from the summands' variances, estimated from 200000 exact draws
+  // of the mixture.
+  const auto mixture = kexue_demo::default_mixture();
+  kexue_demo::SamplerConfig cfg;
+  cfg.samples = 1500;
+  cfg.seed = 1234;
+  const auto samples = kexue_demo::sample_ddpm(mixture, cfg, nullptr);
+  REQUIRE(samples.rows() == cfg.samples);
+  REQUIRE(samples.cols() == 2);
+  const auto st = kexue_demo::sample_statistics(mixture, samples);
+  const auto truth = kexue_demo::mixture_statistics(mixture);
+
+  // Exact draws: their statistics confirm `truth` and give the summand variances.
+  std::mt19937 rng(7);
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> uniform;
+  const int N = 200000;
+  std::vector<double> xs(N), ys(N);
+  for (int i = 0; i < N; ++i) {
+    double u = uniform(rng);
+    std::size_t k = 0;
+    while (k + 1 < mixture.size() && u >= mixture[k].weight) u -= mixture[k++].weight;
+    const auto& c = mixture[k];
+    const double l00 = std::sqrt(c.cov[0]), l10 = c.cov[1] / l00, l11 = std::sqrt(c.cov[2] - l10 * l10);
+    const double a = normal(rng), b = normal(rng);
+    xs[std::size_t(i)] = c.mean[0] + l00 * a;
+    ys[std::size_t(i)] = c.mean[1] + l10 * a + l11 * b;
+  }
+  double var_summand[4] = {0, 0, 0, 0}, exact_mean[2] = {0, 0};
+  for (int i = 0; i < N; ++i) {
+    const double dx = xs[std::size_t(i)] - truth.mean[0], dy = ys[std::size_t(i)] - truth.mean[1];
+    exact_mean[0] += xs[std::size_t(i)] / N;
+    exact_mean[1] += ys[std::size_t(i)] / N;
+    var_summand[0] += (dx * dx - truth.cov[0]) * (dx * dx - truth.cov[0]) / N;
+    var_summand[1] += (dx * dy - truth.cov[1]) * (dx * dy - truth.cov[1]) / N;
+    var_summand[3] += (dy * dy - truth.cov[3]) * (dy * dy - truth.cov[3]) / N;
+  }
+  var_summand[2] = var_summand[1];
+  CHECK(std::abs(exact_mean[0] - truth.mean[0]) < 5 * std::sqrt(truth.cov[0] / N));
+  CHECK(std::abs(exact_mean[1] - truth.mean[1]) < 5 * std::sqrt(truth.cov[3] / N));
+
+  const double n = double(cfg.samples), slack = 0.01;
+  CHECK(std::abs(st.mean[0] - truth.mean[0]) < 5 * std::sqrt(truth.cov[0] / n) + slack);
+  CHECK(std::abs(st.mean[1] - truth.mean[1]) < 5 * std::sqrt(truth.cov[3] / n) + slack);
+  for (int i = 0; i < 4; ++i) {
+    INFO("cov entry " << i << ": " << st.cov[i] << " vs " << truth.cov[i]);
+    CHECK(std::abs(st.cov[i] - truth.cov[i]) < 5 * std::sqrt(var_summand[i] / n) + slack);
+  }
+  for (std::size_t k = 0; k < mixture.size(); ++k) {
+    INFO("mode " << k << ": " << st.weights[k] << " vs " << mixture[k].weight);
+    const double w = mixture[k].weight;
+    CHECK(std::abs(st.weights[k] - w) < 5 * std::sqrt(w * (1 - w) / n) + slack);
+  }
+  // P(Mahalanobis^2 > 16) = exp(-8) = 3.4e-4 for a 2-D Gaussian: almost no sample may land off the modes
+  // (the sampler would leave many between modes if eps* or the step were wrong).
+  CHECK(st.far_fraction < 0.005);
+  // Reproducible for a fixed seed.
+  cfg.samples = 16;
+  CHECK(kexue_demo::sample_ddpm(mixture, cfg, nullptr) == kexue_demo::sample_ddpm(mixture, cfg, nullptr));
+}
