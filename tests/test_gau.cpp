@@ -193,10 +193,13 @@ TEMPLATE_TEST_CASE("gau vs the scalar reference over odd sizes, strided rows and
   const Index xs = D + 3;  // row strides longer than D, and start offsets that break alignment
   for (bool bias : {true, false}) {
     const GauWeights<T> w = random_weights<T>(D, e, s, bias, bias ? 7u : 8u);
-    for (Index n : {1, 2, 7, 9, 33, 129, 130, 257}) {
+    // 130 crosses the 128-row query tile, 257 the 256-row projection tile (run for two variants only: the
+    // scalar reference is O(n^2) and this suite also runs under Debug + ASan).
+    for (Index n : {1, 2, 7, 33, 130, 257}) {
       const RopeTable<T> table(n, s);
       const Matrix<T> xd = random_matrix<T>(n, D, std::uint32_t(100 + n));
       for (int variant = 0; variant < 6; ++variant) {
+        if (n == 257 && (variant % 3 != 0 || !bias)) continue;
         GauOptions o;
         bool rope = variant % 2 == 0;
         if (variant == 0) o = make_options(Normalization::SquaredRelu);
