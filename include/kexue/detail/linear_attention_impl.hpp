@@ -44,7 +44,7 @@ struct StateRef {
 
 template <class T>
 struct LinearWorkspace {
-  std::vector<T> qphi, kphit, vb, a, o, s, ds, z, den;
+  std::vector<T> qphi, kphi, kphit, vb, a, o, s, ds, z, dz, den;
   std::vector<double> sd, zd;
   Index chunk = 0, cp = 0, d = 0, dv = 0, dvp = 0;
 
@@ -58,6 +58,8 @@ struct LinearWorkspace {
       if (static_cast<Index>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
     };
     fit(qphi, chunk * std::max<Index>(d, 1));
+    fit(kphi, chunk * std::max<Index>(d, 1));
+    fit(dz, std::max<Index>(d, 1));
     fit(kphit, std::max<Index>(d, 1) * cp);
     fit(vb, cp * dvp);
     fit(a, chunk * cp);
@@ -106,22 +108,33 @@ struct RunningState {
     }
   }
 
-  /// S += phi(K)^T V and z += sum_j phi(k_j) for the `count` keys in the chunk buffers.
-  void absorb(Index count) {
+  /// S += phi(K)^T V and z += sum_j phi(k_j) for the `count` keys in the chunk buffers: phi(K)^T in kphit
+  /// [d x cp] when `transposed`, else phi(K) as rows in kphi [count x d] (the non-causal path, which needs no
+  /// score product and so skips the transpose).
+  void absorb(Index count, bool transposed) {
     const Index d = w.d, dvp = w.dvp, cp = w.cp;
     if (count == 0 || d == 0) return;
+    const T* a = transposed ? w.kphit.data() : w.kphi.data();
+    const Index ars = transposed ? cp : 1, aps = transposed ? 1 : d;
+    T* dz = w.dz.data();
+    if (transposed) {
+      for (Index p = 0; p < d; ++p) dz[p] = row_sum(w.kphit.data() + p * cp, count);
+    } else {
+      std::fill(dz, dz + d, T(0));
+      for (Index j = 0; j < count; ++j) axpy(T(1), w.kphi.data() + j * d, dz, d);
+    }
     if (!wide) {
-      gemm<T>(d, dvp, count, w.kphit.data(), cp, 1, w.vb.data(), dvp, w.s.data(), dvp, true);
-      for (Index p = 0; p < d; ++p) w.z[p] += row_sum(w.kphit.data() + p * cp, count);
+      gemm<T>(d, dvp, count, a, ars, aps, w.vb.data(), dvp, w.s.data(), dvp, true);
+      for (Index p = 0; p < d; ++p) w.z[p] += dz[p];
       return;
     }
-    gemm<T>(d, dvp, count, w.kphit.data(), cp, 1, w.vb.data(), dvp, w.ds.data(), dvp, false);
+    gemm<T>(d, dvp, count, a, ars, aps, w.vb.data(), dvp, w.ds.data(), dvp, false);
     for (Index i = 0; i < d * dvp; ++i) {
       w.sd[i] += static_cast<double>(w.ds[i]);
       w.s[i] = static_cast<T>(w.sd[i]);
     }
     for (Index p = 0; p < d; ++p) {
-      w.zd[p] += static_cast<double>(row_sum(w.kphit.data() + p * cp, count));
+      w.zd[p] += static_cast<double>(dz[p]);
       w.z[p] = static_cast<T>(w.zd[p]);
     }
   }
@@ -142,16 +155,22 @@ struct RunningState {
 /// garbage value nor a NaN in a padded row can reach the result.
 template <class T>
 inline void load_keys(LinearWorkspace<T>& w, Phi f, const View<const T>& k, const View<const T>& v, Index k0,
-                      Index count, Index key_length) {
+                      Index count, Index key_length, bool transposed) {
   const Index d = w.d, dv = w.dv, dvp = w.dvp, cp = w.cp;
   for (Index j = 0; j < count; ++j) {
     const Index row = k0 + j;
     T* vrow = w.vb.data() + j * dvp;
     if (row < key_length) {
-      phi_row_to_column(f, k.row(row), w.kphit.data() + j, cp, d);
-      if (dv > 0) std::memcpy(vrow, v.row(row), static_cast<std::size_t>(dv) * sizeof(T));
+      if (transposed)
+        phi_row_to_column(f, k.row(row), w.kphit.data() + j, cp, d);
+      else
+        phi_row(f, k.row(row), w.kphi.data() + j * d, d);
+      std::memcpy(vrow, v.row(row), static_cast<std::size_t>(dv) * sizeof(T));
     } else {
-      for (Index p = 0; p < d; ++p) w.kphit[p * cp + j] = T(0);
+      if (transposed)
+        for (Index p = 0; p < d; ++p) w.kphit[p * cp + j] = T(0);
+      else
+        std::fill(w.kphi.data() + j * d, w.kphi.data() + (j + 1) * d, T(0));
       std::fill(vrow, vrow + dv, T(0));
     }
   }
@@ -182,8 +201,8 @@ inline void linear_attention_head(const View<const T>& q, const View<const T>& k
     const Index valid = std::min(m, key_length);
     for (Index k0 = 0; k0 < valid; k0 += chunk) {
       const Index cc = std::min(chunk, valid - k0);
-      load_keys(w, f, k, v, k0, cc, key_length);
-      st.absorb(cc);
+      load_keys(w, f, k, v, k0, cc, key_length, false);
+      st.absorb(cc, false);
     }
     for (Index t = 0; t < n; t += chunk) {
       const Index cc = std::min(chunk, n - t);
@@ -203,8 +222,8 @@ inline void linear_attention_head(const View<const T>& q, const View<const T>& k
   const Index off = m - n;
   for (Index k0 = 0; k0 < std::min(off, key_length); k0 += chunk) {
     const Index cc = std::min(chunk, std::min(off, key_length) - k0);
-    load_keys(w, f, k, v, k0, cc, key_length);
-    st.absorb(cc);
+    load_keys(w, f, k, v, k0, cc, key_length, false);
+    st.absorb(cc, false);
   }
   const Index q_begin = std::max<Index>(0, -off);
   for (Index i = 0; i < std::min(q_begin, n); ++i) std::fill(out.row(i), out.row(i) + dv, T(0));
@@ -212,7 +231,7 @@ inline void linear_attention_head(const View<const T>& q, const View<const T>& k
     const Index cc = std::min(chunk, n - t);
     const Index k0 = t + off;
     for (Index i = 0; i < cc; ++i) phi_row(f, q.row(t + i), w.qphi.data() + i * d, d);
-    load_keys(w, f, k, v, k0, cc, key_length);
+    load_keys(w, f, k, v, k0, cc, key_length, true);
     // Intra-chunk scores, lower triangle only; the rest of each row tile is zeroed so the A V product and the
     // row sums can run over whole tiles.
     T* a = w.a.data();
@@ -225,7 +244,7 @@ inline void linear_attention_head(const View<const T>& q, const View<const T>& k
     gemm<T>(cc, dvp, d, w.qphi.data(), d, 1, w.s.data(), dvp, w.o.data(), dvp, false);
     gemm_lower_a<T>(cc, dvp, cc, 0, a, cp, w.vb.data(), dvp, w.o.data(), dvp);
     for (Index i = 0; i < cc; ++i) write_normalised(w.o.data() + i * dvp, w.den[i], eps, out.row(t + i), dv);
-    st.absorb(cc);
+    st.absorb(cc, true);
   }
   st.store(state);
 }
