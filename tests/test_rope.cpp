@@ -634,3 +634,44 @@ TEMPLATE_TEST_CASE("batched rope equals the 2-D form, for any layout of the buff
 #endif
   (void)saved_threads;
 }
+
+TEST_CASE("batched rope over several position tiles equals the 2-D form", "[rope][batched]") {
+  // Rows of 4096 doubles make a table row 64 KiB, so a tile holds 16 positions and 40 positions span 3 tiles.
+  const Index B = 2, H = 3, S = 40, D = 4096;
+  RopeOptions o;
+  o.layout = RopeLayout::Half;
+  RopeTable<double> table(S + 5, D, o);
+  REQUIRE(kexue::detail::rope_tile_positions(table) < S);
+  const auto qv = random_values<double>(B * H * S * D, 31, -2.0, 2.0);
+  const auto kv = random_values<double>(B * H * S * D, 32, -2.0, 2.0);
+  const auto bv = random_values<double>(D, 33, -1.0, 1.0);
+  kexue::Vector<double> bias(D);
+  std::copy(bv.begin(), bv.end(), bias.data());
+  std::vector<double> want_q(qv), want_k(kv), want_b(qv);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h) {
+      auto mq = TensorView<double>::contiguous(want_q.data(), B, H, S, D).matrix(b, h);
+      auto mk = TensorView<double>::contiguous(want_k.data(), B, H, S, D).matrix(b, h);
+      auto mb = TensorView<double>::contiguous(want_b.data(), B, H, S, D).matrix(b, h);
+      kexue::rope(table, mq, 5);
+      kexue::rope(table, mk, 5);
+      kexue::rope_with_bias(table, mb, bias, 5);
+    }
+  const int saved_threads = kexue::detail::max_threads();
+  for (int threads : {1, 2}) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#endif
+    std::vector<double> q(qv), k(kv), qb(qv);
+    kexue::rope(table, TensorView<double>::contiguous(q.data(), B, H, S, D),
+                TensorView<double>::contiguous(k.data(), B, H, S, D), 5);
+    kexue::rope_with_bias(table, TensorView<double>::contiguous(qb.data(), B, H, S, D), bias, 5);
+    CHECK(q == want_q);
+    CHECK(k == want_k);
+    CHECK(qb == want_b);
+  }
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
+  (void)saved_threads;
+}
