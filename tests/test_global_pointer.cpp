@@ -158,15 +158,17 @@ TEMPLATE_TEST_CASE("global_pointer SIMD kernel matches the scalar reference over
                                         MaskConvention::TorchPort};
   std::uint32_t seed = 1000;
   for (Index n : {0, 1, 5, 6, 7, 13, 16, 17, 33, 50}) {
-    for (Index d : {2, 8, 10, 64}) {
-      for (Index offset : {0, 1, 3}) {
+    for (Index d : {2, 10, 64}) {
+      for (Index offset : {0, 1}) {
         const Index ld = n + 5, ldq = d + 3;
         kexue_test::PaddedBuffer<T> qb(n * ldq, offset), kb(n * ldq, offset), sb(n * ld, offset);
         StrideMap<T> q(qb.data(), n, d, Eigen::OuterStride<>(ldq)), k(kb.data(), n, d, Eigen::OuterStride<>(ldq));
         q = random_matrix<T>(n, d, ++seed, T(2));
         k = random_matrix<T>(n, d, ++seed, T(2));
         kexue::RopeTable<T> table(n + 3, d);
-        const MatD qd = q.template cast<double>(), kd = k.template cast<double>();
+        // The reference's raw dot products once; each variant only changes the masking.
+        const MatD raw = kexue_ref::global_pointer(q.template cast<double>(), k.template cast<double>(), n,
+                                                   opts(MaskConvention::Current, -kInf, false, false));
         for (Index length : {n, n / 2, Index(0)}) {
           for (auto conv : conventions) {
             for (bool tril : {true, false}) {
@@ -175,7 +177,10 @@ TEMPLATE_TEST_CASE("global_pointer SIMD kernel matches the scalar reference over
                         << " convention " << int(conv));
               StrideMap<T> s(sb.data(), n, n, Eigen::OuterStride<>(ld));
               kexue::global_pointer(table, q, k, s, length, o);
-              const MatD want = kexue_ref::global_pointer(qd, kd, length, o);
+              MatD want(n, n);
+              const double scale = o.scale ? 1.0 / std::sqrt(double(d)) : 1.0;
+              for (Index i = 0; i < n; ++i)
+                for (Index j = 0; j < n; ++j) want(i, j) = kexue_ref::mask_cell(raw(i, j), i, j, length, o, scale, false);
               CHECK(nmse(Matrix<T>(s), want) < kexue_test::nmse_bound<T>());
               // Between rows the padding of the scores must be untouched.
               bool gaps_nan = true;
@@ -194,7 +199,7 @@ TEMPLATE_TEST_CASE("global_pointer SIMD kernel matches the scalar reference over
 TEMPLATE_TEST_CASE("layer and efficient layer match the scalar reference at head_size 64", "[global_pointer]", float,
                    double) {
   using T = TestType;
-  const Index n = 37, D = 20, A = 3, d = 64;
+  const Index n = 25, D = 20, A = 3, d = 64;
   kexue::GlobalPointerWeights<T> w{random_matrix<T>(D, 2 * A * d, 7, T(0.3)), random_matrix<T>(2 * A * d, 1, 8), A, d};
   kexue::EfficientGlobalPointerWeights<T> e{random_matrix<T>(D, 2 * d, 9, T(0.3)), random_matrix<T>(2 * d, 1, 10),
                                             random_matrix<T>(2 * d, 2 * A, 11, T(0.3)),
@@ -202,7 +207,7 @@ TEMPLATE_TEST_CASE("layer and efficient layer match the scalar reference at head
   const Matrix<T> h = random_matrix<T>(n, D, 13);
   kexue::RopeTable<T> table(n, d);
   const MatD hd = h.template cast<double>();
-  for (Index length : {n, Index(20)}) {
+  for (Index length : {n, Index(14)}) {
     for (auto conv : {MaskConvention::Current, MaskConvention::Bert4keras2021, MaskConvention::TorchPort}) {
       const auto o = opts(conv);
       Matrix<T> s(A * n, n);
@@ -340,7 +345,7 @@ TEMPLATE_TEST_CASE("decode_spans matches a brute-force scan; the lean path match
   CHECK(kexue::decode_spans(s, H).size() == kexue::decode_spans(s, H, 0.0).size());
 
   // Lean path: identical spans (same kernel, so the same scores bit for bit) without the n x n matrices.
-  const Index m = 41, D = 12, d = 8;
+  const Index m = 31, D = 12, d = 8;
   kexue::GlobalPointerWeights<T> w{random_matrix<T>(D, 2 * H * d, 32), random_matrix<T>(2 * H * d, 1, 33), H, d};
   kexue::EfficientGlobalPointerWeights<T> e{random_matrix<T>(D, 2 * d, 34), random_matrix<T>(2 * d, 1, 35),
                                             random_matrix<T>(2 * d, 2 * H, 36), random_matrix<T>(2 * H, 1, 37), H, d};
@@ -349,8 +354,9 @@ TEMPLATE_TEST_CASE("decode_spans matches a brute-force scan; the lean path match
   Matrix<T> dense(H * m, m);
   for (auto conv : {MaskConvention::Current, MaskConvention::Bert4keras2021, MaskConvention::TorchPort}) {
     for (double fill : {-kInf, 5.0}) {
-      for (Index len : {m, Index(30)}) {
-        for (bool ex : {false, true}) {
+      for (Index len : {m, Index(22)}) {
+        {
+          const bool ex = len == m;
           INFO("convention " << int(conv) << " fill " << fill << " length " << len << " exclude " << ex);
           const auto o = opts(conv, fill);
           kexue::DecodeOptions dec;
