@@ -313,6 +313,29 @@ TEMPLATE_TEST_CASE("rope_2d matches PyTorch (SPEC 1.3: base 1000, row then colum
   Matrix<T> x2 = ref().matrix<T>("rope2d/x");
   kexue::rope_2d(table, x2, int_positions<T>(ref(), "rope2d/rows"), int_positions<T>(ref(), "rope2d/cols"));
   CHECK((x2.array() == x.array()).all());
+  // Batched [2, 3, 23, 128]: every (batch, head) slice equals the 2-D result bit for bit, for 1 and 2 threads.
+  const Matrix<T> x0 = ref().matrix<T>("rope2d/x");
+  const Index B = 2, H = 3, S = x0.rows(), D = x0.cols();
+  const int saved_threads = kexue::detail::max_threads();
+  for (int threads : {1, 2}) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#endif
+    std::vector<T> buf;
+    for (Index i = 0; i < B * H; ++i) buf.insert(buf.end(), x0.data(), x0.data() + x0.size());
+    kexue::rope_2d(table, TensorView<T>::contiguous(buf.data(), B, H, S, D), 5, 2);
+    bool same = true;
+    for (Index i = 0; i < B * H; ++i)
+      same = same && std::equal(x.data(), x.data() + x.size(), buf.data() + i * S * D);
+    CHECK(same);
+  }
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
+  (void)saved_threads;
+  std::vector<T> small(2 * 3 * 4 * 10, T(1));
+  CHECK_THROWS_AS(kexue::rope_2d(table, TensorView<T>::contiguous(small.data(), 2, 3, 4, 10), 5), kexue::Error);
+  for (T v : small) REQUIRE(v == T(1));
 }
 
 TEST_CASE("rope: dynamic NTK within the original context leaves the frequencies unscaled", "[rope]") {

@@ -414,6 +414,25 @@ inline auto batched_positions(const char* fn, const TensorView<T>& x, const P& p
   return [p, batch_stride](Index b, Index s) { return static_cast<Index>(p[b * batch_stride + s]); };
 }
 
+inline void check_grid(const char* fn, Index max_positions, Index n, Index grid_width, Index first_patch) {
+  require(grid_width > 0, fn, "grid_width must be > 0, got ", grid_width);
+  require(first_patch >= 0, fn, "first_patch is ", first_patch, "; patches must be >= 0");
+  if (n == 0) return;
+  const Index last = first_patch + n - 1;
+  // Patches spanning more than one grid row touch every column up to grid_width - 1.
+  const Index max_row = last / grid_width;
+  const Index max_col = first_patch / grid_width != max_row ? grid_width - 1 : last % grid_width;
+  require(max_row < max_positions && max_col < max_positions, fn, "patches [", first_patch, ", ", last + 1,
+          ") of a grid ", grid_width, " wide reach row ", max_row, " and column ", max_col,
+          " but the table holds positions [0, ", max_positions, ")");
+}
+
+template <class T>
+inline void rope_2d_row(const RopeTable<T>& table, T* row, Index patch, Index grid_width) {
+  rope_row(table, row, row, static_cast<const T*>(nullptr), patch / grid_width);
+  rope_row(table, row + table.dim(), row + table.dim(), static_cast<const T*>(nullptr), patch % grid_width);
+}
+
 }  // namespace detail
 
 // ---- [n, dim] rows ----------------------------------------------------------------------------------------
@@ -481,22 +500,8 @@ void rope_2d(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, Index grid
   const Index d = table.dim();
   detail::require(v.rows == 0 || v.cols == 2 * d, fn, "x has ", v.cols, " columns (shape ",
                   detail::shape_str(v.rows, v.cols), ") but 2-D RoPE needs 2 x table dim = ", 2 * d);
-  detail::require(grid_width > 0, fn, "grid_width must be > 0, got ", grid_width);
-  detail::require(first_patch >= 0, fn, "first_patch is ", first_patch, "; patches must be >= 0");
-  if (v.rows == 0) return;
-  const Index last = first_patch + v.rows - 1;
-  // Rows spanning more than one grid row touch every column up to grid_width - 1.
-  const Index max_row = last / grid_width;
-  const Index max_col_any = first_patch / grid_width != max_row ? grid_width - 1 : last % grid_width;
-  detail::require(max_row < table.max_positions() && max_col_any < table.max_positions(), fn, "patches [",
-                  first_patch, ", ", last + 1, ") of a grid ", grid_width, " wide reach row ", max_row, " and column ",
-                  max_col_any, " but the table holds positions [0, ", table.max_positions(), ")");
-  for (Index r = 0; r < v.rows; ++r) {
-    const Index p = first_patch + r;
-    T* row = v.row(r);
-    detail::rope_row(table, row, row, static_cast<const T*>(nullptr), p / grid_width);
-    detail::rope_row(table, row + d, row + d, static_cast<const T*>(nullptr), p % grid_width);
-  }
+  detail::check_grid(fn, table.max_positions(), v.rows, grid_width, first_patch);
+  for (Index r = 0; r < v.rows; ++r) detail::rope_2d_row(table, v.row(r), first_patch + r, grid_width);
 }
 
 /// In place 2-D RoPE with explicit coordinates: row r rotates its first half by rows[r] and its second
@@ -521,6 +526,23 @@ void rope_2d(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, const P& r
     detail::rope_row(table, row, row, static_cast<const T*>(nullptr), static_cast<Index>(pr[r]));
     detail::rope_row(table, row + d, row + d, static_cast<const T*>(nullptr), static_cast<Index>(pc[r]));
   }
+}
+
+/// In place 2-D RoPE over [batch, heads, n, 2 * table.dim()]: row (b, h, s) is patch first_patch + s of a
+/// grid `grid_width` patches wide (see the [n, 2 dim] form). Parallel over batch x heads.
+template <class T>
+void rope_2d(const RopeTable<T>& table, const TensorView<T>& x, Index grid_width, Index first_patch = 0) {
+  const char* fn = "rope_2d";
+  const Index rows = x.batch() * x.heads() * x.seq();
+  detail::require(x.batch() >= 0 && x.heads() >= 0 && x.seq() >= 0, fn, "x has a negative extent");
+  detail::require(rows == 0 || x.dim() == 2 * table.dim(), fn, "x has dim ", x.dim(),
+                  " but 2-D RoPE needs 2 x table dim = ", 2 * table.dim());
+  detail::check_grid(fn, table.max_positions(), rows == 0 ? 0 : x.seq(), grid_width, first_patch);
+  const Index heads = x.heads(), seq = x.seq();
+  detail::parallel_for(x.batch() * heads, [&](Index item) {
+    const Index b = item / heads, h = item % heads;
+    for (Index s = 0; s < seq; ++s) detail::rope_2d_row(table, x.row(b, h, s), first_patch + s, grid_width);
+  });
 }
 
 // ---- batched [batch, heads, seq, dim] ---------------------------------------------------------------------
