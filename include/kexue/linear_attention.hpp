@@ -4,6 +4,10 @@
 /// S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j), over every key (non-causal) or over j <= i (causal), computed
 /// chunk-wise in O(n d dv) time with an O(d dv) state, plus the streaming form that carries the state between
 /// calls. FLASH mixed-chunk attention (SPEC 3.5) is in <kexue/flash.hpp>.
+///
+/// Scratch: each thread keeps one workspace of about 4 C d + C^2 + 2 C dv + 3 d dv elements (C = 64, dv rounded up
+/// to 16 floats / 8 doubles), allocated the first time that thread sees a larger shape and reused afterwards;
+/// there is no other allocation per call. Peak memory is therefore O(d dv) per head, whatever n.
 
 #include <optional>
 #include <type_traits>
@@ -176,7 +180,7 @@ void linear_attention(const Eigen::DenseBase<Q>& q, const Eigen::DenseBase<K>& k
 template <class T, class Q, class K, class V, class O>
 void linear_attention(const Eigen::DenseBase<Q>& q, const Eigen::DenseBase<K>& k, const Eigen::DenseBase<V>& v,
                       const Eigen::DenseBase<O>& out, LinearAttentionState<T>& state,
-                      const LinearAttentionOptions& options) {
+                      const LinearAttentionOptions& options = {}) {
   static_assert(std::is_same<T, typename Q::Scalar>::value && std::is_same<T, typename K::Scalar>::value &&
                     std::is_same<T, typename V::Scalar>::value && std::is_same<T, typename O::Scalar>::value,
                 "linear_attention: q, k, v, out and the state must have the same scalar type");
@@ -236,7 +240,7 @@ void linear_attention(const TensorView<TQ>& q, const TensorView<TK>& k, const Te
 template <class TQ, class TK, class TV, class T>
 void linear_attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v,
                       const TensorView<T>& out, std::vector<LinearAttentionState<T>>& states,
-                      const LinearAttentionOptions& options) {
+                      const LinearAttentionOptions& options = {}) {
   static_assert(!std::is_const<T>::value, "linear_attention: out must be writable");
   static_assert(std::is_same<std::remove_const_t<TQ>, T>::value && std::is_same<std::remove_const_t<TK>, T>::value &&
                     std::is_same<std::remove_const_t<TV>, T>::value,

@@ -22,8 +22,9 @@ namespace kexue::detail {
 
 /// Chunk length of the causal linear-attention kernel. The intra-chunk products cost O(C (d + dv)) per row and
 /// the state products O(d dv) per row, so C ~ d balances them; 64 also keeps every chunk buffer at 16 KB (fp32,
-/// d = 64), so the whole working set of one head stays in L1 + L2. Measured on the shape (d = dv = 64):
-/// 32 and 128 were both slower.
+/// d = 64), so the whole working set of one head stays in L1 + L2. Measured on the shape (causal, n = 8192,
+/// d = dv = 64, one thread, best CPU time per head over 3 runs): C = 32: 3.0-3.3 ms, 48: 3.0-3.1 ms, 64: 3.0-3.2 ms,
+/// 96: 3.1-3.6 ms, 128: 3.6-3.9 ms.
 constexpr Index kLinearChunk = 64;
 
 /// The (b, h) slice of a [batch, heads, seq, dim] view as a 2-D view.
@@ -46,7 +47,9 @@ template <class T>
 struct LinearWorkspace {
   std::vector<T> qphi, kphi, kphit, vb, a, o, s, ds, z, dz, den;
   std::vector<double> sd, zd;
-  Index chunk = 0, cp = 0, d = 0, dv = 0, dvp = 0;
+  // cp, dvp: padded column counts; ldk, ldv: row strides of the B-operand buffers, one tile wider than the rows
+  // so that a power-of-two row length cannot map a whole B panel onto a few L1 sets.
+  Index chunk = 0, cp = 0, d = 0, dv = 0, dvp = 0, ldk = 0, ldv = 0;
 
   void prepare(Index chunk_, Index d_, Index dv_) {
     chunk = chunk_;
@@ -54,25 +57,27 @@ struct LinearWorkspace {
     d = d_;
     dv = dv_;
     dvp = pad_cols<T>(dv_);
+    ldk = cp + kNR<T>;
+    ldv = dvp + kNR<T>;
     auto fit = [](auto& v, Index n) {
       if (static_cast<Index>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
     };
     fit(qphi, chunk * std::max<Index>(d, 1));
     fit(kphi, chunk * std::max<Index>(d, 1));
     fit(dz, std::max<Index>(d, 1));
-    fit(kphit, std::max<Index>(d, 1) * cp);
-    fit(vb, cp * dvp);
-    fit(a, chunk * cp);
-    fit(o, chunk * dvp);
-    fit(s, std::max<Index>(d, 1) * dvp);
-    fit(ds, std::max<Index>(d, 1) * dvp);
-    fit(sd, std::max<Index>(d, 1) * dvp);
+    fit(kphit, std::max<Index>(d, 1) * ldk);
+    fit(vb, cp * ldv);
+    fit(a, chunk * ldk);
+    fit(o, chunk * ldv);
+    fit(s, std::max<Index>(d, 1) * ldv);
+    fit(ds, std::max<Index>(d, 1) * ldv);
+    fit(sd, std::max<Index>(d, 1) * ldv);
     fit(z, std::max<Index>(d, 1));
     fit(zd, std::max<Index>(d, 1));
     fit(den, chunk);
     // Padding columns of V and of the state must be zero: they flow through the products into padding columns only.
-    std::fill(vb.begin(), vb.begin() + cp * dvp, T(0));
-    std::fill(kphit.begin(), kphit.begin() + std::max<Index>(d, 1) * cp, T(0));
+    std::fill(vb.begin(), vb.begin() + cp * ldv, T(0));
+    std::fill(kphit.begin(), kphit.begin() + std::max<Index>(d, 1) * ldk, T(0));
   }
 };
 
@@ -91,16 +96,16 @@ struct RunningState {
 
   RunningState(LinearWorkspace<T>& w_, bool double_state, const StateRef& init)
       : w(w_), wide(double_state && !std::is_same<T, double>::value) {
-    const Index d = w.d, dv = w.dv, dvp = w.dvp;
-    std::fill(w.s.begin(), w.s.begin() + std::max<Index>(d, 1) * dvp, T(0));
-    std::fill(w.sd.begin(), w.sd.begin() + std::max<Index>(d, 1) * dvp, 0.0);
+    const Index d = w.d, dv = w.dv, ldv = w.ldv;
+    std::fill(w.s.begin(), w.s.begin() + std::max<Index>(d, 1) * ldv, T(0));
+    std::fill(w.sd.begin(), w.sd.begin() + std::max<Index>(d, 1) * ldv, 0.0);
     std::fill(w.z.begin(), w.z.begin() + std::max<Index>(d, 1), T(0));
     std::fill(w.zd.begin(), w.zd.begin() + std::max<Index>(d, 1), 0.0);
     if (init.s) {
       for (Index p = 0; p < d; ++p) {
         for (Index c = 0; c < dv; ++c) {
-          w.sd[p * dvp + c] = init.s[p * dv + c];
-          w.s[p * dvp + c] = static_cast<T>(init.s[p * dv + c]);
+          w.sd[p * ldv + c] = init.s[p * dv + c];
+          w.s[p * ldv + c] = static_cast<T>(init.s[p * dv + c]);
         }
         w.zd[p] = init.z[p];
         w.z[p] = static_cast<T>(init.z[p]);
@@ -112,24 +117,24 @@ struct RunningState {
   /// [d x cp] when `transposed`, else phi(K) as rows in kphi [count x d] (the non-causal path, which needs no
   /// score product and so skips the transpose).
   void absorb(Index count, bool transposed) {
-    const Index d = w.d, dvp = w.dvp, cp = w.cp;
+    const Index d = w.d, dvp = w.dvp, ldv = w.ldv, ldk = w.ldk;
     if (count == 0 || d == 0) return;
     const T* a = transposed ? w.kphit.data() : w.kphi.data();
-    const Index ars = transposed ? cp : 1, aps = transposed ? 1 : d;
+    const Index ars = transposed ? ldk : 1, aps = transposed ? 1 : d;
     T* dz = w.dz.data();
     if (transposed) {
-      for (Index p = 0; p < d; ++p) dz[p] = row_sum(w.kphit.data() + p * cp, count);
+      for (Index p = 0; p < d; ++p) dz[p] = row_sum(w.kphit.data() + p * ldk, count);
     } else {
       std::fill(dz, dz + d, T(0));
       for (Index j = 0; j < count; ++j) axpy(T(1), w.kphi.data() + j * d, dz, d);
     }
     if (!wide) {
-      gemm<T>(d, dvp, count, a, ars, aps, w.vb.data(), dvp, w.s.data(), dvp, true);
+      gemm<T>(d, dvp, count, a, ars, aps, w.vb.data(), ldv, w.s.data(), ldv, true);
       for (Index p = 0; p < d; ++p) w.z[p] += dz[p];
       return;
     }
-    gemm<T>(d, dvp, count, a, ars, aps, w.vb.data(), dvp, w.ds.data(), dvp, false);
-    for (Index i = 0; i < d * dvp; ++i) {
+    gemm<T>(d, dvp, count, a, ars, aps, w.vb.data(), ldv, w.ds.data(), ldv, false);
+    for (Index i = 0; i < d * ldv; ++i) {
       w.sd[i] += static_cast<double>(w.ds[i]);
       w.s[i] = static_cast<T>(w.sd[i]);
     }
@@ -141,10 +146,10 @@ struct RunningState {
 
   void store(const StateRef& out) const {
     if (!out.s) return;
-    const Index d = w.d, dv = w.dv, dvp = w.dvp;
+    const Index d = w.d, dv = w.dv, ldv = w.ldv;
     for (Index p = 0; p < d; ++p) {
       for (Index c = 0; c < dv; ++c)
-        out.s[p * dv + c] = wide ? w.sd[p * dvp + c] : static_cast<double>(w.s[p * dvp + c]);
+        out.s[p * dv + c] = wide ? w.sd[p * ldv + c] : static_cast<double>(w.s[p * ldv + c]);
       out.z[p] = wide ? w.zd[p] : static_cast<double>(w.z[p]);
     }
   }
@@ -156,19 +161,19 @@ struct RunningState {
 template <class T>
 inline void load_keys(LinearWorkspace<T>& w, Phi f, const View<const T>& k, const View<const T>& v, Index k0,
                       Index count, Index key_length, bool transposed) {
-  const Index d = w.d, dv = w.dv, dvp = w.dvp, cp = w.cp;
+  const Index d = w.d, dv = w.dv, ldv = w.ldv, ldk = w.ldk;
   for (Index j = 0; j < count; ++j) {
     const Index row = k0 + j;
-    T* vrow = w.vb.data() + j * dvp;
+    T* vrow = w.vb.data() + j * ldv;
     if (row < key_length) {
       if (transposed)
-        phi_row_to_column(f, k.row(row), w.kphit.data() + j, cp, d);
+        phi_row_to_column(f, k.row(row), w.kphit.data() + j, ldk, d);
       else
         phi_row(f, k.row(row), w.kphi.data() + j * d, d);
       std::memcpy(vrow, v.row(row), static_cast<std::size_t>(dv) * sizeof(T));
     } else {
       if (transposed)
-        for (Index p = 0; p < d; ++p) w.kphit[p * cp + j] = T(0);
+        for (Index p = 0; p < d; ++p) w.kphit[p * ldk + j] = T(0);
       else
         std::fill(w.kphi.data() + j * d, w.kphi.data() + (j + 1) * d, T(0));
       std::fill(vrow, vrow + dv, T(0));
@@ -195,7 +200,7 @@ inline void linear_attention_head(const View<const T>& q, const View<const T>& k
   LinearWorkspace<T>& w = linear_workspace<T>();
   w.prepare(chunk, d, dv);
   RunningState<T> st(w, double_state, state);
-  const Index dvp = w.dvp, cp = w.cp;
+  const Index dvp = w.dvp, ldv = w.ldv, ldk = w.ldk;
 
   if (!causal) {
     const Index valid = std::min(m, key_length);
@@ -207,10 +212,10 @@ inline void linear_attention_head(const View<const T>& q, const View<const T>& k
     for (Index t = 0; t < n; t += chunk) {
       const Index cc = std::min(chunk, n - t);
       for (Index i = 0; i < cc; ++i) phi_row(f, q.row(t + i), w.qphi.data() + i * d, d);
-      gemm<T>(cc, dvp, d, w.qphi.data(), d, 1, w.s.data(), dvp, w.o.data(), dvp, false);
+      gemm<T>(cc, dvp, d, w.qphi.data(), d, 1, w.s.data(), ldv, w.o.data(), ldv, false);
       for (Index i = 0; i < cc; ++i) {
         const T den = dot(w.qphi.data() + i * d, w.z.data(), d);
-        write_normalised(w.o.data() + i * dvp, den, eps, out.row(t + i), dv);
+        write_normalised(w.o.data() + i * ldv, den, eps, out.row(t + i), dv);
       }
     }
     st.store(state);
@@ -235,15 +240,15 @@ inline void linear_attention_head(const View<const T>& q, const View<const T>& k
     // Intra-chunk scores, lower triangle only; the rest of each row tile is zeroed so the A V product and the
     // row sums can run over whole tiles.
     T* a = w.a.data();
-    gemm_lower<T>(cc, d, 0, w.qphi.data(), d, 1, w.kphit.data(), cp, a, cp);
+    gemm_lower<T>(cc, d, 0, w.qphi.data(), d, 1, w.kphit.data(), ldk, a, ldk);
     for (Index i = 0; i < cc; ++i) {
       const Index tile_end = std::min(cc, (i / kMR + 1) * kMR);
-      std::fill(a + i * cp + i + 1, a + i * cp + std::max(tile_end, i + 1), T(0));
-      w.den[i] = dot(w.qphi.data() + i * d, w.z.data(), d) + row_sum(a + i * cp, i + 1);
+      std::fill(a + i * ldk + i + 1, a + i * ldk + std::max(tile_end, i + 1), T(0));
+      w.den[i] = dot(w.qphi.data() + i * d, w.z.data(), d) + row_sum(a + i * ldk, i + 1);
     }
-    gemm<T>(cc, dvp, d, w.qphi.data(), d, 1, w.s.data(), dvp, w.o.data(), dvp, false);
-    gemm_lower_a<T>(cc, dvp, cc, 0, a, cp, w.vb.data(), dvp, w.o.data(), dvp);
-    for (Index i = 0; i < cc; ++i) write_normalised(w.o.data() + i * dvp, w.den[i], eps, out.row(t + i), dv);
+    gemm<T>(cc, dvp, d, w.qphi.data(), d, 1, w.s.data(), ldv, w.o.data(), ldv, false);
+    gemm_lower_a<T>(cc, dvp, cc, 0, a, ldk, w.vb.data(), ldv, w.o.data(), ldv);
+    for (Index i = 0; i < cc; ++i) write_normalised(w.o.data() + i * ldv, w.den[i], eps, out.row(t + i), dv);
     st.absorb(cc, true);
   }
   st.store(state);
@@ -257,7 +262,8 @@ enum class FlashNorm { SequenceLength, Prefix };
 template <class T>
 struct FlashWorkspace {
   std::vector<T> qq, kqt, lq, klt, vb, a, o, s, ss;
-  Index c = 0, cp = 0, sq = 0, sl = 0, e = 0, ep = 0;
+  // cp, ep: padded column counts; ldk, ldv: row strides, one tile wider (see LinearWorkspace).
+  Index c = 0, cp = 0, sq = 0, sl = 0, e = 0, ep = 0, ldk = 0, ldv = 0;
 
   void prepare(Index c_, Index sq_, Index sl_, Index e_) {
     c = c_;
@@ -266,23 +272,25 @@ struct FlashWorkspace {
     sl = sl_;
     e = e_;
     ep = pad_cols<T>(e_);
+    ldk = cp + kNR<T>;
+    ldv = ep + kNR<T>;
     auto fit = [](auto& v, Index n) {
       if (static_cast<Index>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
     };
     const Index sq1 = std::max<Index>(sq, 1), sl1 = std::max<Index>(sl, 1);
     fit(qq, c * sq1);
-    fit(kqt, sq1 * cp);
+    fit(kqt, sq1 * ldk);
     fit(lq, c * sl1);
-    fit(klt, sl1 * cp);
-    fit(vb, cp * ep);
-    fit(a, c * cp);
-    fit(o, c * ep);
-    fit(s, sl1 * ep);
-    fit(ss, sl1 * ep);
-    std::fill(vb.begin(), vb.begin() + cp * ep, T(0));
-    std::fill(kqt.begin(), kqt.begin() + sq1 * cp, T(0));
-    std::fill(klt.begin(), klt.begin() + sl1 * cp, T(0));
-    std::fill(s.begin(), s.begin() + sl1 * ep, T(0));
+    fit(klt, sl1 * ldk);
+    fit(vb, cp * ldv);
+    fit(a, c * ldk);
+    fit(o, c * ldv);
+    fit(s, sl1 * ldv);
+    fit(ss, sl1 * ldv);
+    std::fill(vb.begin(), vb.begin() + cp * ldv, T(0));
+    std::fill(kqt.begin(), kqt.begin() + sq1 * ldk, T(0));
+    std::fill(klt.begin(), klt.begin() + sl1 * ldk, T(0));
+    std::fill(s.begin(), s.begin() + sl1 * ldv, T(0));
   }
 };
 
@@ -299,9 +307,9 @@ inline void flash_load_keys(FlashWorkspace<T>& w, const View<const T>& kq, const
   for (Index j = 0; j < count; ++j) {
     const Index row = k0 + j;
     const bool valid = row < key_length;
-    for (Index p = 0; p < w.sq; ++p) w.kqt[p * w.cp + j] = valid ? kq(row, p) : T(0);
-    for (Index p = 0; p < w.sl; ++p) w.klt[p * w.cp + j] = valid ? kl(row, p) : T(0);
-    T* vrow = w.vb.data() + j * w.ep;
+    for (Index p = 0; p < w.sq; ++p) w.kqt[p * w.ldk + j] = valid ? kq(row, p) : T(0);
+    for (Index p = 0; p < w.sl; ++p) w.klt[p * w.ldk + j] = valid ? kl(row, p) : T(0);
+    T* vrow = w.vb.data() + j * w.ldv;
     if (valid && w.e > 0)
       std::memcpy(vrow, v.row(row), static_cast<std::size_t>(w.e) * sizeof(T));
     else
@@ -321,7 +329,7 @@ inline void flash_head(const View<const T>& qq, const View<const T>& kq, const V
   const Index n = qq.rows, sq = qq.cols, sl = ql.cols, e = v.cols;
   FlashWorkspace<T>& w = flash_workspace<T>();
   w.prepare(chunk, sq, sl, e);
-  const Index cp = w.cp, ep = w.ep;
+  const Index cp = w.cp, ep = w.ep, ldk = w.ldk, ldv = w.ldv;
   const Index valid = std::min(n, key_length);
   const T inv_quad = T(1) / quad_norm;
   const T seq_norm = valid > 0 ? T(1) / static_cast<T>(valid) : T(0);
@@ -330,9 +338,9 @@ inline void flash_head(const View<const T>& qq, const View<const T>& kq, const V
     for (Index k0 = 0; k0 < valid; k0 += chunk) {
       const Index cc = std::min(chunk, valid - k0);
       flash_load_keys(w, kq, kl, v, k0, cc, key_length);
-      gemm<T>(sl, ep, cc, w.klt.data(), cp, 1, w.vb.data(), ep, w.s.data(), ep, true);
+      gemm<T>(sl, ep, cc, w.klt.data(), ldk, 1, w.vb.data(), ldv, w.s.data(), ldv, true);
     }
-    for (Index i = 0; i < sl * ep; ++i) w.s[i] *= seq_norm;
+    for (Index i = 0; i < sl * ldv; ++i) w.s[i] *= seq_norm;
   }
   Index absorbed = 0;  // keys summed into s so far (causal)
   for (Index t = 0; t < n; t += chunk) {
@@ -345,33 +353,33 @@ inline void flash_head(const View<const T>& qq, const View<const T>& kq, const V
     // Columns past this chunk's keys (cc <= j < cp) hold zero keys; their weights are dropped by the row lengths.
     T* a = w.a.data();
     if (causal) {
-      gemm_lower<T>(cc, sq, 0, w.qq.data(), sq, 1, w.kqt.data(), cp, a, cp);
+      gemm_lower<T>(cc, sq, 0, w.qq.data(), sq, 1, w.kqt.data(), ldk, a, ldk);
       for (Index i = 0; i < cc; ++i) {
-        relu2_row(a + i * cp, scale, inv_quad, i + 1);
+        relu2_row(a + i * ldk, scale, inv_quad, i + 1);
         const Index tile_end = std::min(cc, (i / kMR + 1) * kMR);
-        std::fill(a + i * cp + i + 1, a + i * cp + std::max(tile_end, i + 1), T(0));
+        std::fill(a + i * ldk + i + 1, a + i * ldk + std::max(tile_end, i + 1), T(0));
       }
     } else {
-      gemm<T>(cc, cp, sq, w.qq.data(), sq, 1, w.kqt.data(), cp, a, cp, false);
+      gemm<T>(cc, cp, sq, w.qq.data(), sq, 1, w.kqt.data(), ldk, a, ldk, false);
       // Padded keys have zero K rows, so their score is 0 and relu(0)^2 = 0: no separate mask is needed.
-      for (Index i = 0; i < cc; ++i) relu2_row(a + i * cp, scale, inv_quad, cc);
+      for (Index i = 0; i < cc; ++i) relu2_row(a + i * ldk, scale, inv_quad, cc);
     }
     // Linear part first (it initialises O), then the quadratic part accumulates.
     const T* sv = w.s.data();
     if (causal) {
       T lin = T(0);
       if (absorbed > 0) lin = norm == FlashNorm::Prefix ? T(1) / static_cast<T>(absorbed) : seq_norm;
-      for (Index i = 0; i < sl * ep; ++i) w.ss[i] = w.s[i] * lin;
+      for (Index i = 0; i < sl * ldv; ++i) w.ss[i] = w.s[i] * lin;
       sv = w.ss.data();
     }
-    gemm<T>(cc, ep, sl, w.lq.data(), sl, 1, sv, ep, w.o.data(), ep, false);
+    gemm<T>(cc, ep, sl, w.lq.data(), sl, 1, sv, ldv, w.o.data(), ldv, false);
     if (causal)
-      gemm_lower_a<T>(cc, ep, cc, 0, a, cp, w.vb.data(), ep, w.o.data(), ep);
+      gemm_lower_a<T>(cc, ep, cc, 0, a, ldk, w.vb.data(), ldv, w.o.data(), ldv);
     else
-      gemm<T>(cc, ep, cc, a, cp, 1, w.vb.data(), ep, w.o.data(), ep, true);
-    for (Index i = 0; i < cc; ++i) std::memcpy(out.row(t + i), w.o.data() + i * ep, static_cast<std::size_t>(e) * sizeof(T));
+      gemm<T>(cc, ep, cc, a, ldk, 1, w.vb.data(), ldv, w.o.data(), ldv, true);
+    for (Index i = 0; i < cc; ++i) std::memcpy(out.row(t + i), w.o.data() + i * ldv, static_cast<std::size_t>(e) * sizeof(T));
     if (causal) {
-      gemm<T>(sl, ep, cc, w.klt.data(), cp, 1, w.vb.data(), ep, w.s.data(), ep, true);
+      gemm<T>(sl, ep, cc, w.klt.data(), ldk, 1, w.vb.data(), ldv, w.s.data(), ldv, true);
       absorbed += std::max<Index>(0, std::min(cc, key_length - t));
     }
   }
