@@ -281,6 +281,37 @@ TEMPLATE_TEST_CASE("gau masking: padded and future tokens do not reach visible r
   }
 }
 
+TEMPLATE_TEST_CASE("gau zero_padded_rows skips padding rows and keeps the others", "[gau]", float, double) {
+  using T = TestType;
+  const Index D = 16, e = 24, s = 8, n = 300;
+  const GauWeights<T> w = random_weights<T>(D, e, s, true, 4);
+  const RopeTable<T> table(n, s);
+  const Matrix<T> x = random_matrix<T>(n, D, 21);
+  for (Index key_length : {Index(0), Index(1), Index(129), Index(260), n}) {
+    for (bool causal : {false, true}) {
+      INFO("key_length " << key_length << ", causal " << causal);
+      GauOptions o = make_options(Normalization::SoftmaxPlus, causal, key_length);
+      Matrix<T> full(n, D), skipped(n, D);
+      kexue::gau(w, x, full, o, &table);
+      o.zero_padded_rows = true;
+      skipped.setConstant(std::numeric_limits<T>::quiet_NaN());
+      kexue::gau(w, x, skipped, o, &table);
+      CHECK((skipped.bottomRows(n - key_length).array() == T(0)).all());
+      CHECK(nmse(skipped.topRows(key_length).template cast<double>().eval(),
+                 full.topRows(key_length).template cast<double>().eval()) < (sizeof(T) == 4 ? 1e-12 : 1e-28));
+      const Matrix<double> want = gau_reference(w, x.template cast<double>().eval(), o, true);
+      CHECK(nmse(skipped.template cast<double>().eval(), want) < (sizeof(T) == 4 ? 1e-10 : 1e-24));
+      // Batched with per-sequence lengths, in place.
+      Matrix<T> inplace = x;
+      GauOptions ob = o;
+      ob.attention.key_length.reset();
+      kexue::gau(w, TensorView<const T>::contiguous(inplace.data(), 1, 1, n, D),
+                 TensorView<T>::contiguous(inplace.data(), 1, 1, n, D), {key_length}, ob, &table);
+      CHECK(max_abs_diff(inplace, skipped) == 0.0);
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE("gau huge inputs give finite outputs, and out may be x", "[gau]", float, double) {
   using T = TestType;
   const Index D = 16, e = 24, s = 8, n = 40;

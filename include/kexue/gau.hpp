@@ -13,6 +13,7 @@
 ///         SoftmaxPlus  softmax(a * ln(max(l, min_length)) / ln(train_length))   (GAU-alpha)
 ///     out = (u * (A v)) W_out + b_out                                            [n, D]
 /// A row that sees no key gets A = 0 (bert4keras would give NaN), so its output is b_out.
+/// Memory: O(n (2e + s)) scratch plus a query tile of 128 x n per thread; the n x n matrix is never formed.
 /// Query rows at padding positions are computed like any other row, as bert4keras does.
 
 #include <Eigen/Core>
@@ -76,6 +77,10 @@ struct GauOptions {
   AttentionOptions attention = detail::gau_default_attention();
   /// bert4keras attention_scale: logits are q.k / sqrt(s) when true, q.k when false.
   bool attention_scale = true;
+  /// false (default, bert4keras): query rows at padding positions [key_length, n) are computed like the
+  /// others. true: those rows of out are set to 0 and never computed, so a padded batch costs only its
+  /// real tokens (the rows below key_length are the same as with false, up to rounding).
+  bool zero_padded_rows = false;
 };
 
 /// Caller-owned scratch of gau(). It grows to the largest call it has served and is reused without
@@ -167,6 +172,7 @@ GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, In
   if (a.relu2_length) require(*a.relu2_length >= 1, fn, "options.attention.relu2_length must be >= 1, got ",
                               *a.relu2_length);
   p.relu2_length = a.relu2_length;
+  p.zero_padded_rows = o.zero_padded_rows;
   if (rope) {
     require(rope->dim() == p.key_size, fn, "rope_table has dim ", rope->dim(), " but the key size s is ",
             p.key_size);

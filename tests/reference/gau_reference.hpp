@@ -60,6 +60,10 @@ kexue::Matrix<double> gau_reference(const kexue::GauWeights<T>& w, const kexue::
   kexue::Matrix<double> out(n, D);
   std::vector<double> a(n), gated(e);
   for (Index i = 0; i < n; ++i) {
+    if (options.zero_padded_rows && i >= key_length) {
+      out.row(i).setZero();
+      continue;
+    }
     // Which keys row i sees, and how many (l).
     Index l = 0;
     for (Index j = 0; j < n; ++j) l += (j < key_length && (!ao.causal || j <= i)) ? 1 : 0;

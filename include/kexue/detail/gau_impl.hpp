@@ -60,6 +60,7 @@ struct GauPlan {
   double scale = 1.0;                  // logits = scale * q.k
   double train_length = 512, min_length = 16;
   std::optional<Index> relu2_length;
+  bool zero_padded_rows = false;     // rows [key_length, n) of out are 0 and not computed
 };
 
 // Scratch is aligned to Eigen's packet alignment on purpose: Eigen peels unaligned leading elements of an
@@ -196,23 +197,28 @@ void gau_attend(const W& w, const GauPlan& p, Index key_length, Index r0, Index 
 template <class T, class W>
 void gau_sequence(const W& w, const GauPlan& p, View<const T> x, View<T> out, Index key_length,
                   const RopeTable<T>* rope, std::vector<GauSlot<T>>& slots, Index slot, bool tiles_parallel) {
-  const Index n = x.rows;
-  if (n == 0) return;
-  GauSlot<T>& own = slots[static_cast<std::size_t>(slot)];
-  T* hidden = gau_grow(own.hidden, n * p.width);
-  T* q = gau_grow(own.q, n * p.key_size);
-  T* k = gau_grow(own.k, n * p.key_size);
-  const Index proj_items = (n + kGauProjectionTile - 1) / kGauProjectionTile;
-  gau_parallel(proj_items, tiles_parallel, [&](Index i, Index) {
-    const Index r0 = i * kGauProjectionTile;
-    gau_project(w, p, x, r0, std::min(n, r0 + kGauProjectionTile), hidden, q, k, rope);
-  });
-  const Index query_items = (n + kGauQueryTile - 1) / kGauQueryTile;
-  gau_parallel(query_items, tiles_parallel, [&](Index i, Index thread) {
-    GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
-    const Index r0 = i * kGauQueryTile, r1 = std::min(n, r0 + kGauQueryTile);
-    gau_attend(w, p, key_length, r0, r1, hidden, q, k, mine.scores.data(), mine.gated.data(), out);
-  });
+  // With zero_padded_rows the query rows [key_length, n) are neither projected nor attended: no visible
+  // key lies there, so nothing computed for the other rows depends on them.
+  const Index n = p.zero_padded_rows ? key_length : x.rows;
+  if (n > 0) {
+    GauSlot<T>& own = slots[static_cast<std::size_t>(slot)];
+    T* hidden = gau_grow(own.hidden, n * p.width);
+    T* q = gau_grow(own.q, n * p.key_size);
+    T* k = gau_grow(own.k, n * p.key_size);
+    const Index proj_items = (n + kGauProjectionTile - 1) / kGauProjectionTile;
+    gau_parallel(proj_items, tiles_parallel, [&](Index i, Index) {
+      const Index r0 = i * kGauProjectionTile;
+      gau_project(w, p, x, r0, std::min(n, r0 + kGauProjectionTile), hidden, q, k, rope);
+    });
+    const Index query_items = (n + kGauQueryTile - 1) / kGauQueryTile;
+    gau_parallel(query_items, tiles_parallel, [&](Index i, Index thread) {
+      GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
+      const Index r0 = i * kGauQueryTile, r1 = std::min(n, r0 + kGauQueryTile);
+      gau_attend(w, p, key_length, r0, r1, hidden, q, k, mine.scores.data(), mine.gated.data(), out);
+    });
+  }
+  // Last, because out may be x itself.
+  for (Index r = n; r < x.rows; ++r) std::fill(out.row(r), out.row(r) + out.cols, T(0));
 }
 
 /// Sizes the tile buffers of every slot for sequences of up to n tokens (before any parallel region).
