@@ -226,6 +226,10 @@ class RopeTable {
     const Index r = rotary_dim_, half = r / 2;
     cos_.resize(static_cast<std::size_t>(max_positions * r));
     sin_.resize(static_cast<std::size_t>(max_positions * r));
+    if (options_.layout == RopeLayout::Interleaved) {
+      cos_pairs_.resize(static_cast<std::size_t>(max_positions * half));
+      sin_pairs_.resize(static_cast<std::size_t>(max_positions * half));
+    }
     for (Index p = 0; p < max_positions; ++p) {
       T* c = cos_.data() + p * r;
       T* s = sin_.data() + p * r;
@@ -239,6 +243,10 @@ class RopeTable {
         c[b] = cv;
         s[a] = -sv;
         s[b] = sv;
+        if (options_.layout == RopeLayout::Interleaved) {
+          cos_pairs_[std::size_t(p * half + i)] = cv;
+          sin_pairs_[std::size_t(p * half + i)] = sv;
+        }
       }
     }
   }
@@ -264,6 +272,15 @@ class RopeTable {
   /// Signed sin of position p: out[j] = x[j] * cos_row(p)[j] + x[partner(j)] * sin_row(p)[j], partner(j) =
   /// j ^ 1 (Interleaved: -s0 s0 -s1 s1 ...) or (j + r/2) mod r (Half: -s0 -s1 ... s0 s1 ...).
   const T* sin_row(Index p) const { return sin_.data() + p * rotary_dim_; }
+  /// cos(p w_i) for the pairs i in [0, rotary_dim()/2), in pair order (what the kernels read).
+  const T* cos_pairs(Index p) const {
+    return options_.layout == RopeLayout::Half ? cos_row(p) : cos_pairs_.data() + p * (rotary_dim_ / 2);
+  }
+  /// sin(p w_i) (unsigned) for the pairs i in [0, rotary_dim()/2), in pair order.
+  const T* sin_pairs(Index p) const {
+    return options_.layout == RopeLayout::Half ? sin_row(p) + rotary_dim_ / 2
+                                               : sin_pairs_.data() + p * (rotary_dim_ / 2);
+  }
 
  private:
   Index max_positions_ = 0, dim_ = 0, rotary_dim_ = 0;
@@ -271,6 +288,8 @@ class RopeTable {
   std::vector<double> inv_freq_;
   double attention_factor_ = 1.0;
   std::vector<T> cos_, sin_;
+  std::vector<T> cos_pairs_, sin_pairs_;  // Interleaved only: the compact rows the kernels read (Half's rows
+                                         // already hold them contiguously)
 };
 
 namespace detail {
@@ -281,9 +300,9 @@ template <class T>
 inline void rope_row(const RopeTable<T>& table, const T* src, T* dst, const T* bias, Index position) {
   const Index r = table.rotary_dim();
   if (table.layout() == RopeLayout::Interleaved) {
-    rope_row_interleaved(src, dst, table.cos_row(position), table.sin_row(position), bias, r);
+    rope_row_interleaved(src, dst, table.cos_pairs(position), table.sin_pairs(position), bias, r);
   } else {
-    rope_row_half(src, dst, table.cos_row(position), table.sin_row(position), bias, r);
+    rope_row_half(src, dst, table.cos_pairs(position), table.sin_pairs(position), bias, r);
   }
   rope_pass_through(src, dst, bias, r, table.dim());
 }
@@ -293,9 +312,9 @@ template <class T>
 inline void rope_rows2(const RopeTable<T>& table, T* q, T* k, Index position) {
   const Index r = table.rotary_dim();
   if (table.layout() == RopeLayout::Interleaved) {
-    rope_rows2_interleaved(q, k, table.cos_row(position), table.sin_row(position), r);
+    rope_rows2_interleaved(q, k, table.cos_pairs(position), table.sin_pairs(position), r);
   } else {
-    rope_rows2_half(q, k, table.cos_row(position), table.sin_row(position), r);
+    rope_rows2_half(q, k, table.cos_pairs(position), table.sin_pairs(position), r);
   }
 }
 

@@ -60,71 +60,150 @@ inline Batch<T> swap_adjacent(const Batch<T>& v) {
   }
 }
 
+/// [p0, p0, p1, p1, ...] from kLanes/2 consecutive values at p: the per-pair cos or sin of the compact table
+/// row expanded to the interleaved layout in a register (one broadcast load + one in-lane permute on AVX),
+/// so the table in memory is half as large as a full-width interleaved row.
+template <class T>
+inline Batch<T> load_dup_pairs(const T* p) {
+  constexpr std::size_t kBytes = sizeof(typename Batch<T>::register_type);
+  constexpr bool kFloat = std::is_same<T, float>::value;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    const __m512i idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    return Batch<T>(_mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_loadu_ps(p))));
+  } else if constexpr (kBytes == 64 && !kFloat) {
+    const __m512i idx = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
+    return Batch<T>(_mm512_permutexvar_pd(idx, _mm512_castpd256_pd512(_mm256_loadu_pd(p))));
+  } else
+#endif
+#if defined(__AVX__)
+      if constexpr (kBytes == 32 && kFloat) {
+    // Both 128-bit lanes hold p0..p3; vpermilps picks within each lane: [0 0 1 1 | 2 2 3 3].
+    const __m256 b = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
+    return Batch<T>(_mm256_permutevar_ps(b, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
+  } else if constexpr (kBytes == 32 && !kFloat) {
+    const __m256d b = _mm256_broadcast_pd(reinterpret_cast<const __m128d*>(p));
+    return Batch<T>(_mm256_permute_pd(b, 0xC));
+  } else
+#endif
+#if defined(__SSE2__)
+      if constexpr (kBytes == 16 && kFloat) {
+    const __m128 b = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+    return Batch<T>(_mm_unpacklo_ps(b, b));
+  } else if constexpr (kBytes == 16 && !kFloat) {
+    return Batch<T>(_mm_load1_pd(p));
+  } else
+#endif
+  {
+    constexpr Index L = kLanes<T>;
+    alignas(64) T lanes[L];
+    for (Index i = 0; i < L; ++i) lanes[i] = p[i / 2];
+    return Batch<T>::load_unaligned(lanes);
+  }
+}
+
+/// a * b - c in even lanes, a * b + c in odd lanes (vfmaddsub): the interleaved rotation with unsigned sin,
+/// x' = fmaddsub(x, cos, swap(x) * sin).
+template <class T>
+inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  constexpr std::size_t kBytes = sizeof(typename Batch<T>::register_type);
+  constexpr bool kFloat = std::is_same<T, float>::value;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    return Batch<T>(_mm512_fmaddsub_ps(a, b, c));
+  } else if constexpr (kBytes == 64 && !kFloat) {
+    return Batch<T>(_mm512_fmaddsub_pd(a, b, c));
+  } else
+#endif
+#if defined(__FMA__)
+      if constexpr (kBytes == 32 && kFloat) {
+    return Batch<T>(_mm256_fmaddsub_ps(a, b, c));
+  } else if constexpr (kBytes == 32 && !kFloat) {
+    return Batch<T>(_mm256_fmaddsub_pd(a, b, c));
+  } else if constexpr (kBytes == 16 && kFloat) {
+    return Batch<T>(_mm_fmaddsub_ps(a, b, c));
+  } else if constexpr (kBytes == 16 && !kFloat) {
+    return Batch<T>(_mm_fmaddsub_pd(a, b, c));
+  } else
+#endif
+  {
+    constexpr Index L = kLanes<T>;
+    alignas(64) T sign[L];
+    for (Index i = 0; i < L; ++i) sign[i] = i % 2 == 0 ? T(-1) : T(1);
+    return xsimd::fma(a, b, c * Batch<T>::load_unaligned(sign));
+  }
+}
+
 // ---- Interleaved: pairs (2i, 2i+1) ------------------------------------------------------------------------
 // `bias` may be null (no bias). src and dst may be the same row (in place): every vector is loaded before
 // the store that could overwrite it, and pairs never straddle a vector (L is even, vectors start at
 // multiples of L).
 
+// cp and sp are the compact per-pair cos and sin (r/2 values each, unsigned): half the table bytes of a
+// full-width row, which matters because the table streams from L2/L3 once per head.
+
 template <class T>
-inline void rope_row_interleaved(const T* src, T* dst, const T* cos, const T* sin, const T* bias, Index r) {
+inline void rope_row_interleaved(const T* src, T* dst, const T* cp, const T* sp, const T* bias, Index r) {
   constexpr Index L = kLanes<T>;
   Index j = 0;
   if (bias) {
     for (; j + L <= r; j += L) {
       const Batch<T> x = load(src + j) + load(bias + j);
-      store(dst + j, xsimd::fma(x, load(cos + j), swap_adjacent<T>(x) * load(sin + j)));
+      store(dst + j, fmaddsub<T>(x, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + j / 2)));
     }
   } else {
-    // Two vectors per iteration: the work per vector is a short dependency chain (permute, mul, fma), and
-    // two independent chains hide its latency behind the loads.
+    // Two vectors per iteration: the work per vector is a short dependency chain (permutes, mul, fmaddsub),
+    // and two independent chains hide its latency behind the loads.
     for (; j + 2 * L <= r; j += 2 * L) {
       const Batch<T> x0 = load(src + j), x1 = load(src + j + L);
-      const Batch<T> y0 = xsimd::fma(x0, load(cos + j), swap_adjacent<T>(x0) * load(sin + j));
-      const Batch<T> y1 = xsimd::fma(x1, load(cos + j + L), swap_adjacent<T>(x1) * load(sin + j + L));
+      const Batch<T> y0 =
+          fmaddsub<T>(x0, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x0) * load_dup_pairs(sp + j / 2));
+      const Batch<T> y1 = fmaddsub<T>(x1, load_dup_pairs(cp + (j + L) / 2),
+                                      swap_adjacent<T>(x1) * load_dup_pairs(sp + (j + L) / 2));
       store(dst + j, y0);
       store(dst + j + L, y1);
     }
     for (; j + L <= r; j += L) {
       const Batch<T> x = load(src + j);
-      store(dst + j, xsimd::fma(x, load(cos + j), swap_adjacent<T>(x) * load(sin + j)));
+      store(dst + j, fmaddsub<T>(x, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + j / 2)));
     }
   }
   for (; j < r; j += 2) {
     const T a = src[j] + (bias ? bias[j] : T(0)), b = src[j + 1] + (bias ? bias[j + 1] : T(0));
-    dst[j] = a * cos[j] + b * sin[j];
-    dst[j + 1] = b * cos[j + 1] + a * sin[j + 1];
+    const T c = cp[j / 2], s = sp[j / 2];
+    dst[j] = a * c - b * s;
+    dst[j + 1] = b * c + a * s;
   }
 }
 
 /// q and k rows at the same position with one load of the table row (the batched q/k form).
 template <class T>
-inline void rope_rows2_interleaved(T* q, T* k, const T* cos, const T* sin, Index r) {
+inline void rope_rows2_interleaved(T* q, T* k, const T* cp, const T* sp, Index r) {
   constexpr Index L = kLanes<T>;
   Index j = 0;
   for (; j + L <= r; j += L) {
-    const Batch<T> c = load(cos + j), s = load(sin + j);
+    const Batch<T> c = load_dup_pairs(cp + j / 2), s = load_dup_pairs(sp + j / 2);
     const Batch<T> a = load(q + j), b = load(k + j);
-    store(q + j, xsimd::fma(a, c, swap_adjacent<T>(a) * s));
-    store(k + j, xsimd::fma(b, c, swap_adjacent<T>(b) * s));
+    store(q + j, fmaddsub<T>(a, c, swap_adjacent<T>(a) * s));
+    store(k + j, fmaddsub<T>(b, c, swap_adjacent<T>(b) * s));
   }
   for (; j < r; j += 2) {
+    const T c = cp[j / 2], s = sp[j / 2];
     const T a0 = q[j], a1 = q[j + 1], b0 = k[j], b1 = k[j + 1];
-    q[j] = a0 * cos[j] + a1 * sin[j];
-    q[j + 1] = a1 * cos[j + 1] + a0 * sin[j + 1];
-    k[j] = b0 * cos[j] + b1 * sin[j];
-    k[j + 1] = b1 * cos[j + 1] + b0 * sin[j + 1];
+    q[j] = a0 * c - a1 * s;
+    q[j + 1] = a1 * c + a0 * s;
+    k[j] = b0 * c - b1 * s;
+    k[j + 1] = b1 * c + b0 * s;
   }
 }
 
 // ---- Half: pairs (i, i + r/2) -----------------------------------------------------------------------------
-// cos is the same in both halves and sin[h + i] = -sin[i] = +sin(angle), so only cos[0, h) and sin[h, r)
-// are read: lo' = lo c - hi s, hi' = hi c + lo s.
+// cos and s_pos are the per-pair cos and (unsigned) sin, r/2 values each: lo' = lo c - hi s, hi' = hi c + lo s.
 
 template <class T>
-inline void rope_row_half(const T* src, T* dst, const T* cos, const T* sin, const T* bias, Index r) {
+inline void rope_row_half(const T* src, T* dst, const T* cos, const T* s_pos, const T* bias, Index r) {
   constexpr Index L = kLanes<T>;
   const Index h = r / 2;
-  const T* s_pos = sin + h;
   Index i = 0;
   if (bias) {
     for (; i + L <= h; i += L) {
@@ -149,10 +228,9 @@ inline void rope_row_half(const T* src, T* dst, const T* cos, const T* sin, cons
 }
 
 template <class T>
-inline void rope_rows2_half(T* q, T* k, const T* cos, const T* sin, Index r) {
+inline void rope_rows2_half(T* q, T* k, const T* cos, const T* s_pos, Index r) {
   constexpr Index L = kLanes<T>;
   const Index h = r / 2;
-  const T* s_pos = sin + h;
   Index i = 0;
   for (; i + L <= h; i += L) {
     const Batch<T> c = load(cos + i), s = load(s_pos + i);
