@@ -52,9 +52,11 @@ constexpr Index kGpBlocksPerItem = 4;
 
 inline Index gp_round_up(Index n, Index m) { return (n + m - 1) / m * m; }
 
-/// tile[r][c] = sum_t q[r][t] * panel[t][c] for r < kGpRows, c < kGpCols.
+/// tile[r][c] = sum_t q[r][t] * panel[t][c] for r < kGpRows, c < kGpCols; row r is stored at
+/// tile + r * ld, multiplied by `scale` (1 for the raw products the general epilogue needs). The
+/// single-head interior tiles store straight from the registers into the scores.
 template <class T>
-inline void gp_micro(const T* q, const T* panel, Index d, T* tile) {
+inline void gp_micro(const T* q, const T* panel, Index d, T* tile, Index ld, T scale) {
   using B = Batch<T>;
   constexpr Index L = kLanes<T>, NR = kGpCols<T>;
   B c00(T(0)), c01(T(0)), c10(T(0)), c11(T(0)), c20(T(0)), c21(T(0));
@@ -86,18 +88,19 @@ inline void gp_micro(const T* q, const T* panel, Index d, T* tile) {
     c50 = xsimd::fma(a, b0, c50);
     c51 = xsimd::fma(a, b1, c51);
   }
-  store(tile + 0 * NR, c00);
-  store(tile + 0 * NR + L, c01);
-  store(tile + 1 * NR, c10);
-  store(tile + 1 * NR + L, c11);
-  store(tile + 2 * NR, c20);
-  store(tile + 2 * NR + L, c21);
-  store(tile + 3 * NR, c30);
-  store(tile + 3 * NR + L, c31);
-  store(tile + 4 * NR, c40);
-  store(tile + 4 * NR + L, c41);
-  store(tile + 5 * NR, c50);
-  store(tile + 5 * NR + L, c51);
+  const B vs(scale);
+  store(tile + 0 * ld, c00 * vs);
+  store(tile + 0 * ld + L, c01 * vs);
+  store(tile + 1 * ld, c10 * vs);
+  store(tile + 1 * ld + L, c11 * vs);
+  store(tile + 2 * ld, c20 * vs);
+  store(tile + 2 * ld + L, c21 * vs);
+  store(tile + 3 * ld, c30 * vs);
+  store(tile + 3 * ld + L, c31 * vs);
+  store(tile + 4 * ld, c40 * vs);
+  store(tile + 4 * ld + L, c41 * vs);
+  store(tile + 5 * ld, c50 * vs);
+  store(tile + 5 * ld + L, c51 * vs);
 }
 
 /// Copies column values into panel layout: panel p holds columns [p*NR, p*NR+NR) as [d][NR].
@@ -204,7 +207,7 @@ inline void gp_strip(const GpParams<T>& p, const T* qpack, const T* kpack, Index
 
   if (p.convention != MaskConvention::Current) {
     for (Index j0 = 0; j0 < n; j0 += NR) {
-      gp_micro(qb, kpack + j0 * d, d, tile);
+      gp_micro(qb, kpack + j0 * d, d, tile, NR, T(1));
       const Index j_end = std::min(j0 + NR, n);
       for (Index a = 0; a < heads; ++a) {
         const GpOut<T>& o = outs[a];
@@ -237,10 +240,14 @@ inline void gp_strip(const GpParams<T>& p, const T* qpack, const T* kpack, Index
   }
   const B vscale(p.scale);
   for (Index j0 = c_begin; j0 < len; j0 += NR) {
-    gp_micro(qb, kpack + j0 * d, d, tile);
     // A tile is entirely kept when every row is a score row, every column is < length, and (with the
     // triangle) its first column is at or right of its last row.
     const bool full = rows == kGpRows && j0 + NR <= len && (!p.tril || j0 >= i0 + kGpRows - 1);
+    if (full && heads == 1 && !outs[0].row_bias && !outs[0].col_bias) {
+      gp_micro(qb, kpack + j0 * d, d, outs[0].out + i0 * outs[0].ld + j0, outs[0].ld, p.scale);
+      continue;
+    }
+    gp_micro(qb, kpack + j0 * d, d, tile, NR, T(1));
     for (Index a = 0; a < heads; ++a) {
       const GpOut<T>& o = outs[a];
       if (full) {
