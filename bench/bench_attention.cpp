@@ -93,6 +93,7 @@ BENCHMARK(BM_attention)->Apply(attention_args)->Unit(benchmark::kMillisecond)->U
 // (grouped-query attention). Memory-bound: it reads the whole cache once.
 void BM_attention_decode(benchmark::State& state) {
   const Index m = state.range(0);
+  set_threads(1);
   Inputs in(kHeads, 2, 1, m);
   kexue::AttentionOptions opt;
   opt.causal = true;

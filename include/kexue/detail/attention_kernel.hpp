@@ -76,6 +76,10 @@ inline Index visible_limit(Index i, Index n, Index m, Index key_length, bool cau
   return std::min(key_length, std::max<Index>(0, i + (m - n) + 1));
 }
 
+/// Tiles with at most this many rows go through the one-row path: below it, the rows-as-lanes micro-kernels
+/// would spend most of their lanes on padding rows (a decoding step has one row in a 24-row tile).
+constexpr Index kSmallTileRows = 2;
+
 /// One (batch, head, query tile) work item.
 template <class T>
 inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0) {
@@ -97,6 +101,30 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
   T* alpha = lrow + W;
   T* tmax = alpha + W;
   T* fin = tmax + W;
+
+  if (rows <= kSmallTileRows) {
+    const T* kb = p.k.row(b, hk, 0);
+    const T* vb = p.v.row(b, hk, 0);
+    for (Index r = 0; r < rows; ++r) {
+      const Index i = i0 + r;
+      const Index lim = visible_limit(i, n, m, p.key_length, p.causal);
+      Index count = lim;
+      if (mask) {
+        count = 0;
+        for (Index j = 0; j < lim; ++j) count += mask[j] != 0;
+      }
+      T rs = p.scale, inv = T(0);
+      if (p.norm == AttnNorm::SoftmaxPlus)
+        rs = T(double(p.scale) * std::log(std::max(double(count), double(p.min_length))) / p.log_train);
+      if (p.norm == AttnNorm::SquaredRelu) {
+        const double L = p.relu2_length > 0 ? double(p.relu2_length) : double(count);
+        inv = count > 0 && L > 0 ? T(1.0 / L) : T(0);
+      }
+      attention_one_row<T, kTileKeys>(p.q.row(b, h, i), d, kb, p.k.strides[2], vb, p.v.strides[2], dv, lim, mask, rs,
+                                      p.norm == AttnNorm::SquaredRelu, inv, st, ot, p.out.row(b, h, i));
+    }
+    return;
+  }
 
   // Q^T tile; rows past n are zero (their results are computed and dropped).
   for (Index r = 0; r < W; ++r) {

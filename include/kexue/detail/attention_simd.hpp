@@ -221,4 +221,56 @@ inline void relu2_tile(T* st, Index nb, T scale, const TileMask& mask, Index row
   }
 }
 
+/// One query row against keys [0, lim) with online softmax (or squared ReLU), for tiles of very few rows: the
+/// KV-cache decoding step (n = 1) would waste all but one lane of the rows-as-lanes tile. Vectorised along d
+/// for q.k and along dv for the P V update; exp vectorised over the key chunk. sbuf holds kChunk values.
+/// relu2_inv: 1/L for SquaredRelu (0 for a row that sees nothing). Writes out[0, dv).
+template <class T, Index kChunk>
+inline void attention_one_row(const T* q, Index d, const T* k, Index ldk, const T* v, Index ldv, Index dv, Index lim,
+                              const unsigned char* mask, T rowscale, bool relu2, T relu2_inv, T* sbuf, T* o, T* out) {
+  constexpr Index L = kLanes<T>;
+  static_assert(kChunk % L == 0, "the key chunk must be whole registers");
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T big = std::numeric_limits<T>::max();
+  std::fill(o, o + dv, T(0));
+  T m = ninf, l = T(0);
+  for (Index j0 = 0; j0 < lim; j0 += kChunk) {
+    const Index nb = std::min(kChunk, lim - j0);
+    T cmax = ninf;
+    for (Index j = 0; j < kChunk; ++j) {
+      if (j >= nb || (mask && !mask[j0 + j])) {
+        sbuf[j] = relu2 ? T(0) : ninf;
+        continue;
+      }
+      T sv = dot(q, k + (j0 + j) * ldk, d) * rowscale;
+      if (relu2) {
+        sv = sv > T(0) ? sv * sv : T(0);
+      } else {
+        sv = std::min(std::max(sv, -big), big);
+        cmax = std::max(cmax, sv);
+      }
+      sbuf[j] = sv;
+    }
+    if (!relu2) {
+      const T mnew = std::max(m, cmax);
+      const T shift = mnew == ninf ? T(0) : mnew;
+      const T alpha = scalar_exp(m - shift);
+      Batch<T> sum(T(0));
+      const Batch<T> vshift(shift);
+      for (Index j = 0; j < kChunk; j += L) {
+        const Batch<T> p = fast_exp<T>(load(sbuf + j) - vshift);
+        sum += p;
+        store(sbuf + j, p);
+      }
+      l = l * alpha + reduce_add<T>(sum);
+      m = mnew;
+      if (alpha != T(1)) scale(alpha, o, dv);
+    }
+    for (Index j = 0; j < nb; ++j)
+      if (sbuf[j] != T(0)) axpy(sbuf[j], v + (j0 + j) * ldv, o, dv);
+  }
+  const T f = relu2 ? relu2_inv : (l > T(0) ? T(1) / l : T(0));
+  for (Index e = 0; e < dv; ++e) out[e] = o[e] * f;
+}
+
 }  // namespace kexue::detail

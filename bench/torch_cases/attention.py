@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: MIT
+"""Fused attention (bench_attention) against PyTorch's plain formulation softmax(q k^T * scale) v.
+
+fp32, 8 heads, d = dv = 64. PyTorch 1.13 has no fused CPU attention (scaled_dot_product_attention arrived in
+2.0), so what a user writes is the materialising form below; for n = 8192 it runs head by head (one
+8192 x 8192 score matrix, 256 MiB, at a time) rather than materialising all eight heads (2 GiB per temporary).
+"""
+import math
+
+import torch
+
+from _case import Case
+
+H, D = 8, 64
+
+
+def make(n, m=None, kv_heads=H):
+    m = n if m is None else m
+    g = torch.Generator().manual_seed(0)
+    q = torch.rand(H, n, D, generator=g) * 2 - 1
+    k = torch.rand(kv_heads, m, D, generator=g) * 2 - 1
+    v = torch.rand(kv_heads, m, D, generator=g) * 2 - 1
+    return q, k, v
+
+
+def setup(n, norm="softmax", causal=False, per_head=False):
+    def build():
+        q, k, v = make(n)
+        scale = 1.0 / math.sqrt(D)
+        mask = torch.ones(n, n, dtype=torch.bool).triu(1) if causal else None
+        lf = math.log(max(n, 16)) / math.log(512)
+
+        def one(q, k, v):
+            s = torch.matmul(q, k.transpose(-1, -2)) * scale
+            if mask is not None:
+                s = s.masked_fill(mask, float("-inf"))
+            if norm == "softmax":
+                a = torch.softmax(s, dim=-1)
+            elif norm == "softmax_plus":
+                a = torch.softmax(s * lf, dim=-1)  # no mask: l = n for every row
+            else:
+                a = torch.relu(s) ** 2 / n
+            return torch.matmul(a, v)
+
+        if per_head:
+            return lambda: [one(q[h], k[h], v[h]) for h in range(H)]
+        return lambda: one(q, k, v)
+    return build
+
+
+def decode_setup(m, kv_heads=2):
+    def build():
+        q, k, v = make(1, m, kv_heads)
+        scale = 1.0 / math.sqrt(D)
+        rep = H // kv_heads
+
+        def run():
+            kk = k.repeat_interleave(rep, dim=0)
+            vv = v.repeat_interleave(rep, dim=0)
+            a = torch.softmax(torch.matmul(q, kk.transpose(-1, -2)) * scale, dim=-1)
+            return torch.matmul(a, vv)
+        return run
+    return build
+
+
+def row(n, norm, causal, threads):
+    return f"BM_attention/n:{n}/norm:{norm}/causal:{causal}/threads:{threads}/real_time$"
+
+
+CASES = [
+    Case("attention softmax n=2048 8h d=64", "bench_attention", row(2048, 0, 0, 1), setup(2048)),
+    Case("attention softmax_plus n=2048", "bench_attention", row(2048, 1, 0, 1), setup(2048, "softmax_plus")),
+    Case("attention squared_relu n=2048", "bench_attention", row(2048, 2, 0, 1), setup(2048, "squared_relu")),
+    Case("attention softmax causal n=2048", "bench_attention", row(2048, 0, 1, 1), setup(2048, causal=True)),
+    Case("attention softmax n=8192 (torch per head)", "bench_attention", row(8192, 0, 0, 1),
+         setup(8192, per_head=True)),
+    Case("attention softmax n=2048, 2 threads", "bench_attention", row(2048, 0, 0, 2), setup(2048), threads=2),
+    Case("attention decode n=1 m=4096 GQA 8/2", "bench_attention", "BM_attention_decode/4096/real_time$",
+         decode_setup(4096)),
+]
