@@ -698,3 +698,22 @@ TEST_CASE("batched rope over several position tiles equals the 2-D form", "[rope
 #endif
   (void)saved_threads;
 }
+
+TEST_CASE("rope: freq_factors divide the scaled frequencies (ggml freq_factors, LongRoPE rescale factors)", "[rope]") {
+  RopeOptions o;
+  o.layout = RopeLayout::Half;
+  o.scaling = RopeScaling::Linear;
+  o.factor = 2.0;
+  RopeTable<double> plain(32, 8, o);
+  o.freq_factors = {1.0, 1.5, 4.0, 0.5};
+  RopeTable<double> scaled(32, 8, o);
+  for (std::size_t i = 0; i < 4; ++i)
+    CHECK(scaled.inv_freq()[i] == Approx(plain.inv_freq()[i] / o.freq_factors[i]).epsilon(1e-15));
+  // The rows follow: pair 2 at position 12 rotates by 12 * w_2 / (2 * 4).
+  Matrix<double> x(1, 8);
+  x << 0, 0, 1, 0, 0, 0, 0, 0;
+  kexue::rope(scaled, x, 12);
+  const double angle = 12 * std::pow(10000.0, -4.0 / 8) / 8.0;
+  CHECK(x(0, 2) == Approx(std::cos(angle)).margin(1e-14));
+  CHECK(x(0, 6) == Approx(std::sin(angle)).margin(1e-14));
+}
