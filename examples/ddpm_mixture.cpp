@@ -58,8 +58,8 @@ void write_svg(const std::string& path, const std::vector<kexue_demo::Component>
           << 1.0 - 0.25 * k << "'/>\n";
   }
   out << "<text x='" << margin << "' y='" << size + 12
-      << "' font-family='sans-serif' font-size='13'>kexue DDPM, 1000 steps, exact eps*: " << shown
-      << " samples (blue) over the true mixture's 1/2/3-sigma ellipses (red)</text>\n</svg>\n";
+      << "' font-family='sans-serif' font-size='12'>kexue DDPM, 1000 steps: " << shown
+      << " samples (blue), true 1/2/3-sigma ellipses (red)</text>\n</svg>\n";
 }
 
 }  // namespace

@@ -195,7 +195,7 @@ TEST_CASE("Philox4x32-10 known answers (Random123 kat_vectors)", "[random][philo
     CHECK(out[2] == 0x5001e420u);
     CHECK(out[3] == 0x24126ea1u);
   }
-  // The 8-wide group kernel equals the scalar one block by block.
+  // The 8-wide group kernel equals the scalar one block by block (and the AVX2 one the portable one).
   std::uint32_t w[4][8];
   const std::uint64_t seed = 0x0123456789abcdefull, first = (1ull << 32) - 3;  // crosses the counter's word boundary
   kexue::detail::philox_group_words(seed, first, w);
@@ -206,6 +206,43 @@ TEST_CASE("Philox4x32-10 known answers (Random123 kat_vectors)", "[random][philo
     philox4x32_10(c, k, out);
     for (int j = 0; j < 4; ++j) CHECK(w[j][l] == out[j]);
   }
+#if defined(__AVX2__)
+  std::uint32_t ws[4][8];
+  kexue::detail::philox_group_words_scalar(seed, first, ws);
+  CHECK(std::memcmp(ws, w, sizeof ws) == 0);
+#endif
+}
+
+TEST_CASE("Philox Box-Muller: vector and scalar lanes agree bit for bit, and match libm", "[random][philox]") {
+  // Words around every special point: 0, all ones, quadrant boundaries of the angle (multiples of 2^30 before
+  // the >> 8), the sqrt(2) switch of the log, plus random words.
+  std::vector<std::uint32_t> a, b;
+  std::mt19937 e(11);
+  const std::uint32_t specials[] = {0u,          1u << 8,     0xFFFFFFFFu, 0xFFFFFF00u, 0x3FFFFFFFu, 0x40000000u,
+                                    0x7FFFFFFFu, 0x80000000u, 0xBFFFFFFFu, 0xC0000000u, 0x20000000u, 0x5A827999u};
+  for (std::uint32_t x : specials)
+    for (std::uint32_t y : specials) {
+      a.push_back(x);
+      b.push_back(y);
+    }
+  while (a.size() % 8 != 0 || a.size() < 4096) {
+    a.push_back(e());
+    b.push_back(e());
+  }
+  const std::size_t n = a.size();
+  std::vector<float> vc(n), vs(n), sc(n), ss(n);
+  for (std::size_t i = 0; i < n; i += 8) kexue::detail::box_muller_lanes<8>(&a[i], &b[i], &vc[i], &vs[i]);
+  double worst = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    kexue::detail::box_muller_lane(a[i], b[i], &sc[i], &ss[i]);
+    // Against double-precision libm on the same uniforms.
+    const double u1 = double((a[i] >> 8) + 1) / 16777216.0, u2 = double(b[i] >> 8) / 16777216.0;
+    const double r = std::sqrt(-2 * std::log(u1)), th = 2 * 3.14159265358979323846 * u2;
+    worst = std::max({worst, std::abs(sc[i] - r * std::cos(th)), std::abs(ss[i] - r * std::sin(th))});
+  }
+  CHECK(std::memcmp(vc.data(), sc.data(), n * sizeof(float)) == 0);
+  CHECK(std::memcmp(vs.data(), ss.data(), n * sizeof(float)) == 0);
+  CHECK(worst < 3e-6);  // a few float ulps of a value <= 5.8
 }
 
 TEST_CASE("Philox normals: value p is a function of (seed, p) only", "[random][philox]") {
@@ -266,15 +303,26 @@ TEST_CASE("Philox normals: statistics", "[random][philox][stats]") {
   kexue::PhiloxGenerator(2026).normal(v.data(), Index(v.size()));
   check_standard_normal(v);
   CHECK(std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); }));
-  // Neighbouring values (same Box-Muller pair, same block) are uncorrelated.
-  double c01 = 0, c13 = 0;
-  for (std::size_t i = 0; i + 4 <= v.size(); i += 4) {
-    c01 += double(v[i]) * v[i + 1];
-    c13 += double(v[i + 1]) * v[i + 3];
-  }
-  const double pairs = double(v.size() / 4);
-  CHECK(std::abs(c01 / pairs) < 5 / std::sqrt(pairs));
-  CHECK(std::abs(c13 / pairs) < 5 / std::sqrt(pairs));
+  // Uncorrelated: the two halves of one Box-Muller pair (p, p + 8 in a group), the two pairs of one block
+  // (p, p + 16) and neighbouring positions (p, p + 1: neighbouring blocks).
+  double pair = 0, block = 0, next = 0;
+  Index count = 0;
+  for (std::size_t g = 0; g + 32 <= v.size(); g += 32)
+    for (std::size_t l = 0; l < 8; ++l, ++count) {
+      pair += double(v[g + l]) * v[g + 8 + l];
+      block += double(v[g + l]) * v[g + 16 + l];
+      next += double(v[g + l]) * v[g + l + 1];
+    }
+  const double c = double(count);
+  CHECK(std::abs(pair / c) < 5 / std::sqrt(c));
+  CHECK(std::abs(block / c) < 5 / std::sqrt(c));
+  CHECK(std::abs(next / c) < 5 / std::sqrt(c));
+  // The squared halves of a pair are independent too (r^2 cos^2 and r^2 sin^2 of the same r are not, for a
+  // broken transform that reuses r incorrectly): E[x^2 y^2] = 1.
+  double sq = 0;
+  for (std::size_t g = 0; g + 32 <= v.size(); g += 32)
+    for (std::size_t l = 0; l < 8; ++l) sq += double(v[g + l]) * v[g + l] * v[g + 8 + l] * v[g + 8 + l];
+  CHECK(std::abs(sq / c - 1) < 5 * std::sqrt(8 / c));
 }
 
 TEST_CASE("Random generators: bad input", "[random][errors]") {
