@@ -5,6 +5,7 @@
 #include "kexue/gau.hpp"
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
@@ -312,6 +313,50 @@ TEMPLATE_TEST_CASE("gau zero_padded_rows skips padding rows and keeps the others
   }
 }
 
+TEMPLATE_TEST_CASE("gau with an arbitrary key mask (left padding, holes)", "[gau]", float, double) {
+  using T = TestType;
+  const Index D = 12, e = 20, s = 6, n = 140;
+  const GauWeights<T> w = random_weights<T>(D, e, s, true, 6);
+  const RopeTable<T> table(n, s);
+  const Matrix<T> x = random_matrix<T>(n, D, 31);
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 1);
+  for (Index j = 0; j < 20; ++j) mask[static_cast<std::size_t>(j)] = 0;  // left padding
+  for (Index j = 60; j < n; j += 7) mask[static_cast<std::size_t>(j)] = 0;
+  Matrix<T> x2 = x;  // differs only at masked tokens
+  for (Index j = 0; j < n; ++j)
+    if (!mask[static_cast<std::size_t>(j)]) x2.row(j) *= T(-2);
+  for (Normalization norm : {Normalization::Softmax, Normalization::SoftmaxPlus, Normalization::SquaredRelu}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      INFO("normalization " << int(norm) << ", variant " << variant);
+      GauOptions o = make_options(norm, variant == 1, variant == 2 ? 100 : -1);
+      o.key_mask = kexue::KeyMask(mask);
+      Matrix<T> a(n, D), b(n, D);
+      kexue::gau(w, x, a, o, &table);
+      const Matrix<double> want = gau_reference(w, x.template cast<double>().eval(), o, true);
+      CHECK(nmse(a.template cast<double>().eval(), want) < (sizeof(T) == 4 ? 1e-10 : 1e-24));
+      // Causal rows 0..19 see only masked keys: A = 0, out = b_out exactly.
+      if (variant == 1) {
+        for (Index r = 0; r < 20; ++r)
+          for (Index c = 0; c < D; ++c) CHECK(a(r, c) == w.b_out[c]);
+      }
+      kexue::gau(w, x2, b, o, &table);
+      double unmasked_diff = 0;
+      for (Index r = 0; r < n; ++r)
+        if (mask[static_cast<std::size_t>(r)])
+          unmasked_diff = std::max(unmasked_diff, max_abs_diff(a.row(r).eval(), b.row(r).eval()));
+      CHECK(unmasked_diff == 0.0);
+    }
+  }
+  // An all-ones mask is no mask.
+  std::vector<std::uint8_t> ones(static_cast<std::size_t>(n), 1);
+  GauOptions o = make_options(Normalization::SoftmaxPlus);
+  Matrix<T> plain(n, D), masked(n, D);
+  kexue::gau(w, x, plain, o, &table);
+  o.key_mask = kexue::KeyMask(ones);
+  kexue::gau(w, x, masked, o, &table);
+  CHECK(max_abs_diff(plain, masked) == 0.0);
+}
+
 TEMPLATE_TEST_CASE("gau huge inputs give finite outputs, and out may be x", "[gau]", float, double) {
   using T = TestType;
   const Index D = 16, e = 24, s = 8, n = 40;
@@ -476,6 +521,12 @@ TEST_CASE("gau: bad input throws kexue::Error naming the argument, before writin
     expect_error(good, x, out, o, &short_table, "rope_table covers positions [0, 5)");
   }
   {
+    GauOptions bad = o;
+    std::vector<std::uint8_t> mask(static_cast<std::size_t>(n - 1), 1);
+    bad.key_mask = kexue::KeyMask(mask);
+    expect_error(good, x, out, bad, nullptr, "key_mask has 5 entries");
+  }
+  {
     // out aliasing a weight.
     GauWeights<T> w = good;
     Eigen::Map<Matrix<T>> alias(w.w_in.data(), n, D);
@@ -512,6 +563,12 @@ TEST_CASE("gau: bad input throws kexue::Error naming the argument, before writin
     expect_batched(xv, ov, {n, n}, both, "both given");
   }
   expect_batched(TensorView<const T>::contiguous(xb.data(), 1, 2, n, D), ov, {}, o, "heads");
+  {
+    GauOptions with_mask = o;
+    std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 1);
+    with_mask.key_mask = kexue::KeyMask(mask);
+    expect_batched(xv, ov, {}, with_mask, "key_mask");
+  }
   expect_batched(xv, TensorView<T>::contiguous(ob.data(), batch, 1, n - 1, D), {}, o, "out has shape");
   {
     // out is x shifted by one row: would overwrite the next sequence's input.

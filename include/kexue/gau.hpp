@@ -81,6 +81,10 @@ struct GauOptions {
   /// others. true: those rows of out are set to 0 and never computed, so a padded batch costs only its
   /// real tokens (the rows below key_length are the same as with false, up to rounding).
   bool zero_padded_rows = false;
+  /// An arbitrary per-key visibility mask of length n (nonzero = visible), combined with key_length and
+  /// causal: left padding, packed or dropped tokens. It refers to the caller's buffer, which must outlive
+  /// the call. l (SquaredRelu, SoftmaxPlus) counts the keys a row sees through all three. 2-D gau() only.
+  std::optional<KeyMask> key_mask;
 };
 
 /// Caller-owned scratch of gau(). It grows to the largest call it has served and is reused without
@@ -95,7 +99,8 @@ class GauWorkspace {
   std::size_t bytes() const {
     std::size_t total = 0;
     for (const auto& s : slots_)
-      total += (s.hidden.size() + s.q.size() + s.k.size() + s.scores.size() + s.gated.size()) * sizeof(T);
+      total += (s.hidden.size() + s.q.size() + s.k.size() + s.scores.size() + s.gated.size()) * sizeof(T) +
+               s.mask_prefix.size() * sizeof(Index);
     return total;
   }
   /// Frees everything.
@@ -226,10 +231,16 @@ void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eige
   detail::require(!detail::gau_weight_overlaps(weights, ov), fn, "out overlaps one of the weights");
   const Index key_length = detail::gau_key_length(fn, "options.attention.key_length",
                                                       options.attention.key_length, n);
+  if (options.key_mask) {
+    detail::require(options.key_mask->size() == n, fn, "options.key_mask has ", options.key_mask->size(),
+                    " entries but the sequence has ", n, " tokens");
+    detail::require(options.key_mask->data() != nullptr || n == 0, fn, "options.key_mask has no data");
+  }
   if (n == 0) return;
   auto& slots = workspace.detail_slots();
   detail::gau_reserve_tiles(slots, std::max<Index>(1, detail::max_threads()), n, p.units);
   detail::gau_reserve_sequence(slots[0], n, p);
+  p.key_mask = options.key_mask ? options.key_mask->data() : nullptr;
   detail::gau_sequence(weights, p, xv, ov, key_length, rope_table, slots, 0, true);
 }
 
@@ -267,6 +278,7 @@ void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<
                   lengths.size(), " entries but the batch has ", batch, " sequences");
   detail::require(lengths.empty() || !options.attention.key_length, fn,
                   "options.attention.key_length and lengths are both given; pass one of them");
+  detail::require(!options.key_mask, fn, "options.key_mask is for the 2-D gau(); the batched form takes lengths");
   std::vector<Index> key_lengths(static_cast<std::size_t>(batch));
   for (Index b = 0; b < batch; ++b) {
     key_lengths[static_cast<std::size_t>(b)] =

@@ -66,8 +66,10 @@ kexue::Matrix<double> gau_reference(const kexue::GauWeights<T>& w, const kexue::
     }
     // Which keys row i sees, and how many (l).
     Index l = 0;
-    for (Index j = 0; j < n; ++j) l += (j < key_length && (!ao.causal || j <= i)) ? 1 : 0;
-    auto visible = [&](Index j) { return j < key_length && (!ao.causal || j <= i); };
+    auto visible = [&](Index j) {
+      return j < key_length && (!ao.causal || j <= i) && (!options.key_mask || options.key_mask->data()[j] != 0);
+    };
+    for (Index j = 0; j < n; ++j) l += visible(j) ? 1 : 0;
     for (Index j = 0; j < n; ++j) {
       double dot = 0;
       for (Index c = 0; c < s; ++c) dot += q[i][c] * k[j][c];

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -61,6 +62,7 @@ struct GauPlan {
   double train_length = 512, min_length = 16;
   std::optional<Index> relu2_length;
   bool zero_padded_rows = false;     // rows [key_length, n) of out are 0 and not computed
+  const unsigned char* key_mask = nullptr;  // per-key visibility (nonzero = visible), or none
 };
 
 // Scratch is aligned to Eigen's packet alignment on purpose: Eigen peels unaligned leading elements of an
@@ -74,6 +76,7 @@ using GauBuffer = std::vector<T, Eigen::aligned_allocator<T>>;
 template <class T>
 struct GauSlot {
   GauBuffer<T> hidden, q, k, scores, gated;
+  std::vector<Index> mask_prefix;
 };
 
 template <class T>
@@ -136,38 +139,49 @@ void gau_project(const W& w, const GauPlan& p, View<const T> x, Index r0, Index 
   }
 }
 
-/// Normalises one row of logits in place: the first `visible` entries are the keys this query sees, the
-/// rest of [visible, cols) are masked and become 0 (SPEC 3.3).
+/// Normalises one row of logits in place (SPEC 3.3): keys [0, limit) pass key_length and causality, and
+/// `count` of them (l) also pass the key mask; every other entry of [0, cols) becomes 0.
 template <class T>
-inline void gau_normalize_row(const GauPlan& p, T* a, Index visible, Index cols) {
-  if (visible > 0) {
+inline void gau_normalize_row(const GauPlan& p, T* a, Index limit, Index count, Index cols) {
+  if (count > 0) {
     switch (p.normalization) {
       case Normalization::Softmax:
       case Normalization::SoftmaxPlus: {
         double c = p.scale;
         // Entropy-invariant softmax: logits * log_train(max(l, min_length)), l = keys this row sees.
         if (p.normalization == Normalization::SoftmaxPlus)
-          c *= std::log(std::max(double(visible), p.min_length)) / std::log(p.train_length);
-        scale(static_cast<T>(c), a, visible);
-        softmax_row(a, visible);
+          c *= std::log(std::max(double(count), p.min_length)) / std::log(p.train_length);
+        scale(static_cast<T>(c), a, limit);
+        if (p.key_mask) {
+          // Masked keys become -inf, which softmax_row turns into exact zeros.
+          for (Index j = 0; j < limit; ++j)
+            if (!p.key_mask[j]) a[j] = -std::numeric_limits<T>::infinity();
+        }
+        softmax_row(a, limit);
         break;
       }
       case Normalization::SquaredRelu: {
-        const double length = p.relu2_length ? double(*p.relu2_length) : double(visible);
-        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> r(a, visible);
+        const double length = p.relu2_length ? double(*p.relu2_length) : double(count);
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> r(a, limit);
         r = (r * static_cast<T>(p.scale)).max(T(0)).square() * static_cast<T>(1.0 / length);
+        if (p.key_mask) {
+          for (Index j = 0; j < limit; ++j)
+            if (!p.key_mask[j]) a[j] = T(0);
+        }
         break;
       }
     }
+  } else {
+    limit = 0;
   }
-  std::fill(a + std::max<Index>(visible, 0), a + cols, T(0));
+  std::fill(a + std::max<Index>(limit, 0), a + cols, T(0));
 }
 
 /// Phase 2 on query rows [r0, r1) of a sequence of n tokens whose keys [key_length, n) are padding:
 /// out = (u * (A v)) W_out + b_out.
 template <class T, class W>
-void gau_attend(const W& w, const GauPlan& p, Index key_length, Index r0, Index r1, const T* hidden, const T* q,
-                const T* k, T* scores, T* gated, View<T> out) {
+void gau_attend(const W& w, const GauPlan& p, Index key_length, const Index* mask_prefix, Index r0, Index r1,
+                const T* hidden, const T* q, const T* k, T* scores, T* gated, View<T> out) {
   const Index rows = r1 - r0, e = p.units, s = p.key_size, width = p.width;
   if (rows <= 0) return;
   // Keys any row of this tile sees: causal rows i see j <= i (self-attention, n == m).
@@ -179,8 +193,8 @@ void gau_attend(const W& w, const GauPlan& p, Index key_length, Index r0, Index 
     auto a = gau_map(scores, rows, keys, keys);
     a.noalias() = gau_cmap(q + r0 * s, rows, s, s) * gau_cmap(k, keys, s, s).transpose();
     for (Index r = 0; r < rows; ++r) {
-      const Index visible = p.causal ? std::min(key_length, r0 + r + 1) : key_length;
-      gau_normalize_row(p, scores + r * keys, visible, keys);
+      const Index limit = p.causal ? std::min(key_length, r0 + r + 1) : key_length;
+      gau_normalize_row(p, scores + r * keys, limit, mask_prefix ? mask_prefix[limit] : limit, keys);
     }
     g.noalias() = a * gau_cmap(hidden + e, keys, e, width);
     g.array() *= gau_cmap(hidden + r0 * width, rows, e, width).array();
@@ -210,11 +224,21 @@ void gau_sequence(const W& w, const GauPlan& p, View<const T> x, View<T> out, In
       const Index r0 = i * kGauProjectionTile;
       gau_project(w, p, x, r0, std::min(n, r0 + kGauProjectionTile), hidden, q, k, rope);
     });
+    // mask_prefix[j] = visible keys among [0, j): the l of a row whose keys end at j.
+    const Index* mask_prefix = nullptr;
+    if (p.key_mask) {
+      own.mask_prefix.resize(static_cast<std::size_t>(x.rows + 1));
+      own.mask_prefix[0] = 0;
+      for (Index j = 0; j < x.rows; ++j)
+        own.mask_prefix[static_cast<std::size_t>(j + 1)] = own.mask_prefix[static_cast<std::size_t>(j)] + (p.key_mask[j] != 0);
+      mask_prefix = own.mask_prefix.data();
+    }
     const Index query_items = (n + kGauQueryTile - 1) / kGauQueryTile;
     gau_parallel(query_items, tiles_parallel, [&](Index i, Index thread) {
       GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
       const Index r0 = i * kGauQueryTile, r1 = std::min(n, r0 + kGauQueryTile);
-      gau_attend(w, p, key_length, r0, r1, hidden, q, k, mine.scores.data(), mine.gated.data(), out);
+      gau_attend(w, p, key_length, mask_prefix, r0, r1, hidden, q, k, mine.scores.data(), mine.gated.data(),
+                 out);
     });
   }
   // Last, because out may be x itself.
