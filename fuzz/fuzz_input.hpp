@@ -3,6 +3,7 @@
 // Turns a fuzzer's byte string into the shapes, options and values a kernel call needs. Running out of bytes
 // yields zeros, so every input is valid to consume.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -88,6 +89,108 @@ inline void expect_close(double got, double want, double tol, const char* what) 
   }
   expect(std::isfinite(got), what, got, want);
   expect(std::abs(got - want) <= tol * std::max(1.0, std::abs(want)), what, got, want);
+}
+
+
+/// True for float: the tolerances of the targets are stated in units of the type's epsilon.
+template <class T>
+constexpr double eps_of() {
+  return double(std::numeric_limits<T>::epsilon());
+}
+
+/// A [rows, cols] row-major buffer with a row stride of cols + pad (pad elements filled with NaN, so a kernel
+/// that reads them shows it), values from the fuzzer.
+template <class T>
+struct Strided {
+  Index rows = 0, cols = 0, stride = 0;
+  std::vector<T> buf;
+  Strided() = default;
+  Strided(Index r, Index c, Index pad) : rows(r), cols(c), stride(c + pad) {
+    buf.assign(static_cast<std::size_t>(std::max<Index>(1, r * stride)), std::numeric_limits<T>::quiet_NaN());
+  }
+  T* data() { return buf.data(); }
+  const T* data() const { return buf.data(); }
+  T& operator()(Index r, Index c) { return buf[static_cast<std::size_t>(r * stride + c)]; }
+  T operator()(Index r, Index c) const { return buf[static_cast<std::size_t>(r * stride + c)]; }
+  T* row(Index r) { return buf.data() + r * stride; }
+  const T* row(Index r) const { return buf.data() + r * stride; }
+  /// An Eigen map over the buffer with the row stride (what the kernels take).
+  Eigen::Map<kexue::Matrix<T>, 0, Eigen::OuterStride<>> map() {
+    return {buf.data(), rows, cols, Eigen::OuterStride<>(stride)};
+  }
+  Eigen::Map<const kexue::Matrix<T>, 0, Eigen::OuterStride<>> cmap() const {
+    return {buf.data(), rows, cols, Eigen::OuterStride<>(stride)};
+  }
+  /// The logical values in double.
+  kexue::Matrix<double> to_double() const {
+    kexue::Matrix<double> m(rows, cols);
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < cols; ++c) m(r, c) = double((*this)(r, c));
+    return m;
+  }
+  double max_abs() const {
+    double m = 0;
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < cols; ++c) m = std::max(m, std::abs(double((*this)(r, c))));
+    return m;
+  }
+  bool all_finite() const {
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < cols; ++c)
+        if (!std::isfinite(double((*this)(r, c)))) return false;
+    return true;
+  }
+  /// The padding between rows still holds NaN (nothing wrote outside the logical matrix).
+  bool padding_intact() const {
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = cols; c < stride; ++c)
+        if (!std::isnan(double((*this)(r, c)))) return false;
+    return true;
+  }
+};
+
+/// A strided matrix filled from the fuzzer; `special` lets +-inf, NaN, denormals and 1e30 in.
+template <class T>
+Strided<T> matrix(FuzzInput& in, Index rows, Index cols, bool special, Index max_pad = 9) {
+  Strided<T> m(rows, cols, in.range(0, max_pad));
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) m(r, c) = in.value<T>(special);
+  return m;
+}
+
+/// An output buffer filled with a sentinel, so an error path can be checked to leave it untouched.
+template <class T>
+Strided<T> sentinel(Index rows, Index cols, Index pad) {
+  Strided<T> m(rows, cols, pad);
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) m(r, c) = T(-12345.5);
+  return m;
+}
+
+/// Runs `call` and checks the error contract: kexue::Error exactly when `invalid` is true, and then `out`
+/// (bytes) unchanged. Returns true when the call ran (the caller then compares the outputs).
+template <class Buf, class F>
+bool run_checked(bool invalid, Buf& out, F&& call, const char* what) {
+  const Buf before = out;
+  try {
+    call();
+  } catch (const kexue::Error& e) {
+    if (!invalid) std::fprintf(stderr, "unexpected kexue::Error: %s\n", e.what());
+    expect(invalid, what);
+    expect(std::memcmp(before.data(), out.data(), before.size() * sizeof(*out.data())) == 0,
+           "an output was written before kexue::Error was thrown");
+    return false;
+  }
+  expect(!invalid, what);
+  return true;
+}
+
+/// Finite-where-the-reference-is-finite plus an absolute bound: |got - want| <= bound. A NaN or inf
+/// reference value is not checked (no promise beyond not crashing).
+inline void expect_near(double got, double want, double bound, const char* what) {
+  if (!std::isfinite(want)) return;
+  expect(std::isfinite(got), what, got, want);
+  expect(std::abs(got - want) <= bound, what, got, want);
 }
 
 }  // namespace kexue_fuzz
