@@ -126,7 +126,10 @@ struct GuardedMatrix {
 
 template <class T>
 void sweep_against_scalar_reference() {
-  const Index sizes_n[] = {0, 1, 3, kd::kTileRows<T> - 1, kd::kTileRows<T>, kd::kTileRows<T> + 1, 49};
+  // Around the register sub-tile (kTileRows), several sub-tiles in one work item, and several work items
+  // (kItemRows) ending in a one-row item and in a partial one.
+  const Index sizes_n[] = {0, 1, 3, kd::kTileRows<T> - 1, kd::kTileRows<T>, kd::kTileRows<T> + 1, 49,
+                           kd::kItemRows<T> + 1, 2 * kd::kItemRows<T> + 30};
   const Index sizes_m[] = {0, 1, 7, 63, 64, 65, 130};
   const Index dims[][2] = {{1, 1}, {3, 5}, {8, 8}, {17, 13}, {64, 64}};
   std::uint32_t seed = 1;
@@ -178,7 +181,7 @@ void sweep_against_scalar_reference() {
       }
     }
   }
-  CHECK(checked == 7 * 7 * 5);
+  CHECK(checked == 9 * 7 * 5);
 }
 
 }  // namespace

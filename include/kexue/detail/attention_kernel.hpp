@@ -1,15 +1,20 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // The fused attention engine: FlashAttention-style online softmax over key tiles, on the CPU. One work item
-// is (batch, head, tile of kTileRows query rows); it streams the visible key tiles once, never holding more
-// than one kTileKeys x kTileRows block of logits, so memory is O((n + m) d) for the inputs plus a fixed
-// per-thread scratch of (d + kTileKeys + dv + 4) x kTileRows elements.
+// is (batch, head, kItemRows query rows), split into kSubTiles sub-tiles of kTileRows rows; it streams the
+// visible key tiles once, and each sub-tile holds at most one kTileKeys x kTileRows block of logits, so memory
+// is O((n + m) d) for the inputs plus a fixed per-thread scratch of about (d + dv + 6) x kItemRows +
+// kTileKeys x kTileRows elements (~50 KiB for float at d = dv = 64), allocated once per thread.
 //
-// Tile sizes (float, AVX2: kTileRows = 24, kTileKeys = 64, d = dv = 64): the packed Q^T tile, the logits
-// tile and the O^T accumulator are 6 KiB each and the 64-key K and V tiles 16 KiB each, so everything a
-// key step touches fits in a 48 KiB L1 and comfortably in L2; K and V are streamed row by row and each
-// element is used kTileRows times per load. 24 rows = 3 registers of rows is the micro-kernel's register
-// block (see bcast_fma_block); a taller tile would need more accumulators than AVX2 has registers.
+// Tile sizes (float, AVX2: kTileRows = 24, kTileKeys = 64, d = dv = 64): a sub-tile's packed Q^T, its logits
+// tile and its O^T accumulator are 6 KiB each and the 64-key K and V tiles 16 KiB each, so everything one
+// (key tile, sub-tile) step touches fits in L1/L2; K and V are streamed row by row and each element is used
+// kTileRows times per load, then reused from cache by the other sub-tiles. 24 rows = 3 registers of rows is
+// the micro-kernel's register block (see bcast_fma_block); a taller one would need more accumulators than
+// AVX2 has registers.
+//
+// Causal masking skips work: a sub-tile stops at the last key its last row can see, and only the key tiles
+// that cross its diagonal pay for the per-element mask, so causal attention costs about half of non-causal.
 
 #include <algorithm>
 #include <cmath>
@@ -43,24 +48,33 @@ struct AttentionPlan {
   Index mask_batch_stride = 0;          // 0: one mask for every batch; m: one mask per batch
 };
 
-/// Rows of one query tile, as SIMD registers of rows.
+/// Rows of one query sub-tile, as SIMD registers of rows (the micro-kernels' register block).
 constexpr int kRowRegs = 3;
 template <class T>
 constexpr Index kTileRows = kRowRegs * kLanes<T>;
+/// Sub-tiles per work item. Each K/V key tile is loaded once per work item and used by all its sub-tiles
+/// while it is hot in L1/L2, so K and V stream from L3/DRAM once per kSubTiles * kTileRows query rows: at
+/// n = 8192, d = 64 a head's K and V (4 MiB) no longer fit in L2, and 96 rows per pass keep that stream
+/// at a few GB/s.
+constexpr Index kSubTiles = 4;
+template <class T>
+constexpr Index kItemRows = kSubTiles * kTileRows<T>;
 /// Keys per step: large enough to amortise the per-step softmax bookkeeping (row max, rescale of O), small
-/// enough that the K and V tiles stay in L1 while the micro-kernels sweep them.
+/// enough that the K and V tiles (16 KiB each at d = 64) stay in L1 while the micro-kernels sweep them.
 constexpr Index kTileKeys = 64;
+/// Per-row statistics kept per sub-tile: rowscale, running max, running sum, rescale factor, tile max, final factor.
+constexpr Index kStats = 6;
 
 /// Per-thread scratch, grown on first use for a given (d, dv) and then reused: no allocation per call.
 template <class T>
 struct AttentionScratch {
   std::vector<T> qt, st, ot, stats;
   void ensure(Index d, Index dv) {
-    const Index W = kTileRows<T>;
+    const Index W = kTileRows<T> * kSubTiles;
     if (Index(qt.size()) < d * W) qt.resize(static_cast<std::size_t>(d * W));
-    if (Index(st.size()) < kTileKeys * W) st.resize(static_cast<std::size_t>(kTileKeys * W));
+    if (Index(st.size()) < kTileKeys * kTileRows<T>) st.resize(static_cast<std::size_t>(kTileKeys * kTileRows<T>));
     if (Index(ot.size()) < dv * W) ot.resize(static_cast<std::size_t>(dv * W));
-    if (Index(stats.size()) < 6 * W) stats.resize(static_cast<std::size_t>(6 * W));
+    if (Index(stats.size()) < kStats * W) stats.resize(static_cast<std::size_t>(kStats * W));
   }
 };
 
@@ -76,35 +90,41 @@ inline Index visible_limit(Index i, Index n, Index m, Index key_length, bool cau
   return std::min(key_length, std::max<Index>(0, i + (m - n) + 1));
 }
 
-/// Tiles with at most this many rows go through the one-row path: below it, the rows-as-lanes micro-kernels
-/// would spend most of their lanes on padding rows (a decoding step has one row in a 24-row tile).
+/// Work items with at most this many rows go through the one-row path: below it, the rows-as-lanes
+/// micro-kernels would spend most of their lanes on padding rows (a decoding step has one row in a 24-row tile).
 constexpr Index kSmallTileRows = 2;
 
-/// One (batch, head, query tile) work item.
+/// Visible-key count and the derived per-row factors of row i (SoftmaxPlus scale, SquaredRelu 1/L).
+template <class T>
+inline void row_factors(const AttentionPlan<T>& p, Index count, T& rowscale, T& fin) {
+  rowscale = p.scale;
+  fin = T(0);
+  if (p.norm == AttnNorm::SoftmaxPlus)
+    rowscale = T(double(p.scale) * std::log(std::max(double(count), double(p.min_length))) / p.log_train);
+  if (p.norm == AttnNorm::SquaredRelu) {
+    const double L = p.relu2_length > 0 ? double(p.relu2_length) : double(count);
+    fin = count > 0 && L > 0 ? T(1.0 / L) : T(0);
+  }
+}
+
+/// One (batch, head, kItemRows query rows) work item.
 template <class T>
 inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0) {
   constexpr Index W = kTileRows<T>;
   constexpr int NR = kRowRegs;
   const Index n = p.q.seq(), m = p.k.seq(), d = p.q.dim(), dv = p.v.dim();
   const Index hk = h / (p.q.heads() / p.k.heads());
-  const Index rows = std::min(W, n - i0);
+  const Index rows = std::min(kItemRows<T>, n - i0);
   const unsigned char* mask = p.mask ? p.mask + b * p.mask_batch_stride : nullptr;
+  const T* kbase = p.k.row(b, hk, 0);
+  const T* vbase = p.v.row(b, hk, 0);
+  const Index ldk = p.k.strides[2], ldv = p.v.strides[2];
 
   AttentionScratch<T>& s = attention_scratch<T>();
   s.ensure(d, dv);
-  T* qt = s.qt.data();
   T* st = s.st.data();
-  T* ot = s.ot.data();
-  T* rowscale = s.stats.data();
-  T* mrow = rowscale + W;
-  T* lrow = mrow + W;
-  T* alpha = lrow + W;
-  T* tmax = alpha + W;
-  T* fin = tmax + W;
 
   if (rows <= kSmallTileRows) {
-    const T* kb = p.k.row(b, hk, 0);
-    const T* vb = p.v.row(b, hk, 0);
     for (Index r = 0; r < rows; ++r) {
       const Index i = i0 + r;
       const Index lim = visible_limit(i, n, m, p.key_length, p.causal);
@@ -113,103 +133,115 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
         count = 0;
         for (Index j = 0; j < lim; ++j) count += mask[j] != 0;
       }
-      T rs = p.scale, inv = T(0);
-      if (p.norm == AttnNorm::SoftmaxPlus)
-        rs = T(double(p.scale) * std::log(std::max(double(count), double(p.min_length))) / p.log_train);
-      if (p.norm == AttnNorm::SquaredRelu) {
-        const double L = p.relu2_length > 0 ? double(p.relu2_length) : double(count);
-        inv = count > 0 && L > 0 ? T(1.0 / L) : T(0);
-      }
-      attention_one_row<T, kTileKeys>(p.q.row(b, h, i), d, kb, p.k.strides[2], vb, p.v.strides[2], dv, lim, mask, rs,
-                                      p.norm == AttnNorm::SquaredRelu, inv, st, ot, p.out.row(b, h, i));
+      T rs, inv;
+      row_factors(p, count, rs, inv);
+      attention_one_row<T, kTileKeys>(p.q.row(b, h, i), d, kbase, ldk, vbase, ldv, dv, lim, mask, rs,
+                                      p.norm == AttnNorm::SquaredRelu, inv, st, s.ot.data(), p.out.row(b, h, i));
     }
     return;
   }
 
-  // Q^T tile; rows past n are zero (their results are computed and dropped).
-  for (Index r = 0; r < W; ++r) {
-    if (r < rows) {
-      const T* qr = p.q.row(b, h, i0 + r);
-      for (Index c = 0; c < d; ++c) qt[c * W + r] = qr[c];
-    } else {
-      for (Index c = 0; c < d; ++c) qt[c * W + r] = T(0);
-    }
-  }
+  const Index nsub = (rows + W - 1) / W;
+  // Sub-tile g: rows [i0 + g W, i0 + g W + rows_g); its Q^T, O^T and statistics live at offset g in scratch.
+  auto qt_of = [&](Index g) { return s.qt.data() + g * d * W; };
+  auto ot_of = [&](Index g) { return s.ot.data() + g * dv * W; };
+  auto stats_of = [&](Index g) { return s.stats.data() + g * kStats * W; };
+  Index j_end_sub[kSubTiles] = {};
 
-  // Visible-key count l of each row (SoftmaxPlus scale, SquaredRelu divisor), incrementally: the limit
-  // never decreases with the row index.
   {
+    // Visible-key counts incrementally: the limit never decreases with the row index.
     Index pos = 0, count = 0;
-    for (Index r = 0; r < W; ++r) {
-      const Index lim = r < rows ? visible_limit(i0 + r, n, m, p.key_length, p.causal) : pos;
-      if (mask) {
-        for (; pos < lim; ++pos) count += mask[pos] != 0;
-      } else {
-        pos = lim;
-        count = lim;
-      }
-      const double l = double(count);
-      switch (p.norm) {
-        case AttnNorm::Softmax: rowscale[r] = p.scale; break;
-        case AttnNorm::SoftmaxPlus:
-          rowscale[r] = T(double(p.scale) * std::log(std::max(l, double(p.min_length))) / p.log_train);
-          break;
-        case AttnNorm::SquaredRelu: {
-          const double L = p.relu2_length > 0 ? double(p.relu2_length) : l;
-          rowscale[r] = p.scale;
-          fin[r] = L > 0 ? T(1.0 / L) : T(0);
-          break;
+    for (Index g = 0; g < nsub; ++g) {
+      const Index r0 = g * W;
+      const Index rows_g = std::min(W, rows - r0);
+      T* qt = qt_of(g);
+      T* rowscale = stats_of(g);
+      T* mrow = rowscale + W;
+      T* lrow = mrow + W;
+      T* alpha = lrow + W;
+      T* fin = alpha + 2 * W;
+      // Q^T sub-tile; rows past n are zero (their results are computed and dropped).
+      for (Index r = 0; r < W; ++r) {
+        if (r < rows_g) {
+          const T* qr = p.q.row(b, h, i0 + r0 + r);
+          for (Index c = 0; c < d; ++c) qt[c * W + r] = qr[c];
+        } else {
+          for (Index c = 0; c < d; ++c) qt[c * W + r] = T(0);
         }
+        const Index lim = r < rows_g ? visible_limit(i0 + r0 + r, n, m, p.key_length, p.causal) : pos;
+        if (mask) {
+          for (; pos < lim; ++pos) count += mask[pos] != 0;
+        } else {
+          pos = lim;
+          count = lim;
+        }
+        row_factors(p, count, rowscale[r], fin[r]);
+        mrow[r] = -std::numeric_limits<T>::infinity();
+        lrow[r] = T(0);
+        alpha[r] = T(1);
       }
-      mrow[r] = -std::numeric_limits<T>::infinity();
-      lrow[r] = T(0);
-      alpha[r] = T(1);
+      j_end_sub[g] = visible_limit(i0 + r0 + rows_g - 1, n, m, p.key_length, p.causal);
+      std::fill(ot_of(g), ot_of(g) + dv * W, T(0));
     }
   }
-  std::fill(ot, ot + dv * W, T(0));
 
   const Index off = m - n;
-  const Index j_end = rows > 0 ? visible_limit(i0 + rows - 1, n, m, p.key_length, p.causal) : 0;
-  const T* kbase = p.k.row(b, hk, 0);
-  const T* vbase = p.v.row(b, hk, 0);
-  const Index ldk = p.k.strides[2], ldv = p.v.strides[2];
+  const Index j_end = j_end_sub[nsub - 1];
   const bool relu2 = p.norm == AttnNorm::SquaredRelu;
 
   for (Index j0 = 0; j0 < j_end; j0 += kTileKeys) {
-    const Index nb = std::min(kTileKeys, j_end - j0);
-    TileMask tm;
+    const Index nb_all = std::min(kTileKeys, j_end - j0);
+    const unsigned char* tile_keys = nullptr;
     if (mask) {
       bool any = false, all = true;
-      for (Index j = 0; j < nb; ++j) {
+      for (Index j = 0; j < nb_all; ++j) {
         any |= mask[j0 + j] != 0;
         all &= mask[j0 + j] != 0;
       }
-      if (!any) continue;  // nothing visible in this tile for any row
-      if (!all) tm.keys = mask + j0;
+      if (!any) continue;  // nothing visible in this key tile for any row
+      if (!all) tile_keys = mask + j0;
     }
-    // Causal: the tile needs the per-element rule only if its last key is past the first row's limit.
-    if (p.causal && j0 + nb - 1 > i0 + off) {
-      tm.causal = true;
-      tm.first_key_shift = j0 - off;
+    for (Index g = 0; g < nsub; ++g) {
+      if (j0 >= j_end_sub[g]) continue;  // causal: this sub-tile's rows see none of these keys
+      const Index nb = std::min(kTileKeys, j_end_sub[g] - j0);
+      const Index row0 = i0 + g * W;
+      T* rowscale = stats_of(g);
+      T* mrow = rowscale + W;
+      T* lrow = mrow + W;
+      T* alpha = lrow + W;
+      T* tmax = alpha + W;
+      TileMask tm;
+      tm.keys = tile_keys;
+      // Causal: the per-element rule is needed only if the tile's last key is past the first row's limit.
+      if (p.causal && j0 + nb - 1 > row0 + off) {
+        tm.causal = true;
+        tm.first_key_shift = j0 - off;
+      }
+      bcast_fma<T, NR, Combine::Store>(qt_of(g), W, kbase + j0 * ldk, ldk, 1, d, nb, st, W, nullptr);
+      if (relu2) {
+        relu2_tile<T, NR>(st, nb, p.scale, tm, row0);
+      } else {
+        softmax_tile_logits<T, NR>(st, nb, rowscale, tm, row0, tmax);
+        softmax_tile_exp<T, NR>(st, nb, tmax, mrow, lrow, alpha);
+      }
+      bcast_fma<T, NR, Combine::ScaleAdd>(st, W, vbase + j0 * ldv, 1, ldv, nb, dv, ot_of(g), W, alpha);
     }
-
-    bcast_fma<T, NR, Combine::Store>(qt, W, kbase + j0 * ldk, ldk, 1, d, nb, st, W, nullptr);
-    if (relu2) {
-      relu2_tile<T, NR>(st, nb, p.scale, tm, i0);
-    } else {
-      softmax_tile_logits<T, NR>(st, nb, rowscale, tm, i0, tmax);
-      softmax_tile_exp<T, NR>(st, nb, tmax, mrow, lrow, alpha);
-    }
-    bcast_fma<T, NR, Combine::ScaleAdd>(st, W, vbase + j0 * ldv, 1, ldv, nb, dv, ot, W, alpha);
   }
 
-  if (!relu2) {
-    for (Index r = 0; r < W; ++r) fin[r] = lrow[r] > T(0) ? T(1) / lrow[r] : T(0);
-  }
-  for (Index r = 0; r < rows; ++r) {
-    T* o = p.out.row(b, h, i0 + r);
-    const T f = fin[r];
-    for (Index e = 0; e < dv; ++e) o[e] = ot[e * W + r] * f;
+  for (Index g = 0; g < nsub; ++g) {
+    const Index r0 = g * W;
+    const Index rows_g = std::min(W, rows - r0);
+    const T* ot = ot_of(g);
+    T* lrow = stats_of(g) + 2 * W;
+    T* fin = stats_of(g) + 5 * W;
+    if (!relu2) {
+      for (Index r = 0; r < W; ++r) fin[r] = lrow[r] > T(0) ? T(1) / lrow[r] : T(0);
+    }
+    for (Index r = 0; r < rows_g; ++r) {
+      T* o = p.out.row(b, h, i0 + r0 + r);
+      const T f = fin[r];
+      for (Index e = 0; e < dv; ++e) o[e] = ot[e * W + r] * f;
+    }
   }
 }
 
@@ -218,13 +250,13 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
 template <class T>
 inline void run_attention(const AttentionPlan<T>& p) {
   const Index B = p.q.batch(), H = p.q.heads(), n = p.q.seq();
-  const Index tiles = (n + kTileRows<T> - 1) / kTileRows<T>;
+  const Index tiles = (n + kItemRows<T> - 1) / kItemRows<T>;
   const Index items = B * H * tiles;
   if (items == 0) return;
   parallel_for(items, [&](Index it) {
     const Index tile = it % tiles;
     const Index bh = it / tiles;
-    attention_tile(p, bh / H, bh % H, tile * kTileRows<T>);
+    attention_tile(p, bh / H, bh % H, tile * kItemRows<T>);
   });
 }
 
