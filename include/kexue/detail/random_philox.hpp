@@ -60,17 +60,29 @@ inline void philox_mulhilo8(__m256i a, __m256i m, __m256i* hi, __m256i* lo) {
 template <int G>
 inline void philox_groups_words_avx2(std::uint64_t seed, std::uint64_t first_block, std::uint32_t (*w)[4][8]) {
   __m256i c0[G], c1[G], c2[G], c3[G];
-  for (int g = 0; g < G; ++g) {
-    alignas(32) std::uint32_t lo32[8], hi32[8];
-    for (int l = 0; l < 8; ++l) {
-      const std::uint64_t b = first_block + std::uint64_t(8 * g + l);
-      lo32[l] = std::uint32_t(b);
-      hi32[l] = std::uint32_t(b >> 32);
+  const std::uint64_t last_block = first_block + std::uint64_t(8 * G - 1);
+  if ((first_block >> 32) == (last_block >> 32)) {  // no carry into the high word: counters by vector adds
+    const __m256i base = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(std::uint32_t(first_block))),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int g = 0; g < G; ++g) {
+      c0[g] = _mm256_add_epi32(base, _mm256_set1_epi32(8 * g));
+      c1[g] = _mm256_set1_epi32(static_cast<int>(std::uint32_t(first_block >> 32)));
+      c2[g] = _mm256_setzero_si256();
+      c3[g] = _mm256_setzero_si256();
     }
-    c0[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo32));
-    c1[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi32));
-    c2[g] = _mm256_setzero_si256();
-    c3[g] = _mm256_setzero_si256();
+  } else {
+    for (int g = 0; g < G; ++g) {
+      alignas(32) std::uint32_t lo32[8], hi32[8];
+      for (int l = 0; l < 8; ++l) {
+        const std::uint64_t b = first_block + std::uint64_t(8 * g + l);
+        lo32[l] = std::uint32_t(b);
+        hi32[l] = std::uint32_t(b >> 32);
+      }
+      c0[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo32));
+      c1[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi32));
+      c2[g] = _mm256_setzero_si256();
+      c3[g] = _mm256_setzero_si256();
+    }
   }
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0)), m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   std::uint32_t k0 = std::uint32_t(seed), k1 = std::uint32_t(seed >> 32);
@@ -197,49 +209,58 @@ inline void box_muller_lane(std::uint32_t a, std::uint32_t b, float* n_cos, floa
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-/// Eight lanes of box_muller_lane, operation for operation.
-inline void box_muller8(const std::uint32_t* pa, const std::uint32_t* pb, float* n_cos, float* n_sin) {
-  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pa));
-  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb));
-  const __m256 u1 = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32(a, 8), _mm256_set1_epi32(1)));
-  const __m256i bits = _mm256_castps_si256(u1);
-  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127 + 24));
-  __m256 m = _mm256_castsi256_ps(
-      _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
-  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(kSqrt2F), _CMP_GT_OQ);
-  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
-  e = _mm256_sub_epi32(e, _mm256_castps_si256(big));  // big lanes are all ones = -1
-  const __m256 x = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
-  const __m256 z = _mm256_mul_ps(x, x);
-  const __m256 ef = _mm256_cvtepi32_ps(e);
-  __m256 p = _mm256_set1_ps(kLogP[0]);
-  for (int i = 1; i < 9; ++i) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(kLogP[i]));
-  const __m256 y = _mm256_fmadd_ps(_mm256_mul_ps(x, z), p, _mm256_mul_ps(z, _mm256_set1_ps(-0.5f)));
-  const __m256 ln_u1 = _mm256_fmadd_ps(ef, _mm256_set1_ps(kLn2HiF),
-                                       _mm256_fmadd_ps(ef, _mm256_set1_ps(kLn2LoF), _mm256_add_ps(x, y)));
-  const __m256 r =
-      _mm256_sqrt_ps(_mm256_max_ps(_mm256_mul_ps(ln_u1, _mm256_set1_ps(-2.0f)), _mm256_setzero_ps()));
-  const __m256i k2 = _mm256_srli_epi32(b, 8);
-  const __m256i n = _mm256_srai_epi32(_mm256_add_epi32(k2, _mm256_set1_epi32(1 << 21)), 22);
-  const __m256 ang =
-      _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(k2, _mm256_slli_epi32(n, 22))), _mm256_set1_ps(kPiOver2Pow23));
-  const __m256 a2 = _mm256_mul_ps(ang, ang);
-  const __m256 ps = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kSinP[0]), a2, _mm256_set1_ps(kSinP[1])), a2,
-                                    _mm256_set1_ps(kSinP[2]));
-  const __m256 s = _mm256_fmadd_ps(_mm256_mul_ps(ang, a2), ps, ang);
-  const __m256 pc = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kCosP[0]), a2, _mm256_set1_ps(kCosP[1])), a2,
-                                    _mm256_set1_ps(kCosP[2]));
-  const __m256 c = _mm256_fmadd_ps(_mm256_mul_ps(a2, a2), pc,
-                                   _mm256_fmadd_ps(a2, _mm256_set1_ps(-0.5f), _mm256_set1_ps(1.0f)));
-  const __m256 swap = _mm256_castsi256_ps(_mm256_slli_epi32(n, 31));  // sign bit set where n is odd
-  __m256 sin_t = _mm256_blendv_ps(s, c, swap), cos_t = _mm256_blendv_ps(c, s, swap);
-  const __m256 sin_sign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(n, _mm256_set1_epi32(2)), 30));
-  const __m256 cos_sign = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_and_si256(_mm256_add_epi32(n, _mm256_set1_epi32(1)), _mm256_set1_epi32(2)), 30));
-  sin_t = _mm256_xor_ps(sin_t, sin_sign);
-  cos_t = _mm256_xor_ps(cos_t, cos_sign);
-  _mm256_storeu_ps(n_cos, _mm256_mul_ps(r, cos_t));
-  _mm256_storeu_ps(n_sin, _mm256_mul_ps(r, sin_t));
+/// K x 8 lanes of box_muller_lane, operation for operation: pair k reads a[k][0..8), b[k][0..8) and writes
+/// n_cos[k][0..8), n_sin[k][0..8). K independent registers are interleaved because each chain (a 9-term
+/// polynomial, a square root) is long and latency-bound.
+template <int K>
+inline void box_muller8(const std::uint32_t* const* pa, const std::uint32_t* const* pb, float* const* n_cos,
+                        float* const* n_sin) {
+  __m256 r[K], ang[K];
+  __m256i nq[K];
+  for (int k = 0; k < K; ++k) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pa[k]));
+    const __m256 u1 = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32(a, 8), _mm256_set1_epi32(1)));
+    const __m256i bits = _mm256_castps_si256(u1);
+    __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127 + 24));
+    __m256 m = _mm256_castsi256_ps(
+        _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
+    const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(kSqrt2F), _CMP_GT_OQ);
+    m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+    e = _mm256_sub_epi32(e, _mm256_castps_si256(big));  // big lanes are all ones = -1
+    const __m256 x = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+    const __m256 z = _mm256_mul_ps(x, x);
+    const __m256 ef = _mm256_cvtepi32_ps(e);
+    __m256 p = _mm256_set1_ps(kLogP[0]);
+    for (int i = 1; i < 9; ++i) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(kLogP[i]));
+    const __m256 y = _mm256_fmadd_ps(_mm256_mul_ps(x, z), p, _mm256_mul_ps(z, _mm256_set1_ps(-0.5f)));
+    const __m256 ln_u1 = _mm256_fmadd_ps(ef, _mm256_set1_ps(kLn2HiF),
+                                         _mm256_fmadd_ps(ef, _mm256_set1_ps(kLn2LoF), _mm256_add_ps(x, y)));
+    r[k] = _mm256_sqrt_ps(_mm256_max_ps(_mm256_mul_ps(ln_u1, _mm256_set1_ps(-2.0f)), _mm256_setzero_ps()));
+    const __m256i k2 = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb[k])), 8);
+    nq[k] = _mm256_srai_epi32(_mm256_add_epi32(k2, _mm256_set1_epi32(1 << 21)), 22);
+    ang[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(k2, _mm256_slli_epi32(nq[k], 22))),
+                           _mm256_set1_ps(kPiOver2Pow23));
+  }
+  for (int k = 0; k < K; ++k) {
+    const __m256 a2 = _mm256_mul_ps(ang[k], ang[k]);
+    const __m256 ps = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kSinP[0]), a2, _mm256_set1_ps(kSinP[1])), a2,
+                                      _mm256_set1_ps(kSinP[2]));
+    const __m256 s = _mm256_fmadd_ps(_mm256_mul_ps(ang[k], a2), ps, ang[k]);
+    const __m256 pc = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kCosP[0]), a2, _mm256_set1_ps(kCosP[1])), a2,
+                                      _mm256_set1_ps(kCosP[2]));
+    const __m256 c = _mm256_fmadd_ps(_mm256_mul_ps(a2, a2), pc,
+                                     _mm256_fmadd_ps(a2, _mm256_set1_ps(-0.5f), _mm256_set1_ps(1.0f)));
+    const __m256i n = nq[k];
+    const __m256 swap = _mm256_castsi256_ps(_mm256_slli_epi32(n, 31));  // sign bit set where n is odd
+    __m256 sin_t = _mm256_blendv_ps(s, c, swap), cos_t = _mm256_blendv_ps(c, s, swap);
+    const __m256 sin_sign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(n, _mm256_set1_epi32(2)), 30));
+    const __m256 cos_sign = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_and_si256(_mm256_add_epi32(n, _mm256_set1_epi32(1)), _mm256_set1_epi32(2)), 30));
+    sin_t = _mm256_xor_ps(sin_t, sin_sign);
+    cos_t = _mm256_xor_ps(cos_t, cos_sign);
+    _mm256_storeu_ps(n_cos[k], _mm256_mul_ps(r[k], cos_t));
+    _mm256_storeu_ps(n_sin[k], _mm256_mul_ps(r[k], sin_t));
+  }
 }
 #endif
 
@@ -248,7 +269,13 @@ template <int N>
 inline void box_muller_lanes(const std::uint32_t* a, const std::uint32_t* b, float* n_cos, float* n_sin) {
   int l = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-  for (; l + 8 <= N; l += 8) box_muller8(a + l, b + l, n_cos + l, n_sin + l);
+  for (; l + 8 <= N; l += 8) {
+    const std::uint32_t* pa[1] = {a + l};
+    const std::uint32_t* pb[1] = {b + l};
+    float* pc[1] = {n_cos + l};
+    float* ps[1] = {n_sin + l};
+    box_muller8<1>(pa, pb, pc, ps);
+  }
 #endif
   for (; l < N; ++l) box_muller_lane(a[l], b[l], n_cos + l, n_sin + l);
 }
@@ -264,18 +291,34 @@ inline void philox_normal_group(std::uint64_t seed, std::uint64_t g, float* out)
   box_muller_lanes<8>(w[2], w[3], out + 16, out + 24);
 }
 
-/// Two consecutive groups g, g + 1 (64 normals), interleaved where AVX2 is available.
-inline void philox_normal_group_pair(std::uint64_t seed, std::uint64_t g, float* out) {
-#if defined(__AVX2__)
-  alignas(32) std::uint32_t w[2][4][8];
-  philox_groups_words_avx2<2>(seed, g * kPhiloxBlocksPerGroup, w);
-  for (int k = 0; k < 2; ++k) {
-    box_muller_lanes<8>(w[k][0], w[k][1], out + 32 * k, out + 32 * k + 8);
-    box_muller_lanes<8>(w[k][2], w[k][3], out + 32 * k + 16, out + 32 * k + 24);
+/// Four consecutive groups g .. g + 3 (128 normals) with the work of the groups interleaved where AVX2 is
+/// available (Philox rounds and Box-Muller chains are latency-bound one register at a time).
+constexpr Index kPhiloxQuad = 4 * kPhiloxGroup;
+inline void philox_normal_group_quad(std::uint64_t seed, std::uint64_t g, float* out) {
+#if defined(__AVX2__) && defined(__FMA__)
+  alignas(32) std::uint32_t w[4][4][8];
+  philox_groups_words_avx2<4>(seed, g * kPhiloxBlocksPerGroup, w);
+  for (int h = 0; h < 2; ++h) {  // two groups = four Box-Muller registers at a time
+    const std::uint32_t* pa[4];
+    const std::uint32_t* pb[4];
+    float* pc[4];
+    float* ps[4];
+    for (int q = 0; q < 2; ++q) {
+      const int k = 2 * h + q;
+      float* o = out + 32 * k;
+      pa[2 * q] = w[k][0];
+      pb[2 * q] = w[k][1];
+      pc[2 * q] = o;
+      ps[2 * q] = o + 8;
+      pa[2 * q + 1] = w[k][2];
+      pb[2 * q + 1] = w[k][3];
+      pc[2 * q + 1] = o + 16;
+      ps[2 * q + 1] = o + 24;
+    }
+    box_muller8<4>(pa, pb, pc, ps);
   }
 #else
-  philox_normal_group(seed, g, out);
-  philox_normal_group(seed, g + 1, out + kPhiloxGroup);
+  for (int k = 0; k < 4; ++k) philox_normal_group(seed, g + std::uint64_t(k), out + k * kPhiloxGroup);
 #endif
 }
 
@@ -290,9 +333,9 @@ inline void philox_normal_serial(std::uint64_t seed, std::uint64_t position, T* 
     const Index skip = static_cast<Index>(p % kPhiloxGroup);
     const Index take = std::min<Index>(kPhiloxGroup - skip, n - i);
     if constexpr (std::is_same<T, float>::value) {
-      if (skip == 0 && n - i >= 2 * kPhiloxGroup) {
-        philox_normal_group_pair(seed, g, out + i);
-        i += 2 * kPhiloxGroup;
+      if (skip == 0 && n - i >= kPhiloxQuad) {
+        philox_normal_group_quad(seed, g, out + i);
+        i += kPhiloxQuad;
         continue;
       }
       if (skip == 0 && take == kPhiloxGroup) {
