@@ -28,8 +28,9 @@ namespace kexue::detail {
 /// the bit pattern 0 = +0.0 at the bottom, which is what makes -inf map to an exact 0 without a select).
 template <class T>
 inline Batch<T> fast_exp(Batch<T> x) {
-  if constexpr (std::is_same<T, float>::value && kLanes<float> == 8) {
 #if defined(__AVX2__) && defined(__FMA__)
+  // Only when a float batch is exactly one ymm register (not under AVX-512, where xsimd picks zmm).
+  if constexpr (std::is_same<T, float>::value && std::is_same<typename Batch<T>::register_type, __m256>::value) {
     const __m256 lo = _mm256_set1_ps(-88.0f), hi = _mm256_set1_ps(88.0f);
     __m256 v = _mm256_min_ps(_mm256_max_ps(static_cast<__m256>(x), lo), hi);
     const __m256 fx = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
@@ -46,9 +47,9 @@ inline Batch<T> fast_exp(Batch<T> x) {
     const __m256 v2 = _mm256_mul_ps(v, v);
     p = _mm256_fmadd_ps(p, v2, _mm256_add_ps(v, _mm256_set1_ps(1.0f)));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return Batch<float>(_mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-#endif
+    return Batch<T>(_mm256_mul_ps(p, _mm256_castsi256_ps(e)));
   }
+#endif
   // Generic path (double, or other instruction sets): xsimd's exp, with the tails pinned down explicitly.
   const T lo = std::is_same<T, float>::value ? T(-88) : T(-708);
   const T hi = -lo;
