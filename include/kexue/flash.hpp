@@ -17,6 +17,7 @@
 /// match FLASH-pytorch's shifted cumsum (which pads the first group's state with zeros). The first chunk's rows
 /// then rely on the quadratic part alone, exactly as a causal model sees no earlier context.
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>

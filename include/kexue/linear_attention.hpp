@@ -10,6 +10,7 @@
 /// there is no other allocation per call. Peak memory is therefore O(d dv) per head, whatever n.
 
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
 
