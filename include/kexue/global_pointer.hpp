@@ -126,21 +126,34 @@ inline std::vector<GpOut<T>>& gp_outs(Index heads) {
   return outs;
 }
 
-/// Rotates n rows (src row r at src + r * lds, column step cs) into the packed q and k operands.
-/// cs = 1 for contiguous rows; 2 for Efficient GlobalPointer's interleaved split.
+/// Rotates n rows of q (row r at q + r * ldq, column step cs: 1 for contiguous rows, 2 for Efficient
+/// GlobalPointer's interleaved split) into the packed q operand.
 template <class T>
-inline void gp_pack_pair(const RopeTable<T>& table, const T* q, Index ldq, const T* k, Index ldk, Index cs, Index n,
-                         Index d, T* qpack, T* kpack, T* tmp) {
+inline void gp_pack_q(const RopeTable<T>& table, const T* q, Index ldq, Index cs, Index n, Index d, T* qpack) {
   for (Index i = 0; i < n; ++i) {
     T* qrow = qpack + i * d;
     for (Index t = 0; t < d; ++t) qrow[t] = q[i * ldq + t * cs];
     rope_row(table, qrow, qrow, static_cast<const T*>(nullptr), i);
+  }
+  std::fill(qpack + n * d, qpack + gp_q_size(n, d), T(0));
+}
+
+/// Rotates n rows of k into the packed (column panel) k operand; tmp holds d values.
+template <class T>
+inline void gp_pack_k(const RopeTable<T>& table, const T* k, Index ldk, Index cs, Index n, Index d, T* kpack, T* tmp) {
+  for (Index i = 0; i < n; ++i) {
     for (Index t = 0; t < d; ++t) tmp[t] = k[i * ldk + t * cs];
     rope_row(table, tmp, tmp, static_cast<const T*>(nullptr), i);
     gp_pack_column(kpack, d, i, tmp);
   }
-  std::fill(qpack + n * d, qpack + gp_q_size(n, d), T(0));
   gp_pack_pad(kpack, n, d);
+}
+
+template <class T>
+inline void gp_pack_pair(const RopeTable<T>& table, const T* q, Index ldq, const T* k, Index ldk, Index cs, Index n,
+                         Index d, T* qpack, T* kpack, T* tmp) {
+  gp_pack_q(table, q, ldq, cs, n, d, qpack);
+  gp_pack_k(table, k, ldk, cs, n, d, kpack, tmp);
 }
 
 /// Row blocks of n rows, and the parallel work items over them.
@@ -243,11 +256,13 @@ inline GpPrepared<T> gp_prepare_layer(const GlobalPointerWeights<T>& wt, const R
   gp_project(h, batch, n, wt.w, wt.b, y);
   pr.q = gp_scratch<T>(1, batch * wt.heads * pr.qs);
   pr.k = gp_scratch<T>(2, batch * wt.heads * pr.ks);
-  parallel_for(batch * wt.heads, [&](Index bh) {
-    const Index b = bh / wt.heads, a = bh % wt.heads, d = pr.d;
+  parallel_for(2 * batch * wt.heads, [&](Index w) {
+    const Index bh = w / 2, b = bh / wt.heads, a = bh % wt.heads, d = pr.d;
     const T* yb = y + b * n * cols;
-    gp_pack_pair(table, yb + 2 * d * a, cols, yb + 2 * d * a + d, cols, 1, n, d, pr.q + bh * pr.qs,
-                 pr.k + bh * pr.ks, gp_scratch<T>(4, d));
+    if (w % 2 == 0)
+      gp_pack_q(table, yb + 2 * d * a, cols, 1, n, d, pr.q + bh * pr.qs);
+    else
+      gp_pack_k(table, yb + 2 * d * a + d, cols, 1, n, d, pr.k + bh * pr.ks, gp_scratch<T>(4, d));
   });
   return pr;
 }
@@ -392,11 +407,14 @@ void global_pointer(const RopeTable<T>& table, const TensorView<TQ>& q, const Te
   const Index qs = detail::gp_q_size(n, d), ks = detail::gp_k_size<T>(n, d);
   T* qp = detail::gp_scratch<T>(1, B * H * qs);
   T* kp = detail::gp_scratch<T>(2, B * H * ks);
-  detail::parallel_for(B * H, [&](Index bh) {
-    const Index b = bh / H, a = bh % H;
-    detail::gp_pack_pair(table, static_cast<const T*>(q.row(b, a, 0)), q.strides[2],
-                         static_cast<const T*>(k.row(b, a, 0)), k.strides[2], 1, n, d, qp + bh * qs, kp + bh * ks,
-                         detail::gp_scratch<T>(4, d));
+  // q and k of a head are packed by separate items: twice the items balance two threads better.
+  detail::parallel_for(2 * B * H, [&](Index w) {
+    const Index bh = w / 2, b = bh / H, a = bh % H;
+    if (w % 2 == 0)
+      detail::gp_pack_q(table, static_cast<const T*>(q.row(b, a, 0)), q.strides[2], 1, n, d, qp + bh * qs);
+    else
+      detail::gp_pack_k(table, static_cast<const T*>(k.row(b, a, 0)), k.strides[2], 1, n, d, kp + bh * ks,
+                        detail::gp_scratch<T>(4, d));
   });
   const Index items = detail::gp_items(n);
   detail::parallel_for(B * H * items, [&](Index w) {

@@ -103,6 +103,14 @@ inline void gp_micro(const T* q, const T* panel, Index d, T* tile, Index ld, T s
   store(tile + 5 * ld + L, c51 * vs);
 }
 
+/// [0, 1, ..., L-1].
+template <class T>
+inline Batch<T> gp_iota() {
+  alignas(64) T v[kLanes<T>];
+  for (Index i = 0; i < kLanes<T>; ++i) v[i] = T(i);
+  return load(v);
+}
+
 /// Copies column values into panel layout: panel p holds columns [p*NR, p*NR+NR) as [d][NR].
 /// `row(j)` returns a pointer to the d values of column j (a rotated k row).
 template <class T>
@@ -262,6 +270,26 @@ inline void gp_strip(const GpParams<T>& p, const T* qpack, const T* kpack, Index
           store(dst, xsimd::fma(load(tile + r * NR), vscale, cb0 + rb));
           store(dst + L, xsimd::fma(load(tile + r * NR + L), vscale, cb1 + rb));
         }
+      } else if (j0 + NR <= n) {
+        // Diagonal and length-crossing tiles, vectorised with a keep mask per register: there is one of
+        // them per row block, and a scalar loop over its cells would cost more than its products.
+        const B j_lo = B(T(j0)) + gp_iota<T>();
+        const B j_hi = j_lo + B(T(L));
+        const B vlen = B(T(len)), vfill = B(p.fill);
+        B cb0(T(0)), cb1(T(0));
+        if (o.col_bias) {
+          cb0 = load(o.col_bias + j0);
+          cb1 = load(o.col_bias + j0 + L);
+        }
+        for (Index r = 0; r < rows; ++r) {
+          const Index i = i0 + r;
+          T* dst = o.out + i * o.ld + j0;
+          const B rb(o.row_bias ? o.row_bias[i] : T(0));
+          const B vi(p.tril ? T(i) : T(0));
+          store(dst, xsimd::select((j_lo >= vi) & (j_lo < vlen), xsimd::fma(load(tile + r * NR), vscale, cb0 + rb), vfill));
+          store(dst + L,
+                xsimd::select((j_hi >= vi) & (j_hi < vlen), xsimd::fma(load(tile + r * NR + L), vscale, cb1 + rb), vfill));
+        }
       } else {
         const Index j_end = std::min(j0 + NR, n);
         for (Index r = 0; r < rows; ++r) {
@@ -270,7 +298,7 @@ inline void gp_strip(const GpParams<T>& p, const T* qpack, const T* kpack, Index
           const T rb = o.row_bias ? o.row_bias[i] : T(0);
           for (Index j = j0; j < j_end; ++j) {
             const bool keep = j < len && (!p.tril || j >= i);
-            row[j] = keep ? tile[r * NR + (j - j0)] * p.scale + (rb + (o.col_bias ? o.col_bias[j] : T(0)))
+            row[j] = keep ? std::fma(tile[r * NR + (j - j0)], p.scale, rb + (o.col_bias ? o.col_bias[j] : T(0)))
                           : p.fill;
           }
         }
