@@ -30,7 +30,7 @@ template <class T>
 inline Batch<T> fast_exp(Batch<T> x) {
 #if defined(__AVX2__) && defined(__FMA__)
   // Only when a float batch is exactly one ymm register (not under AVX-512, where xsimd picks zmm).
-  if constexpr (std::is_same<T, float>::value && std::is_same<typename Batch<T>::register_type, __m256>::value) {
+  if constexpr (std::is_same<T, float>::value && sizeof(Batch<T>) == sizeof(__m256)) {
     const __m256 lo = _mm256_set1_ps(-88.0f), hi = _mm256_set1_ps(88.0f);
     __m256 v = _mm256_min_ps(_mm256_max_ps(static_cast<__m256>(x), lo), hi);
     const __m256 fx = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
