@@ -25,6 +25,8 @@ class FuzzInput {
 
   std::uint8_t byte() { return pos_ < size_ ? data_[pos_++] : 0; }
   bool flag() { return byte() & 1; }
+  /// True with probability k / 256, false once the bytes run out (so short inputs take the common path).
+  bool chance(unsigned k) { return byte() >= 256 - k; }
   /// An integer in [lo, hi].
   Index range(Index lo, Index hi) {
     std::uint32_t v = byte();

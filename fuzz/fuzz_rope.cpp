@@ -75,7 +75,7 @@ void check_row(const kexue::RopeTable<T>& table, const T* x, const T* got, Index
 template <class T>
 void fuzz_2d(FuzzInput& in) {
   const Index half = in.range(1, 36);
-  const bool odd = in.byte() < 8;  // an odd dim: the table itself must reject it
+  const bool odd = in.chance(8);  // an odd dim: the table itself must reject it
   const Index dim = 2 * half + (odd ? 1 : 0);
   kexue::RopeOptions o = random_options(in, dim - (odd ? 1 : 0));
   if (odd) o.rotary_dim = 0;
@@ -91,7 +91,7 @@ void fuzz_2d(FuzzInput& in) {
   if (!table_ok) return;
 
   const Index n = in.size(40);
-  const Index xdim = in.byte() < 10 ? dim + 2 : dim;  // sometimes the wrong row length
+  const Index xdim = in.chance(10) ? dim + 2 : dim;  // sometimes the wrong row length
   Strided<T> x = matrix<T>(in, n, xdim, true);
   const Strided<T> x0 = x;
   const int mode = in.byte() % 3;

@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: MIT
+// Differential fuzzing of kexue::attention (attention.hpp) against the scalar reference
+// (tests/reference/attention_reference.hpp): the three normalisations, causal (n < m, n = m, n > m), key_length,
+// key masks, explicit scales, relu2_length, SoftmaxPlus lengths; shapes across the 64-key and query-row tiles;
+// strided rows with NaN padding; the batched/GQA form. Asserts kexue::Error exactly for invalid input (out
+// untouched), no write into row padding, finite output whenever every input is finite (huge logits never
+// overflow to NaN), and for moderate inputs |got - ref| <= eps(T) max|v| (16 + 2 m + 4 c L1) per row, with L1 the
+// row's largest scale * sum_c |q_c k_c| (the logit error a rounding of the dot product can make) and c the
+// SoftmaxPlus factor (SquaredRelu: the L1^2 analogue).
+// Smoke run: ctest (8 s, seed 1). Longer run:
+//   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_attention -max_total_time=600 -max_len=4096
+#include <optional>
+
+#include "fuzz_input.hpp"
+#include "kexue/attention.hpp"
+#include "reference/attention_reference.hpp"
+
+using namespace kexue_fuzz;
+
+namespace {
+
+template <class T>
+std::vector<double> flat(const Strided<T>& m) {
+  std::vector<double> v;
+  v.reserve(std::size_t(m.rows * m.cols));
+  for (Index r = 0; r < m.rows; ++r)
+    for (Index c = 0; c < m.cols; ++c) v.push_back(double(m(r, c)));
+  return v;
+}
+
+struct Case {
+  kexue::AttentionOptions o;
+  std::vector<unsigned char> mask;
+  bool use_mask = false;
+  bool invalid = false;
+};
+
+Case random_case(FuzzInput& in, Index m) {
+  Case c;
+  c.o.normalization = static_cast<kexue::Normalization>(in.byte() % 3);
+  c.o.causal = in.flag();
+  if (in.flag()) {
+    const Index kl = in.range(-1, m + 1);
+    c.o.key_length = kl;
+    c.invalid = c.invalid || kl < 0 || kl > m;
+  }
+  switch (in.byte() % 8) {
+    case 0: c.o.scale = double(in.range(0, 400)) / 100.0; break;
+    case 1: c.o.scale = -double(in.range(1, 400)) / 100.0; break;
+    case 2:
+      c.o.scale = in.flag() ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
+      c.invalid = true;
+      break;
+    default: break;
+  }
+  if (in.flag()) {
+    c.o.train_length = in.range(0, 600);
+    c.invalid = c.invalid || c.o.train_length < 2;
+  }
+  if (in.flag()) {
+    c.o.min_length = in.range(0, 40);
+    c.invalid = c.invalid || c.o.min_length < 1;
+  }
+  if (in.flag()) {
+    c.o.relu2_length = in.range(0, 100);
+    c.invalid = c.invalid || *c.o.relu2_length < 1;
+  }
+  if (in.flag()) {
+    c.use_mask = true;
+    const Index len = in.chance(16) ? m + 1 : m;  // sometimes the wrong length
+    c.invalid = c.invalid || len != m;
+    const std::uint8_t density = in.byte();
+    c.mask.resize(std::size_t(len));
+    for (auto& x : c.mask) x = in.byte() <= density ? 1 : 0;
+  }
+  return c;
+}
+
+kexue_test::RefAttentionArgs ref_args(const Case& c, const unsigned char* mask) {
+  kexue_test::RefAttentionArgs a;
+  a.norm = c.o.normalization;
+  a.causal = c.o.causal;
+  a.scale = c.o.scale ? *c.o.scale : 0.0;
+  a.key_length = c.o.key_length ? long(*c.o.key_length) : -1;
+  a.train_length = long(c.o.train_length);
+  a.min_length = long(c.o.min_length);
+  a.relu2_length = c.o.relu2_length ? long(*c.o.relu2_length) : 0;
+  a.mask = mask;
+  return a;
+}
+
+/// Row i's bound (see the header comment).
+/// The largest scale * sum_c |q_ic k_jc| of row i over the keys: how large a logit can be, and the error
+/// a rounded dot product can make in it (in units of eps).
+inline double row_l1(const std::vector<double>& q, const std::vector<double>& k, Index i, Index m, Index d,
+                     double scale) {
+  double l1 = 0;
+  for (Index j = 0; j < m; ++j) {
+    double s = 0;
+    for (Index t = 0; t < d; ++t) s += std::abs(q[std::size_t(i * d + t)] * k[std::size_t(j * d + t)]);
+    l1 = std::max(l1, s * std::abs(scale));
+  }
+  return l1;
+}
+
+/// Row i's bound (see the header comment).
+template <class T>
+double row_bound(const Case& c, double l1, Index m, double vmax) {
+  double factor = 1;
+  if (c.o.normalization == kexue::Normalization::SoftmaxPlus)
+    factor = std::max(1.0, std::log(double(std::max<Index>(m, c.o.min_length))) / std::log(double(c.o.train_length)));
+  double growth = 4 * factor * l1;
+  if (c.o.normalization == kexue::Normalization::SquaredRelu) {
+    const double L = c.o.relu2_length ? double(*c.o.relu2_length) : 1.0;
+    growth = 4 * (l1 + 1) * (l1 + 1) * double(m) / L;
+  }
+  return eps_of<T>() * std::max(vmax, 1e-30) * (16 + 2 * double(m) + growth);
+}
+
+template <class T>
+void check(const Case& c, const Strided<T>& q, const Strided<T>& k, const Strided<T>& v, const T* out,
+           Index out_stride, const unsigned char* mask, bool finite_inputs, bool moderate) {
+  const Index n = q.rows, m = k.rows, d = q.cols, dv = v.cols;
+  if (!finite_inputs && !moderate) return;
+  const auto qd = flat(q), kd = flat(k), vd = flat(v);
+  const double scale = c.o.scale ? *c.o.scale : 1.0 / std::sqrt(double(d));
+  const double vmax = v.max_abs();
+  const bool relu2 = c.o.normalization == kexue::Normalization::SquaredRelu;
+  std::vector<double> want;
+  if (moderate) want = kexue_test::reference_attention(qd, kd, vd, n, m, d, dv, ref_args(c, mask));
+  for (Index i = 0; i < n; ++i) {
+    const double l1 = row_l1(qd, kd, i, m, d, scale);
+    // Softmax weights are <= 1, so finite inputs must give a finite row however large the logits. Squared
+    // ReLU weights grow as the logit squared: only promised finite while that fits in T.
+    const double tmax = double(std::numeric_limits<T>::max());
+    const bool must_be_finite =
+        finite_inputs && (!relu2 ? vmax * double(m + 1) < tmax : (l1 * l1 + 1) * (vmax + 1) * double(m + 1) < 1e-3 * tmax);
+    for (Index e = 0; e < dv && must_be_finite; ++e)
+      expect(std::isfinite(double(out[i * out_stride + e])), "attention: non-finite output from finite inputs",
+             double(out[i * out_stride + e]));
+    if (!moderate) continue;
+    const double bound = row_bound<T>(c, l1, m, vmax);
+    for (Index e = 0; e < dv; ++e)
+      expect_near(double(out[i * out_stride + e]), want[std::size_t(i * dv + e)], bound, "attention vs reference");
+  }
+}
+
+/// Scales q down by 2^-s, s in [0, 7]: the fuzzer's values reach +-128, which makes every row one-hot and
+/// the bound loose; realistic logits are O(1) to O(10).
+template <class T>
+void shrink(Index shift, Strided<T>& q) {
+  const T f = T(std::ldexp(1.0, -int(shift)));
+  for (auto& x : q.buf) x *= f;
+}
+
+template <class T>
+void fuzz_2d(FuzzInput& in) {
+  const Index n = in.size(70), m = in.size(140), d = in.range(1, 40), dv = in.range(1, 40);
+  const bool special = in.chance(64);
+  const Index shift = in.range(0, 7);
+  Case c = random_case(in, m);
+  const Index kcols = in.chance(6) ? d + 1 : d;  // sometimes mismatched
+  const Index orows = in.chance(6) ? n + 1 : n;
+  Strided<T> q = matrix<T>(in, n, d, special), k = matrix<T>(in, m, kcols, special), v = matrix<T>(in, m, dv, special);
+  shrink(shift, q);
+  c.invalid = c.invalid || kcols != d || orows != n;
+  Strided<T> out = sentinel<T>(orows, dv, in.range(0, 5));
+  const bool finite = q.all_finite() && k.all_finite() && v.all_finite();
+  const bool moderate = !special;
+  auto call = [&] {
+    if (c.use_mask)
+      kexue::attention(q.cmap(), k.cmap(), v.cmap(), kexue::KeyMask(c.mask.data(), Index(c.mask.size())), out.map(),
+                       c.o);
+    else
+      kexue::attention(q.cmap(), k.cmap(), v.cmap(), out.map(), c.o);
+  };
+  if (!run_checked(c.invalid, out.buf, call, "attention error contract")) return;
+  expect(out.padding_intact(), "attention wrote into out's row padding");
+  check(c, q, k, v, out.data(), out.stride, c.use_mask ? c.mask.data() : nullptr, finite, moderate);
+}
+
+/// Batched [B, H, n, d] with H = G * Hkv (grouped-query attention); each head against the 2-D reference.
+template <class T>
+void fuzz_batched(FuzzInput& in) {
+  const Index B = in.range(1, 2), hkv = in.range(1, 2), G = in.range(1, 3), H = hkv * G;
+  const Index n = in.size(40), m = in.size(80), d = in.range(1, 24), dv = in.range(1, 24);
+  const bool special = in.chance(48);
+  const Index shift = in.range(0, 7);
+  Case c = random_case(in, m);
+  c.use_mask = false;
+  // Heads stored seq-major for q/out (a fused projection), head-major for k/v.
+  Strided<T> q = matrix<T>(in, B * n * H, d, special, 0), k = matrix<T>(in, B * hkv * m, d, special, 0),
+             v = matrix<T>(in, B * hkv * m, dv, special, 0);
+  Strided<T> out = sentinel<T>(B * n * H, dv, 0);
+  shrink(shift, q);
+  const auto qv = kexue::TensorView<const T>::seq_major(q.data(), B, n, H, d);
+  const auto kv = kexue::TensorView<const T>::contiguous(k.data(), B, hkv, m, d);
+  const auto vv = kexue::TensorView<const T>::contiguous(v.data(), B, hkv, m, dv);
+  const auto ov = kexue::TensorView<T>::seq_major(out.data(), B, n, H, dv);
+  if (!run_checked(c.invalid, out.buf, [&] { kexue::attention(qv, kv, vv, ov, c.o); }, "batched attention errors"))
+    return;
+  const bool finite = q.all_finite() && k.all_finite() && v.all_finite();
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h) {
+      Strided<T> qh(n, d, 0), kh(m, d, 0), vh(m, dv, 0);
+      for (Index s = 0; s < n; ++s) std::copy(qv.row(b, h, s), qv.row(b, h, s) + d, qh.row(s));
+      const Index g = h / G;
+      for (Index s = 0; s < m; ++s) {
+        std::copy(kv.row(b, g, s), kv.row(b, g, s) + d, kh.row(s));
+        std::copy(vv.row(b, g, s), vv.row(b, g, s) + dv, vh.row(s));
+      }
+      check(c, qh, kh, vh, ov.row(b, h, 0), ov.strides[2], nullptr, finite, !special);
+    }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  FuzzInput in(data, size);
+  const bool single = in.flag();
+  if (in.byte() % 4 != 0)
+    single ? fuzz_2d<float>(in) : fuzz_2d<double>(in);
+  else
+    single ? fuzz_batched<float>(in) : fuzz_batched<double>(in);
+  return 0;
+}
