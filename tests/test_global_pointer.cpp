@@ -343,6 +343,10 @@ TEMPLATE_TEST_CASE("decode_spans matches a brute-force scan; the lean path match
     }
   }
   CHECK(kexue::decode_spans(s, H).size() == kexue::decode_spans(s, H, 0.0).size());
+  // A threshold between two representable T values: a cell equal to T(threshold) rounded up is above it.
+  Matrix<T> one = Matrix<T>::Constant(1, 1, T(0.1));
+  CHECK(kexue::decode_spans(one, 1, 0.1).size() == (double(T(0.1)) > 0.1 ? 1u : 0u));
+  CHECK(kexue::decode_spans(one, 1, std::nextafter(double(T(0.1)), 0.0)).size() == 1u);
 
   // Lean path: identical spans (same kernel, so the same scores bit for bit) without the n x n matrices.
   const Index m = 31, D = 12, d = 8;

@@ -320,7 +320,10 @@ inline void gp_scan_rows(const T* rows, Index ld, Index i0, Index i_end, Index h
                          const DecodeOptions& o, std::vector<Span>& spans) {
   const bool ex = o.exclude_boundary_tokens;
   const Index lo = ex ? 1 : 0, hi = ex ? length - 1 : length;
-  const T thr = static_cast<T>(o.threshold);
+  // The vector prefilter compares in T against the largest T not above the threshold, so it never drops a
+  // cell the exact double comparison below would keep.
+  T thr = static_cast<T>(o.threshold);
+  if (static_cast<double>(thr) > o.threshold) thr = std::nextafter(thr, -std::numeric_limits<T>::infinity());
   for (Index i = std::max(i0, lo); i < std::min(i_end, hi); ++i) {
     const T* row = rows + (i - i0) * ld;
     gp_scan_row(row, lo, hi, thr, [&](Index j, T v) {
