@@ -244,6 +244,19 @@ TEMPLATE_TEST_CASE("empty inputs, no visible key, huge values: zeros or finite, 
   o.eps = 1e-6;
   kexue::linear_attention(big, big, v.topRows(5), out, o);
   CHECK(out.allFinite());
+  // -inf features: elu + 1 and relu map them to 0, so such a key simply has no weight.
+  Matrix<T> kinf = k.topRows(5);
+  kinf.row(2).setConstant(-std::numeric_limits<T>::infinity());
+  for (int map = 0; map < 2; ++map) {
+    o.feature_map = map_of(map);
+    for (bool causal : {false, true}) {
+      o.causal = causal;
+      kexue::linear_attention(q, kinf, v.topRows(5), out, o);
+      CHECK(out.allFinite());
+      const auto want = kexue_ref::linear_attention(q, kinf, Matrix<T>(v.topRows(5)), map, causal, o.eps, 5);
+      CHECK(nmse(out, want) < tol<T>());
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("batched form equals the 2-D form per head, with GQA and per-batch key lengths", "[linear][batched]",
