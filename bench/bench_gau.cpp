@@ -127,7 +127,8 @@ void BM_gau_naive(benchmark::State& state) {
     if (norm == kexue::Normalization::SquaredRelu) {
       a = a.array().max(0.f).square() / float(n);
     } else {
-      const float t = norm == kexue::Normalization::SoftmaxPlus ? std::log(float(std::max<Index>(n, 16))) / std::log(512.f) : 1.f;
+      const float t =
+          norm == kexue::Normalization::SoftmaxPlus ? std::log(float(std::max<Index>(n, 16))) / std::log(512.f) : 1.f;
       a *= t;
       for (Index r = 0; r < n; ++r) {
         a.row(r).array() = (a.row(r).array() - a.row(r).maxCoeff()).exp();

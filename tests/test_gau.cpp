@@ -2,14 +2,13 @@
 // Tests of kexue/gau.hpp: PyTorch (bert4keras semantics) reference data, the scalar double reference over
 // odd sizes and strided NaN-guarded buffers, masking properties, batched vs 2-D, thread determinism, errors.
 
-#include "kexue/gau.hpp"
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "kexue/gau.hpp"
 #include "reference/gau_reference.hpp"
 #include "reference/reference_data.hpp"
 #include "support.hpp"
@@ -112,15 +111,29 @@ int hardware_threads() {
 #endif
 }
 
-const char* const kCaseNames[] = {
-    "relu2_bias_rope",       "relu2_bias",          "relu2_nobias_rope",         "relu2_bias_rope_keylen",
-    "relu2_fixed_length",    "relu2_noscale",       "softmax_bias_rope",         "softmax_nobias",
-    "softmax_nobias_rope_keylen", "softmax_huge",   "softmax_plus_nobias_rope",  "softmax_plus_bias_keylen",
-    "softmax_plus_short",    "softmax_plus_causal", "relu2_causal_keylen",       "softmax_single"};
+const char* const kCaseNames[] = {"relu2_bias_rope",
+                                  "relu2_bias",
+                                  "relu2_nobias_rope",
+                                  "relu2_bias_rope_keylen",
+                                  "relu2_fixed_length",
+                                  "relu2_noscale",
+                                  "softmax_bias_rope",
+                                  "softmax_nobias",
+                                  "softmax_nobias_rope_keylen",
+                                  "softmax_huge",
+                                  "softmax_plus_nobias_rope",
+                                  "softmax_plus_bias_keylen",
+                                  "softmax_plus_short",
+                                  "softmax_plus_causal",
+                                  "relu2_causal_keylen",
+                                  "softmax_single"};
 
-const char* case_tag(const std::string& name) { return name.find("nobias") != std::string::npos ||
-                                                     name == "relu2_noscale" || name == "softmax_plus_short" ||
-                                                     name == "softmax_plus_causal" ? "nobias" : "bias"; }
+const char* case_tag(const std::string& name) {
+  return name.find("nobias") != std::string::npos || name == "relu2_noscale" || name == "softmax_plus_short" ||
+                 name == "softmax_plus_causal"
+             ? "nobias"
+             : "bias";
+}
 
 GauOptions ref_options(const RefData& ref, const std::string& name) {
   GauOptions o;
@@ -274,8 +287,8 @@ TEMPLATE_TEST_CASE("gau masking: padded and future tokens do not reach visible r
         auto sw = [](double t) { return t / (1 + std::exp(-t)); };
         g[c] = sw(hidden[c]) * sw(hidden[e + c]);
       }
-      const Vector<double> o0 = (g.transpose() * w.w_out.template cast<double>().eval()).transpose() +
-                                w.b_out.template cast<double>().eval();
+      const Vector<double> o0 =
+          (g.transpose() * w.w_out.template cast<double>().eval()).transpose() + w.b_out.template cast<double>().eval();
       Matrix<double> got = a.row(0).template cast<double>().eval(), want = o0.transpose();
       CHECK(nmse(got, want) < (sizeof(T) == 4 ? 1e-11 : 1e-26));
     }
@@ -284,11 +297,11 @@ TEMPLATE_TEST_CASE("gau masking: padded and future tokens do not reach visible r
 
 TEMPLATE_TEST_CASE("gau zero_padded_rows skips padding rows and keeps the others", "[gau]", float, double) {
   using T = TestType;
-  const Index D = 16, e = 24, s = 8, n = 300;
+  const Index D = 16, e = 24, s = 8, n = 140;
   const GauWeights<T> w = random_weights<T>(D, e, s, true, 4);
   const RopeTable<T> table(n, s);
   const Matrix<T> x = random_matrix<T>(n, D, 21);
-  for (Index key_length : {Index(0), Index(1), Index(129), Index(260), n}) {
+  for (Index key_length : {Index(0), Index(1), Index(129), n}) {
     for (bool causal : {false, true}) {
       INFO("key_length " << key_length << ", causal " << causal);
       GauOptions o = make_options(Normalization::SoftmaxPlus, causal, key_length);

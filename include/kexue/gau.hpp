@@ -7,24 +7,27 @@
 ///     q = gamma_q * z + beta_q,  k = gamma_k * z + beta_k                        (per-dim scale and offset)
 ///     q, k <- RoPE(q), RoPE(k) at positions 0..n-1                               (when a table is given)
 ///     a = scale * q k^T, scale = 1/sqrt(s) (attention_scale) or 1                [n, n], never materialised
-///     A = normalise(a) with keys [key_length, n) masked (and j > i when causal):
+///     A = normalise(a) with keys [key_length, n) masked (and j > i when causal, and key_mask):
 ///         SquaredRelu  relu(a)^2 / L, L = keys visible to the row (or relu2_length)   (bert4keras default)
 ///         Softmax      softmax(a)
 ///         SoftmaxPlus  softmax(a * ln(max(l, min_length)) / ln(train_length))   (GAU-alpha)
 ///     out = (u * (A v)) W_out + b_out                                            [n, D]
 /// A row that sees no key gets A = 0 (bert4keras would give NaN), so its output is b_out.
-/// Memory: O(n (2e + s)) scratch plus a query tile of 128 x n per thread; the n x n matrix is never formed.
-/// Query rows at padding positions are computed like any other row, as bert4keras does.
+/// Query rows at padding positions are computed like any other row, as bert4keras does (or skipped and
+/// zeroed with GauOptions::zero_padded_rows).
+/// Cost and memory: four GEMMs through Eigen (x W_in, q k^T, A v, gated W_out), run by tiles of query rows
+/// so the n x n matrix is never formed: scratch is n (2e + 3s) values plus a 128 x n tile per thread. The
+/// attention step does not call attention(): its flash kernel is built for head sizes near 64, while here v
+/// is e = 2D wide and A v is a long-inner-dimension GEMM (bench_gau BM_gau_flash_attention measures both).
 
 #include <Eigen/Core>
-
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
 #include <optional>
 #include <type_traits>
 #include <utility>
-#include <algorithm>
 #include <vector>
 
 #include "kexue/attention.hpp"
@@ -174,13 +177,12 @@ GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, In
   require(a.min_length >= 1, fn, "options.attention.min_length must be >= 1, got ", a.min_length);
   p.train_length = double(a.train_length);
   p.min_length = double(a.min_length);
-  if (a.relu2_length) require(*a.relu2_length >= 1, fn, "options.attention.relu2_length must be >= 1, got ",
-                              *a.relu2_length);
+  if (a.relu2_length)
+    require(*a.relu2_length >= 1, fn, "options.attention.relu2_length must be >= 1, got ", *a.relu2_length);
   p.relu2_length = a.relu2_length;
   p.zero_padded_rows = o.zero_padded_rows;
   if (rope) {
-    require(rope->dim() == p.key_size, fn, "rope_table has dim ", rope->dim(), " but the key size s is ",
-            p.key_size);
+    require(rope->dim() == p.key_size, fn, "rope_table has dim ", rope->dim(), " but the key size s is ", p.key_size);
     require(rope->max_positions() >= n, fn, "rope_table covers positions [0, ", rope->max_positions(),
             ") but the sequence has ", n, " tokens");
   }
@@ -229,8 +231,7 @@ void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eige
                   " but weights.w_in has ", p.hidden, " rows (D)");
   detail::require_shape(fn, "out", ov, n, n == 0 ? ov.cols : p.hidden, "x implies ");
   detail::require(!detail::gau_weight_overlaps(weights, ov), fn, "out overlaps one of the weights");
-  const Index key_length = detail::gau_key_length(fn, "options.attention.key_length",
-                                                      options.attention.key_length, n);
+  const Index key_length = detail::gau_key_length(fn, "options.attention.key_length", options.attention.key_length, n);
   if (options.key_mask) {
     detail::require(options.key_mask->size() == n, fn, "options.key_mask has ", options.key_mask->size(),
                     " entries but the sequence has ", n, " tokens");
@@ -268,14 +269,14 @@ void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<
   detail::require(x.batch() >= 0 && x.heads() >= 0 && x.seq() >= 0 && x.dim() >= 0, fn, "x has a negative extent");
   detail::require(x.heads() == 1, fn, "x has ", x.heads(), " heads; the batched GAU takes [batch, 1, n, D]");
   detail::require(out.batch() == batch && out.heads() == 1 && out.seq() == n && out.dim() == x.dim(), fn,
-                  "out has shape [", out.batch(), ", ", out.heads(), ", ", out.seq(), ", ", out.dim(),
-                  "] but x has [", batch, ", 1, ", n, ", ", x.dim(), "]");
+                  "out has shape [", out.batch(), ", ", out.heads(), ", ", out.seq(), ", ", out.dim(), "] but x has [",
+                  batch, ", 1, ", n, ", ", x.dim(), "]");
   detail::GauPlan p = detail::gau_plan(fn, weights, options, n, rope_table);
   if (batch == 0 || n == 0) return;
   detail::require(x.dim() == p.hidden, fn, "x has dim ", x.dim(), " but weights.w_in has ", p.hidden, " rows (D)");
   detail::require(x.data != nullptr && out.data != nullptr, fn, "x or out has no data");
-  detail::require(lengths.empty() || static_cast<Index>(lengths.size()) == batch, fn, "lengths has ",
-                  lengths.size(), " entries but the batch has ", batch, " sequences");
+  detail::require(lengths.empty() || static_cast<Index>(lengths.size()) == batch, fn, "lengths has ", lengths.size(),
+                  " entries but the batch has ", batch, " sequences");
   detail::require(lengths.empty() || !options.attention.key_length, fn,
                   "options.attention.key_length and lengths are both given; pass one of them");
   detail::require(!options.key_mask, fn, "options.key_mask is for the 2-D gau(); the batched form takes lengths");
@@ -299,7 +300,8 @@ void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<
   const Index threads = std::max<Index>(1, detail::max_threads());
   const bool by_sequence = threads > 1 && batch >= threads;
   detail::gau_reserve_tiles(slots, threads, n, p.units);
-  for (Index t = 0; t < (by_sequence ? threads : 1); ++t) detail::gau_reserve_sequence(slots[static_cast<std::size_t>(t)], n, p);
+  for (Index t = 0; t < (by_sequence ? threads : 1); ++t)
+    detail::gau_reserve_sequence(slots[static_cast<std::size_t>(t)], n, p);
   auto run = [&](Index b, Index slot, bool tiles_parallel) {
     const detail::View<const T> xb{x.row(b, 0, 0), n, p.hidden, x.strides[2]};
     const detail::View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};

@@ -11,7 +11,6 @@
 // stays O(n (2e + s)) plus fixed tiles: the n x n matrix is never materialised.
 
 #include <Eigen/Core>
-
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -58,10 +57,10 @@ struct GauPlan {
   Index hidden = 0, units = 0, key_size = 0, width = 0;  // D, e, s, 2e + s
   Normalization normalization = Normalization::SquaredRelu;
   bool causal = false;
-  double scale = 1.0;                  // logits = scale * q.k
+  double scale = 1.0;  // logits = scale * q.k
   double train_length = 512, min_length = 16;
   std::optional<Index> relu2_length;
-  bool zero_padded_rows = false;     // rows [key_length, n) of out are 0 and not computed
+  bool zero_padded_rows = false;            // rows [key_length, n) of out are 0 and not computed
   const unsigned char* key_mask = nullptr;  // per-key visibility (nonzero = visible), or none
 };
 
@@ -230,15 +229,15 @@ void gau_sequence(const W& w, const GauPlan& p, View<const T> x, View<T> out, In
       own.mask_prefix.resize(static_cast<std::size_t>(x.rows + 1));
       own.mask_prefix[0] = 0;
       for (Index j = 0; j < x.rows; ++j)
-        own.mask_prefix[static_cast<std::size_t>(j + 1)] = own.mask_prefix[static_cast<std::size_t>(j)] + (p.key_mask[j] != 0);
+        own.mask_prefix[static_cast<std::size_t>(j + 1)] =
+            own.mask_prefix[static_cast<std::size_t>(j)] + (p.key_mask[j] != 0);
       mask_prefix = own.mask_prefix.data();
     }
     const Index query_items = (n + kGauQueryTile - 1) / kGauQueryTile;
     gau_parallel(query_items, tiles_parallel, [&](Index i, Index thread) {
       GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
       const Index r0 = i * kGauQueryTile, r1 = std::min(n, r0 + kGauQueryTile);
-      gau_attend(w, p, key_length, mask_prefix, r0, r1, hidden, q, k, mine.scores.data(), mine.gated.data(),
-                 out);
+      gau_attend(w, p, key_length, mask_prefix, r0, r1, hidden, q, k, mine.scores.data(), mine.gated.data(), out);
     });
   }
   // Last, because out may be x itself.
