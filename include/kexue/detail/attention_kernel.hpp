@@ -253,9 +253,13 @@ inline void run_attention(const AttentionPlan<T>& p) {
   const Index tiles = (n + kItemRows<T> - 1) / kItemRows<T>;
   const Index items = B * H * tiles;
   if (items == 0) return;
+  // Items are handed out last query tile first across all heads: with causal masking the last tiles are the
+  // most expensive, and starting with them leaves only cheap items for the end of the dynamic schedule (better
+  // balance on 2 threads). The order does not change any result.
+  const Index BH = B * H;
   parallel_for(items, [&](Index it) {
-    const Index tile = it % tiles;
-    const Index bh = it / tiles;
+    const Index tile = tiles - 1 - it / BH;
+    const Index bh = it % BH;
     attention_tile(p, bh / H, bh % H, tile * kItemRows<T>);
   });
 }
