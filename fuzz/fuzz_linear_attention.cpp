@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: MIT
+// Differential fuzzing of kexue::linear_attention (linear_attention.hpp) against the O(n m) scalar reference
+// (tests/reference/linear_attention_reference.hpp): the three feature maps, causal and non-causal with n != m,
+// key_length, eps (including 0 and invalid values), the double state, lengths across the 64-row chunk, strided
+// rows with NaN padding, and the streaming form fed in random pieces. Asserts kexue::Error exactly for invalid
+// input (out and state untouched), padding never written, finite output where the reference row is finite and
+// its terms fit in T, and |got - ref| <= 8 eps(T) (d + m + 16) sum_j |phi(q_i)| . |phi(k_j)| (vmax + |ref|) / |den|
+// per row (the forward error of a ratio of two sums; den = phi(q_i) . z + eps).
+// Smoke run: ctest (8 s, seed 1). Longer run:
+//   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_linear_attention -max_total_time=600 -max_len=4096
+#include <optional>
+
+#include "fuzz_input.hpp"
+#include "kexue/linear_attention.hpp"
+#include "reference/linear_attention_reference.hpp"
+
+using namespace kexue_fuzz;
+
+namespace {
+
+struct Case {
+  kexue::LinearAttentionOptions o;
+  bool invalid = false;
+};
+
+Case random_case(FuzzInput& in, Index m) {
+  Case c;
+  c.o.feature_map = static_cast<kexue::FeatureMap>(in.byte() % 3);
+  c.o.causal = in.flag();
+  c.o.double_state = in.flag();
+  switch (in.byte() % 8) {
+    case 0: c.o.eps = 0; break;
+    case 1: c.o.eps = double(in.range(0, 1000)) / 100.0; break;
+    case 2:
+      c.o.eps = in.flag() ? -1e-6 : std::numeric_limits<double>::quiet_NaN();
+      c.invalid = true;
+      break;
+    default: break;
+  }
+  if (in.flag()) {
+    c.o.key_length = in.range(-1, m + 1);
+    c.invalid = c.invalid || *c.o.key_length < 0 || *c.o.key_length > m;
+  }
+  return c;
+}
+
+/// Compares out with the reference for rows [row0, row0 + out rows) of a query block whose keys are k rows
+/// [0, key_end) (streaming: every key so far).
+template <class T>
+void check(const Case& c, const kexue::Matrix<double>& q, const kexue::Matrix<double>& k,
+           const kexue::Matrix<double>& v, const Strided<T>& out, bool causal, Index key_length, bool moderate) {
+  const int map = static_cast<int>(c.o.feature_map);
+  const Index n = q.rows(), m = k.rows(), d = q.cols();
+  const auto want = kexue_ref::linear_attention(q, k, v, map, causal, c.o.eps, key_length);
+  const double vmax = v.size() ? v.cwiseAbs().maxCoeff() : 0.0;
+  for (Index i = 0; i < n; ++i) {
+    double mass = 0, den = c.o.eps;
+    for (Index j = 0; j < std::min(m, key_length); ++j) {
+      if (causal && j > i + (m - n)) continue;
+      for (Index p = 0; p < d; ++p) {
+        const double s = kexue_ref::feature(map, q(i, p)) * kexue_ref::feature(map, k(j, p));
+        mass += std::abs(s);
+        den += s;
+      }
+    }
+    const double tmax = double(std::numeric_limits<T>::max());
+    // Finite promise: every partial sum fits in T and the denominator is not (numerically) zero.
+    const bool fits = std::isfinite(mass) && mass * (vmax + 1) < 1e-3 * tmax &&
+                      std::abs(den) > 1e3 * eps_of<T>() * (mass + c.o.eps);
+    for (Index e = 0; e < out.cols; ++e) {
+      const double got = double(out(i, e)), ref = want(i, e);
+      if (!std::isfinite(ref) || !fits) continue;
+      expect(std::isfinite(got), "linear_attention: non-finite output where the reference is finite", got, ref);
+      if (!moderate) continue;
+      const double bound = 8 * eps_of<T>() * double(d + m + 16) * mass * (vmax + std::abs(ref)) / std::abs(den) +
+                           16 * eps_of<T>() * std::abs(ref);
+      expect(std::abs(got - ref) <= bound, "linear_attention vs reference", got, ref);
+    }
+  }
+}
+
+template <class T>
+void fuzz_one_shot(FuzzInput& in) {
+  const Index n = in.size(150), m = in.size(150), d = in.range(1, 24), dv = in.range(1, 24);
+  const bool special = in.chance(64);
+  const Index shift = in.range(0, 5);
+  Case c = random_case(in, m);
+  const Index orows = in.chance(6) ? n + 1 : n;
+  c.invalid = c.invalid || orows != n;
+  Strided<T> q = matrix<T>(in, n, d, special), k = matrix<T>(in, m, d, special), v = matrix<T>(in, m, dv, special);
+  for (auto& x : q.buf) x = T(std::ldexp(double(x), -int(shift)));
+  Strided<T> out = sentinel<T>(orows, dv, in.range(0, 5));
+  if (!run_checked(c.invalid, out.buf, [&] { kexue::linear_attention(q.cmap(), k.cmap(), v.cmap(), out.map(), c.o); },
+                   "linear_attention error contract"))
+    return;
+  expect(out.padding_intact(), "linear_attention wrote into out's row padding");
+  if (!(q.all_finite() && k.all_finite() && v.all_finite()) && !special) return;
+  check(c, q.to_double(), k.to_double(), v.to_double(), out, c.o.causal, c.o.key_length.value_or(m), !special);
+}
+
+/// The streaming form fed in random pieces equals the causal reference over the whole prefix.
+template <class T>
+void fuzz_streaming(FuzzInput& in) {
+  const Index d = in.range(1, 16), dv = in.range(1, 16), pieces = in.range(1, 4);
+  const bool special = in.chance(32);
+  Case c = random_case(in, 0);
+  c.o.key_length.reset();
+  c.invalid = false;
+  if (c.o.eps < 0 || std::isnan(c.o.eps)) c.o.eps = 1e-6;
+  kexue::LinearAttentionState<T> state(d, dv);
+  const bool wrong_state = in.chance(8);
+  kexue::LinearAttentionState<T> other(d + 1, dv);
+  kexue::Matrix<double> qall(0, d), kall(0, d), vall(0, dv);
+  for (Index p = 0; p < pieces; ++p) {
+    const Index n = in.size(80);
+    Strided<T> q = matrix<T>(in, n, d, special), k = matrix<T>(in, n, d, special), v = matrix<T>(in, n, dv, special);
+    for (auto& x : q.buf) x = T(x / 8);
+    Strided<T> out = sentinel<T>(n, dv, in.range(0, 3));
+    if (wrong_state) {
+      const auto s0 = other.s();
+      run_checked(true, out.buf, [&] { kexue::linear_attention(q.cmap(), k.cmap(), v.cmap(), out.map(), other, c.o); },
+                  "streaming with a state of the wrong shape");
+      expect(other.s() == s0 && other.tokens() == 0, "a rejected streaming call changed the state");
+      return;
+    }
+    kexue::linear_attention(q.cmap(), k.cmap(), v.cmap(), out.map(), state, c.o);
+    expect(out.padding_intact(), "streaming linear_attention wrote into out's row padding");
+    const Index base = qall.rows();
+    qall.conservativeResize(base + n, d);
+    kall.conservativeResize(base + n, d);
+    vall.conservativeResize(base + n, dv);
+    qall.bottomRows(n) = q.to_double();
+    kall.bottomRows(n) = k.to_double();
+    vall.bottomRows(n) = v.to_double();
+    if (n == 0) continue;
+    // Query rows of this piece see every earlier key plus the piece's own keys up to themselves: causal
+    // alignment j <= i + (m - n) with m = base + n keys and these n queries.
+    const kexue::Matrix<double> qp = qall.bottomRows(n);
+    Strided<T> piece_out(n, dv, 0);
+    for (Index i = 0; i < n; ++i) std::copy(out.row(i), out.row(i) + dv, piece_out.row(i));
+    check(c, qp, kall, vall, piece_out, true, base + n, !special);
+  }
+  expect(state.tokens() == qall.rows(), "streaming state counts every absorbed key");
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  FuzzInput in(data, size);
+  const bool single = in.flag();
+  if (in.byte() % 4 != 0)
+    single ? fuzz_one_shot<float>(in) : fuzz_one_shot<double>(in);
+  else
+    single ? fuzz_streaming<float>(in) : fuzz_streaming<double>(in);
+  return 0;
+}
