@@ -258,6 +258,16 @@ TEST_CASE("huge and overflowing logits never give NaN or inf", "[attention]") {
       }
     }
   }
+  // SquaredRelu has no max to subtract: its true values are finite up to |logits| ~ 1e19 (float), and must stay so.
+  {
+    Matrix<float> q = Matrix<float>::Random(n, d) * 1e3f, k = Matrix<float>::Random(m, d) * 1e3f;
+    Matrix<float> v = Matrix<float>::Random(m, d), out(n, d);
+    AttentionOptions o;
+    o.normalization = Normalization::SquaredRelu;
+    kexue::attention(q, k, v, out, o);
+    CHECK(out.allFinite());
+    CHECK(out.cwiseAbs().maxCoeff() > 1e9f);  // relu(~1e5)^2 / 70 is large, not clamped away
+  }
   // At 1e3 the logits are ~1e5: softmax is one-hot on the argmax key; compare with the double reference.
   Matrix<float> q = Matrix<float>::Random(n, d) * 1e3f, k = Matrix<float>::Random(m, d) * 1e3f;
   Matrix<float> v = Matrix<float>::Random(m, d), out(n, d);

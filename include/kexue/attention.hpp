@@ -11,6 +11,9 @@
 ///   SoftmaxPlus:  A_ij = softmax_j of a_ij * ln(max(l_i, min_length)) / ln(train_length)
 ///   SquaredRelu:  A_ij = relu(a_ij)^2 / L_i,  L_i = relu2_length if set, else l_i
 /// and out_i = sum_j A_ij v_j. A row that sees no key is zero (not NaN, unlike bert4keras' 0/0).
+/// Softmax rows subtract the running row max and clamp logits to the finite range, so huge or overflowing
+/// logits never give inf or NaN. SquaredRelu has no such normaliser: its exact result is finite as long as
+/// relu(a)^2 * |v| / L is (|a| below ~1e19 in float), and beyond that it overflows like the math does.
 
 #include <Eigen/Core>
 
