@@ -51,8 +51,9 @@ class DdpmSchedule {
  public:
   /// T = num_train_timesteps >= 1; 0 < beta_start <= beta_end < 1 for the linear schedules,
   /// 0 < beta_end < 1 for Proportional.
-  explicit DdpmSchedule(Index num_train_timesteps = 1000, BetaSchedule schedule = BetaSchedule::Linear,
-                        double beta_start = 1e-4, double beta_end = 0.02) {
+  /// (Not explicit: API.md declares it without, so `DdpmSchedule s = {};` keeps compiling.)
+  DdpmSchedule(Index num_train_timesteps = 1000, BetaSchedule schedule = BetaSchedule::Linear,
+               double beta_start = 1e-4, double beta_end = 0.02) {
     const char* fn = "DdpmSchedule";
     const Index T = num_train_timesteps;
     detail::require(T >= 1, fn, "num_train_timesteps must be >= 1, got ", T);
