@@ -93,6 +93,19 @@ void BM_linear_noncausal(benchmark::State& state) {
 }
 BENCHMARK(BM_linear_noncausal)->Args({2048, 2})->Args({8192, 1})->Args({8192, 2})->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// Decoding: one token per call through the batched streaming form (8 heads, per-head double states), 1 thread.
+void BM_linear_decode_step(benchmark::State& state) {
+  set_threads(1);
+  Inputs in(1);
+  std::vector<kexue::LinearAttentionState<float>> states(kHeads, kexue::LinearAttentionState<float>(kD, kDv));
+  for (auto _ : state) {
+    kexue::linear_attention(in.tq(), in.tk(), in.tv(), in.tout(), states);
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, useful_flops(1), 1);
+}
+BENCHMARK(BM_linear_decode_step)->Unit(benchmark::kMicrosecond);
+
 float phi(float x) { return x > 0 ? x + 1 : std::exp(x); }
 
 // Naive causal baseline: the recurrence of SPEC 5.2, one token at a time, plain loops (the compiler vectorises

@@ -126,7 +126,7 @@ TEMPLATE_TEST_CASE("chunked kernel matches the scalar reference over odd sizes, 
   }
 }
 
-TEMPLATE_TEST_CASE("streaming in 1, 2 and 7 pieces equals the one-shot causal call", "[linear][stream]", float,
+TEMPLATE_TEST_CASE("streaming in 1, 2, 7, 67 and 203 pieces equals the one-shot causal call", "[linear][stream]", float,
                    double) {
   using T = TestType;
   const Index n = 203, d = 24, dv = 20;
@@ -139,7 +139,7 @@ TEMPLATE_TEST_CASE("streaming in 1, 2 and 7 pieces equals the one-shot causal ca
       o.double_state = wide;
       Matrix<T> one(n, dv);
       kexue::linear_attention(q, k, v, one, o);
-      for (Index pieces : {1, 2, 7}) {
+      for (Index pieces : {Index(1), Index(2), Index(7), n / 3, n}) {  // n / 3: pieces of 3 tokens (decode path)
         kexue::LinearAttentionState<T> state(d, dv);
         Matrix<T> out(n, dv);
         Index begin = 0;

@@ -192,11 +192,55 @@ inline void write_normalised(const T* o, T den, T eps, T* out, Index dv) {
 /// One head of linear attention. Non-causal: every query sees keys [0, key_length). Causal: query i sees keys
 /// j <= i + (m - n), j < key_length (bottom-right aligned, as attention's causal mask). `state` (optional) seeds
 /// the running state and receives the final one (the streaming form).
+/// Streaming calls of at most this many tokens (decoding) skip the chunk machinery: setting up the chunk buffers
+/// and converting the state costs several times the O(d dv) work of one token.
+constexpr Index kRecurrentRows = 4;
+
+/// The recurrence of SPEC 5.2 token by token, directly on the caller's double state (decode steps): for each token
+/// i, S += phi(k_i) v_i^T and z += phi(k_i) (if i < key_length), then o_i = phi(q_i)^T S / (phi(q_i)^T z + eps).
+template <class T>
+inline void linear_recurrent_head(const View<const T>& q, const View<const T>& k, const View<const T>& v,
+                                  const View<T>& out, Phi f, T eps, Index key_length, const StateRef& state) {
+  const Index n = q.rows, d = q.cols, dv = v.cols;
+  double* s = state.s;
+  double* z = state.z;
+  T fk[256], fq[256];  // d <= 256 on this path (checked by the caller)
+  double num[256];
+  for (Index i = 0; i < n; ++i) {
+    if (i < key_length) {
+      phi_row(f, k.row(i), fk, d);
+      const T* vi = v.row(i);
+      for (Index p = 0; p < d; ++p) {
+        const double kp = static_cast<double>(fk[p]);
+        z[p] += kp;
+        double* sp = s + p * dv;
+        for (Index c = 0; c < dv; ++c) sp[c] += kp * static_cast<double>(vi[c]);
+      }
+    }
+    phi_row(f, q.row(i), fq, d);
+    double den = static_cast<double>(eps);
+    std::fill(num, num + dv, 0.0);
+    for (Index p = 0; p < d; ++p) {
+      const double qp = static_cast<double>(fq[p]);
+      den += qp * z[p];
+      const double* sp = s + p * dv;
+      for (Index c = 0; c < dv; ++c) num[c] += qp * sp[c];
+    }
+    const double r = den != 0 ? 1.0 / den : 0.0;
+    T* o = out.row(i);
+    for (Index c = 0; c < dv; ++c) o[c] = static_cast<T>(num[c] * r);
+  }
+}
+
 template <class T>
 inline void linear_attention_head(const View<const T>& q, const View<const T>& k, const View<const T>& v,
                                   const View<T>& out, Phi f, bool causal, T eps, Index key_length, bool double_state,
                                   const StateRef& state, Index chunk = kLinearChunk) {
   const Index n = q.rows, m = k.rows, d = q.cols, dv = v.cols;
+  if (state.s && causal && n == m && n <= kRecurrentRows && d <= 256 && dv <= 256) {
+    linear_recurrent_head(q, k, v, out, f, eps, key_length, state);
+    return;
+  }
   LinearWorkspace<T>& w = linear_workspace<T>();
   w.prepare(chunk, d, dv);
   RunningState<T> st(w, double_state, state);
