@@ -177,7 +177,9 @@ void linear_attention(const Eigen::DenseBase<Q>& q, const Eigen::DenseBase<K>& k
 /// Streaming causal linear attention, one head: continues from `state` and updates it, so a sequence processed in
 /// pieces gives the one-shot causal output (to rounding). q, k: [n, d], v: [n, dv], out: [n, dv]; query i of this
 /// piece sees every key absorbed before plus keys j <= i of this piece (options.causal is implied and ignored;
-/// key_length masks keys of this piece). Throws kexue::Error if the state's dims differ from d, dv.
+/// key_length masks keys of this piece). Pieces of at most 4 tokens (decoding) run the recurrence token by token in
+/// double directly on the state; longer pieces use the chunked kernel. Throws kexue::Error if the state's dims
+/// differ from d, dv, or k has a different number of rows than q.
 template <class T, class Q, class K, class V, class O>
 void linear_attention(const Eigen::DenseBase<Q>& q, const Eigen::DenseBase<K>& k, const Eigen::DenseBase<V>& v,
                       const Eigen::DenseBase<O>& out, LinearAttentionState<T>& state,

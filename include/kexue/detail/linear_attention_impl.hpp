@@ -23,8 +23,8 @@ namespace kexue::detail {
 /// Chunk length of the causal linear-attention kernel. The intra-chunk products cost O(C (d + dv)) per row and
 /// the state products O(d dv) per row, so C ~ d balances them; 64 also keeps every chunk buffer at 16 KB (fp32,
 /// d = 64), so the whole working set of one head stays in L1 + L2. Measured on the shape (causal, n = 8192,
-/// d = dv = 64, one thread, best CPU time per head over 3 runs): C = 32: 3.0-3.3 ms, 48: 3.0-3.1 ms, 64: 3.0-3.2 ms,
-/// 96: 3.1-3.6 ms, 128: 3.6-3.9 ms.
+/// d = dv = 64, one thread, best CPU time per head, on a loaded machine): C = 32: 2.86 ms, 48: 2.72 ms, 64: 2.83 ms,
+/// 96: 3.18 ms, 128: 3.51 ms; 48 and 64 are within noise, and 64 keeps the tiles whole for d = 64.
 constexpr Index kLinearChunk = 64;
 
 /// The (b, h) slice of a [batch, heads, seq, dim] view as a 2-D view.
