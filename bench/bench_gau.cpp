@@ -96,7 +96,7 @@ BENCHMARK(BM_gau)
 
 void BM_gau_alloc(benchmark::State& state) {
   const Index n = state.range(0);
-  Setup s(n, true);
+  Setup s(n);
   const kexue::GauOptions o = options_for(2, false);
   for (auto _ : state) {
     kexue::gau(s.w, s.x, s.out, o, &s.table);

@@ -68,6 +68,8 @@ CASES = [
     Case("GAU n=2048 softmax", "bench_gau", row(2048, "softmax", False, 1), setup(2048, "softmax")),
     Case("GAU n=2048 softmax_plus causal", "bench_gau", row(2048, "softmax_plus", True, 1),
          setup(2048, "softmax_plus", True)),
+    Case("GAU n=2048 squared_relu (kexue allocating each call)", "bench_gau", "BM_gau_alloc/n:2048/",
+         setup(2048)),
     Case("GAU n=2048 squared_relu 2 threads", "bench_gau", row(2048, "squared_relu", False, 2), setup(2048),
          threads=2),
 ]
