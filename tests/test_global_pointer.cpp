@@ -52,6 +52,12 @@ kexue::GlobalPointerOptions opts(MaskConvention c, double fill = -kInf, bool tri
   return o;
 }
 
+kexue::GlobalPointerOptions norope() {
+  kexue::GlobalPointerOptions o;
+  o.rope = false;
+  return o;
+}
+
 template <class A, class B>
 bool bitwise_equal(const A& a, const B& b) {
   if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
@@ -87,6 +93,7 @@ TEMPLATE_TEST_CASE("global_pointer one head matches PyTorch (bert4keras semantic
         {"current_noscale_notril", opts(MaskConvention::Current, -kInf, false, false)},
         {"bert4keras2021", opts(MaskConvention::Bert4keras2021)},
         {"torch_port", opts(MaskConvention::TorchPort)},
+        {"current_norope", norope()},
     };
     for (const auto& v : variants) {
       INFO(base << v.first);
@@ -208,8 +215,8 @@ TEMPLATE_TEST_CASE("layer and efficient layer match the scalar reference at head
   kexue::RopeTable<T> table(n, d);
   const MatD hd = h.template cast<double>();
   for (Index length : {n, Index(14)}) {
-    for (auto conv : {MaskConvention::Current, MaskConvention::Bert4keras2021, MaskConvention::TorchPort}) {
-      const auto o = opts(conv);
+    for (int variant = 0; variant < 4; ++variant) {
+      const auto o = variant == 3 ? norope() : opts(MaskConvention(variant));
       Matrix<T> s(A * n, n);
       kexue::global_pointer(w, table, h, s, length, o);
       CHECK(nmse(s, kexue_ref::global_pointer_layer(hd, w.w.template cast<double>(), w.b.template cast<double>(), A, d,
@@ -506,6 +513,8 @@ TEMPLATE_TEST_CASE("bad input throws kexue::Error and leaves outputs untouched",
   CHECK_THROWS_AS(kexue::global_pointer(table, q, k, s, n + 1), kexue::Error);
   CHECK_THROWS_AS(kexue::global_pointer(table, q, k, s, -1), kexue::Error);
   CHECK_THROWS_AS(kexue::global_pointer(short_table, q, k, s, n), kexue::Error);
+  Matrix<T> s_norope(n, n);
+  CHECK_NOTHROW(kexue::global_pointer(short_table, q, k, s_norope, n, norope()));  // no rotation: no positions
   CHECK_THROWS_AS(kexue::global_pointer(wrong_dim, q, k, s, n), kexue::Error);
   CHECK_THROWS_AS(kexue::global_pointer(table, q, k.leftCols(d - 2), s, n), kexue::Error);
   Matrix<T> small(n, n - 1);

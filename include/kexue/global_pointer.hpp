@@ -34,6 +34,9 @@ struct GlobalPointerOptions {
   double fill = -std::numeric_limits<double>::infinity();  ///< masked cells under MaskConvention::Current
   MaskConvention convention = MaskConvention::Current;    ///< historical masking (SPEC 2.3)
   double legacy_magnitude = 1e12;  ///< M of the legacy conventions (bert4keras K.infinity())
+  /// Rotate q and k (bert4keras RoPE=True, the default). False: plain q . k (RoPE=False); the table is then
+  /// not read and only its dim() must match the head size.
+  bool rope = true;
 };
 
 /// Dense weights of a GlobalPointer layer (SPEC 2.2): w [D, 2*heads*head_size], b [2*heads*head_size] or
@@ -102,9 +105,9 @@ inline void gp_check_length(const char* fn, Index length, Index n) {
 }
 
 template <class T>
-inline void gp_check_table(const char* fn, const RopeTable<T>& table, Index n, Index d) {
+inline void gp_check_table(const char* fn, const RopeTable<T>& table, Index n, Index d, bool rope) {
   require(table.dim() == d, fn, "the RoPE table has dim ", table.dim(), " but the head size is ", d);
-  require(table.max_positions() >= n, fn, "the RoPE table has ", table.max_positions(),
+  require(!rope || table.max_positions() >= n, fn, "the RoPE table has ", table.max_positions(),
           " positions but the sequence has ", n);
 }
 
@@ -129,28 +132,28 @@ inline std::vector<GpOut<T>>& gp_outs(Index heads) {
 /// Rotates n rows of q (row r at q + r * ldq, column step cs: 1 for contiguous rows, 2 for Efficient
 /// GlobalPointer's interleaved split) into the packed q operand.
 template <class T>
-inline void gp_pack_q(const RopeTable<T>& table, const T* q, Index ldq, Index cs, Index n, Index d, T* qpack) {
+inline void gp_pack_q(const RopeTable<T>* table, const T* q, Index ldq, Index cs, Index n, Index d, T* qpack) {
   for (Index i = 0; i < n; ++i) {
     T* qrow = qpack + i * d;
     for (Index t = 0; t < d; ++t) qrow[t] = q[i * ldq + t * cs];
-    rope_row(table, qrow, qrow, static_cast<const T*>(nullptr), i);
+    if (table) rope_row(*table, qrow, qrow, static_cast<const T*>(nullptr), i);
   }
   std::fill(qpack + n * d, qpack + gp_q_size(n, d), T(0));
 }
 
 /// Rotates n rows of k into the packed (column panel) k operand; tmp holds d values.
 template <class T>
-inline void gp_pack_k(const RopeTable<T>& table, const T* k, Index ldk, Index cs, Index n, Index d, T* kpack, T* tmp) {
+inline void gp_pack_k(const RopeTable<T>* table, const T* k, Index ldk, Index cs, Index n, Index d, T* kpack, T* tmp) {
   for (Index i = 0; i < n; ++i) {
     for (Index t = 0; t < d; ++t) tmp[t] = k[i * ldk + t * cs];
-    rope_row(table, tmp, tmp, static_cast<const T*>(nullptr), i);
+    if (table) rope_row(*table, tmp, tmp, static_cast<const T*>(nullptr), i);
     gp_pack_column(kpack, d, i, tmp);
   }
   gp_pack_pad(kpack, n, d);
 }
 
 template <class T>
-inline void gp_pack_pair(const RopeTable<T>& table, const T* q, Index ldq, const T* k, Index ldk, Index cs, Index n,
+inline void gp_pack_pair(const RopeTable<T>* table, const T* q, Index ldq, const T* k, Index ldk, Index cs, Index n,
                          Index d, T* qpack, T* kpack, T* tmp) {
   gp_pack_q(table, q, ldq, cs, n, d, qpack);
   gp_pack_k(table, k, ldk, cs, n, d, kpack, tmp);
@@ -242,7 +245,7 @@ struct GpPrepared {
 };
 
 template <class T>
-inline GpPrepared<T> gp_prepare_layer(const GlobalPointerWeights<T>& wt, const RopeTable<T>& table,
+inline GpPrepared<T> gp_prepare_layer(const GlobalPointerWeights<T>& wt, const RopeTable<T>* table,
                                       const View<const T>& h, Index batch, Index n) {
   GpPrepared<T> pr;
   pr.batch = batch;
@@ -279,7 +282,7 @@ struct EgpPrepared {
 };
 
 template <class T>
-inline EgpPrepared<T> gp_prepare_efficient(const EfficientGlobalPointerWeights<T>& wt, const RopeTable<T>& table,
+inline EgpPrepared<T> gp_prepare_efficient(const EfficientGlobalPointerWeights<T>& wt, const RopeTable<T>* table,
                                            const View<const T>& h, Index batch, Index n) {
   EgpPrepared<T> pr;
   pr.batch = batch;
@@ -374,12 +377,12 @@ void global_pointer(const RopeTable<T>& table, const Eigen::DenseBase<DQ>& q, co
   detail::require_shape(fn, "scores", sv, n, n, "q has n = rows, expected ");
   detail::gp_check_length(fn, length, n);
   detail::gp_check_options(fn, options);
-  detail::gp_check_table(fn, table, n, d);
+  detail::gp_check_table(fn, table, n, d, options.rope);
   detail::require(!detail::overlaps(sv, qv) && !detail::overlaps(sv, kv), fn, "scores must not alias q or k");
   if (n == 0) return;
   T* qp = detail::gp_scratch<T>(1, detail::gp_q_size(n, d));
   T* kp = detail::gp_scratch<T>(2, detail::gp_k_size<T>(n, d));
-  detail::gp_pack_pair(table, qv.data, qv.stride, kv.data, kv.stride, 1, n, d, qp, kp, detail::gp_scratch<T>(4, d));
+  detail::gp_pack_pair(options.rope ? &table : nullptr, qv.data, qv.stride, kv.data, kv.stride, 1, n, d, qp, kp, detail::gp_scratch<T>(4, d));
   const auto p = detail::gp_params<T>(options, n, d, length, false);
   const detail::GpOut<T> out{sv.data, sv.stride, nullptr, nullptr};
   detail::parallel_for(detail::gp_items(n), [&](Index item) { detail::gp_item(p, qp, kp, item, &out, 1); });
@@ -406,7 +409,7 @@ void global_pointer(const RopeTable<T>& table, const TensorView<TQ>& q, const Te
   for (std::size_t b = 0; b < lengths.size(); ++b) detail::gp_check_length(fn, lengths[b], n);
   detail::gp_check_options(fn, options);
   if (B * H * n == 0) return;
-  detail::gp_check_table(fn, table, n, d);
+  detail::gp_check_table(fn, table, n, d, options.rope);
   const Index qs = detail::gp_q_size(n, d), ks = detail::gp_k_size<T>(n, d);
   T* qp = detail::gp_scratch<T>(1, B * H * qs);
   T* kp = detail::gp_scratch<T>(2, B * H * ks);
@@ -414,9 +417,9 @@ void global_pointer(const RopeTable<T>& table, const TensorView<TQ>& q, const Te
   detail::parallel_for(2 * B * H, [&](Index w) {
     const Index bh = w / 2, b = bh / H, a = bh % H;
     if (w % 2 == 0)
-      detail::gp_pack_q(table, static_cast<const T*>(q.row(b, a, 0)), q.strides[2], 1, n, d, qp + bh * qs);
+      detail::gp_pack_q(options.rope ? &table : nullptr, static_cast<const T*>(q.row(b, a, 0)), q.strides[2], 1, n, d, qp + bh * qs);
     else
-      detail::gp_pack_k(table, static_cast<const T*>(k.row(b, a, 0)), k.strides[2], 1, n, d, kp + bh * ks,
+      detail::gp_pack_k(options.rope ? &table : nullptr, static_cast<const T*>(k.row(b, a, 0)), k.strides[2], 1, n, d, kp + bh * ks,
                         detail::gp_scratch<T>(4, d));
   });
   const Index items = detail::gp_items(n);
@@ -455,8 +458,8 @@ void global_pointer(const GlobalPointerWeights<T>& weights, const RopeTable<T>& 
   detail::gp_check_options(fn, options);
   detail::require(!detail::overlaps(sv, hv), fn, "scores must not alias h");
   if (n == 0) return;
-  detail::gp_check_table(fn, table, n, d);
-  const auto pr = detail::gp_prepare_layer(weights, table, hv, B, n);
+  detail::gp_check_table(fn, table, n, d, options.rope);
+  const auto pr = detail::gp_prepare_layer(weights, options.rope ? &table : nullptr, hv, B, n);
   const Index items = detail::gp_items(n);
   detail::parallel_for(B * A * items, [&](Index w) {
     const Index bh = w / items, item = w % items, b = bh / A, a = bh % A;
@@ -496,8 +499,8 @@ void efficient_global_pointer(const EfficientGlobalPointerWeights<T>& weights, c
   detail::gp_check_options(fn, options);
   detail::require(!detail::overlaps(sv, hv), fn, "scores must not alias h");
   if (n == 0) return;
-  detail::gp_check_table(fn, table, n, d);
-  const auto pr = detail::gp_prepare_efficient(weights, table, hv, B, n);
+  detail::gp_check_table(fn, table, n, d, options.rope);
+  const auto pr = detail::gp_prepare_efficient(weights, options.rope ? &table : nullptr, hv, B, n);
   const Index items = detail::gp_items(n);
   // One item computes the shared dot-product tiles of its rows once and writes them to every head.
   detail::parallel_for(B * items, [&](Index w) {
@@ -559,8 +562,8 @@ std::vector<Span> global_pointer_spans(const GlobalPointerWeights<T>& weights, c
   detail::gp_check_options(fn, options);
   detail::require(!std::isnan(decode.threshold), fn, "threshold is NaN");
   if (n == 0) return {};
-  detail::gp_check_table(fn, table, n, d);
-  const auto pr = detail::gp_prepare_layer(weights, table, hv, 1, n);
+  detail::gp_check_table(fn, table, n, d, options.rope);
+  const auto pr = detail::gp_prepare_layer(weights, options.rope ? &table : nullptr, hv, 1, n);
   const Index blocks = detail::gp_blocks(n);
   std::vector<std::vector<Span>> parts(static_cast<std::size_t>(A * blocks));
   const auto p = detail::gp_params<T>(options, n, d, length, false);
@@ -593,8 +596,8 @@ std::vector<Span> efficient_global_pointer_spans(const EfficientGlobalPointerWei
   detail::gp_check_options(fn, options);
   detail::require(!std::isnan(decode.threshold), fn, "threshold is NaN");
   if (n == 0) return {};
-  detail::gp_check_table(fn, table, n, d);
-  const auto pr = detail::gp_prepare_efficient(weights, table, hv, 1, n);
+  detail::gp_check_table(fn, table, n, d, options.rope);
+  const auto pr = detail::gp_prepare_efficient(weights, options.rope ? &table : nullptr, hv, 1, n);
   const Index blocks = detail::gp_blocks(n);
   std::vector<std::vector<Span>> parts(static_cast<std::size_t>(blocks));
   const auto p = detail::gp_params<T>(options, n, d, length, true);

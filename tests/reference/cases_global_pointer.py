@@ -72,9 +72,9 @@ def mask_torch_port(x, length, tril, magnitude):
     return x
 
 
-def gp_head(q, k, length, convention="current", tril=True, scale=True, fill=NEG_INF, magnitude=1e12):
+def gp_head(q, k, length, convention="current", tril=True, scale=True, fill=NEG_INF, magnitude=1e12, rope=True):
     d = q.shape[-1]
-    s = apply_rope(q) @ apply_rope(k).T
+    s = apply_rope(q) @ apply_rope(k).T if rope else q @ k.T
     sc = 1.0 / math.sqrt(d) if scale else 1.0
     if convention == "current":
         return mask_current(s * sc, length, tril, fill)
@@ -173,6 +173,7 @@ def generate(w):
         w.tensor(f"head_{tag}/current_noscale_notril", gp_head(q, k, length, tril=False, scale=False))
         w.tensor(f"head_{tag}/bert4keras2021", gp_head(q, k, length, convention="bert4keras2021"))
         w.tensor(f"head_{tag}/torch_port", gp_head(q, k, length, convention="torch_port"))
+        w.tensor(f"head_{tag}/current_norope", gp_head(q, k, length, rope=False))
 
     # ---- the layer from hidden states --------------------------------------------------------------------
     n, hidden, heads, d = 11, 12, 3, 8

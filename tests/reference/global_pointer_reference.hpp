@@ -55,7 +55,7 @@ inline double mask_cell(double x, Index i, Index j, Index length, const kexue::G
 /// One head: q, k [n, d] -> [n, n].
 inline MatD global_pointer(const MatD& q, const MatD& k, Index length, const kexue::GlobalPointerOptions& o = {}) {
   const Index n = q.rows(), d = q.cols();
-  const MatD qr = rope(q), kr = rope(k);
+  const MatD qr = o.rope ? rope(q) : q, kr = o.rope ? rope(k) : k;
   const double scale = o.scale ? 1.0 / std::sqrt(double(d)) : 1.0;
   MatD s(n, n);
   for (Index i = 0; i < n; ++i)
@@ -95,7 +95,7 @@ inline MatD efficient_global_pointer(const MatD& h, const MatD& wp, const Eigen:
   MatD c = p * wc;
   if (bc.size()) c.rowwise() += bc.transpose();
   c *= 0.5;
-  const MatD qr = rope(q), kr = rope(k);
+  const MatD qr = o.rope ? rope(q) : q, kr = o.rope ? rope(k) : k;
   const double scale = o.scale ? 1.0 / std::sqrt(double(d)) : 1.0;
   MatD out(heads * n, n);
   for (Index a = 0; a < heads; ++a)
