@@ -482,6 +482,11 @@ TEST_CASE("diagnostics: entropy and l1/l2 sparsity (SPEC 5.1)", "[attention]") {
   CHECK(s[0] == Approx(1.0 / std::sqrt(8.0)).epsilon(1e-14));
   CHECK(s[1] == Approx(1.0).epsilon(1e-14));
   CHECK(s[2] == Approx(0.6099850097).epsilon(1e-9));
+  Matrix<double> s_col(3, 1), s_row(1, 3);  // [n, 1] and [1, n] outputs work too
+  kexue::attention_sparsity(a, s_col);
+  kexue::attention_sparsity(a, s_row);
+  CHECK(s_col(2, 0) == s[2]);
+  CHECK(s_row(0, 2) == s[2]);
   kexue::attention_entropy(a, h);
   CHECK(h[0] == Approx(0.0).margin(1e-15));
   CHECK(h[1] == Approx(std::log(8.0)).epsilon(1e-14));

@@ -21,7 +21,9 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "kexue/core.hpp"
 #include "kexue/detail/attention_kernel.hpp"
@@ -187,6 +189,12 @@ void attention_batched(const TensorView<const T>& q, const TensorView<const T>& 
   run_attention(p);
 }
 
+/// Entry i of an n-entry output given as a vector, a [1, n] row or an [n, 1] column (any row stride).
+template <class T>
+inline T& entry(const View<T>& v, Index i) {
+  return v.rows == 1 ? v.data[i] : v.data[i * v.stride];
+}
+
 /// Visible-key count of each row under options (+ mask), for the diagnostics.
 inline Index row_visible_count(Index i, Index n, Index m, const AttentionOptions& o, const KeyMask* mask) {
   const Index kl = o.key_length ? *o.key_length : m;
@@ -258,14 +266,13 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
   constexpr const char* fn = "attention_sparsity";
   const auto av = make_view(fn, "a", a);
   const auto ov = make_mut_view(fn, "sparsity", out);
-  require(ov.size() == av.rows, fn, "sparsity has ", ov.size(), " entries but a ", shape_str(av.rows, av.cols),
-          " has ", av.rows, " rows");
+  require(ov.size() == av.rows && (ov.rows == 1 || ov.cols == 1), fn, "sparsity has shape ",
+          shape_str(ov.rows, ov.cols), " but a ", shape_str(av.rows, av.cols), " needs ", av.rows, " entries");
   require(!options.key_length || (*options.key_length >= 0 && *options.key_length <= av.cols), fn,
           "options.key_length is ", options.key_length ? *options.key_length : 0, " but a has ", av.cols, " columns");
   if (key_mask)
     require(key_mask->size() == av.cols, fn, "key_mask has ", key_mask->size(), " entries but a has ", av.cols,
             " columns");
-  T* o = ov.data;
   for (Index i = 0; i < av.rows; ++i) {
     const Index ni = row_visible_count(i, av.rows, av.cols, options, key_mask);
     double l1 = 0, l2 = 0;
@@ -274,7 +281,7 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
       l1 += std::abs(x);
       l2 += x * x;
     }
-    o[i] = ni > 0 && l2 > 0 ? T(l1 / (std::sqrt(double(ni)) * std::sqrt(l2))) : T(0);
+    entry(ov, i) = ni > 0 && l2 > 0 ? T(l1 / (std::sqrt(double(ni)) * std::sqrt(l2))) : T(0);
   }
 }
 
@@ -349,13 +356,12 @@ void attention_entropy(const Eigen::DenseBase<AD>& a, const Eigen::DenseBase<OD>
   constexpr const char* fn = "attention_entropy";
   const auto av = detail::make_view(fn, "a", a);
   const auto ov = detail::make_mut_view(fn, "entropy", entropy);
-  detail::require(ov.size() == av.rows, fn, "entropy has ", ov.size(), " entries but a ",
-                  detail::shape_str(av.rows, av.cols), " has ", av.rows, " rows");
+  detail::require(ov.size() == av.rows && (ov.rows == 1 || ov.cols == 1), fn, "entropy has ", ov.size(),
+                  " entries but a ", detail::shape_str(av.rows, av.cols), " has ", av.rows, " rows");
   for (Index i = 0; i < av.rows; ++i)
     for (Index j = 0; j < av.cols; ++j)
       detail::require(av(i, j) >= T(0) && std::isfinite(double(av(i, j))), fn, "a(", i, ", ", j, ") = ",
                       double(av(i, j)), " is not a finite non-negative weight");
-  T* o = ov.data;
   for (Index i = 0; i < av.rows; ++i) {
     double sum = 0;
     for (Index j = 0; j < av.cols; ++j) sum += double(av(i, j));
@@ -366,7 +372,7 @@ void attention_entropy(const Eigen::DenseBase<AD>& a, const Eigen::DenseBase<OD>
         if (pj > 0) h -= pj * std::log(pj);
       }
     }
-    o[i] = T(h);
+    detail::entry(ov, i) = T(h);
   }
 }
 
