@@ -6,6 +6,12 @@
 ///
 /// Scores of one head are an n x n row-major matrix, row = start, column = end. Several heads are stacked
 /// as [heads * n, n] (head a in rows [a*n, (a+1)*n)); a batch as [batch * heads * n, n].
+///
+/// Scratch: the rotated, packed q and k (about 2 * batch * heads * n * head_size values, plus the projection
+/// y = h w of the layer forms) live in thread-local buffers of the calling thread that grow to the largest
+/// call and are reused; nothing else is allocated per call, except Eigen's GEMM packing buffers in the
+/// layer projection and the returned span vectors. Only the kept region (end >= start, both < length) is
+/// multiplied under MaskConvention::Current.
 
 #include <Eigen/Core>
 
@@ -63,9 +69,12 @@ struct EfficientGlobalPointerWeights {
 struct Span {
   Index head = 0, start = 0, end = 0;
   double score = 0;
+  /// Equal head, start, end and score.
   friend bool operator==(const Span& a, const Span& b) {
     return a.head == b.head && a.start == b.start && a.end == b.end && a.score == b.score;
   }
+  /// Not operator==.
+  friend bool operator!=(const Span& a, const Span& b) { return !(a == b); }
 };
 
 /// Options of span decoding (SPEC 2.5).
