@@ -43,7 +43,9 @@ struct FlashOptions {
   Index chunk_size = 256;                       ///< c (the paper uses 256)
   bool causal = false;
   std::optional<double> scale;                  ///< logits = scale * q.k inside the relu; default 1/sqrt(s)
-  std::optional<double> quad_norm;              ///< the quadratic weights are divided by this; default chunk_size
+  /// The quadratic weights are divided by this; default chunk_size, also for a last chunk shorter than c (as if the
+  /// sequence were padded to a multiple of c with masked keys, which is what FLASH-pytorch does).
+  std::optional<double> quad_norm;
   FlashLinearNorm linear_norm = FlashLinearNorm::SequenceLength;  ///< causal only; non-causal always divides by L
   std::optional<Index> key_length;              ///< keys [key_length, n) are padding, masked from both parts
 };
@@ -76,7 +78,8 @@ inline void flash_head_call(const View<const T>& qq, const View<const T>& kq, co
 
 /// FLASH mixed-chunk attention, one head (SPEC 3.5). q_quad, k_quad: [n, s]; q_lin, k_lin: [n, s_lin];
 /// v: [n, e]; out: [n, e] (written). Self-attention: queries and keys share the positions, so every argument has
-/// n rows. Throws kexue::Error on bad shapes or options.
+/// n rows. Time O(n c (s + e) + n s_lin e), memory O(c^2 + c (s + s_lin + e) + s_lin e) scratch per thread.
+/// Throws kexue::Error on bad shapes or options.
 template <class QQ, class KQ, class QL, class KL, class V, class O>
 void mixed_chunk_attention(const Eigen::DenseBase<QQ>& q_quad, const Eigen::DenseBase<KQ>& k_quad,
                            const Eigen::DenseBase<QL>& q_lin, const Eigen::DenseBase<KL>& k_lin,
