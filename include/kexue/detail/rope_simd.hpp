@@ -9,6 +9,7 @@
 // The swap is the one operation xsimd 8.1 and 14 spell differently (batch_constant), so it is written
 // with intrinsics here for the registers the library can be compiled for, with a portable fallback.
 
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -70,10 +71,10 @@ inline Batch<T> load_dup_pairs(const T* p) {
 #if defined(__AVX512F__)
   if constexpr (kBytes == 64 && kFloat) {
     const __m512i idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    return Batch<T>(_mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_loadu_ps(p))));
+    return Batch<T>(_mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(0x00FF, p)));
   } else if constexpr (kBytes == 64 && !kFloat) {
     const __m512i idx = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
-    return Batch<T>(_mm512_permutexvar_pd(idx, _mm512_castpd256_pd512(_mm256_loadu_pd(p))));
+    return Batch<T>(_mm512_permutexvar_pd(idx, _mm512_maskz_loadu_pd(0x0F, p)));
   } else
 #endif
 #if defined(__AVX__)
@@ -127,11 +128,25 @@ inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c
   } else
 #endif
   {
+    (void)kBytes;
+    (void)kFloat;
     constexpr Index L = kLanes<T>;
     alignas(64) T sign[L];
     for (Index i = 0; i < L; ++i) sign[i] = i % 2 == 0 ? T(-1) : T(1);
     return xsimd::fma(a, b, c * Batch<T>::load_unaligned(sign));
   }
+}
+
+/// a * b + c for the scalar tails, rounded exactly as the vector lanes are (one rounding where the vector
+/// code uses an FMA), so a row's result does not depend on where the last full vector ends and does not
+/// change with the compiler's freedom to contract a * b + c.
+template <class T>
+inline T mul_add(T a, T b, T c) {
+#if defined(__FMA__) || defined(__AVX512F__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
 }
 
 // ---- Interleaved: pairs (2i, 2i+1) ------------------------------------------------------------------------
@@ -171,8 +186,8 @@ inline void rope_row_interleaved(const T* src, T* dst, const T* cp, const T* sp,
   for (; j < r; j += 2) {
     const T a = src[j] + (bias ? bias[j] : T(0)), b = src[j + 1] + (bias ? bias[j + 1] : T(0));
     const T c = cp[j / 2], s = sp[j / 2];
-    dst[j] = a * c - b * s;
-    dst[j + 1] = b * c + a * s;
+    dst[j] = mul_add(a, c, -(b * s));
+    dst[j + 1] = mul_add(b, c, a * s);
   }
 }
 
@@ -190,10 +205,10 @@ inline void rope_rows2_interleaved(T* q, T* k, const T* cp, const T* sp, Index r
   for (; j < r; j += 2) {
     const T c = cp[j / 2], s = sp[j / 2];
     const T a0 = q[j], a1 = q[j + 1], b0 = k[j], b1 = k[j + 1];
-    q[j] = a0 * c - a1 * s;
-    q[j + 1] = a1 * c + a0 * s;
-    k[j] = b0 * c - b1 * s;
-    k[j + 1] = b1 * c + b0 * s;
+    q[j] = mul_add(a0, c, -(a1 * s));
+    q[j + 1] = mul_add(a1, c, a0 * s);
+    k[j] = mul_add(b0, c, -(b1 * s));
+    k[j + 1] = mul_add(b1, c, b0 * s);
   }
 }
 
@@ -222,8 +237,8 @@ inline void rope_row_half(const T* src, T* dst, const T* cos, const T* s_pos, co
   }
   for (; i < h; ++i) {
     const T lo = src[i] + (bias ? bias[i] : T(0)), hi = src[h + i] + (bias ? bias[h + i] : T(0));
-    dst[i] = lo * cos[i] - hi * s_pos[i];
-    dst[h + i] = hi * cos[i] + lo * s_pos[i];
+    dst[i] = mul_add(-hi, s_pos[i], lo * cos[i]);
+    dst[h + i] = mul_add(lo, s_pos[i], hi * cos[i]);
   }
 }
 
@@ -243,10 +258,10 @@ inline void rope_rows2_half(T* q, T* k, const T* cos, const T* s_pos, Index r) {
   }
   for (; i < h; ++i) {
     const T ql = q[i], qh = q[h + i], kl = k[i], kh = k[h + i];
-    q[i] = ql * cos[i] - qh * s_pos[i];
-    q[h + i] = qh * cos[i] + ql * s_pos[i];
-    k[i] = kl * cos[i] - kh * s_pos[i];
-    k[h + i] = kh * cos[i] + kl * s_pos[i];
+    q[i] = mul_add(-qh, s_pos[i], ql * cos[i]);
+    q[h + i] = mul_add(ql, s_pos[i], qh * cos[i]);
+    k[i] = mul_add(-kh, s_pos[i], kl * cos[i]);
+    k[h + i] = mul_add(kl, s_pos[i], kh * cos[i]);
   }
 }
 
