@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: MIT
+// Differential fuzzing of the GAU layer (gau.hpp) against the scalar reference (tests/reference/gau_reference.hpp):
+// the three normalisations, causal, key_length, key masks, relu2_length, explicit and bert4keras scales,
+// zero_padded_rows, RoPE or none, weights with and without biases and offsets, in place (out = x) or not, rows
+// across the 128-row query tile, strided x/out with NaN padding; invalid options and shapes. Asserts kexue::Error
+// exactly for invalid input (out untouched), padding never written, finite output wherever the reference is
+// finite (float: moderate inputs only, double: +-inf, NaN, denormals and 1e30 too), and
+// |got - ref| <= 64 eps(T) (D + e + s + n) (1 + max |ref|) (every row a chain of four GEMM-like sums).
+// Smoke run: ctest (8 s, seed 1). Longer run:
+//   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_gau -max_total_time=600 -max_len=4096
+#include <optional>
+
+#include "fuzz_input.hpp"
+#include "kexue/gau.hpp"
+#include "reference/gau_reference.hpp"
+
+using namespace kexue_fuzz;
+
+namespace {
+
+template <class T>
+void fuzz_gau(FuzzInput& in) {
+  const Index n = in.size(140), D = in.range(1, 10), e = in.range(1, 10), s = 2 * in.range(1, 5);
+  const bool special = std::is_same<T, double>::value && in.chance(48);
+  const bool biases = in.flag(), offsets = in.flag(), use_rope = in.flag(), in_place = in.flag();
+  kexue::GauOptions o;
+  bool invalid = false;
+  o.attention.normalization = static_cast<kexue::Normalization>(in.byte() % 3);
+  o.attention.causal = in.flag();
+  o.attention_scale = !in.chance(64);
+  o.zero_padded_rows = in.chance(64);
+  if (in.flag()) {
+    o.attention.key_length = in.range(-1, n + 1);
+    invalid = invalid || *o.attention.key_length < 0 || *o.attention.key_length > n;
+  }
+  if (in.chance(32)) o.attention.scale = double(in.range(-100, 100)) / 50.0;
+  if (in.chance(32)) {
+    o.attention.relu2_length = in.range(0, 50);
+    invalid = invalid || *o.attention.relu2_length < 1;
+  }
+  if (in.chance(16)) {
+    o.attention.train_length = in.range(0, 3);
+    invalid = invalid || o.attention.train_length < 2;
+  }
+  std::vector<unsigned char> mask;
+  if (in.chance(48)) {
+    mask.resize(std::size_t(in.chance(16) ? n + 1 : n));
+    invalid = invalid || Index(mask.size()) != n;
+    for (auto& x : mask) x = in.byte() < 200 ? 1 : 0;
+    o.key_mask = kexue::KeyMask(mask.data(), Index(mask.size()));
+  }
+  const Index table_pos = in.chance(16) ? std::max<Index>(n - 1, 0) : n;
+  invalid = invalid || (use_rope && table_pos < n);
+  const kexue::RopeTable<T> table(table_pos, s);
+
+  auto mat = [&](Index r, Index c) {
+    kexue::Matrix<T> m(r, c);
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = T(in.value<T>(false) / 8);
+    return m;
+  };
+  auto vec = [&](Index c, bool present) {
+    kexue::Vector<T> v(present ? c : 0);
+    for (Index i = 0; i < v.size(); ++i) v[i] = T(in.value<T>(false) / 8);
+    return v;
+  };
+  kexue::GauWeights<T> w;
+  w.w_in = mat(D, 2 * e + s);
+  w.b_in = vec(2 * e + s, biases);
+  w.gamma_q = vec(s, true);
+  w.gamma_k = vec(s, true);
+  w.beta_q = vec(s, offsets);
+  w.beta_k = vec(s, offsets);
+  w.w_out = mat(e, D);
+  w.b_out = vec(D, biases);
+  const Index xcols = in.chance(8) ? D + 1 : D;
+  invalid = invalid || (xcols != D && n > 0);
+  Strided<T> x = matrix<T>(in, n, xcols, special, 4);
+  for (auto& v : x.buf) v = T(v / 4);
+  const Strided<T> x0 = x;
+  Strided<T> out_buf = sentinel<T>(n, xcols, in.range(0, 4));
+  Strided<T>& out = in_place ? x : out_buf;
+  auto call = [&] { kexue::gau(w, x.cmap(), out.map(), o, use_rope ? &table : nullptr); };
+  if (!run_checked(invalid, out.buf, call, "gau error contract")) return;
+  expect(out.padding_intact(), "gau wrote into out's row padding");
+  if (n == 0) return;
+  const auto want = kexue_test::gau_reference(w, x0.to_double(), o, use_rope);
+  const double scale = want.allFinite() ? want.cwiseAbs().maxCoeff() : 0.0;
+  const double bound = 64 * eps_of<T>() * double(D + e + s + n) * (1 + scale);
+  for (Index i = 0; i < n; ++i)
+    for (Index c = 0; c < D; ++c)
+      expect_near(double(out(i, c)), want(i, c), special ? HUGE_VAL : bound, "gau vs reference");
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  FuzzInput in(data, size);
+  if (in.flag())
+    fuzz_gau<float>(in);
+  else
+    fuzz_gau<double>(in);
+  return 0;
+}
