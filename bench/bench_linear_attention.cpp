@@ -31,11 +31,20 @@ struct Inputs {
   Index n;
   std::vector<float> q, k, v, out;
   explicit Inputs(Index n_)
-      : n(n_), q(values(kHeads * n_ * kD, 1)), k(values(kHeads * n_ * kD, 2)), v(values(kHeads * n_ * kDv, 3)),
+      : n(n_),
+        q(values(kHeads * n_ * kD, 1)),
+        k(values(kHeads * n_ * kD, 2)),
+        v(values(kHeads * n_ * kDv, 3)),
         out(static_cast<std::size_t>(kHeads * n_ * kDv)) {}
-  kexue::TensorView<const float> tq() const { return kexue::TensorView<const float>::contiguous(q.data(), 1, kHeads, n, kD); }
-  kexue::TensorView<const float> tk() const { return kexue::TensorView<const float>::contiguous(k.data(), 1, kHeads, n, kD); }
-  kexue::TensorView<const float> tv() const { return kexue::TensorView<const float>::contiguous(v.data(), 1, kHeads, n, kDv); }
+  kexue::TensorView<const float> tq() const {
+    return kexue::TensorView<const float>::contiguous(q.data(), 1, kHeads, n, kD);
+  }
+  kexue::TensorView<const float> tk() const {
+    return kexue::TensorView<const float>::contiguous(k.data(), 1, kHeads, n, kD);
+  }
+  kexue::TensorView<const float> tv() const {
+    return kexue::TensorView<const float>::contiguous(v.data(), 1, kHeads, n, kDv);
+  }
   kexue::TensorView<float> tout() { return kexue::TensorView<float>::contiguous(out.data(), 1, kHeads, n, kDv); }
 };
 
@@ -43,10 +52,11 @@ double useful_flops(Index n) { return double(kHeads) * (4.0 * n * kD * kDv + 4.0
 
 void report_linear(benchmark::State& state, Index n, bool causal, int threads) {
   const double c = double(kd::kLinearChunk);
-  const double alg = causal ? double(kHeads) * (4.0 * n * kD * kDv + n * c * (kD + kDv) + 4.0 * n * kD)
-                            : useful_flops(n);
+  const double alg =
+      causal ? double(kHeads) * (4.0 * n * kD * kDv + n * c * (kD + kDv) + 4.0 * n * kD) : useful_flops(n);
   report_flops(state, alg, threads);
-  state.counters["useful_GFLOPS"] = benchmark::Counter(useful_flops(n) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["useful_GFLOPS"] =
+      benchmark::Counter(useful_flops(n) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_linear_causal(benchmark::State& state) {
@@ -62,7 +72,12 @@ void BM_linear_causal(benchmark::State& state) {
   }
   report_linear(state, n, true, threads);
 }
-BENCHMARK(BM_linear_causal)->Args({2048, 2})->Args({8192, 1})->Args({8192, 2})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_linear_causal)
+    ->Args({2048, 2})
+    ->Args({8192, 1})
+    ->Args({8192, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 void BM_linear_causal_double_state(benchmark::State& state) {
   const Index n = state.range(0);
@@ -91,7 +106,12 @@ void BM_linear_noncausal(benchmark::State& state) {
   }
   report_linear(state, n, false, threads);
 }
-BENCHMARK(BM_linear_noncausal)->Args({2048, 2})->Args({8192, 1})->Args({8192, 2})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_linear_noncausal)
+    ->Args({2048, 2})
+    ->Args({8192, 1})
+    ->Args({8192, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 // Decoding: one token per call through the batched streaming form (8 heads, per-head double states), 1 thread.
 void BM_linear_decode_step(benchmark::State& state) {

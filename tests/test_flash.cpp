@@ -80,8 +80,8 @@ TEMPLATE_TEST_CASE("FLASH matches the scalar reference over odd sizes and chunk 
   struct Shape {
     Index n, c, s, sl, e;
   };
-  const std::vector<Shape> shapes = {{0, 4, 3, 3, 2},       {1, 4, 1, 1, 1},      {7, 3, L - 1, 2, L + 1},
-                                     {20, 7, 5, 4, 2 * L + 1}, {33, 16, 8, 8, 8}, {64, 64, 16, 12, 3 * L},
+  const std::vector<Shape> shapes = {{0, 4, 3, 3, 2},           {1, 4, 1, 1, 1},    {7, 3, L - 1, 2, L + 1},
+                                     {20, 7, 5, 4, 2 * L + 1},  {33, 16, 8, 8, 8},  {64, 64, 16, 12, 3 * L},
                                      {65, 13, 9, 6, 8 * L + 2}, {100, 256, 6, 5, 7}};
   for (const auto& s : shapes) {
     for (bool causal : {false, true}) {
@@ -105,8 +105,8 @@ TEMPLATE_TEST_CASE("FLASH matches the scalar reference over odd sizes and chunk 
           o.linear_norm = norm;
           o.key_length = key_length;
           kexue::mixed_chunk_attention(qq, kq, ql, kl, v, out, o);
-          const auto want = kexue_ref::flash(qq, kq, ql, kl, v, s.c, causal, 1.0 / std::sqrt(double(s.s)),
-                                             double(s.c), norm == FlashLinearNorm::Prefix, key_length);
+          const auto want = kexue_ref::flash(qq, kq, ql, kl, v, s.c, causal, 1.0 / std::sqrt(double(s.s)), double(s.c),
+                                             norm == FlashLinearNorm::Prefix, key_length);
           INFO("n " << s.n << " c " << s.c << " s " << s.s << " e " << s.e << " causal " << causal << " prefix "
                     << (norm == FlashLinearNorm::Prefix) << " key_length " << key_length);
           CHECK(nmse(Matrix<T>(out), want) < tol<T>());
@@ -196,7 +196,8 @@ TEMPLATE_TEST_CASE("FLASH batched form equals the 2-D form per head, for any thr
 
 TEST_CASE("FLASH bad input throws kexue::Error and leaves the output untouched", "[flash][errors]") {
   const Index n = 10;
-  const Matrix<float> a = random_matrix<float>(n, 4, 1), l = random_matrix<float>(n, 3, 2), v = random_matrix<float>(n, 5, 3);
+  const Matrix<float> a = random_matrix<float>(n, 4, 1), l = random_matrix<float>(n, 3, 2),
+                      v = random_matrix<float>(n, 5, 3);
   Matrix<float> out = Matrix<float>::Constant(n, 5, 42.f);
   FlashOptions o;
   CHECK_THROWS_AS(kexue::mixed_chunk_attention(a, Matrix<float>(n, 5), l, l, v, out, o), kexue::Error);

@@ -80,9 +80,10 @@ TEMPLATE_TEST_CASE("chunked kernel matches the scalar reference over odd sizes, 
   struct Shape {
     Index n, m, d, dv;
   };
-  const std::vector<Shape> shapes = {{0, 0, 3, 2},    {1, 1, 1, 1},   {3, 5, 7, 3},     {7, 7, L - 1, L + 1},
-                                     {9, 9, L, L},    {17, 13, 5, 2 * L + 1}, {63, 63, 8, 9}, {64, 64, 16, 16},
-                                     {65, 65, 3 * L, 8 * L + 2}, {130, 130, 13, 7}, {70, 150, 6, 5}, {150, 70, 6, 5}};
+  const std::vector<Shape> shapes = {{0, 0, 3, 2},         {1, 1, 1, 1},     {3, 5, 7, 3},
+                                     {7, 7, L - 1, L + 1}, {9, 9, L, L},     {17, 13, 5, 2 * L + 1},
+                                     {63, 63, 8, 9},       {64, 64, 16, 16}, {65, 65, 3 * L, 8 * L + 2},
+                                     {130, 130, 13, 7},    {70, 150, 6, 5},  {150, 70, 6, 5}};
   for (const auto& s : shapes) {
     for (int map = 0; map < 3; ++map) {
       for (bool causal : {false, true}) {
@@ -111,8 +112,8 @@ TEMPLATE_TEST_CASE("chunked kernel matches the scalar reference over odd sizes, 
           opt.causal = causal;
           opt.key_length = key_length;
           kexue::linear_attention(q, k, v, o, opt);
-          const auto want = kexue_ref::linear_attention(Matrix<T>(q), Matrix<T>(k), Matrix<T>(v), map, causal,
-                                                        opt.eps, key_length);
+          const auto want =
+              kexue_ref::linear_attention(Matrix<T>(q), Matrix<T>(k), Matrix<T>(v), map, causal, opt.eps, key_length);
           INFO("n " << s.n << " m " << s.m << " d " << s.d << " dv " << s.dv << " map " << map << " causal " << causal
                     << " offset " << off);
           CHECK(nmse(Matrix<T>(o), want) < tol<T>());

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-/// FLASH mixed-chunk attention (SPEC 3.5; Hua et al. 2022 "Transformer Quality in Linear Time", kexue.fm/archives/8934):
-/// squared-ReLU quadratic attention inside non-overlapping chunks plus linear attention across chunks. Not to be
-/// confused with FlashAttention (an exact softmax-attention algorithm): this is a different model.
+/// FLASH mixed-chunk attention (SPEC 3.5; Hua et al. 2022 "Transformer Quality in Linear Time",
+/// kexue.fm/archives/8934): squared-ReLU quadratic attention inside non-overlapping chunks plus linear attention across
+/// chunks. Not to be confused with FlashAttention (an exact softmax-attention algorithm): this is a different model.
 ///
 /// For chunk g of c rows (the last chunk may be shorter):
 ///   O_g = relu(scale * Qq_g Kq_g^T)^2 / quad_norm * V_g + Ql_g S_g / lin_norm_g
@@ -40,14 +40,14 @@ enum class FlashLinearNorm {
 /// Options of mixed_chunk_attention. The defaults follow SPEC 3.5: A = relu^2(Q K^T / sqrt(s)) / c. FLASH-pytorch's
 /// relu(q.k / c)^2 is scale = 1/c, quad_norm = 1.
 struct FlashOptions {
-  Index chunk_size = 256;                       ///< c (the paper uses 256)
+  Index chunk_size = 256;  ///< c (the paper uses 256)
   bool causal = false;
-  std::optional<double> scale;                  ///< logits = scale * q.k inside the relu; default 1/sqrt(s)
+  std::optional<double> scale;  ///< logits = scale * q.k inside the relu; default 1/sqrt(s)
   /// The quadratic weights are divided by this; default chunk_size, also for a last chunk shorter than c (as if the
   /// sequence were padded to a multiple of c with masked keys, which is what FLASH-pytorch does).
   std::optional<double> quad_norm;
   FlashLinearNorm linear_norm = FlashLinearNorm::SequenceLength;  ///< causal only; non-causal always divides by L
-  std::optional<Index> key_length;              ///< keys [key_length, n) are padding, masked from both parts
+  std::optional<Index> key_length;  ///< keys [key_length, n) are padding, masked from both parts
 };
 
 namespace detail {
@@ -64,8 +64,8 @@ inline void check_flash_options(const char* fn, const FlashOptions& o, Index n) 
 
 template <class T>
 inline void flash_head_call(const View<const T>& qq, const View<const T>& kq, const View<const T>& ql,
-                            const View<const T>& kl, const View<const T>& v, const View<T>& out,
-                            const FlashOptions& o, Index key_length) {
+                            const View<const T>& kl, const View<const T>& v, const View<T>& out, const FlashOptions& o,
+                            Index key_length) {
   const T scale = static_cast<T>(o.scale.value_or(1.0 / std::sqrt(static_cast<double>(qq.cols))));
   const T quad = static_cast<T>(o.quad_norm.value_or(static_cast<double>(o.chunk_size)));
   // A chunk longer than the sequence is one chunk of the sequence's length (the buffers need no more).
@@ -127,12 +127,12 @@ void mixed_chunk_attention(const TensorView<A>& q_quad, const TensorView<Bq>& k_
                     std::is_same<std::remove_const_t<E>, T>::value,
                 "mixed_chunk_attention: every argument must have the same scalar type");
   constexpr const char* fn = "mixed_chunk_attention";
-  const TensorView<const T> qq(q_quad.data, q_quad.shape, q_quad.strides), kq(k_quad.data, k_quad.shape, k_quad.strides),
-      ql(q_lin.data, q_lin.shape, q_lin.strides), kl(k_lin.data, k_lin.shape, k_lin.strides),
-      vv(v.data, v.shape, v.strides);
+  const TensorView<const T> qq(q_quad.data, q_quad.shape, q_quad.strides),
+      kq(k_quad.data, k_quad.shape, k_quad.strides), ql(q_lin.data, q_lin.shape, q_lin.strides),
+      kl(k_lin.data, k_lin.shape, k_lin.strides), vv(v.data, v.shape, v.strides);
   auto shape4 = [](const auto& t) {
-    return "[" + std::to_string(t.batch()) + ", " + std::to_string(t.heads()) + ", " + std::to_string(t.seq()) +
-           ", " + std::to_string(t.dim()) + "]";
+    return "[" + std::to_string(t.batch()) + ", " + std::to_string(t.heads()) + ", " + std::to_string(t.seq()) + ", " +
+           std::to_string(t.dim()) + "]";
   };
   auto same_bhs = [&](const auto& t) {
     return t.batch() == qq.batch() && t.heads() == qq.heads() && t.seq() == qq.seq();
@@ -142,8 +142,8 @@ void mixed_chunk_attention(const TensorView<A>& q_quad, const TensorView<Bq>& k_
   detail::require(ql.dim() >= 1 && same_bhs(ql) && same_bhs(kl) && kl.dim() == ql.dim(), fn, "q_lin ", shape4(ql),
                   " and k_lin ", shape4(kl), " must match each other and q_quad ", shape4(qq), " but for the dim");
   detail::require(vv.dim() >= 1 && same_bhs(vv), fn, "v has shape ", shape4(vv), " but q_quad has ", shape4(qq));
-  detail::require(same_bhs(out) && out.dim() == vv.dim(), fn, "out has shape ", shape4(out), " but needs [",
-                  qq.batch(), ", ", qq.heads(), ", ", qq.seq(), ", ", vv.dim(), "]");
+  detail::require(same_bhs(out) && out.dim() == vv.dim(), fn, "out has shape ", shape4(out), " but needs [", qq.batch(),
+                  ", ", qq.heads(), ", ", qq.seq(), ", ", vv.dim(), "]");
   for (const auto* t : {&qq, &kq, &ql, &kl, &vv})
     detail::require(t->seq() <= 1 || t->strides[2] >= t->dim(), fn, "a seq stride is smaller than the row length");
   detail::require(out.seq() <= 1 || out.strides[2] >= out.dim(), fn, "out's seq stride is smaller than its row length");

@@ -105,9 +105,12 @@ struct LinearStateAccess {
 
 inline Phi to_phi(FeatureMap f) {
   switch (f) {
-    case FeatureMap::Relu: return Phi::Relu;
-    case FeatureMap::Identity: return Phi::Identity;
-    default: return Phi::EluPlusOne;
+    case FeatureMap::Relu:
+      return Phi::Relu;
+    case FeatureMap::Identity:
+      return Phi::Identity;
+    default:
+      return Phi::EluPlusOne;
   }
 }
 
@@ -132,20 +135,20 @@ template <class T>
 inline void check_linear_tensor(const char* fn, const TensorView<const T>& q, const TensorView<const T>& k,
                                 const TensorView<const T>& v, const TensorView<T>& out) {
   auto shape4 = [](const auto& t) {
-    return "[" + std::to_string(t.batch()) + ", " + std::to_string(t.heads()) + ", " + std::to_string(t.seq()) +
-           ", " + std::to_string(t.dim()) + "]";
+    return "[" + std::to_string(t.batch()) + ", " + std::to_string(t.heads()) + ", " + std::to_string(t.seq()) + ", " +
+           std::to_string(t.dim()) + "]";
   };
-  require(k.batch() == q.batch() && v.batch() == q.batch() && out.batch() == q.batch(), fn,
-          "batch sizes differ: q ", shape4(q), ", k ", shape4(k), ", v ", shape4(v), ", out ", shape4(out));
+  require(k.batch() == q.batch() && v.batch() == q.batch() && out.batch() == q.batch(), fn, "batch sizes differ: q ",
+          shape4(q), ", k ", shape4(k), ", v ", shape4(v), ", out ", shape4(out));
   require(q.dim() >= 1 && k.dim() == q.dim(), fn, "k has shape ", shape4(k), " but q has ", shape4(q),
           " (the feature dims must match and be positive)");
-  require(v.seq() == k.seq() && v.heads() == k.heads() && v.dim() >= 1, fn, "v has shape ", shape4(v),
-          " but k has ", shape4(k));
+  require(v.seq() == k.seq() && v.heads() == k.heads() && v.dim() >= 1, fn, "v has shape ", shape4(v), " but k has ",
+          shape4(k));
   require(k.heads() >= 1 || q.heads() == 0, fn, "k has no heads: ", shape4(k));
   require(k.heads() == 0 || q.heads() % k.heads() == 0, fn, "q has ", q.heads(), " heads, not a multiple of k's ",
           k.heads(), " (grouped-query attention needs heads % kv_heads == 0)");
-  require(out.heads() == q.heads() && out.seq() == q.seq() && out.dim() == v.dim(), fn, "out has shape ",
-          shape4(out), " but q and v need [", q.batch(), ", ", q.heads(), ", ", q.seq(), ", ", v.dim(), "]");
+  require(out.heads() == q.heads() && out.seq() == q.seq() && out.dim() == v.dim(), fn, "out has shape ", shape4(out),
+          " but q and v need [", q.batch(), ", ", q.heads(), ", ", q.seq(), ", ", v.dim(), "]");
   for (const auto* t : {&q, &k, &v})
     require(t->seq() <= 1 || t->strides[2] >= t->dim(), fn, "a seq stride is smaller than the row length");
   require(out.seq() <= 1 || out.strides[2] >= out.dim(), fn, "out's seq stride is smaller than its row length");
@@ -198,7 +201,8 @@ void linear_attention(const Eigen::DenseBase<Q>& q, const Eigen::DenseBase<K>& k
                   detail::shape_str(state.key_dim(), state.value_dim()), " but q and v need ",
                   detail::shape_str(qv.cols, vv.cols));
   detail::linear_attention_head<T>(qv, kv, vv, ov, detail::to_phi(options.feature_map), true,
-                                   static_cast<T>(options.eps), kl, options.double_state, detail::LinearStateAccess<T>::ref(state));
+                                   static_cast<T>(options.eps), kl, options.double_state,
+                                   detail::LinearStateAccess<T>::ref(state));
   detail::LinearStateAccess<T>::add_tokens(state, kl);
 }
 
@@ -232,8 +236,8 @@ void linear_attention(const TensorView<TQ>& q, const TensorView<TK>& k, const Te
     const Index b = i / heads, h = i % heads;
     detail::linear_attention_head<T>(detail::head_view(qc, b, h), detail::head_view(kc, b, h / group),
                                      detail::head_view(vc, b, h / group), detail::head_view_mut(out, b, h), f,
-                                     options.causal, static_cast<T>(options.eps),
-                                     lengths[static_cast<std::size_t>(b)], options.double_state, detail::StateRef{});
+                                     options.causal, static_cast<T>(options.eps), lengths[static_cast<std::size_t>(b)],
+                                     options.double_state, detail::StateRef{});
   });
 }
 

@@ -421,7 +421,8 @@ inline void flash_head(const View<const T>& qq, const View<const T>& kq, const V
       gemm_lower_a<T>(cc, ep, cc, 0, a, ldk, w.vb.data(), ldv, w.o.data(), ldv);
     else
       gemm<T>(cc, ep, cc, a, ldk, 1, w.vb.data(), ldv, w.o.data(), ldv, true);
-    for (Index i = 0; i < cc; ++i) std::memcpy(out.row(t + i), w.o.data() + i * ldv, static_cast<std::size_t>(e) * sizeof(T));
+    for (Index i = 0; i < cc; ++i)
+      std::memcpy(out.row(t + i), w.o.data() + i * ldv, static_cast<std::size_t>(e) * sizeof(T));
     if (causal) {
       gemm<T>(sl, ep, cc, w.klt.data(), ldk, 1, w.vb.data(), ldv, w.s.data(), ldv, true);
       absorbed += std::max<Index>(0, std::min(cc, key_length - t));

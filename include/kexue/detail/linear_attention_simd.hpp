@@ -65,13 +65,26 @@ template <class T>
 inline void gemm_tile_rows(Index rows, Index K, const T* a, Index ars, Index aps, const T* b, Index ldb, T* c,
                            Index ldc, bool accumulate) {
   switch (rows) {
-    case 6: gemm_tile<T, 6>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
-    case 5: gemm_tile<T, 5>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
-    case 4: gemm_tile<T, 4>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
-    case 3: gemm_tile<T, 3>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
-    case 2: gemm_tile<T, 2>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
-    case 1: gemm_tile<T, 1>(K, a, ars, aps, b, ldb, c, ldc, accumulate); break;
-    default: break;
+    case 6:
+      gemm_tile<T, 6>(K, a, ars, aps, b, ldb, c, ldc, accumulate);
+      break;
+    case 5:
+      gemm_tile<T, 5>(K, a, ars, aps, b, ldb, c, ldc, accumulate);
+      break;
+    case 4:
+      gemm_tile<T, 4>(K, a, ars, aps, b, ldb, c, ldc, accumulate);
+      break;
+    case 3:
+      gemm_tile<T, 3>(K, a, ars, aps, b, ldb, c, ldc, accumulate);
+      break;
+    case 2:
+      gemm_tile<T, 2>(K, a, ars, aps, b, ldb, c, ldc, accumulate);
+      break;
+    case 1:
+      gemm_tile<T, 1>(K, a, ars, aps, b, ldb, c, ldc, accumulate);
+      break;
+    default:
+      break;
   }
 }
 
@@ -83,8 +96,7 @@ inline void gemm(Index M, Index N, Index K, const T* a, Index ars, Index aps, co
   // Column panels outside: one K x kNR panel of B (at most a few KB) stays in L1 while every row tile uses it.
   for (Index c0 = 0; c0 < N; c0 += kNR<T>) {
     for (Index r0 = 0; r0 < M; r0 += kMR) {
-      gemm_tile_rows(std::min(kMR, M - r0), K, a + r0 * ars, ars, aps, b + c0, ldb, c + r0 * ldc + c0, ldc,
-                     accumulate);
+      gemm_tile_rows(std::min(kMR, M - r0), K, a + r0 * ars, ars, aps, b + c0, ldb, c + r0 * ldc + c0, ldc, accumulate);
     }
   }
 }
@@ -123,9 +135,12 @@ enum class Phi { EluPlusOne, Relu, Identity };
 template <class T>
 inline T phi_scalar(Phi f, T x) {
   switch (f) {
-    case Phi::EluPlusOne: return x > T(0) ? x + T(1) : std::exp(x);
-    case Phi::Relu: return x > T(0) ? x : T(0);
-    default: return x;
+    case Phi::EluPlusOne:
+      return x > T(0) ? x + T(1) : std::exp(x);
+    case Phi::Relu:
+      return x > T(0) ? x : T(0);
+    default:
+      return x;
   }
 }
 
@@ -153,9 +168,15 @@ inline void phi_row_impl(const T* x, T* y, Index n) {
 template <class T>
 inline void phi_row(Phi f, const T* x, T* y, Index n) {
   switch (f) {
-    case Phi::EluPlusOne: phi_row_impl<Phi::EluPlusOne>(x, y, n); break;
-    case Phi::Relu: phi_row_impl<Phi::Relu>(x, y, n); break;
-    default: phi_row_impl<Phi::Identity>(x, y, n); break;
+    case Phi::EluPlusOne:
+      phi_row_impl<Phi::EluPlusOne>(x, y, n);
+      break;
+    case Phi::Relu:
+      phi_row_impl<Phi::Relu>(x, y, n);
+      break;
+    default:
+      phi_row_impl<Phi::Identity>(x, y, n);
+      break;
   }
 }
 
@@ -169,9 +190,15 @@ inline void phi_row_to_column(Phi f, const T* x, T* yt, Index ldy, Index n) {
   for (; p + L <= n; p += L) {
     Batch<T> y;
     switch (f) {
-      case Phi::EluPlusOne: y = phi_batch<Phi::EluPlusOne, T>(load(x + p)); break;
-      case Phi::Relu: y = phi_batch<Phi::Relu, T>(load(x + p)); break;
-      default: y = load(x + p); break;
+      case Phi::EluPlusOne:
+        y = phi_batch<Phi::EluPlusOne, T>(load(x + p));
+        break;
+      case Phi::Relu:
+        y = phi_batch<Phi::Relu, T>(load(x + p));
+        break;
+      default:
+        y = load(x + p);
+        break;
     }
     y.store_aligned(tmp);
     for (Index l = 0; l < L; ++l) yt[(p + l) * ldy] = tmp[l];
