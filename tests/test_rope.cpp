@@ -107,7 +107,7 @@ TEST_CASE("rope: SPEC 1.2 derived test vectors (interleaved, base 10000)", "[rop
   }
 }
 
-TEST_CASE("RopeTable rows: the documented cos/signed-sin format of both layouts", "[rope]") {
+TEST_CASE("RopeTable rows: per-pair cos and sin in pair order, for both layouts", "[rope]") {
   for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::Half}) {
     RopeOptions o;
     o.layout = layout;
@@ -116,17 +116,14 @@ TEST_CASE("RopeTable rows: the documented cos/signed-sin format of both layouts"
     CHECK(t.rotary_dim() == 8);
     CHECK(t.dim() == 10);
     CHECK(t.max_positions() == 5);
+    CHECK(t.layout() == layout);
     CHECK(t.attention_factor() == 1.0);
     REQUIRE(t.inv_freq().size() == 4);
-    for (Index i = 0; i < 4; ++i) CHECK(t.inv_freq()[std::size_t(i)] == Approx(std::pow(10000.0, -2.0 * i / 8)));
     for (Index i = 0; i < 4; ++i) {
+      CHECK(t.inv_freq()[std::size_t(i)] == Approx(std::pow(10000.0, -2.0 * double(i) / 8)));
       const double angle = 3 * t.inv_freq()[std::size_t(i)];
-      const Index a = layout == RopeLayout::Interleaved ? 2 * i : i;
-      const Index b = layout == RopeLayout::Interleaved ? 2 * i + 1 : i + 4;
-      CHECK(t.cos_row(3)[a] == Approx(std::cos(angle)));
-      CHECK(t.cos_row(3)[b] == Approx(std::cos(angle)));
-      CHECK(t.sin_row(3)[a] == Approx(-std::sin(angle)));
-      CHECK(t.sin_row(3)[b] == Approx(std::sin(angle)));
+      CHECK(t.cos_pairs(3)[i] == Approx(std::cos(angle)));
+      CHECK(t.sin_pairs(3)[i] == Approx(std::sin(angle)));
     }
   }
 }
@@ -659,7 +656,7 @@ TEMPLATE_TEST_CASE("batched rope equals the 2-D form, for any layout of the buff
 }
 
 TEST_CASE("batched rope over several position tiles equals the 2-D form", "[rope][batched]") {
-  // Rows of 4096 doubles make a table row 64 KiB, so a tile holds 16 positions and 40 positions span 3 tiles.
+  // Rows of 4096 doubles make a table row 32 KiB, so a tile holds 32 positions and 40 positions span 2 tiles.
   const Index B = 2, H = 3, S = 40, D = 4096;
   RopeOptions o;
   o.layout = RopeLayout::Half;

@@ -223,30 +223,17 @@ class RopeTable {
     attention_factor_ = freq.second;
     const double amp =
         options_.scaling == RopeScaling::Yarn && options_.fold_attention_factor ? attention_factor_ : 1.0;
-    const Index r = rotary_dim_, half = r / 2;
-    cos_.resize(static_cast<std::size_t>(max_positions * r));
-    sin_.resize(static_cast<std::size_t>(max_positions * r));
-    if (options_.layout == RopeLayout::Interleaved) {
-      cos_pairs_.resize(static_cast<std::size_t>(max_positions * half));
-      sin_pairs_.resize(static_cast<std::size_t>(max_positions * half));
-    }
+    // One compact row per position: cos and sin of each pair's angle, in pair order. Both layouts read the
+    // same rows (the interleaved kernel duplicates each value into both members of its pair in a register),
+    // so the table is half the size of full-width cos/sin rows and streams from cache at half the cost.
+    const Index half = rotary_dim_ / 2;
+    cos_.resize(static_cast<std::size_t>(max_positions * half));
+    sin_.resize(static_cast<std::size_t>(max_positions * half));
     for (Index p = 0; p < max_positions; ++p) {
-      T* c = cos_.data() + p * r;
-      T* s = sin_.data() + p * r;
       for (Index i = 0; i < half; ++i) {
         const double angle = double(p) * inv_freq_[std::size_t(i)];
-        const T cv = static_cast<T>(std::cos(angle) * amp), sv = static_cast<T>(std::sin(angle) * amp);
-        // Row format (see cos_row): out[j] = x[j] cos[j] + x[partner(j)] sin[j].
-        const Index a = options_.layout == RopeLayout::Interleaved ? 2 * i : i;
-        const Index b = options_.layout == RopeLayout::Interleaved ? 2 * i + 1 : i + half;
-        c[a] = cv;
-        c[b] = cv;
-        s[a] = -sv;
-        s[b] = sv;
-        if (options_.layout == RopeLayout::Interleaved) {
-          cos_pairs_[std::size_t(p * half + i)] = cv;
-          sin_pairs_[std::size_t(p * half + i)] = sv;
-        }
+        cos_[std::size_t(p * half + i)] = static_cast<T>(std::cos(angle) * amp);
+        sin_[std::size_t(p * half + i)] = static_cast<T>(std::sin(angle) * amp);
       }
     }
   }
@@ -266,30 +253,18 @@ class RopeTable {
   /// the caller applies it (e.g. to the softmax scale).
   double attention_factor() const { return attention_factor_; }
 
-  /// cos of position p for the rotary dims, in the layout's own order: [rotary_dim()] values, each pair's
-  /// cosine at both members of the pair (Interleaved: c0 c0 c1 c1 ...; Half: c0 c1 ... c0 c1 ...).
-  const T* cos_row(Index p) const { return cos_.data() + p * rotary_dim_; }
-  /// Signed sin of position p: out[j] = x[j] * cos_row(p)[j] + x[partner(j)] * sin_row(p)[j], partner(j) =
-  /// j ^ 1 (Interleaved: -s0 s0 -s1 s1 ...) or (j + r/2) mod r (Half: -s0 -s1 ... s0 s1 ...).
-  const T* sin_row(Index p) const { return sin_.data() + p * rotary_dim_; }
-  /// cos(p w_i) for the pairs i in [0, rotary_dim()/2), in pair order (what the kernels read).
-  const T* cos_pairs(Index p) const {
-    return options_.layout == RopeLayout::Half ? cos_row(p) : cos_pairs_.data() + p * (rotary_dim_ / 2);
-  }
-  /// sin(p w_i) (unsigned) for the pairs i in [0, rotary_dim()/2), in pair order.
-  const T* sin_pairs(Index p) const {
-    return options_.layout == RopeLayout::Half ? sin_row(p) + rotary_dim_ / 2
-                                               : sin_pairs_.data() + p * (rotary_dim_ / 2);
-  }
+  /// cos(p w_i) for the pairs i in [0, rotary_dim()/2) of position p (times the YaRN attention factor when
+  /// folded): pair i is dims (2i, 2i+1) in the Interleaved layout and (i, i + rotary_dim()/2) in the Half one.
+  const T* cos_pairs(Index p) const { return cos_.data() + p * (rotary_dim_ / 2); }
+  /// sin(p w_i) for the pairs of position p, as cos_pairs: x_a' = x_a c - x_b s, x_b' = x_b c + x_a s.
+  const T* sin_pairs(Index p) const { return sin_.data() + p * (rotary_dim_ / 2); }
 
  private:
   Index max_positions_ = 0, dim_ = 0, rotary_dim_ = 0;
   RopeOptions options_;
   std::vector<double> inv_freq_;
   double attention_factor_ = 1.0;
-  std::vector<T> cos_, sin_;
-  std::vector<T> cos_pairs_, sin_pairs_;  // Interleaved only: the compact rows the kernels read (Half's rows
-                                         // already hold them contiguously)
+  std::vector<T> cos_, sin_;  // [max_positions, rotary_dim / 2] each
 };
 
 namespace detail {
@@ -367,10 +342,10 @@ inline void check_tensor(const char* fn, const char* name, const RopeTable<T>& t
 /// (table slice in L1, but 16 short interleaved streams) were 1.5-2x slower out of cache than runs this long.
 constexpr Index kRopeTileTableBytes = Index(1) << 20;
 
-/// Positions per work item: kRopeTileTableBytes of cos + sin rows.
+/// Positions per work item: kRopeTileTableBytes of table rows (at least 16).
 template <class T>
 inline Index rope_tile_positions(const RopeTable<T>& table) {
-  const Index row_bytes = 2 * table.rotary_dim() * Index(sizeof(T));
+  const Index row_bytes = table.rotary_dim() * Index(sizeof(T));  // r/2 cos + r/2 sin
   return std::max<Index>(16, kRopeTileTableBytes / std::max<Index>(row_bytes, 1));
 }
 

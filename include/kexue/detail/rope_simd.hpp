@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// SIMD row kernels of RoPE. Every table row stores, for one position, cos[j] and a *signed* sin[j] over
-// the rotary dims so that both layouts compute
-//     out[j] = x[j] * cos[j] + x[partner(j)] * sin[j]
-// with partner(j) = j ^ 1 (Interleaved) or (j + r/2) mod r (Half). Interleaved needs one in-register
-// swap of adjacent lanes per vector (an in-lane permute: one cheap shuffle, no lane crossing); Half needs
-// no shuffle at all because the partner of a vector of the low half is the vector r/2 further on.
-// The swap is the one operation xsimd 8.1 and 14 spell differently (batch_constant), so it is written
-// with intrinsics here for the registers the library can be compiled for, with a portable fallback.
+// SIMD row kernels of RoPE. The table gives, for one position, the cos c_i and sin s_i of each pair's
+// angle (r/2 values each, pair order). A pair (x_a, x_b) becomes (x_a c - x_b s, x_b c + x_a s), with
+// (a, b) = (2i, 2i+1) for Interleaved and (i, i + r/2) for Half. Half needs no shuffle: the partner of a
+// vector of the low half is the vector r/2 further on. Interleaved duplicates each c_i / s_i into both
+// lanes of its pair in a register (broadcast + in-lane permute), swaps adjacent lanes of x and combines
+// with vfmaddsub. Those shuffles are the operations xsimd 8.1 and 14 spell differently (batch_constant),
+// so they are written with intrinsics here for the registers the library can be compiled for, with a
+// portable fallback. src and dst may be the same row (in place): every vector is loaded before the store
+// that could overwrite it, and pairs never straddle a vector.
 
 #include <cmath>
 #include <cstring>
@@ -150,9 +151,7 @@ inline T mul_add(T a, T b, T c) {
 }
 
 // ---- Interleaved: pairs (2i, 2i+1) ------------------------------------------------------------------------
-// `bias` may be null (no bias). src and dst may be the same row (in place): every vector is loaded before
-// the store that could overwrite it, and pairs never straddle a vector (L is even, vectors start at
-// multiples of L).
+// `bias` may be null (no bias). Vectors start at multiples of L (even), so no pair straddles two vectors.
 
 // cp and sp are the compact per-pair cos and sin (r/2 values each, unsigned): half the table bytes of a
 // full-width row, which matters because the table streams from L2/L3 once per head.
