@@ -7,7 +7,6 @@
 // product and count heads * 2 n^2 d. GFLOPS_dense_equiv states every row against the dense count.
 #include <kexue/global_pointer.hpp>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -185,18 +184,14 @@ void BM_global_pointer_decode_lean(benchmark::State& state) {
   kexue_bench::set_threads(1);
 }
 
-double min_of(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
-
 }  // namespace
 
-// "min" next to Google Benchmark's mean/median: the machine is shared, and the fastest repetition is the
-// one least disturbed by other processes.
-BENCHMARK(BM_global_pointer)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime()->ComputeStatistics("min", min_of);
-BENCHMARK(BM_global_pointer_eigen)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime()->ComputeStatistics("min", min_of);
-BENCHMARK(BM_global_pointer_naive)->Unit(benchmark::kMillisecond)->UseRealTime()->ComputeStatistics("min", min_of);
-BENCHMARK(BM_global_pointer_layer)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime()->ComputeStatistics("min", min_of);
-BENCHMARK(BM_efficient_global_pointer)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime()->ComputeStatistics("min", min_of);
-BENCHMARK(BM_global_pointer_decode_dense)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime()->ComputeStatistics("min", min_of);
-BENCHMARK(BM_global_pointer_decode_lean)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime()->ComputeStatistics("min", min_of);
+BENCHMARK(BM_global_pointer)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_global_pointer_eigen)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_global_pointer_naive)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_global_pointer_layer)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_efficient_global_pointer)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_global_pointer_decode_dense)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_global_pointer_decode_lean)->Arg(2)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 BENCHMARK_MAIN();
