@@ -35,7 +35,7 @@ struct Case {
   bool invalid = false;
 };
 
-Case random_case(FuzzInput& in, Index m) {
+Case random_case(FuzzInput& in, Index m, bool allow_mask = true) {
   Case c;
   c.o.normalization = static_cast<kexue::Normalization>(in.byte() % 3);
   c.o.causal = in.flag();
@@ -45,7 +45,7 @@ Case random_case(FuzzInput& in, Index m) {
     c.invalid = c.invalid || kl < 0 || kl > m;
   }
   switch (in.byte() % 8) {
-    case 0: c.o.scale = double(in.range(0, 400)) / 100.0; break;
+    case 0: c.o.scale = double(in.range(1, 400)) / 100.0; break;  // (the reference reads 0 as "default")
     case 1: c.o.scale = -double(in.range(1, 400)) / 100.0; break;
     case 2:
       c.o.scale = in.flag() ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
@@ -65,7 +65,7 @@ Case random_case(FuzzInput& in, Index m) {
     c.o.relu2_length = in.range(0, 100);
     c.invalid = c.invalid || *c.o.relu2_length < 1;
   }
-  if (in.flag()) {
+  if (allow_mask && in.flag()) {
     c.use_mask = true;
     const Index len = in.chance(16) ? m + 1 : m;  // sometimes the wrong length
     c.invalid = c.invalid || len != m;
@@ -114,7 +114,7 @@ double row_bound(const Case& c, double l1, Index m, double vmax) {
     const double L = c.o.relu2_length ? double(*c.o.relu2_length) : 1.0;
     growth = 4 * (l1 + 1) * (l1 + 1) * double(m) / L;
   }
-  return eps_of<T>() * std::max(vmax, 1e-30) * (16 + 2 * double(m) + growth);
+  return eps_of<T>() * vmax * (16 + 2 * double(m) + growth) + tiny<T>();
 }
 
 template <class T>
@@ -186,8 +186,7 @@ void fuzz_batched(FuzzInput& in) {
   const Index n = in.size(40), m = in.size(80), d = in.range(1, 24), dv = in.range(1, 24);
   const bool special = in.chance(48);
   const Index shift = in.range(0, 7);
-  Case c = random_case(in, m);
-  c.use_mask = false;
+  Case c = random_case(in, m, false);
   // Heads stored seq-major for q/out (a fused projection), head-major for k/v.
   Strided<T> q = matrix<T>(in, B * n * H, d, special, 0), k = matrix<T>(in, B * hkv * m, d, special, 0),
              v = matrix<T>(in, B * hkv * m, dv, special, 0);

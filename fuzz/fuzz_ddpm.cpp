@@ -18,12 +18,6 @@ using namespace kexue_fuzz;
 
 namespace {
 
-/// Absolute floor of the bounds: products that land in T's subnormal range keep no relative precision.
-template <class T>
-double tiny() {
-  return 4 * double(std::numeric_limits<T>::min());
-}
-
 kexue::DdpmSchedule random_schedule(FuzzInput& in) {
   const Index T = in.range(1, 300);
   switch (in.byte() % 5) {

@@ -85,7 +85,7 @@ void fuzz_gau(FuzzInput& in) {
   if (n == 0) return;
   const auto want = kexue_test::gau_reference(w, x0.to_double(), o, use_rope);
   const double scale = want.allFinite() ? want.cwiseAbs().maxCoeff() : 0.0;
-  const double bound = 64 * eps_of<T>() * double(D + e + s + n) * (1 + scale);
+  const double bound = 64 * eps_of<T>() * double(D + e + s + n) * (1 + scale) + tiny<T>();
   for (Index i = 0; i < n; ++i)
     for (Index c = 0; c < D; ++c)
       expect_near(double(out(i, c)), want(i, c), special ? HUGE_VAL : bound, "gau vs reference");

@@ -64,7 +64,7 @@ void compare(const Strided<T>& got, const MatD& want, Index heads, Index n, doub
           continue;
         expect(std::isfinite(g), "global_pointer: non-finite score where the reference is finite", g, w);
         if (moderate)
-          expect(std::abs(g - w) <= 16 * eps_of<T>() * eps_terms * (m + std::abs(w) + 1e-30),
+          expect(std::abs(g - w) <= 16 * eps_of<T>() * eps_terms * (m + std::abs(w)) + tiny<T>(),
                  "global_pointer vs reference", g, w);
       }
 }

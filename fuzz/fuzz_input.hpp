@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Turns a fuzzer's byte string into the shapes, options and values a kernel call needs. Running out of bytes
-// yields zeros, so every input is valid to consume.
+// Turns a fuzzer's byte string into the shapes, options and values a kernel call needs. Every input is valid
+// to consume: once the bytes run out, further bytes come from a splitmix64 stream seeded with a hash of the
+// whole input. Why: a matrix of a few thousand values needs more bytes than -max_len allows, and zeros there
+// (the earlier behaviour) made the last operand (v in attention) almost always zero, so the differential
+// checks compared zeros with zeros. The stream is deterministic, and any mutation of the input reseeds it.
 
 #include <algorithm>
 #include <cmath>
@@ -21,11 +24,30 @@ using kexue::Index;
 
 class FuzzInput {
  public:
-  FuzzInput(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+  FuzzInput(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (std::size_t i = 0; i < size; ++i) h = (h ^ data[i]) * 1099511628211ull;
+    state_ = h;
+  }
 
-  std::uint8_t byte() { return pos_ < size_ ? data_[pos_++] : 0; }
+  std::uint8_t byte() {
+    if (pos_ < size_) return data_[pos_++];
+    if (spare_ == 0) {
+      std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      bits_ = z ^ (z >> 31);
+      spare_ = 8;
+    }
+    --spare_;
+    const std::uint8_t b = static_cast<std::uint8_t>(bits_);
+    bits_ >>= 8;
+    return b;
+  }
+  /// True once the fuzzer's own bytes are used up (the rest is the seeded stream).
+  bool exhausted() const { return pos_ >= size_; }
   bool flag() { return byte() & 1; }
-  /// True with probability k / 256, false once the bytes run out (so short inputs take the common path).
+  /// True with probability k / 256 (rare cases: error paths, special values).
   bool chance(unsigned k) { return byte() >= 256 - k; }
   /// An integer in [lo, hi].
   Index range(Index lo, Index hi) {
@@ -72,6 +94,8 @@ class FuzzInput {
   const std::uint8_t* data_;
   std::size_t size_;
   std::size_t pos_ = 0;
+  std::uint64_t state_ = 0, bits_ = 0;
+  int spare_ = 0;
 };
 
 /// Aborts (a finding) with a message when `ok` is false.
@@ -98,6 +122,13 @@ inline void expect_close(double got, double want, double tol, const char* what) 
 template <class T>
 constexpr double eps_of() {
   return double(std::numeric_limits<T>::epsilon());
+}
+
+/// Absolute floor of every bound: sums of products that land in T's subnormal range keep no relative
+/// precision (and a kernel may flush them), so differences below ~1000 smallest normals are not findings.
+template <class T>
+constexpr double tiny() {
+  return 1024 * double(std::numeric_limits<T>::min());
 }
 
 /// A [rows, cols] row-major buffer with a row stride of cols + pad (pad elements filled with NaN, so a kernel
