@@ -346,6 +346,21 @@ TEMPLATE_TEST_CASE("properties: DDPM batched step == single steps, in place, thr
                      oi);  // documented: out may be the sample itself
     CHECK(bitwise_equal(inplace.data(), one.data(), cols));
   }
+  // ddpm_add_noise and ddpm_velocity: out may be x0 or noise itself (documented), same bits as out of place.
+  {
+    const Index n = rows * cols, t0 = t[0];
+    using VC = Eigen::Map<const Vector<T>>;
+    Vector<T> ref(n), on_x = VC(x.data(), n), on_z = VC(z.data(), n);
+    kexue::ddpm_add_noise(sched, VC(x.data(), n), VC(z.data(), n), t0, ref);
+    kexue::ddpm_add_noise(sched, on_x, VC(z.data(), n), t0, on_x);
+    kexue::ddpm_add_noise(sched, VC(x.data(), n), on_z, t0, on_z);
+    CHECK(bitwise_equal(on_x.data(), ref.data(), n));
+    CHECK(bitwise_equal(on_z.data(), ref.data(), n));
+    Vector<T> vel(n), vel_x = VC(x.data(), n);
+    kexue::ddpm_velocity(sched, VC(x.data(), n), VC(z.data(), n), t0, vel);
+    kexue::ddpm_velocity(sched, vel_x, VC(z.data(), n), t0, vel_x);
+    CHECK(bitwise_equal(vel_x.data(), vel.data(), n));
+  }
   // A large flat step (several parallel chunks) and its Philox-fused form: 1 thread == 2 threads.
   const Index big = 70000 + r(0, 100);
   const auto mb = values<T>(big, seed + 3), xb = values<T>(big, seed + 4);
