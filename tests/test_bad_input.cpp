@@ -300,10 +300,11 @@ TEST_CASE("bad input: attention diagnostics", "[bad_input][attention]") {
     expect_error([&] { kexue::attention_sparsity(a, s3, o); }, {"attention_sparsity", "key_length", "6", "5"}, {Snap(s3)});
   }
   SECTION("n = 0 rows") {
-    // An empty [0 x 1] output. Known bug (reported): an empty kexue::Vector is rejected, because its view is
-    // [0 x 0] and attention_entropy demands one row or one column (attention.hpp, the shape check).
+    // An empty [0 x 1] matrix and an empty kexue::Vector (whose view is [0 x 0]) are both valid outputs.
     MatF e(0, 1);
     CHECK_NOTHROW(kexue::attention_entropy(MatF(0, 5), e));
+    kexue::Vector<float> ev(0);
+    CHECK_NOTHROW(kexue::attention_entropy(MatF(0, 5), ev));
   }
 }
 

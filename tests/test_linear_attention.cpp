@@ -390,3 +390,26 @@ TEST_CASE("bad input throws kexue::Error and leaves the output untouched", "[lin
   CHECK_THROWS_AS(kexue::linear_attention(tq, tk1, tv1, to, states, o), kexue::Error);
   CHECK(std::all_of(obuf.begin(), obuf.end(), [](float x) { return x == 42.f; }));
 }
+
+TEMPLATE_TEST_CASE("EluPlusOne takes -inf and huge negative features without undefined behaviour",
+                   "[linear_attention][fuzz-regression]", float, double) {
+  // Found by fuzz/fuzz_linear_attention.cpp: xsimd 8.1's double exp converted -1e30 to an integer (UBSan
+  // float-cast-overflow). phi(-inf) = phi(-1e30) = 0: such a key carries no weight, such a query sees only eps.
+  using T = TestType;
+  kexue::Matrix<T> q = kexue::Matrix<T>::Constant(9, 8, T(0.5)), k = q, v = kexue::Matrix<T>::Constant(9, 8, T(1));
+  q(1, 3) = T(-1e30);
+  q(2, 0) = -std::numeric_limits<T>::infinity();
+  k(4, 5) = T(-1e30);
+  k(7, 7) = -std::numeric_limits<T>::infinity();
+  kexue::Matrix<T> out(9, 8);
+  for (bool causal : {false, true}) {
+    kexue::LinearAttentionOptions o;
+    o.causal = causal;
+    kexue::linear_attention(q, k, v, out, o);
+    // Every value is 1, so each row is a weighted mean of ones: phi(q)^T z / (phi(q)^T z + eps).
+    for (kexue::Index i = 0; i < out.size(); ++i) {
+      CHECK(std::isfinite(double(out.data()[i])));
+      CHECK(out.data()[i] == Approx(1.0).epsilon(1e-4));
+    }
+  }
+}

@@ -266,7 +266,7 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
   constexpr const char* fn = "attention_sparsity";
   const auto av = make_view(fn, "a", a);
   const auto ov = make_mut_view(fn, "sparsity", out);
-  require(ov.size() == av.rows && (ov.rows == 1 || ov.cols == 1), fn, "sparsity has shape ",
+  require(ov.size() == av.rows && (ov.rows == 1 || ov.cols == 1 || ov.size() == 0), fn, "sparsity has shape ",
           shape_str(ov.rows, ov.cols), " but a ", shape_str(av.rows, av.cols), " needs ", av.rows, " entries");
   require(!options.key_length || (*options.key_length >= 0 && *options.key_length <= av.cols), fn,
           "options.key_length is ", options.key_length ? *options.key_length : 0, " but a has ", av.cols, " columns");
@@ -356,7 +356,7 @@ void attention_entropy(const Eigen::DenseBase<AD>& a, const Eigen::DenseBase<OD>
   constexpr const char* fn = "attention_entropy";
   const auto av = detail::make_view(fn, "a", a);
   const auto ov = detail::make_mut_view(fn, "entropy", entropy);
-  detail::require(ov.size() == av.rows && (ov.rows == 1 || ov.cols == 1), fn, "entropy has ", ov.size(),
+  detail::require(ov.size() == av.rows && (ov.rows == 1 || ov.cols == 1 || ov.size() == 0), fn, "entropy has ", ov.size(),
                   " entries but a ", detail::shape_str(av.rows, av.cols), " has ", av.rows, " rows");
   for (Index i = 0; i < av.rows; ++i)
     for (Index j = 0; j < av.cols; ++j)

@@ -568,7 +568,8 @@ template <class T>
 void rope(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k, Index first_position = 0) {
   const char* fn = "rope";
   detail::check_pair(fn, table, q, k);
-  detail::check_first_position(fn, first_position, q.seq(), table.max_positions());
+  detail::check_first_position(fn, first_position, q.batch() * q.heads() + k.batch() * k.heads() == 0 ? 0 : q.seq(),
+                              table.max_positions());
   detail::rope_tensor2(table, q, k, [first_position](Index, Index s) { return first_position + s; });
 }
 

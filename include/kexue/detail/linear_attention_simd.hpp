@@ -147,8 +147,9 @@ inline T phi_scalar(Phi f, T x) {
 template <Phi F, class T>
 inline Batch<T> phi_batch(const Batch<T>& x) {
   if constexpr (F == Phi::EluPlusOne) {
-    // elu(x) + 1 = x + 1 for x > 0, exp(x) otherwise; exp sees min(x, 0) so huge x never overflows to inf.
-    return xsimd::select(x > Batch<T>(T(0)), x + Batch<T>(T(1)), xsimd::exp(xsimd::min(x, Batch<T>(T(0)))));
+    // elu(x) + 1 = x + 1 for x > 0, exp(x) otherwise. exp_nonpositive clamps its argument to [underflow, 0]:
+    // huge x never overflows, and -inf / -1e30 never reach xsimd 8.1's undefined integer conversion (fuzz finding).
+    return xsimd::select(x > Batch<T>(T(0)), x + Batch<T>(T(1)), exp_nonpositive(x));
   } else if constexpr (F == Phi::Relu) {
     return xsimd::max(x, Batch<T>(T(0)));
   } else {
