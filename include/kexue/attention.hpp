@@ -290,6 +290,8 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
 /// Fused attention: out = A(q k^T) v, never materialising the n x m matrix (online softmax over key tiles).
 /// q: [n, d], k: [m, d], v: [m, dv], out: [n, dv] (row-major, any row stride; out must not alias the inputs).
 /// Semantics in the header comment and SPEC 3.3; rows with no visible key are zero. Parallel over query tiles.
+/// A non-finite value in a v row that a query cannot see may still reach that query's output as 0 * inf = NaN
+/// when both fall in one key tile (as in PyTorch's softmax(q k^T) v); keep padding rows of v finite.
 template <class QD, class KD, class VD, class OD>
 void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
                const Eigen::DenseBase<OD>& out, const AttentionOptions& options = {}) {
