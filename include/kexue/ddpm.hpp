@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kexue/core.hpp"
@@ -339,26 +340,37 @@ void axpby_flat(T a, const T* u, T b, const T* v, T* out, Index n) {
 
 }  // namespace detail
 
+namespace detail {
+
+/// Shared body of ddpm_add_noise and ddpm_velocity: validates, then out = a x0 + b noise with coefficients
+/// taken from alpha_bar(t). x0, noise, out: same size, contiguous; out may be x0 or noise itself.
+template <class D1, class D2, class D3, class Coefficients>
+void ddpm_mix(const char* fn, const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0,
+              const Eigen::DenseBase<D2>& noise, Index t, const Eigen::DenseBase<D3>& out, Coefficients coefficients) {
+  using T = scalar_of<D1>;
+  static_assert(std::is_same<T, scalar_of<D2>>::value && std::is_same<T, scalar_of<D3>>::value,
+                "ddpm_add_noise / ddpm_velocity: x0, noise and out must have the same scalar type");
+  const Index n = x0.size();
+  require(noise.size() == n, fn, "noise has ", noise.size(), " elements but x0 has ", n);
+  require(out.size() == n, fn, "out has ", out.size(), " elements but x0 has ", n);
+  schedule.check_pair(fn, t, -1);
+  const T* px = flat_data(fn, "x0", x0);
+  const T* pz = flat_data(fn, "noise", noise);
+  T* po = flat_mut(fn, "out", out);
+  require(same_or_disjoint(po, px, n) && same_or_disjoint(po, pz, n), fn, "out partially overlaps x0 or noise");
+  const auto ab = coefficients(schedule.alpha_bar(t));  // {coefficient of x0, coefficient of noise}
+  axpby_flat(T(ab.first), px, T(ab.second), pz, po, n);
+}
+
+}  // namespace detail
+
 /// Forward noising (SPEC 6.1): out = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise. x0, noise, out: same size, any
 /// contiguous Eigen dense objects (flat); out may be x0 or noise itself.
 template <class D1, class D2, class D3>
 void ddpm_add_noise(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0, const Eigen::DenseBase<D2>& noise,
                     Index t, const Eigen::DenseBase<D3>& out) {
-  using T = detail::scalar_of<D1>;
-  const char* fn = "ddpm_add_noise";
-  static_assert(std::is_same<T, detail::scalar_of<D2>>::value && std::is_same<T, detail::scalar_of<D3>>::value,
-                "ddpm_add_noise: x0, noise and out must have the same scalar type");
-  const Index n = x0.size();
-  detail::require(noise.size() == n, fn, "noise has ", noise.size(), " elements but x0 has ", n);
-  detail::require(out.size() == n, fn, "out has ", out.size(), " elements but x0 has ", n);
-  schedule.check_pair(fn, t, -1);
-  const T* px = detail::flat_data(fn, "x0", x0);
-  const T* pz = detail::flat_data(fn, "noise", noise);
-  T* po = detail::flat_mut(fn, "out", out);
-  detail::require(detail::same_or_disjoint(po, px, n) && detail::same_or_disjoint(po, pz, n), fn,
-                  "out partially overlaps x0 or noise");
-  const double ab = schedule.alpha_bar(t);
-  detail::axpby_flat(T(std::sqrt(ab)), px, T(std::sqrt(1.0 - ab)), pz, po, n);
+  detail::ddpm_mix("ddpm_add_noise", schedule, x0, noise, t, out,
+                   [](double ab) { return std::make_pair(std::sqrt(ab), std::sqrt(1.0 - ab)); });
 }
 
 /// Batched forward noising with one timestep per row: x0, noise, out are [batch, n] row-major (any row
@@ -385,21 +397,8 @@ void ddpm_add_noise(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0
 template <class D1, class D2, class D3>
 void ddpm_velocity(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0, const Eigen::DenseBase<D2>& noise,
                    Index t, const Eigen::DenseBase<D3>& out) {
-  using T = detail::scalar_of<D1>;
-  const char* fn = "ddpm_velocity";
-  static_assert(std::is_same<T, detail::scalar_of<D2>>::value && std::is_same<T, detail::scalar_of<D3>>::value,
-                "ddpm_velocity: x0, noise and out must have the same scalar type");
-  const Index n = x0.size();
-  detail::require(noise.size() == n, fn, "noise has ", noise.size(), " elements but x0 has ", n);
-  detail::require(out.size() == n, fn, "out has ", out.size(), " elements but x0 has ", n);
-  schedule.check_pair(fn, t, -1);
-  const T* px = detail::flat_data(fn, "x0", x0);
-  const T* pz = detail::flat_data(fn, "noise", noise);
-  T* po = detail::flat_mut(fn, "out", out);
-  detail::require(detail::same_or_disjoint(po, px, n) && detail::same_or_disjoint(po, pz, n), fn,
-                  "out partially overlaps x0 or noise");
-  const double ab = schedule.alpha_bar(t);
-  detail::axpby_flat(T(std::sqrt(ab)), pz, T(-std::sqrt(1.0 - ab)), px, po, n);
+  detail::ddpm_mix("ddpm_velocity", schedule, x0, noise, t, out,
+                   [](double ab) { return std::make_pair(-std::sqrt(1.0 - ab), std::sqrt(ab)); });
 }
 
 /// One reverse step of diffusers' DDPMScheduler (SPEC 6.4) from t to prev_t (default t - 1):
