@@ -100,10 +100,19 @@ def run_torch(case, warm):
     return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
 
 
+def bench_exe(build, name):
+    """Path of a benchmark binary of the build, or a clear exit if it has not been built."""
+    exe = os.path.join(build, "bench", name)
+    if not os.path.isfile(exe):
+        sys.exit(f"compare_torch.py: {exe} not found; build the benchmarks first, e.g.\n"
+                 f"  cmake -S . -B {build} -DCMAKE_BUILD_TYPE=Release && cmake --build {build} -j2")
+    return exe
+
+
 def measure_peaks(build):
     """bench_peak's single-thread FMA peak (GFLOP/s) and triad bandwidth (GB/s), measured once per run and
     handed to every benchmark binary, so peak_frac and bw_frac refer to one measurement."""
-    exe = os.path.join(build, "bench", "bench_peak")
+    exe = bench_exe(build, "bench_peak")
     out = subprocess.run([exe, "--benchmark_format=json", "--benchmark_min_time=0.3",
                           "--benchmark_filter=(BM_fma_peak|BM_triad)/1/"],
                          env=thread_env(1), capture_output=True, text=True, check=True)
@@ -115,7 +124,7 @@ PEAKS = {}
 
 
 def run_ours(build, case):
-    exe = os.path.join(build, "bench", case.binary)
+    exe = bench_exe(build, case.binary)
     env = thread_env(case.threads)
     if PEAKS:
         env["KEXUE_PEAK_GFLOPS"] = str(PEAKS["gflops"])
