@@ -4,9 +4,11 @@
 // must be finite with |z| < 7 (24-bit uniforms bound the Box-Muller radius by sqrt(2 ln 2^24) ~ 5.77);
 // TorchGenerator must be deterministic for a seed across any sequence of call sizes (n < 16 and n >= 16 paths,
 // the cached normal) and give finite values. Bit-compatibility with torch itself is tested against PyTorch's
-// own numbers in tests/test_random.cpp.
+// own numbers in tests/test_random.cpp. The bulk MT19937 under TorchGenerator must equal std::mt19937 draw for draw.
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_random -max_total_time=600 -max_len=4096
+#include <random>
+
 #include "fuzz_input.hpp"
 #include "kexue/random.hpp"
 
@@ -60,12 +62,33 @@ void fuzz_torch(FuzzInput& in) {
   }
 }
 
+// The bulk MT19937 behind TorchGenerator against std::mt19937 over a fuzzed sequence of single draws and runs.
+void fuzz_mt19937(FuzzInput& in) {
+  const auto seed = static_cast<std::uint32_t>((in.range(0, 65535) << 16) ^ in.range(0, 65535));
+  std::mt19937 want(seed);
+  kexue::detail::Mt19937 got(seed);
+  const Index calls = in.range(1, 12);
+  std::vector<std::uint32_t> run;
+  for (Index c = 0; c < calls; ++c) {
+    if (in.flag()) {
+      expect(got() == want(), "Mt19937: a single draw differs from std::mt19937");
+      continue;
+    }
+    const Index len = in.chance(64) ? in.range(600, 1400) : in.size(40);  // a quarter cross a twist
+    run.resize(static_cast<std::size_t>(len));
+    got.generate(run.data(), len);
+    for (std::uint32_t r : run) expect(r == want(), "Mt19937: a bulk draw differs from std::mt19937");
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzInput in(data, size);
   const bool single = in.flag();
-  if (in.flag())
+  if (in.chance(64))  // one input in four
+    fuzz_mt19937(in);
+  else if (in.flag())
     single ? fuzz_philox<float>(in) : fuzz_philox<double>(in);
   else
     single ? fuzz_torch<float>(in) : fuzz_torch<double>(in);

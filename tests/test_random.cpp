@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -118,6 +119,32 @@ TEST_CASE("TorchGenerator: consecutive calls keep torch's state, including the c
   h.manual_seed(5);
   h.normal(b.data(), 3);
   CHECK(a == b);
+}
+
+TEST_CASE("Mt19937: the bulk generator is std::mt19937's sequence", "[random][torch]") {
+  // Single draws and runs of every awkward length (inside one state block, exactly one block, across one or
+  // several twists), interleaved, against the standard library's engine.
+  for (std::uint32_t seed : {0u, 1u, 5489u, 0xffffffffu, 0x2a5e1f3du}) {
+    INFO("seed " << seed);
+    std::mt19937 want(seed);
+    kexue::detail::Mt19937 got(seed);
+    Index bad = 0, drawn = 0;
+    std::vector<std::uint32_t> run;
+    for (Index len : {1, 7, 8, 9, 623, 624, 625, 0, 1000, 3, 1248, 5000, 17}) {
+      run.assign(static_cast<std::size_t>(len) + 8, 0xdeadbeefu);  // guard words after the run
+      got.generate(run.data(), len);
+      for (Index i = 0; i < len; ++i) bad += run[std::size_t(i)] != want();
+      for (std::size_t i = std::size_t(len); i < run.size(); ++i) bad += run[i] != 0xdeadbeefu;
+      bad += got() != want();
+      drawn += len + 1;
+    }
+    CHECK(drawn > 3 * 624);
+    CHECK(bad == 0);
+    got.reseed(seed);  // reseeding restarts the sequence
+    want.seed(seed);
+    for (int i = 0; i < 700; ++i) bad += got() != want();
+    CHECK(bad == 0);
+  }
 }
 
 TEST_CASE("TorchGenerator double output matches torch.randn(dtype=float64)", "[random][torch]") {

@@ -8,13 +8,13 @@
 
 #include <cmath>
 #include <cstdint>
-#include <optional>
-#include <random>
+#include <algorithm>
 #include <vector>
 
 #include "kexue/core.hpp"
 #include "kexue/detail/check.hpp"
 #include "kexue/detail/parallel.hpp"
+#include "kexue/detail/random_mt19937.hpp"
 #include "kexue/detail/random_philox.hpp"
 #include "kexue/detail/random_torch.hpp"
 #include "kexue/detail/view.hpp"
@@ -28,7 +28,8 @@ scalar_of<Derived>* random_output(const char* function, const Eigen::DenseBase<D
 
 /// Bit-compatible with `torch.manual_seed(seed); torch.randn(n)` on the CPU (torch 1.13, float32, and
 /// float64 for double outputs), including consecutive calls on one generator:
-/// - the engine is mt19937 seeded with the low 32 bits of seed (torch's CPUGeneratorImpl);
+/// - the engine is mt19937 seeded with the low 32 bits of seed (torch's CPUGeneratorImpl), drawn in bulk
+///   (detail::Mt19937: std::mt19937's sequence, twisted and tempered 8 words at a time);
 /// - n >= 16: n uniforms u = (r & 0xFFFFFF) 2^-24 from one 32-bit draw each (53 bits from two draws for
 ///   double), Box-Muller on chunks of 16 (u1 = 1 - u[j], u2 = u[j + 8], j < 8); when 16 does not divide n, 16
 ///   fresh uniforms replace the last 16 values; float uses torch's AVX2 Cephes log/sincos bit for bit, double
@@ -44,8 +45,8 @@ class TorchGenerator {
 
   /// Reseeds and drops the cached normal, as torch.manual_seed does.
   void manual_seed(std::uint64_t seed) {
-    engine_.seed(static_cast<std::uint32_t>(seed & 0xffffffffu));
-    cached_normal_.reset();
+    engine_.reseed(static_cast<std::uint32_t>(seed & 0xffffffffu));
+    has_cached_normal_ = false;
   }
 
   /// Next 32-bit draw (torch's CPUGeneratorImpl::random).
@@ -76,15 +77,15 @@ class TorchGenerator {
 
   // at::normal_distribution<double>: u1 -> angle, u2 -> radius, sine half cached.
   double scalar_normal() {
-    if (cached_normal_) {
-      const double v = *cached_normal_;
-      cached_normal_.reset();
-      return v;
+    if (has_cached_normal_) {
+      has_cached_normal_ = false;
+      return cached_normal_;
     }
     const double u1 = uniform(0.0), u2 = uniform(0.0);
     const double r = std::sqrt(-2.0 * std::log(1.0 - u2));
     const double theta = 2.0 * 3.14159265358979323846 * u1;
     cached_normal_ = r * std::sin(theta);
+    has_cached_normal_ = true;
     return r * std::cos(theta);
   }
 
@@ -105,17 +106,43 @@ class TorchGenerator {
       for (Index i = 0; i < n; ++i) out[i] = static_cast<T>(scalar_normal());
       return;
     }
-    for (Index i = 0; i < n; ++i) out[i] = uniform(T());
+    uniforms(out, n);
     for (Index i = 0; i + 16 <= n; i += 16) fill16(out + i);
     if (n % 16 != 0) {
       T* tail = out + n - 16;
-      for (Index i = 0; i < 16; ++i) tail[i] = uniform(T());
+      uniforms(tail, 16);
       fill16(tail);
     }
   }
 
-  std::mt19937 engine_;
-  std::optional<double> cached_normal_;
+  // out[i] = uniform(T()) for i in [0, n), in order, with the draws made in bulk.
+  static constexpr Index kDrawBlock = 256;
+  void uniforms(float* out, Index n) {
+    alignas(32) std::uint32_t w[kDrawBlock];
+    for (Index i = 0; i < n; i += kDrawBlock) {
+      const Index take = std::min(kDrawBlock, n - i);
+      engine_.generate(w, take);
+      for (Index k = 0; k < take; ++k)  // < 2^24: exact through int32, and the loop vectorises
+        out[i + k] = static_cast<float>(static_cast<std::int32_t>(w[k] & 0xFFFFFFu)) * (1.0f / 16777216.0f);
+    }
+  }
+  void uniforms(double* out, Index n) {
+    alignas(32) std::uint32_t w[kDrawBlock];
+    for (Index i = 0; i < n; i += kDrawBlock / 2) {
+      const Index take = std::min(kDrawBlock / 2, n - i);
+      engine_.generate(w, 2 * take);
+      for (Index k = 0; k < take; ++k) {  // random64: the first draw is the high half
+        const std::uint64_t r = (std::uint64_t(w[2 * k]) << 32) | w[2 * k + 1];
+        out[i + k] = static_cast<double>(r & ((std::uint64_t(1) << 53) - 1)) * (1.0 / 9007199254740992.0);
+      }
+    }
+  }
+
+  detail::Mt19937 engine_;
+  // The sine half of the last scalar Box-Muller pair (a flag and a value rather than std::optional, which
+  // GCC 12 reports as maybe-uninitialized once this class is inlined into a caller).
+  bool has_cached_normal_ = false;
+  double cached_normal_ = 0;
 };
 
 /// Counter-based normal generator: Philox 4x32-10 (key = seed, counter = block index) and a Box-Muller
