@@ -240,6 +240,55 @@ TEMPLATE_TEST_CASE("ddpm_step matches diffusers' rule for every prediction x var
   CHECK(count == 72);
 }
 
+TEMPLATE_TEST_CASE("ddpm_step with final_step_noise is Su's Keras-DDPM sampler (SPEC 6.3)", "[ddpm][step]", float,
+                   double) {
+  using T = TestType;
+  const auto m = ref().matrix<T>("su/model_output");
+  const auto x = ref().matrix<T>("su/sample");
+  const auto z = ref().matrix<T>("su/noise");
+  const DdpmSchedule s(1000, BetaSchedule::Proportional);  // his alpha_t^2 = 1 - 0.02 (t + 1) / T
+  for (Index t : {999, 500, 1, 0}) {
+    for (bool small : {false, true}) {
+      INFO("t " << t << (small ? " fixed small" : " fixed large"));
+      DdpmStepOptions o;
+      o.variance = small ? Variance::FixedSmall : Variance::FixedLarge;
+      o.clip_sample = false;  // he clips only the final result
+      o.final_step_noise = true;
+      kexue::Matrix<T> out(x.rows(), x.cols());
+      kexue::ddpm_step(s, m, t, x, z, out, o);
+      auto want = ref().values("su/t" + std::to_string(t) + (small ? "/small" : "/large"));
+      if (t == 0 && small)  // his alternative has sigma_0 = 0; the posterior variance is floored at 1e-20
+        for (std::size_t i = 0; i < want.size(); ++i) want[i] += 1e-10 * double(z.data()[i]);
+      // His route divides by alpha_t, diffusers' (ours) forms 1 - alpha_bar_prev, which keeps few digits when it
+      // is tiny (2e-5 at t = 1): a double bound of 10 ulp / (1 - alpha_bar_prev) covers that.
+      const double bound = std::max(4 * tol<T>(), t > 0 ? 1e-15 / (1 - s.alpha_bar(t - 1)) : 0.0);
+      CHECK(max_rel_err(out.data(), want) < bound);
+      if (t == 0) {
+        // The default drops the final noise: the difference is exactly sigma_0 z with sigma_0^2 = beta_0
+        // (FixedLarge; his sigma = beta) or the 1e-20 floor (FixedSmall; his alternative gives 0).
+        DdpmStepOptions plain = o;
+        plain.final_step_noise = false;
+        kexue::Matrix<T> no_noise(x.rows(), x.cols());
+        kexue::ddpm_step(s, m, t, x, z, no_noise, plain);
+        const double sigma = small ? 1e-10 : std::sqrt(s.beta(0));
+        double worst = 0;
+        for (Index i = 0; i < out.size(); ++i)
+          worst = std::max(worst, std::abs(double(out.data()[i]) - double(no_noise.data()[i]) - sigma * double(z.data()[i])));
+        CHECK(worst < 8 * tol<T>());
+        if (!small) CHECK((out - no_noise).norm() > 0.01);
+        // The fused Philox path honours the option too: equal to drawing the noise first.
+        kexue::PhiloxGenerator g1(5), g2(5);
+        kexue::Matrix<T> fused(x.rows(), x.cols()), drawn(x.rows(), x.cols()), noise(x.rows(), x.cols());
+        kexue::ddpm_step(s, m, t, x, g1, fused, o);
+        g2.normal(noise);
+        kexue::ddpm_step(s, m, t, x, noise, drawn, o);
+        CHECK(fused == drawn);
+        CHECK(g1.offset() == std::uint64_t(x.size()));
+      }
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE("ddpm_step: SIMD vs scalar reference over odd sizes, offsets and NaN guards", "[ddpm][step]",
                    float, double) {
   using T = TestType;

@@ -220,6 +220,12 @@ struct DdpmStepOptions {
   bool clip_sample = true;    ///< clamp x0_hat to [-clip_range, clip_range] before forming the mean
   double clip_range = 1.0;
   std::optional<Index> prev_t;  ///< the step's target timestep; default t - 1 (skipped steps: the next list entry)
+  /// Add sigma z at the final step (prev_t < 0) too, with the variance formula at alpha_bar_prev = 1: beta_t for
+  /// FixedLarge, the floor 1e-20 for FixedSmall. Su's Keras-DDPM sampler does this (SPEC 6.3: "noise is added
+  /// even at the last step"; with BetaSchedule::Proportional, FixedLarge and clip_sample = false, ddpm_step is
+  /// his sampling loop), and so does diffusers when a custom list ends at t > 0. Default: no final noise, as in
+  /// Ho et al.'s Algorithm 2 and diffusers' full schedules.
+  bool final_step_noise = false;
 };
 
 /// Step coefficients in double (SPEC 6.4), exposed for callers who fuse the step into their own kernels:
@@ -227,7 +233,7 @@ struct DdpmStepOptions {
 struct DdpmStepCoefficients {
   double alpha_bar = 0, alpha_bar_prev = 1, current_alpha = 0, current_beta = 0;
   double ax = 0, am = 0, c0 = 0, c1 = 0;
-  double noise_std = 0;  ///< 0 when prev_t < 0: no noise at the final step
+  double noise_std = 0;  ///< 0 when prev_t < 0 (no noise at the final step) unless final_step_noise
 };
 
 /// The coefficients of the step t -> prev_t (validates t, prev_t and the clip range).
@@ -261,7 +267,7 @@ inline DdpmStepCoefficients ddpm_step_coefficients(const DdpmSchedule& schedule,
   }
   k.c0 = std::sqrt(k.alpha_bar_prev) * k.current_beta / (1.0 - k.alpha_bar);
   k.c1 = std::sqrt(k.current_alpha) * (1.0 - k.alpha_bar_prev) / (1.0 - k.alpha_bar);
-  if (prev_t >= 0) {
+  if (prev_t >= 0 || options.final_step_noise) {
     k.noise_std = options.variance == Variance::FixedSmall ? std::sqrt(schedule.variance(t, prev_t))
                                                            : std::sqrt(k.current_beta);
   }
@@ -405,10 +411,11 @@ void ddpm_velocity(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0,
 /// x0_hat from the model output (Epsilon, Sample or Velocity), optionally clamped to +-clip_range, posterior
 /// mean with the effective single-step alpha = ab_t / ab_prev and beta = 1 - alpha, plus std z with
 /// std^2 = the posterior variance (FixedSmall) or beta (FixedLarge). No noise when prev_t < 0 (noise is not
-/// read and may be empty). model_output, sample, noise, out: same size, any contiguous Eigen dense objects
+/// read and may be empty) unless options.final_step_noise. model_output, sample, noise, out: same size, any contiguous Eigen dense objects
 /// (flat); out may be sample or model_output itself (in place).
 /// Note: diffusers adds noise whenever t > 0, so for a custom list whose last entry is t > 0 (prev_t = -1)
-/// it would add std sqrt(1e-20) (FixedSmall) or sqrt(1 - ab_t) (FixedLarge) noise; kexue adds none.
+/// it would add std sqrt(1e-20) (FixedSmall) or sqrt(1 - ab_t) (FixedLarge) noise; kexue adds none unless
+/// options.final_step_noise is set.
 template <class D1, class D2, class D3, class D4>
 void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_output, Index t,
                const Eigen::DenseBase<D2>& sample, const Eigen::DenseBase<D3>& noise,

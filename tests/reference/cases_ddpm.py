@@ -128,3 +128,35 @@ def generate(w):
                                                 ["linear", "scaled_linear", "cosine", "proportional"].index(kind),
                                                 t, prev], dtype=torch.float64))
         w.tensor(name + "/out", step(schedules[kind], m, t, x, z, prediction, variance, clip, r, prev))
+    generate_su(w)
+
+
+def su_keras_step(t, m, x, z, small=False, T=T):
+    """One step of Su's Keras-DDPM sampler (ddpm.py, SPEC 6.3), written as his code is: 0-based arrays
+    alpha = sqrt(1 - 0.02 (t + 1) / T), beta = sqrt(1 - alpha^2), bar_alpha = cumprod(alpha),
+    bar_beta = sqrt(1 - bar_alpha^2), sigma = beta (or his commented fixed-small alternative
+    sigma *= pad(bar_beta[:-1], [1, 0]) / bar_beta), and noise added at every step, t = 0 included."""
+    alpha = np.sqrt(1 - 0.02 * np.arange(1, T + 1) / T)
+    beta = np.sqrt(1 - alpha ** 2)
+    bar_alpha = np.cumprod(alpha)
+    bar_beta = np.sqrt(1 - bar_alpha ** 2)
+    sigma = beta.copy()
+    if small:
+        sigma *= np.pad(bar_beta[:-1], [1, 0]) / bar_beta
+    x = x.numpy().copy()
+    x -= beta[t] ** 2 / bar_beta[t] * m.numpy()
+    x /= alpha[t]
+    x += sigma[t] * z.numpy()
+    return torch.tensor(x)
+
+
+def generate_su(w):
+    m = randn(3, 37, seed=31)
+    x = randn(3, 37, seed=32)
+    z = randn(3, 37, seed=33)
+    w.tensor("su/model_output", m)
+    w.tensor("su/sample", x)
+    w.tensor("su/noise", z)
+    for t in [999, 500, 1, 0]:
+        w.tensor(f"su/t{t}/large", su_keras_step(t, m, x, z))
+        w.tensor(f"su/t{t}/small", su_keras_step(t, m, x, z, small=True))
