@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -289,6 +290,92 @@ TEMPLATE_TEST_CASE("ddpm_step with final_step_noise is Su's Keras-DDPM sampler (
   }
 }
 
+TEMPLATE_TEST_CASE("ddpm_step: dynamic thresholding matches diffusers' _threshold_sample", "[ddpm][step][threshold]",
+                   float, double) {
+  using T = TestType;
+  const auto m = ref().matrix<T>("step/model_output");
+  const auto x = ref().matrix<T>("step/sample");
+  const auto z = ref().matrix<T>("step/noise");
+  const DdpmSchedule s;
+  int count = 0;
+  for (int i = 0; ref().has("threshold/case" + std::to_string(i) + "/config"); ++i, ++count) {
+    const auto& c = ref().values("threshold/case" + std::to_string(i) + "/config");
+    const Index t = Index(c[0]);
+    DdpmStepOptions o;
+    o.thresholding = true;
+    o.dynamic_thresholding_ratio = c[1];
+    o.sample_max_value = c[2];
+    o.clip_range = -1;  // ignored when thresholding
+    INFO("case " << i << " t " << t << " ratio " << c[1] << " max " << c[2]);
+    // Flat: the whole tensor is one sample.
+    kexue::Matrix<T> flat(x.rows(), x.cols());
+    kexue::ddpm_step(s, m, t, x, z, flat, o);
+    CHECK(max_rel_err(flat.data(), ref().values("threshold/case" + std::to_string(i) + "/flat")) < 4 * tol<T>());
+    // Batched: each row is a sample.
+    kexue::Matrix<T> rows(x.rows(), x.cols());
+    kexue::ddpm_step(s, m, std::vector<Index>(std::size_t(x.rows()), t), x, z, rows, o);
+    CHECK(max_rel_err(rows.data(), ref().values("threshold/case" + std::to_string(i) + "/rows")) < 4 * tol<T>());
+    // The fused Philox step thresholds the same way.
+    kexue::PhiloxGenerator g1(3), g2(3);
+    kexue::Matrix<T> fused(x.rows(), x.cols()), drawn(x.rows(), x.cols()), noise(x.rows(), x.cols());
+    kexue::ddpm_step(s, m, t, x, g1, fused, o);
+    g2.normal(noise);
+    kexue::ddpm_step(s, m, t, x, noise, drawn, o);
+    CHECK(fused == drawn);
+  }
+  CHECK(count == 18);
+  // sample_max_value = 1 (diffusers' default) is a clip to [-1, 1].
+  DdpmStepOptions th, clip;
+  th.thresholding = true;
+  kexue::Matrix<T> a(x.rows(), x.cols()), b(x.rows(), x.cols());
+  kexue::ddpm_step(s, m, 999, x, z, a, th);
+  kexue::ddpm_step(s, m, 999, x, z, b, clip);
+  CHECK(max_rel_err(a.data(), std::vector<double>(b.data(), b.data() + b.size())) < 4 * tol<T>());
+}
+
+TEMPLATE_TEST_CASE("Dynamic thresholding's radix selection equals nth_element, NaN and inf included",
+                   "[ddpm][threshold]", float, double) {
+  using T = TestType;
+  std::mt19937 e(5);
+  std::normal_distribution<double> nd(0, 3);
+  for (Index n : {1, 2, 3, 7, 100, 1000, 4097}) {
+    std::vector<T> m(static_cast<std::size_t>(n)), x(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) {
+      m[std::size_t(i)] = T(nd(e));
+      x[std::size_t(i)] = T(std::round(nd(e) * 4) / 4);  // ties
+    }
+    if (n > 10) {
+      x[3] = std::numeric_limits<T>::infinity();
+      x[5] = -std::numeric_limits<T>::infinity();
+      x[7] = std::numeric_limits<T>::quiet_NaN();
+      x[8] = T(-0.0);
+      m[8] = T(0);
+    }
+    const T ax = T(0.75), am = T(-1.25);
+    std::vector<T> v(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) v[std::size_t(i)] = std::abs(std::fma(ax, x[std::size_t(i)], am * m[std::size_t(i)]));
+    const auto less = [](T p, T q) { return std::isnan(q) ? !std::isnan(p) : p < q; };  // NaN above +inf
+    const kexue::detail::AbsX0Selector<T> sel(ax, am, m.data(), x.data(), n);
+    Index bad = 0;
+    for (Index k = 0; k < n; k += std::max<Index>(1, n / 37)) {
+      std::vector<T> w = v;
+      std::nth_element(w.begin(), w.begin() + k, w.end(), less);
+      const T want = w[std::size_t(k)];
+      const auto key = sel.kth(k);
+      const T got = kexue::detail::AbsX0Selector<T>::value(key);
+      bad += !(got == want || (std::isnan(got) && std::isnan(want)));
+      if (k + 1 < n) {
+        std::nth_element(w.begin(), w.begin() + k + 1, w.end(), less);
+        const T want1 = w[std::size_t(k + 1)];
+        const T got1 = kexue::detail::AbsX0Selector<T>::value(sel.next(k, key));
+        bad += !(got1 == want1 || (std::isnan(got1) && std::isnan(want1)));
+      }
+    }
+    INFO("n " << n);
+    CHECK(bad == 0);
+  }
+}
+
 TEMPLATE_TEST_CASE("ddpm_step: SIMD vs scalar reference over odd sizes, offsets and NaN guards", "[ddpm][step]",
                    float, double) {
   using T = TestType;
@@ -449,6 +536,18 @@ TEST_CASE("ddpm_step and ddpm_add_noise: bad input throws before writing", "[ddp
   DdpmStepOptions bad_clip;
   bad_clip.clip_range = 0;
   CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, out, bad_clip), kexue::Error);
+  for (double ratio : {-0.1, 1.5, double(NAN)}) {
+    DdpmStepOptions th;
+    th.thresholding = true;
+    th.dynamic_thresholding_ratio = ratio;
+    CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, out, th), kexue::Error);
+  }
+  for (double smax : {0.5, double(INFINITY), double(NAN)}) {
+    DdpmStepOptions th;
+    th.thresholding = true;
+    th.sample_max_value = smax;
+    CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, out, th), kexue::Error);
+  }
   CHECK_THROWS_AS(kexue::ddpm_step(s, m, 50, x, z, z), kexue::Error);  // out is the noise
   kexue::Vector<float> buf = kexue::Vector<float>::Ones(12);
   CHECK_THROWS_AS(kexue::ddpm_step(s, buf.head(8), 50, x, z, buf.tail(8)), kexue::Error);  // shifted overlap

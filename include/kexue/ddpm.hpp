@@ -226,6 +226,15 @@ struct DdpmStepOptions {
   /// his sampling loop), and so does diffusers when a custom list ends at t > 0. Default: no final noise, as in
   /// Ho et al.'s Algorithm 2 and diffusers' full schedules.
   bool final_step_noise = false;
+  /// Dynamic thresholding (Imagen; diffusers' `thresholding=True`, SPEC 6.4), replacing clip_sample when set:
+  /// per sample, s = clamp(quantile(|x0_hat|, dynamic_thresholding_ratio), 1, sample_max_value) with torch's
+  /// linear interpolation, then x0_hat = clamp(x0_hat, -s, s) / s. A sample is the whole tensor in the flat
+  /// step and one row in the batched step. Exact order statistics by radix selection over x0_hat (3 extra
+  /// passes for float, 6 for double; no allocation). A NaN in x0_hat ranks above +inf; if the quantile itself
+  /// is NaN, s = sample_max_value.
+  bool thresholding = false;
+  double dynamic_thresholding_ratio = 0.995;  ///< in [0, 1]
+  double sample_max_value = 1.0;              ///< >= 1; diffusers' default 1 makes thresholding a clip to [-1, 1]
 };
 
 /// Step coefficients in double (SPEC 6.4), exposed for callers who fuse the step into their own kernels:
@@ -242,9 +251,15 @@ inline DdpmStepCoefficients ddpm_step_coefficients(const DdpmSchedule& schedule,
                                                    const char* fn = "ddpm_step_coefficients") {
   const Index prev_t = options.prev_t ? *options.prev_t : t - 1;
   schedule.check_pair(fn, t, prev_t);
-  if (options.clip_sample)
+  if (options.clip_sample && !options.thresholding)
     detail::require(std::isfinite(options.clip_range) && options.clip_range > 0, fn,
                     "clip_range must be finite and > 0, got ", options.clip_range);
+  if (options.thresholding) {
+    detail::require(options.dynamic_thresholding_ratio >= 0 && options.dynamic_thresholding_ratio <= 1, fn,
+                    "dynamic_thresholding_ratio must be in [0, 1], got ", options.dynamic_thresholding_ratio);
+    detail::require(std::isfinite(options.sample_max_value) && options.sample_max_value >= 1, fn,
+                    "sample_max_value must be finite and >= 1, got ", options.sample_max_value);
+  }
   DdpmStepCoefficients k;
   k.alpha_bar = schedule.alpha_bar(t);
   k.alpha_bar_prev = schedule.alpha_bar(prev_t);
@@ -308,6 +323,20 @@ DdpmStepCoef<T> to_kernel_coef(const DdpmStepCoefficients& k, const DdpmStepOpti
   c.lo = T(-o.clip_range);
   c.hi = T(o.clip_range);
   return c;
+}
+
+/// Dynamic thresholding of one sample (m, x: n values): clamp x0_hat to [-s, s] and fold the division by s
+/// into the coefficient of x0_hat.
+template <class T>
+void apply_threshold(DdpmStepCoef<T>& c, const DdpmStepCoefficients& k, const DdpmStepOptions& o, const T* m,
+                     const T* x, Index n) {
+  if (!o.thresholding || n == 0) return;
+  const double q = quantile_abs_x0(c.ax, c.am, m, x, n, o.dynamic_thresholding_ratio);
+  const double s = std::isnan(q) ? o.sample_max_value : std::min(std::max(q, 1.0), o.sample_max_value);
+  c.clip = true;
+  c.lo = T(-s);
+  c.hi = T(s);
+  c.c0 = T(k.c0 / s);
 }
 
 /// True when [a, a + n) and [b, b + n) are either the same range or disjoint (elementwise kernels may run
@@ -441,7 +470,9 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
                       (!pz || detail::same_or_disjoint(po, pz, n)),
                   fn, "out partially overlaps an input");
   detail::require(!pz || pz != po, fn, "out must not be the noise buffer");
-  detail::ddpm_step_flat(detail::to_kernel_coef<T>(k, options), pm, px, pz, po, n);
+  auto c = detail::to_kernel_coef<T>(k, options);
+  detail::apply_threshold(c, k, options, pm, px, n);
+  detail::ddpm_step_flat(c, pm, px, pz, po, n);
 }
 
 /// The reverse step with the noise drawn from a Philox stream on the fly (no noise buffer: the fast path for
@@ -466,7 +497,8 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
   T* po = detail::flat_mut(fn, "out", out);
   detail::require(detail::same_or_disjoint(po, pm, n) && detail::same_or_disjoint(po, px, n), fn,
                   "out partially overlaps an input");
-  const auto c = detail::to_kernel_coef<T>(k, options);
+  auto c = detail::to_kernel_coef<T>(k, options);
+  detail::apply_threshold(c, k, options, pm, px, n);
   if (k.noise_std == 0.0) {
     detail::ddpm_step_flat(c, pm, px, static_cast<const T*>(nullptr), po, n);
     return;
@@ -512,18 +544,21 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
   detail::require_shape(fn, "model_output", vm, rows, cols, "sample has shape ");
   detail::require_shape(fn, "noise", vz, rows, cols, "sample has shape ");
   detail::require_shape(fn, "out", vo, rows, cols, "sample has shape ");
-  std::vector<detail::DdpmStepCoef<T>> coef(static_cast<std::size_t>(rows));
+  std::vector<DdpmStepCoefficients> coef(static_cast<std::size_t>(rows));
   for (Index r = 0; r < rows; ++r) {
     DdpmStepOptions o = options;
     o.prev_t = prev_t.empty() ? t[std::size_t(r)] - 1 : prev_t[std::size_t(r)];
-    coef[std::size_t(r)] = detail::to_kernel_coef<T>(ddpm_step_coefficients(schedule, t[std::size_t(r)], o, fn), o);
+    coef[std::size_t(r)] = ddpm_step_coefficients(schedule, t[std::size_t(r)], o, fn);
   }
   for (Index r = 0; r < rows; ++r)
     detail::require(detail::same_or_disjoint(vo.row(r), vm.row(r), cols) &&
                         detail::same_or_disjoint(vo.row(r), vx.row(r), cols),
                     fn, "out row ", r, " partially overlaps an input row");
   detail::parallel_for(rows, [&](Index r) {
-    detail::ddpm_step_range(coef[std::size_t(r)], vm.row(r), vx.row(r), vz.row(r), vo.row(r), cols);
+    const DdpmStepCoefficients& k = coef[std::size_t(r)];
+    auto c = detail::to_kernel_coef<T>(k, options);
+    detail::apply_threshold(c, k, options, vm.row(r), vx.row(r), cols);  // per sample, before its row is written
+    detail::ddpm_step_range(c, vm.row(r), vx.row(r), vz.row(r), vo.row(r), cols);
   });
 }
 

@@ -43,7 +43,15 @@ def diffusers_timesteps(T, k, spacing, steps_offset=0):
     raise ValueError(spacing)
 
 
-def step(acp, model_output, t, x, noise, prediction, variance, clip, clip_range, prev_t):
+def threshold_sample(x0, ratio, sample_max_value):
+    """diffusers DDPMScheduler._threshold_sample: per sample (row), s = quantile(|x0|, ratio) clamped to
+    [1, sample_max_value], then clamp(x0, -s, s) / s."""
+    s = torch.quantile(x0.abs(), ratio, dim=1)
+    s = torch.clamp(s, min=1, max=sample_max_value).unsqueeze(1)
+    return torch.clamp(x0, -s, s) / s
+
+
+def step(acp, model_output, t, x, noise, prediction, variance, clip, clip_range, prev_t, thresholding=None):
     ab_t = acp[t]
     ab_prev = acp[prev_t] if prev_t >= 0 else torch.tensor(1.0, dtype=torch.float64)
     beta_prod_t = 1 - ab_t
@@ -56,7 +64,10 @@ def step(acp, model_output, t, x, noise, prediction, variance, clip, clip_range,
         x0 = model_output
     else:
         x0 = ab_t ** 0.5 * x - beta_prod_t ** 0.5 * model_output
-    if clip:
+    if thresholding is not None:  # (ratio, sample_max_value, rows per sample)
+        ratio, smax, rows = thresholding
+        x0 = threshold_sample(x0.reshape(rows, -1), ratio, smax).reshape(x0.shape)
+    elif clip:
         x0 = x0.clamp(-clip_range, clip_range)
     coef0 = ab_prev ** 0.5 * cur_beta / beta_prod_t
     coef1 = cur_alpha ** 0.5 * beta_prod_prev / beta_prod_t
@@ -129,6 +140,7 @@ def generate(w):
                                                 t, prev], dtype=torch.float64))
         w.tensor(name + "/out", step(schedules[kind], m, t, x, z, prediction, variance, clip, r, prev))
     generate_su(w)
+    generate_thresholding(w, schedules["linear"], m, x, z)
 
 
 def su_keras_step(t, m, x, z, small=False, T=T):
@@ -160,3 +172,17 @@ def generate_su(w):
     for t in [999, 500, 1, 0]:
         w.tensor(f"su/t{t}/large", su_keras_step(t, m, x, z))
         w.tensor(f"su/t{t}/small", su_keras_step(t, m, x, z, small=True))
+
+
+def generate_thresholding(w, acp, m, x, z):
+    """Dynamic thresholding, epsilon prediction, fixed_small: per row of the [3, 37] tensors (the batched step)
+    and over the whole tensor as one sample (the flat step)."""
+    i = 0
+    for t in [500, 999, 30]:
+        for ratio, smax in [(0.995, 1.0), (0.995, 2.5), (0.9, 10.0), (0.5, 3.0), (1.0, 100.0), (0.0, 2.0)]:
+            w.tensor(f"threshold/case{i}/config", torch.tensor([t, ratio, smax], dtype=torch.float64))
+            w.tensor(f"threshold/case{i}/rows", step(acp, m, t, x, z, "epsilon", "fixed_small", True, 1.0, t - 1,
+                                                     (ratio, smax, m.shape[0])))
+            w.tensor(f"threshold/case{i}/flat", step(acp, m, t, x, z, "epsilon", "fixed_small", True, 1.0, t - 1,
+                                                     (ratio, smax, 1)))
+            i += 1

@@ -5,6 +5,11 @@
 // only goal is to stream each array exactly once.
 
 #include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "kexue/core.hpp"
 #include "kexue/detail/simd.hpp"
@@ -67,6 +72,89 @@ inline void axpby_range(T a, const T* u, T b, const T* v, T* out, Index n) {
   Index i = 0;
   for (; i + L <= n; i += L) store(out + i, xsimd::fma(va, load(u + i), vb * load(v + i)));
   for (; i < n; ++i) out[i] = std::fma(a, u[i], b * v[i]);
+}
+
+/// The order statistics that torch.quantile(|x0_hat|, ratio) interpolates, for dynamic thresholding, without a
+/// copy or a sort: x0_hat_i = fma(ax, x_i, am m_i) exactly as the step kernels compute it, and the k-th smallest
+/// |x0_hat| is found by radix selection on its bits (|v| as an unsigned integer orders like the value; NaN ranks
+/// above +inf), 11 bits per pass with a histogram on the stack: 3 passes for float, 6 for double.
+template <class T>
+class AbsX0Selector {
+ public:
+  using Key = std::conditional_t<std::is_same<T, float>::value, std::uint32_t, std::uint64_t>;
+
+  AbsX0Selector(T ax, T am, const T* m, const T* x, Index n) : ax_(ax), am_(am), m_(m), x_(x), n_(n) {}
+
+  /// The k-th smallest |x0_hat| (0-based), 0 <= k < n, as its key.
+  Key kth(Index k) const {
+    constexpr int kValueBits = int(sizeof(Key)) * 8 - 1, kDigit = 11;
+    Key prefix = 0, known = 0;  // the bits of the answer found so far, and which bits those are
+    Index rank = k;
+    std::array<Index, std::size_t(1) << kDigit> hist;
+    for (int shift = kValueBits; shift > 0;) {
+      const int width = std::min(kDigit, shift);
+      shift -= width;
+      const Key digit_mask = (Key(1) << width) - 1;
+      hist.fill(0);
+      for (Index i = 0; i < n_; ++i) {
+        const Key key = key_at(i);
+        if ((key & known) == prefix) ++hist[std::size_t((key >> shift) & digit_mask)];
+      }
+      Key d = 0;
+      while (rank >= hist[std::size_t(d)]) rank -= hist[std::size_t(d++)];
+      prefix |= d << shift;
+      known |= digit_mask << shift;
+    }
+    return prefix;
+  }
+
+  /// The (k+1)-th smallest given the k-th: the same key when more than k + 1 values are <= it, else the
+  /// smallest key above it.
+  Key next(Index k, Key kth_key) const {
+    Index at_most = 0;
+    Key above = ~Key(0);
+    for (Index i = 0; i < n_; ++i) {
+      const Key key = key_at(i);
+      if (key <= kth_key)
+        ++at_most;
+      else
+        above = std::min(above, key);
+    }
+    return at_most > k + 1 ? kth_key : above;
+  }
+
+  static T value(Key key) {
+    T v;
+    std::memcpy(&v, &key, sizeof v);
+    return v;
+  }
+
+ private:
+  Key key_at(Index i) const {
+    const T v = std::fma(ax_, x_[i], am_ * m_[i]);
+    Key key;
+    std::memcpy(&key, &v, sizeof key);
+    return key & ~(Key(1) << (sizeof(Key) * 8 - 1));  // drop the sign: |v|
+  }
+
+  T ax_, am_;
+  const T* m_;
+  const T* x_;
+  Index n_;
+};
+
+/// torch.quantile(|x0_hat|, ratio) with its default linear interpolation, over n >= 1 values.
+template <class T>
+double quantile_abs_x0(T ax, T am, const T* m, const T* x, Index n, double ratio) {
+  const AbsX0Selector<T> sel(ax, am, m, x, n);
+  const double pos = ratio * double(n - 1);
+  const Index below = std::min<Index>(static_cast<Index>(pos), n - 1);
+  const double weight = pos - double(below);
+  const auto k_key = sel.kth(below);
+  const double lo = double(AbsX0Selector<T>::value(k_key));
+  if (weight == 0 || below + 1 >= n) return lo;
+  const double hi = double(AbsX0Selector<T>::value(sel.next(below, k_key)));
+  return lo + weight * (hi - lo);
 }
 
 }  // namespace kexue::detail
