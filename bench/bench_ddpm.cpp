@@ -112,6 +112,23 @@ void BM_ddpm_step_buffer(benchmark::State& state) {
 }
 BENCHMARK(BM_ddpm_step_buffer)->Args({kSmall, 1})->Args({kLarge, 1})->UseRealTime();
 
+// Dynamic thresholding (exact quantile of |x0_hat| by radix selection, then the clipped step): reads m, x
+// four times (three selection passes and the step) and writes out.
+void BM_ddpm_step_threshold(benchmark::State& state) {
+  const Index n = state.range(0);
+  set_threads(int(state.range(1)));
+  Data d(n);
+  kexue::DdpmStepOptions o;
+  o.thresholding = true;
+  o.sample_max_value = 2.5;
+  for (auto _ : state) {
+    kexue::ddpm_step(schedule(), d.m, kT, d.x, d.z, d.out, o);
+    benchmark::ClobberMemory();
+  }
+  report_bytes(state, 4.0 * double(n) * sizeof(float));
+}
+BENCHMARK(BM_ddpm_step_threshold)->Args({kSmall, 1})->Args({kLarge, 1})->UseRealTime();
+
 // Naive baseline: diffusers' formulas as Eigen array expressions with per-call temporaries, noise from
 // std::normal_distribution over mt19937.
 void naive_step(const kexue::Vector<float>& m, const kexue::Vector<float>& x, kexue::Vector<float>& z,
