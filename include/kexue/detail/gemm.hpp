@@ -1,0 +1,379 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// kexue's own packed GEMM, C = op(A) op(B) with an optional fused epilogue, for fp32 and fp64. It exists
+// because GAU spends 97% of its flops in four products and Eigen's GEMM reaches ~80% of the FMA peak on them.
+//
+// Structure (the BLIS loop nest, written from the published description):
+//   * B ([k, n], or given transposed as [n, k]) is packed once per call into kc x kNr micro-panels, zero
+//     padded to a multiple of kNr columns. Packed weights are shared by every thread.
+//   * Work items are blocks of rows of C. For each k block, the item packs its rows of A into kMr x kc
+//     micro-panels (zero padded to a multiple of kMr rows), then for every B micro-panel (kept in L1) runs
+//     the micro-kernel over all its A micro-panels (the A block stays in L2).
+//   * The micro-kernel holds a kMr x kNr tile of C in 12 registers (6 rows x 2 vectors) and does one
+//     broadcast and two FMAs per row per k step: 12 independent FMA chains cover 2 FMA ports x 4 cycles of
+//     latency, with room for the two B loads and the broadcast in the 16 registers of AVX2.
+//
+// Determinism: the accumulator of C(i, j) starts at 0 and takes fma(A(i, p), B(p, j), acc) for p = 0, 1, ...
+// in order; between k blocks the partial sum is stored to C and loaded back exactly. So C(i, j) is that one
+// FMA chain whatever the block sizes, the position of (i, j) in its tile or the thread that computed it:
+// results are bitwise identical for any thread count and any partition of C (and equal to a scalar
+// std::fma loop). Edge tiles run the same full-width kernel on zero-padded panels into a stack tile.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kexue/core.hpp"
+#include "kexue/detail/parallel.hpp"
+#include "kexue/detail/simd.hpp"
+#include "kexue/detail/view.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace kexue::detail {
+
+/// Register tile of the micro-kernel: kGemmMr rows x kGemmNr<T> columns (6 x 16 floats, 6 x 8 doubles on AVX2).
+constexpr Index kGemmMr = 6;
+template <class T>
+constexpr Index kGemmNr = 2 * kLanes<T>;
+/// Depth of one k block. A B micro-panel is kGemmKc x kGemmNr (24 KiB at 384: 64 bytes per k step in both
+/// precisions) and an A micro-panel 6 x kGemmKc; together they fit the 48 KiB L1 with room for C's lines.
+/// Longer blocks mean fewer passes that load and store C.
+constexpr Index kGemmKc = 384;
+/// Rows of A packed per block (a multiple of kGemmMr): 144 x 384 floats = 216 KiB stays in the 1 MiB L2
+/// while every B micro-panel of the k block streams past it.
+constexpr Index kGemmMc = 144;
+/// Columns of C per chunk: a row block's chunk of C (144 x 256 floats = 144 KiB) stays in L2 while all k
+/// blocks accumulate into it, instead of travelling to L3 and back once per k block.
+constexpr Index kGemmNc = 256;
+
+/// Aligned scratch of the GEMM (64 bytes: every packed k step of B is one cache line).
+template <class T>
+using GemmBuffer = std::vector<T, xsimd::aligned_allocator<T, 64>>;
+
+template <class T>
+inline T* gemm_grow(GemmBuffer<T>& v, Index n) {
+  if (v.size() < static_cast<std::size_t>(n)) v.resize(static_cast<std::size_t>(n));
+  return v.data();
+}
+
+/// What the micro-kernel does to a finished element before storing it (applied after the last k block):
+/// c = acc (+ bias[j]) (then swish(c) = c / (1 + exp(-c))) (then c *= gate(i, j)).
+template <class T>
+struct GemmEpilogue {
+  const T* bias = nullptr;  // [n] or null
+  bool swish = false;
+  const T* gate = nullptr;  // gate(i, j) = gate[i * gate_stride + j], or null
+  Index gate_stride = 0;
+};
+
+/// op(B) of shape [k, n] packed into micro-panels. Block b covers depths [b kGemmKc, min(k, (b + 1) kGemmKc))
+/// and starts at b kGemmKc * npad; inside it, column panel j (columns [j kNr, (j + 1) kNr)) is kc x kNr,
+/// element (p, c) at p * kNr + c. A product may use a prefix of the rows and of the columns.
+template <class T>
+struct PackedB {
+  const T* data = nullptr;
+  Index k = 0, n = 0, npad = 0;
+};
+
+template <class T>
+inline Index gemm_round_up(Index n, Index to) {
+  return (n + to - 1) / to * to;
+}
+
+/// Values a packed op(B) of shape [k, n] takes.
+template <class T>
+inline Index gemm_packed_b_size(Index k, Index n) {
+  return k * gemm_round_up<T>(n, kGemmNr<T>);
+}
+
+
+/// Packs column panels [p0, p1) of op(B): B = src ([k, n]) or, with `transposed`, B = src^T (src: [n, k]).
+template <class T>
+void gemm_pack_b_panels(View<const T> src, bool transposed, T* dst, Index p0, Index p1) {
+  constexpr Index nr = kGemmNr<T>;
+  const Index k = transposed ? src.cols : src.rows, n = transposed ? src.rows : src.cols;
+  const Index npad = gemm_round_up<T>(n, nr);
+  for (Index k0 = 0; k0 < k; k0 += kGemmKc) {
+    const Index kc = std::min(kGemmKc, k - k0);
+    for (Index panel = p0; panel < p1; ++panel) {
+      const Index j0 = panel * nr, cols = std::min(nr, n - j0);
+      T* d = dst + k0 * npad + panel * nr * kc;
+      if (!transposed) {
+        for (Index p = 0; p < kc; ++p) {
+          const T* s = src.row(k0 + p) + j0;
+          T* dp = d + p * nr;
+          if (cols == nr) {
+            std::memcpy(dp, s, sizeof(T) * nr);
+          } else {
+            for (Index c = 0; c < cols; ++c) dp[c] = s[c];
+            for (Index c = cols; c < nr; ++c) dp[c] = T(0);
+          }
+        }
+      } else {
+        // B(p, c) = src(c, p): read each source row contiguously, write with stride kNr.
+        for (Index c = 0; c < cols; ++c) {
+          const T* s = src.row(j0 + c) + k0;
+          for (Index p = 0; p < kc; ++p) d[p * nr + c] = s[p];
+        }
+        for (Index c = cols; c < nr; ++c)
+          for (Index p = 0; p < kc; ++p) d[p * nr + c] = T(0);
+      }
+    }
+  }
+}
+
+/// Packs all of op(B) (see gemm_pack_b_panels) into dst (gemm_packed_b_size values), the column panels
+/// spread over the threads when `parallel`.
+template <class T>
+PackedB<T> gemm_pack_b(View<const T> src, bool transposed, T* dst, bool parallel) {
+  constexpr Index nr = kGemmNr<T>;
+  const Index k = transposed ? src.cols : src.rows, n = transposed ? src.rows : src.cols;
+  const Index panels = gemm_round_up<T>(n, nr) / nr;
+  // Groups of 8 panels (128 float columns): enough work per item to amortise the scheduling.
+  constexpr Index kGroup = 8;
+  const Index groups = (panels + kGroup - 1) / kGroup;
+  auto item = [&](Index g) {
+    gemm_pack_b_panels(src, transposed, dst, g * kGroup, std::min(panels, (g + 1) * kGroup));
+  };
+  if (parallel) {
+    parallel_for(groups, item);
+  } else {
+    for (Index g = 0; g < groups; ++g) item(g);
+  }
+  return {dst, k, n, panels * nr};
+}
+
+/// Packs rows [0, rows) and depths [k0, k0 + kc) of A into kMr x kc micro-panels (rows zero padded).
+template <class T>
+void gemm_pack_a(View<const T> a, Index k0, Index kc, T* dst) {
+  constexpr Index mr = kGemmMr;
+  for (Index r0 = 0; r0 < a.rows; r0 += mr) {
+    const Index rows = std::min(mr, a.rows - r0);
+    T* d = dst + r0 * kc;
+    for (Index r = 0; r < rows; ++r) {
+      const T* s = a.row(r0 + r) + k0;
+      for (Index p = 0; p < kc; ++p) d[p * mr + r] = s[p];
+    }
+    for (Index r = rows; r < mr; ++r)
+      for (Index p = 0; p < kc; ++p) d[p * mr + r] = T(0);
+  }
+}
+
+template <class F, std::size_t... I>
+inline void gemm_unroll_impl(F&& f, std::index_sequence<I...>) {
+  (f(std::integral_constant<Index, Index(I)>{}), ...);
+}
+/// f(0), ..., f(N - 1) with compile-time indices, so the accumulator tile lives in registers.
+template <Index N, class F>
+inline void gemm_unroll(F&& f) {
+  gemm_unroll_impl(std::forward<F>(f), std::make_index_sequence<static_cast<std::size_t>(N)>{});
+}
+
+/// swish(x) = x / (1 + exp(-x)). The exp argument is clamped to [kExpUnderflow, -kExpUnderflow]: there
+/// exp is already 0 or huge enough to give the limits (x or -0), and xsimd 8.1's double exp is undefined
+/// behaviour for huge arguments.
+template <class T>
+inline Batch<T> gemm_swish(const Batch<T>& x) {
+  const Batch<T> lo(kExpUnderflow<T>), hi(-kExpUnderflow<T>);
+  const Batch<T> e = xsimd::exp(xsimd::min(xsimd::max(-x, lo), hi));
+  return x / (Batch<T>(T(1)) + e);
+}
+
+/// One kMr x kNr tile: c (ldc) = [c +] a_panel * b_panel over kc depths, then the epilogue when `epi`.
+/// bias and gate must be readable for the whole tile (the edge path passes padded copies).
+template <class T>
+inline void gemm_micro(Index kc, const T* a, const T* b, T* c, Index ldc, bool accumulate, const GemmEpilogue<T>* epi,
+                       const T* bias, const T* gate, Index gate_stride) {
+  using B = Batch<T>;
+  constexpr Index L = kLanes<T>;
+  B acc[kGemmMr][2];
+  if (accumulate) {
+    gemm_unroll<kGemmMr>([&](auto i) {
+      acc[i][0] = load(c + i * ldc);
+      acc[i][1] = load(c + i * ldc + L);
+    });
+  } else {
+    gemm_unroll<kGemmMr>([&](auto i) {
+      acc[i][0] = B(T(0));
+      acc[i][1] = B(T(0));
+    });
+  }
+  for (Index p = 0; p < kc; ++p) {
+    const B b0 = B::load_aligned(b), b1 = B::load_aligned(b + L);
+    gemm_unroll<kGemmMr>([&](auto i) {
+      const B ai(a[i]);
+      acc[i][0] = xsimd::fma(ai, b0, acc[i][0]);
+      acc[i][1] = xsimd::fma(ai, b1, acc[i][1]);
+    });
+    a += kGemmMr;
+    b += kGemmNr<T>;
+  }
+  if (epi) {
+    if (bias) {
+      const B b0 = load(bias), b1 = load(bias + L);
+      gemm_unroll<kGemmMr>([&](auto i) {
+        acc[i][0] += b0;
+        acc[i][1] += b1;
+      });
+    }
+    if (epi->swish) {
+      gemm_unroll<kGemmMr>([&](auto i) {
+        acc[i][0] = gemm_swish(acc[i][0]);
+        acc[i][1] = gemm_swish(acc[i][1]);
+      });
+    }
+    if (gate) {
+      gemm_unroll<kGemmMr>([&](auto i) {
+        acc[i][0] *= load(gate + i * gate_stride);
+        acc[i][1] *= load(gate + i * gate_stride + L);
+      });
+    }
+  }
+  gemm_unroll<kGemmMr>([&](auto i) {
+    store(c + i * ldc, acc[i][0]);
+    store(c + i * ldc + L, acc[i][1]);
+  });
+}
+
+/// Values of one thread's packed A block for products of depth k.
+template <class T>
+inline Index gemm_packed_a_size(Index k) {
+  return kGemmMc * std::max<Index>(k, 1);
+}
+
+/// C = A op(B) (+ epilogue) on one thread, for all rows of a (a: [m, k], c: [m, n] with n <= b.n and
+/// k <= b.k: a prefix of the packed rows and columns). apack: gemm_packed_a_size(k) values.
+template <class T>
+void gemm_rows(View<const T> a, const PackedB<T>& b, View<T> c, const GemmEpilogue<T>& epi, T* apack) {
+  constexpr Index mr = kGemmMr, nr = kGemmNr<T>;
+  const Index m = a.rows, n = c.cols, k = a.cols;
+  if (m == 0 || n == 0) return;
+  const bool has_epi = epi.bias || epi.swish || epi.gate;
+  alignas(64) T tile[kGemmMr * kGemmNr<T>];
+  alignas(64) T gate_tile[kGemmMr * kGemmNr<T>];
+  alignas(64) T bias_tile[kGemmNr<T>];
+  // k == 0 runs one block of depth 0 on these (never read): every element is the epilogue applied to 0.
+  alignas(64) T zeros[kGemmMr + kGemmNr<T>] = {};
+  const Index blocks = std::max<Index>(1, (k + kGemmKc - 1) / kGemmKc);
+  for (Index i0 = 0; i0 < m; i0 += kGemmMc) {
+    const Index mc = std::min(kGemmMc, m - i0), mpad = gemm_round_up<T>(mc, mr);
+    // The whole depth of this row block is packed once, so that the column chunks below can sweep all k
+    // blocks while their tile of C stays in L2.
+    for (Index blk = 0; blk < blocks && k > 0; ++blk) {
+      const Index k0 = blk * kGemmKc;
+      gemm_pack_a(View<const T>{a.row(i0), mc, k, a.stride}, k0, std::min(kGemmKc, k - k0), apack + k0 * mpad);
+    }
+    for (Index c0 = 0; c0 < n; c0 += kGemmNc) {
+      const Index c1 = std::min(n, c0 + kGemmNc);
+      for (Index blk = 0; blk < blocks; ++blk) {
+        const Index k0 = blk * kGemmKc, kc = std::min(kGemmKc, k - k0);
+        // The packed B block was laid out for the full depth b.k; we use its first kc rows.
+        const Index kc_layout = std::min(kGemmKc, b.k - k0);
+        const bool first = blk == 0, last = blk == blocks - 1;
+        const GemmEpilogue<T>* e = last && has_epi ? &epi : nullptr;
+        for (Index j0 = c0; j0 < c1; j0 += nr) {
+          const Index cols = std::min(nr, n - j0);
+          const T* bp = k > 0 ? b.data + k0 * b.npad + (j0 / nr) * nr * kc_layout : zeros;
+          const T* bias = epi.bias ? epi.bias + j0 : nullptr;
+          if (e && epi.bias && cols < nr) {
+            for (Index j = 0; j < nr; ++j) bias_tile[j] = j < cols ? epi.bias[j0 + j] : T(0);
+            bias = bias_tile;
+          }
+          for (Index r0 = 0; r0 < mc; r0 += mr) {
+            const Index rows = std::min(mr, mc - r0), i = i0 + r0;
+            const T* ap = k > 0 ? apack + k0 * mpad + r0 * kc : zeros;
+            T* cp = c.row(i) + j0;
+            if (rows == mr && cols == nr) {
+              gemm_micro(kc, ap, bp, cp, c.stride, !first, e, bias,
+                         epi.gate ? epi.gate + i * epi.gate_stride + j0 : nullptr, epi.gate_stride);
+              continue;
+            }
+            // Edge tile: the same kernel on the zero-padded panels into a stack tile; copy the valid part.
+            for (Index r = 0; r < mr; ++r)
+              for (Index j = 0; j < nr; ++j)
+                tile[r * nr + j] = (!first && r < rows && j < cols) ? cp[r * c.stride + j] : T(0);
+            const T* gate = nullptr;
+            if (e && epi.gate) {
+              for (Index r = 0; r < mr; ++r)
+                for (Index j = 0; j < nr; ++j)
+                  gate_tile[r * nr + j] = (r < rows && j < cols) ? epi.gate[(i + r) * epi.gate_stride + j0 + j] : T(0);
+              gate = gate_tile;
+            }
+            gemm_micro(kc, ap, bp, tile, nr, !first, e, bias, gate, nr);
+            for (Index r = 0; r < rows; ++r)
+              for (Index j = 0; j < cols; ++j) cp[r * c.stride + j] = tile[r * nr + j];
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Scratch of gemm(): the packed op(B) and one A block per thread. Grows to the largest call, then reused.
+template <class T>
+struct GemmWorkspace {
+  GemmBuffer<T> b;
+  std::vector<GemmBuffer<T>> a;
+  std::size_t bytes() const {
+    std::size_t total = b.size();
+    for (const auto& x : a) total += x.size();
+    return total * sizeof(T);
+  }
+};
+
+/// Per-thread A buffers for `threads` threads (call before a parallel region).
+template <class T>
+void gemm_reserve_a(std::vector<GemmBuffer<T>>& a, Index threads, Index k) {
+  if (static_cast<Index>(a.size()) < threads) a.resize(static_cast<std::size_t>(threads));
+  for (auto& x : a) gemm_grow(x, gemm_packed_a_size<T>(k));
+}
+
+inline Index gemm_thread_id() {
+#if defined(_OPENMP)
+  return static_cast<Index>(omp_get_thread_num());
+#else
+  return 0;
+#endif
+}
+
+/// Rows of C per parallel work item: whole A blocks, enough items for the threads to balance.
+inline Index gemm_row_item(Index m, Index threads) {
+  if (threads <= 1) return std::max<Index>(m, 1);
+  // About four items per thread, in whole micro-panels, at most one A block.
+  const Index target = (m + 4 * threads - 1) / (4 * threads);
+  return std::min(kGemmMc, std::max(kGemmMr, gemm_round_up<float>(target, kGemmMr)));
+}
+
+/// C = A op(B) (+ epilogue): a [m, k], b [k, n] (or [n, k] when b_transposed), c [m, n]. Packs op(B) once,
+/// then spreads blocks of rows of C over the threads. c must not overlap a, b or the epilogue's inputs.
+template <class T>
+void gemm(View<const T> a, View<const T> b, bool b_transposed, View<T> c, const GemmEpilogue<T>& epi,
+          GemmWorkspace<T>& ws) {
+  const Index k = a.cols, n = c.cols, m = c.rows;
+  if (m == 0 || n == 0) return;
+  const Index threads = std::max(1, max_threads());
+  const PackedB<T> packed = gemm_pack_b(b, b_transposed, gemm_grow(ws.b, gemm_packed_b_size<T>(k, n)), true);
+  gemm_reserve_a(ws.a, threads, k);
+  const Index rows = gemm_row_item(m, threads), items = (m + rows - 1) / rows;
+  // Nested in an outer parallel region, parallel_for runs serially on this thread: use the first buffer.
+#if defined(_OPENMP)
+  const bool nested = omp_in_parallel() != 0;
+#else
+  const bool nested = true;
+#endif
+  parallel_for(items, [&](Index it) {
+    const Index r0 = it * rows, r1 = std::min(m, r0 + rows);
+    GemmEpilogue<T> e = epi;
+    if (e.gate) e.gate += r0 * e.gate_stride;
+    gemm_rows(View<const T>{a.row(r0), r1 - r0, k, a.stride}, packed, View<T>{c.row(r0), r1 - r0, n, c.stride}, e,
+              ws.a[static_cast<std::size_t>(nested ? 0 : gemm_thread_id())].data());
+  });
+}
+
+}  // namespace kexue::detail
