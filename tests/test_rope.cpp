@@ -714,3 +714,345 @@ TEST_CASE("rope: freq_factors divide the scaled frequencies (ggml freq_factors, 
   CHECK(x(0, 2) == Approx(std::cos(angle)).margin(1e-14));
   CHECK(x(0, 6) == Approx(std::sin(angle)).margin(1e-14));
 }
+
+// ---- batched RoPE + bias for q and k, batched 2-D RoPE with explicit coordinates ---------------------------
+
+namespace {
+
+/// Runs f() with 1 and then 2 OpenMP threads (once when OpenMP is off), restoring the thread count.
+template <class F>
+void for_one_and_two_threads(F&& f) {
+  const int saved_threads = kexue::detail::max_threads();
+  for (int threads : {1, 2}) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#endif
+    f(threads);
+  }
+#if defined(_OPENMP)
+  omp_set_num_threads(saved_threads);
+#endif
+  (void)saved_threads;
+}
+
+/// A [batch, heads, seq, dim] buffer in one of two memory layouts: head-major (contiguous) or seq-major (the
+/// layout of a fused projection's output).
+template <class T>
+struct Tensor {
+  std::vector<T> data;
+  Index B, H, S, D;
+  bool seq_major;
+  TensorView<T> view() {
+    return seq_major ? TensorView<T>::seq_major(data.data(), B, S, H, D)
+                     : TensorView<T>::contiguous(data.data(), B, H, S, D);
+  }
+};
+
+template <class T>
+Tensor<T> random_tensor(Index B, Index H, Index S, Index D, bool seq_major, std::uint32_t seed) {
+  return {random_values<T>(B * H * S * D, seed, T(-2), T(2)), B, H, S, D, seq_major};
+}
+
+/// The expected result of a batched call: the [n, dim] rope_with_bias on every (b, h) slice of a copy, with
+/// bias row h (or the shared bias) and the positions of batch entry b.
+template <class T>
+Tensor<T> looped_rope_with_bias(const RopeTable<T>& table, Tensor<T> t, const Matrix<T>& bias,
+                                const std::vector<Index>& pos_bs) {
+  auto v = t.view();
+  for (Index b = 0; b < t.B; ++b)
+    for (Index h = 0; h < t.H; ++h) {
+      auto m = v.matrix(b, h);
+      const std::vector<Index> pos(pos_bs.begin() + b * t.S, pos_bs.begin() + (b + 1) * t.S);
+      const kexue::Vector<T> bh = bias.rows() == 1 ? bias.row(0).transpose() : bias.row(h).transpose();
+      kexue::rope_with_bias(table, m, bh, pos);
+    }
+  return t;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("batched rope_with_bias for q and k equals the [n, dim] form bit for bit (GQA, layouts, threads)",
+                   "[rope][batched][bias]", float, double) {
+  using T = TestType;
+  struct Shape {
+    Index dim, rotary_dim;
+  };
+  constexpr Index L = kexue::detail::kLanes<T>;
+  // Full vectors plus scalar pairs, a pass-through tail, an odd head size, every dim rotated, a tiny head.
+  const Shape shapes[] = {{36, 28}, {37, 18}, {2 * (2 * L + 1), 0}, {6, 0}};
+  const Index B = 2, S = 11;
+  std::uint32_t seed = 100;
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::Half}) {
+    for (const Shape& shape : shapes) {
+      RopeOptions o;
+      o.layout = layout;
+      o.rotary_dim = shape.rotary_dim;
+      const Index D = shape.dim;
+      RopeTable<T> table(40, D, o);
+      for (auto heads : {std::pair<Index, Index>{3, 2}, {1, 3}, {2, 2}}) {  // grouped-query and k-heavy head counts
+        const Index HQ = heads.first, HK = heads.second;
+        for (bool q_seq_major : {false, true}) {
+          for (bool per_head : {false, true}) {
+            INFO("layout " << int(layout) << " dim " << D << " rotary " << table.rotary_dim() << " hq " << HQ << " hk "
+                           << HK << " q seq-major " << q_seq_major << " per-head bias " << per_head);
+            const auto q0 = random_tensor<T>(B, HQ, S, D, q_seq_major, seed++);
+            const auto k0 = random_tensor<T>(B, HK, S, D, !q_seq_major, seed++);
+            Matrix<T> qb(per_head ? HQ : 1, D), kb(per_head ? HK : 1, D);
+            fill_random(qb, seed++);
+            fill_random(kb, seed++);
+            std::vector<Index> first_bs, pos_bs, pos_s;  // first_position 3; [batch, seq]; [seq]
+            for (Index b = 0; b < B; ++b)
+              for (Index s = 0; s < S; ++s) {
+                first_bs.push_back(3 + s);
+                pos_bs.push_back(b == 0 ? 39 - 2 * s : 5 + s);  // descending in batch 0, from 5 in batch 1
+              }
+            for (Index s = 0; s < S; ++s) pos_s.push_back((7 * s) % 40);
+            std::vector<Index> pos_s_bs;
+            for (Index b = 0; b < B; ++b) pos_s_bs.insert(pos_s_bs.end(), pos_s.begin(), pos_s.end());
+            const auto want_q3 = looped_rope_with_bias(table, q0, qb, first_bs);
+            const auto want_k3 = looped_rope_with_bias(table, k0, kb, first_bs);
+            const auto want_qbs = looped_rope_with_bias(table, q0, qb, pos_bs);
+            const auto want_kbs = looped_rope_with_bias(table, k0, kb, pos_bs);
+            const auto want_qs = looped_rope_with_bias(table, q0, qb, pos_s_bs);
+            const auto want_ks = looped_rope_with_bias(table, k0, kb, pos_s_bs);
+            // The bias changes the result (a test of the bias path, not of the plain rotation).
+            {
+              auto plain = q0;
+              kexue::rope(table, plain.view(), 3);
+              CHECK(plain.data != want_q3.data);
+            }
+            for_one_and_two_threads([&](int threads) {
+              INFO("threads " << threads);
+              auto q = q0, k = k0;
+              kexue::rope_with_bias(table, q.view(), k.view(), qb, kb, 3);
+              CHECK(q.data == want_q3.data);
+              CHECK(k.data == want_k3.data);
+              q = q0, k = k0;
+              kexue::rope_with_bias(table, q.view(), k.view(), qb, kb, pos_bs);
+              CHECK(q.data == want_qbs.data);
+              CHECK(k.data == want_kbs.data);
+              q = q0, k = k0;
+              std::vector<int> pos_int(pos_s.begin(), pos_s.end());  // [seq], as int
+              kexue::rope_with_bias(table, q.view(), k.view(), qb, kb, pos_int);
+              CHECK(q.data == want_qs.data);
+              CHECK(k.data == want_ks.data);
+              // The single-tensor form with explicit positions agrees too.
+              q = q0;
+              kexue::rope_with_bias(table, q.view(), qb, pos_bs);
+              CHECK(q.data == want_qbs.data);
+            });
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("batched rope_with_bias for q and k over several position tiles equals the [n, dim] form",
+          "[rope][batched][bias]") {
+  // As the tile test above: table rows of 32 KiB, so 40 positions span two work items per (batch, head).
+  const Index B = 2, HQ = 2, HK = 1, S = 40, D = 4096;
+  RopeTable<double> table(S + 5, D);
+  REQUIRE(kexue::detail::rope_tile_positions(table) < S);
+  const auto q0 = random_tensor<double>(B, HQ, S, D, false, 41);
+  const auto k0 = random_tensor<double>(B, HK, S, D, true, 42);
+  Matrix<double> qb(HQ, D), kb(1, D);
+  fill_random(qb, 43);
+  fill_random(kb, 44);
+  std::vector<Index> first_bs;
+  for (Index b = 0; b < B; ++b)
+    for (Index s = 0; s < S; ++s) first_bs.push_back(5 + s);
+  const auto want_q = looped_rope_with_bias(table, q0, qb, first_bs);
+  const auto want_k = looped_rope_with_bias(table, k0, kb, first_bs);
+  for_one_and_two_threads([&](int threads) {
+    INFO("threads " << threads);
+    auto q = q0, k = k0;
+    kexue::rope_with_bias(table, q.view(), k.view(), qb, kb, 5);
+    CHECK(q.data == want_q.data);
+    CHECK(k.data == want_k.data);
+  });
+}
+
+TEMPLATE_TEST_CASE("batched rope_with_bias for q and k matches PyTorch (the [n, dim] cases sliced into batches)",
+                   "[rope][batched][bias][torch]", float, double) {
+  using T = TestType;
+  struct Case {
+    const char* name;
+    RopeLayout layout;
+    Index dim, rotary_dim;
+  };
+  // Both cases have 15 rows x at positions 4..18 with one bias b: y = RoPE(x + b).
+  const Case cases[] = {{"bias_inter", RopeLayout::Interleaved, 64, 0}, {"bias_half_partial", RopeLayout::Half, 40, 24}};
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const std::string n = c.name;
+    RopeOptions o;
+    o.layout = c.layout;
+    o.rotary_dim = c.rotary_dim;
+    RopeTable<T> table(64, c.dim, o);
+    const Matrix<T> x = ref().matrix<T>(n + "/x"), y = ref().matrix<T>(n + "/y");
+    const kexue::Vector<T> b = ref().vector<T>(n + "/bias");
+    REQUIRE(x.rows() == 15);
+    const Index B = 3, S = 5, D = c.dim;
+    // q [3, 2, 5, D]: batch entry e holds rows 5e..5e+4 (positions 4 + 5e + s) in both heads, per-head bias
+    // [2, D] with b in both rows; k [3, 1, 5, D] seq-major with the same rows and the shared bias [D].
+    std::vector<T> q(std::size_t(B * 2 * S * D)), k(std::size_t(B * S * D));
+    auto qv = TensorView<T>::contiguous(q.data(), B, 2, S, D);
+    auto kv = TensorView<T>::seq_major(k.data(), B, S, 1, D);
+    std::vector<Index> pos;
+    for (Index e = 0; e < B; ++e)
+      for (Index s = 0; s < S; ++s) {
+        pos.push_back(4 + e * S + s);
+        for (Index h = 0; h < 2; ++h) std::copy(x.row(e * S + s).data(), x.row(e * S + s).data() + D, qv.row(e, h, s));
+        std::copy(x.row(e * S + s).data(), x.row(e * S + s).data() + D, kv.row(e, 0, s));
+      }
+    Matrix<T> qb(2, D);
+    qb.row(0) = b.transpose();
+    qb.row(1) = b.transpose();
+    kexue::rope_with_bias(table, qv, kv, qb, b, pos);
+    Matrix<T> got_q0(B * S, D), got_q1(B * S, D), got_k(B * S, D);
+    for (Index e = 0; e < B; ++e)
+      for (Index s = 0; s < S; ++s) {
+        got_q0.row(e * S + s) = Eigen::Map<const Matrix<T>>(qv.row(e, 0, s), 1, D);
+        got_q1.row(e * S + s) = Eigen::Map<const Matrix<T>>(qv.row(e, 1, s), 1, D);
+        got_k.row(e * S + s) = Eigen::Map<const Matrix<T>>(kv.row(e, 0, s), 1, D);
+      }
+    CHECK(nmse(got_q0, y) < tolerance<T>());
+    CHECK(nmse(got_q1, y) < tolerance<T>());
+    CHECK(nmse(got_k, y) < tolerance<T>());
+    // The first_position form on one sequence of all 15 rows: q [1, 1, 15, D], k [1, 1, 15, D].
+    Matrix<T> q1 = x, k1 = x;
+    kexue::rope_with_bias(table, TensorView<T>::contiguous(q1.data(), 1, 1, 15, D),
+                          TensorView<T>::contiguous(k1.data(), 1, 1, 15, D), b, b, 4);
+    CHECK(nmse(q1, y) < tolerance<T>());
+    CHECK((k1.array() == q1.array()).all());
+  }
+}
+
+TEMPLATE_TEST_CASE("batched rope_2d with explicit coordinates equals the [n, 2 dim] form bit for bit",
+                   "[rope][batched][rope2d]", float, double) {
+  using T = TestType;
+  constexpr Index L = kexue::detail::kLanes<T>;
+  const Index B = 2, H = 3, S = 9;
+  std::uint32_t seed = 200;
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::Half}) {
+    for (auto shape : {std::pair<Index, Index>{10, 6}, {2 * (2 * L + 1), 0}, {7, 4}}) {
+      RopeOptions o;
+      o.layout = layout;
+      o.rotary_dim = shape.second;
+      const Index d = shape.first;
+      RopeTable<T> table(12, d, o);
+      for (bool seq_major : {false, true}) {
+        INFO("layout " << int(layout) << " table dim " << d << " rotary " << table.rotary_dim() << " seq-major "
+                       << seq_major);
+        const auto x0 = random_tensor<T>(B, H, S, 2 * d, seq_major, seed++);
+        std::vector<Index> rows_bs, cols_bs, rows_s;
+        for (Index b = 0; b < B; ++b)
+          for (Index s = 0; s < S; ++s) {
+            rows_bs.push_back((3 * s + b) % 12);
+            cols_bs.push_back(11 - (s + 5 * b) % 12);
+          }
+        for (Index s = 0; s < S; ++s) rows_s.push_back(s / 3);
+        auto expected = [&](const std::vector<Index>& rows, const std::vector<Index>& cols) {
+          auto t = x0;
+          auto v = t.view();
+          for (Index b = 0; b < B; ++b)
+            for (Index h = 0; h < H; ++h) {
+              auto m = v.matrix(b, h);
+              auto pick = [&](const std::vector<Index>& p) {
+                const Index off = Index(p.size()) == S ? 0 : b * S;
+                return std::vector<Index>(p.begin() + off, p.begin() + off + S);
+              };
+              kexue::rope_2d(table, m, pick(rows), pick(cols));
+            }
+          return t;
+        };
+        const auto want_bs = expected(rows_bs, cols_bs);
+        const auto want_mixed = expected(rows_s, cols_bs);  // rows shared by the batch, cols per batch entry
+        for_one_and_two_threads([&](int threads) {
+          INFO("threads " << threads);
+          auto x = x0;
+          kexue::rope_2d(table, x.view(), rows_bs, cols_bs);
+          CHECK(x.data == want_bs.data);
+          x = x0;
+          Eigen::Matrix<int, Eigen::Dynamic, 1> cols_eigen(B * S);
+          for (Index i = 0; i < B * S; ++i) cols_eigen[i] = int(cols_bs[std::size_t(i)]);
+          kexue::rope_2d(table, x.view(), rows_s, cols_eigen);
+          CHECK(x.data == want_mixed.data);
+        });
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("batched rope_2d with explicit coordinates matches PyTorch and the grid form", "[rope][batched][rope2d][torch]",
+                   float, double) {
+  using T = TestType;
+  RopeOptions o;
+  o.base = 1000.0;
+  RopeTable<T> table(8, 64, o);
+  const Matrix<T> x = ref().matrix<T>("rope2d/x"), y = ref().matrix<T>("rope2d/y");
+  const auto rows = int_positions<T>(ref(), "rope2d/rows"), cols = int_positions<T>(ref(), "rope2d/cols");
+  // The first 20 of the 23 patches as [4, 2, 5, 128]: batch entry e holds patches 5e..5e+4 in both heads.
+  const Index B = 4, H = 2, S = 5, D = 128;
+  std::vector<T> buf(std::size_t(B * H * S * D));
+  auto v = TensorView<T>::contiguous(buf.data(), B, H, S, D);
+  for (Index e = 0; e < B; ++e)
+    for (Index h = 0; h < H; ++h)
+      for (Index s = 0; s < S; ++s) std::copy(x.row(e * S + s).data(), x.row(e * S + s).data() + D, v.row(e, h, s));
+  const std::vector<Index> rows20(rows.begin(), rows.begin() + 20), cols20(cols.begin(), cols.begin() + 20);
+  kexue::rope_2d(table, v, rows20, cols20);
+  for (Index h = 0; h < H; ++h) {
+    Matrix<T> got(B * S, D);
+    for (Index e = 0; e < B; ++e)
+      for (Index s = 0; s < S; ++s) got.row(e * S + s) = Eigen::Map<const Matrix<T>>(v.row(e, h, s), 1, D);
+    CHECK(nmse(got, y.topRows(20)) < tolerance<T>());
+  }
+  // All 23 patches as one sequence shared by 2 batch entries ([seq] coordinates) equal the grid form.
+  std::vector<T> a(std::size_t(2 * 23 * D)), g;
+  for (Index e = 0; e < 2; ++e) std::copy(x.data(), x.data() + 23 * D, a.begin() + e * 23 * D);
+  g = a;
+  kexue::rope_2d(table, TensorView<T>::contiguous(a.data(), 2, 1, 23, D), rows, cols);
+  kexue::rope_2d(table, TensorView<T>::contiguous(g.data(), 2, 1, 23, D), 5, 2);
+  CHECK(a == g);
+  Matrix<T> first = Eigen::Map<const Matrix<T>>(a.data(), 23, D);
+  CHECK(nmse(first, y) < tolerance<T>());
+}
+
+TEST_CASE("batched rope_with_bias and rope_2d: bad input throws before anything is written", "[rope][errors]") {
+  auto message = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const kexue::Error& e) {
+      return e.what();
+    }
+    return "(no kexue::Error)";
+  };
+  RopeTable<float> table(10, 8);
+  std::vector<float> qbuf(2 * 2 * 4 * 8, 1.f), kbuf(2 * 1 * 4 * 8, 1.f);
+  auto q = TensorView<float>::contiguous(qbuf.data(), 2, 2, 4, 8);
+  auto k = TensorView<float>::contiguous(kbuf.data(), 2, 1, 4, 8);
+  const kexue::Vector<float> b8 = kexue::Vector<float>::Ones(8);
+  const Matrix<float> b2x8 = Matrix<float>::Ones(2, 8), b3x8 = Matrix<float>::Ones(3, 8);
+  CHECK(message([&] { kexue::rope_with_bias(table, q, k, b8, b2x8); }) ==
+        "rope_with_bias: k_bias has 16 values but needs 8 (dim) or k heads x dim = 1 x 8 = 8");
+  CHECK(message([&] { kexue::rope_with_bias(table, q, k, b3x8, b8); }) ==
+        "rope_with_bias: q_bias has 24 values but needs 8 (dim) or q heads x dim = 2 x 8 = 16");
+  CHECK(message([&] { kexue::rope_with_bias(table, q, k, b8, b8, std::vector<Index>{0, 1, 10, 2}); }) ==
+        "rope_with_bias: positions[2] = 10 is outside the table's positions [0, 10)");
+  CHECK(message([&] { kexue::rope_with_bias(table, q, k, b8, b8, 7); }) ==
+        "rope_with_bias: rows at positions [7, 11) but the table holds positions [0, 10)");
+  // A bias inside k (k is rotated in place while q's rows read it).
+  const Eigen::Map<const kexue::Vector<float>> inside_k(kbuf.data() + 8, 8);
+  CHECK(message([&] { kexue::rope_with_bias(table, q, k, inside_k, b8); }).find("q_bias shares memory with k") !=
+        std::string::npos);
+  std::vector<float> x2d(2 * 3 * 4 * 16, 1.f);
+  auto x = TensorView<float>::contiguous(x2d.data(), 2, 3, 4, 16);
+  CHECK(message([&] { kexue::rope_2d(table, x, std::vector<Index>{0, 1, 2, 3}, std::vector<int>{0, 1, 2, 3, 4, 5, 6, 12}); }) ==
+        "rope_2d: cols[7] = 12 is outside the table's positions [0, 10)");
+  CHECK(message([&] { kexue::rope_2d(table, x, std::vector<Index>{0, 1, 2}, std::vector<Index>{0, 1, 2, 3}); }) ==
+        "rope_2d: rows has 3 entries but needs seq = 4 (shared by the batch) or batch x seq = 8");
+  for (float v : qbuf) REQUIRE(v == 1.f);
+  for (float v : kbuf) REQUIRE(v == 1.f);
+  for (float v : x2d) REQUIRE(v == 1.f);
+}

@@ -320,11 +320,46 @@ inline View<T> rope_view(const char* fn, const RopeTable<T>& table, const Eigen:
 }
 
 template <class T, class D>
-inline const T* rope_bias(const char* fn, const char* name, const RopeTable<T>& table, const Eigen::DenseBase<D>& b) {
+inline const T* rope_bias(const char* fn, const char* name, const RopeTable<T>& table, const Eigen::DenseBase<D>& b,
+                          const View<T>& x) {
   static_assert(std::is_same<typename D::Scalar, T>::value, "rope: bias and the table must have the same scalar type");
   const T* data = flat_data(fn, name, b);
   require(b.size() == table.dim(), fn, name, " has ", b.size(), " values but the table has dim ", table.dim());
+  // The rows are rotated in place one after another: a bias inside x would change while it is being read.
+  require(!overlaps(View<const T>{data, 1, b.size(), b.size()}, x), fn, name, " shares memory with x (alias); ",
+          "the bias would change while the rows are rotated");
   return data;
+}
+
+/// [lo, hi) bytes spanned by the rows of a tensor view (any stride signs); empty views span nothing.
+template <class T>
+inline std::pair<const char*, const char*> tensor_span(const TensorView<T>& x) {
+  if (x.batch() * x.heads() * x.seq() == 0 || x.dim() == 0) return {nullptr, nullptr};
+  Index lo = 0, hi = 0;
+  const Index ext[3] = {x.batch(), x.heads(), x.seq()};
+  for (int i = 0; i < 3; ++i) (x.strides[std::size_t(i)] < 0 ? lo : hi) += (ext[i] - 1) * x.strides[std::size_t(i)];
+  return {reinterpret_cast<const char*>(x.data + lo), reinterpret_cast<const char*>(x.data + hi + x.dim())};
+}
+
+/// Validates a batched bias: `size` values at b, [dim] or [heads, dim] of x (named `xname`), outside x's memory
+/// and outside `other`'s (the second tensor of the q + k forms, which is rotated in place as well). Returns the
+/// per-head stride of the bias: 0 for one bias shared by every head, dim for one per head.
+template <class T>
+inline Index check_tensor_bias(const char* fn, const char* name, const T* b, Index size, const RopeTable<T>& table,
+                               const char* xname, const TensorView<T>& x, const char* other_name = nullptr,
+                               const TensorView<T>* other = nullptr) {
+  const Index d = table.dim();
+  require(size == d || size == x.heads() * d, fn, name, " has ", size, " values but needs ", d, " (dim) or ", xname,
+          " heads x dim = ", x.heads(), " x ", d, " = ", x.heads() * d);
+  const char* b0 = reinterpret_cast<const char*>(b);
+  const char* b1 = reinterpret_cast<const char*>(b + size);
+  for (const TensorView<T>* t : {&x, other}) {
+    if (t == nullptr || size == 0) continue;
+    const auto span = tensor_span(*t);
+    require(!(span.first < b1 && b0 < span.second), fn, name, " shares memory with ", t == &x ? xname : other_name,
+            " (alias); the bias would change while the rows are rotated");
+  }
+  return size == d ? 0 : d;
 }
 
 template <class T>
@@ -386,6 +421,29 @@ inline void rope_tensor2(const RopeTable<T>& table, const TensorView<T>& q, cons
   });
 }
 
+/// rope_tensor2 with a bias for q and one for k (per-head strides 0 or dim). Each row goes through rope_row,
+/// the kernel of the [n, dim] form, so the result is that form's bit for bit; the q and k rows of a position
+/// are rotated back to back, so its table row comes from memory once for both.
+template <class T, class Pos>
+inline void rope_tensor2_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k, const T* qb,
+                              Index qb_stride, const T* kb, Index kb_stride, Pos&& pos) {
+  const Index seq = q.seq(), hq = q.heads(), hk = k.heads(), heads = std::max(hq, hk);
+  const Index tile = rope_tile_positions(table), tiles = (seq + tile - 1) / tile;
+  if (heads == 0) return;
+  parallel_for(q.batch() * tiles * heads, [&](Index item) {
+    const Index h = item % heads, t = (item / heads) % tiles, b = item / (heads * tiles);
+    const Index s0 = t * tile, s1 = std::min(seq, s0 + tile);
+    // Only heads that exist offset their bias (an empty bias of a tensor with no heads may be null).
+    const T* qbh = h < hq ? qb + h * qb_stride : nullptr;
+    const T* kbh = h < hk ? kb + h * kb_stride : nullptr;
+    for (Index s = s0; s < s1; ++s) {
+      const Index p = pos(b, s);
+      if (h < hq) rope_row(table, q.row(b, h, s), q.row(b, h, s), qbh, p);
+      if (h < hk) rope_row(table, k.row(b, h, s), k.row(b, h, s), kbh, p);
+    }
+  });
+}
+
 template <class T>
 inline void check_pair(const char* fn, const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k) {
   check_tensor(fn, "q", table, q);
@@ -398,11 +456,12 @@ inline void check_pair(const char* fn, const RopeTable<T>& table, const TensorVi
 }
 
 template <class T, class P>
-inline auto batched_positions(const char* fn, const TensorView<T>& x, const P& positions, Index max_positions) {
+inline auto batched_positions(const char* fn, const char* name, const TensorView<T>& x, const P& positions,
+                              Index max_positions) {
   const Index n = static_cast<Index>(std::size(positions));
-  require(n == x.seq() || n == x.batch() * x.seq(), fn, "positions has ", n, " entries but needs seq = ", x.seq(),
+  require(n == x.seq() || n == x.batch() * x.seq(), fn, name, " has ", n, " entries but needs seq = ", x.seq(),
           " (shared by the batch) or batch x seq = ", x.batch() * x.seq());
-  check_positions(fn, "positions", positions, max_positions);
+  check_positions(fn, name, positions, max_positions);
   const auto* p = std::data(positions);
   const Index batch_stride = n == x.seq() ? 0 : x.seq();
   return [p, batch_stride](Index b, Index s) { return static_cast<Index>(p[b * batch_stride + s]); };
@@ -461,7 +520,7 @@ void rope_with_bias(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, con
                     Index first_position = 0) {
   const char* fn = "rope_with_bias";
   detail::View<T> v = detail::rope_view(fn, table, x);
-  const T* b = detail::rope_bias(fn, "bias", table, bias);
+  const T* b = detail::rope_bias(fn, "bias", table, bias, v);
   detail::check_first_position(fn, first_position, v.rows, table.max_positions());
   for (Index r = 0; r < v.rows; ++r) detail::rope_row(table, v.row(r), v.row(r), b, first_position + r);
 }
@@ -472,7 +531,7 @@ void rope_with_bias(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, con
                     const P& positions) {
   const char* fn = "rope_with_bias";
   detail::View<T> v = detail::rope_view(fn, table, x);
-  const T* b = detail::rope_bias(fn, "bias", table, bias);
+  const T* b = detail::rope_bias(fn, "bias", table, bias, v);
   detail::require(static_cast<Index>(std::size(positions)) == v.rows, fn, "positions has ", std::size(positions),
                   " entries but x has ", v.rows, " rows");
   detail::check_positions(fn, "positions", positions, table.max_positions());
@@ -539,6 +598,32 @@ void rope_2d(const RopeTable<T>& table, const TensorView<T>& x, Index grid_width
   });
 }
 
+/// In place 2-D RoPE over [batch, heads, n, 2 * table.dim()] with explicit coordinates: row (b, h, s) rotates
+/// its first half by rows[.] and its second half by cols[.] of sequence row s, each of rows and cols being
+/// [n] (shared by every batch entry) or [batch, n] row-major; every (b, h) slice equals the [n, 2 dim] form
+/// with those coordinates bit for bit. Every coordinate must be in the table. Parallel over batch x heads.
+template <class T, class P, class Q,
+          std::enable_if_t<detail::is_position_list<P>::value && detail::is_position_list<Q>::value, int> = 0>
+void rope_2d(const RopeTable<T>& table, const TensorView<T>& x, const P& rows, const Q& cols) {
+  const char* fn = "rope_2d";
+  const Index n = x.batch() * x.heads() * x.seq(), d = table.dim();
+  detail::require(x.batch() >= 0 && x.heads() >= 0 && x.seq() >= 0, fn, "x has a negative extent");
+  detail::require(n == 0 || x.dim() == 2 * d, fn, "x has dim ", x.dim(), " but 2-D RoPE needs 2 x table dim = ", 2 * d);
+  detail::require(n == 0 || x.data != nullptr, fn, "x has no data");
+  auto row_of = detail::batched_positions(fn, "rows", x, rows, table.max_positions());
+  auto col_of = detail::batched_positions(fn, "cols", x, cols, table.max_positions());
+  const Index heads = x.heads(), seq = x.seq();
+  if (n == 0) return;
+  detail::parallel_for(x.batch() * heads, [&](Index item) {
+    const Index b = item / heads, h = item % heads;
+    for (Index s = 0; s < seq; ++s) {
+      T* row = x.row(b, h, s);
+      detail::rope_row(table, row, row, static_cast<const T*>(nullptr), row_of(b, s));
+      detail::rope_row(table, row + d, row + d, static_cast<const T*>(nullptr), col_of(b, s));
+    }
+  });
+}
+
 // ---- batched [batch, heads, seq, dim] ---------------------------------------------------------------------
 
 /// In place over a strided [batch, heads, seq, table.dim()] tensor: row (b, h, s) at position
@@ -557,7 +642,7 @@ template <class T, class P, std::enable_if_t<detail::is_position_list<P>::value,
 void rope(const RopeTable<T>& table, const TensorView<T>& x, const P& positions) {
   const char* fn = "rope";
   detail::check_tensor(fn, "x", table, x);
-  auto pos = detail::batched_positions(fn, x, positions, table.max_positions());
+  auto pos = detail::batched_positions(fn, "positions", x, positions, table.max_positions());
   detail::rope_tensor(table, x, static_cast<const T*>(nullptr), 0, pos);
 }
 
@@ -578,7 +663,7 @@ template <class T, class P, std::enable_if_t<detail::is_position_list<P>::value,
 void rope(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k, const P& positions) {
   const char* fn = "rope";
   detail::check_pair(fn, table, q, k);
-  auto pos = detail::batched_positions(fn, q, positions, table.max_positions());
+  auto pos = detail::batched_positions(fn, "positions", q, positions, table.max_positions());
   detail::rope_tensor2(table, q, k, pos);
 }
 
@@ -591,12 +676,61 @@ void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& x, const Eig
   const char* fn = "rope_with_bias";
   detail::check_tensor(fn, "x", table, x);
   const T* b = detail::flat_data(fn, "bias", bias);
-  const Index d = table.dim();
-  detail::require(bias.size() == d || bias.size() == x.heads() * d, fn, "bias has ", bias.size(), " values but needs ",
-                  d, " (dim) or heads x dim = ", x.heads() * d);
+  const Index stride = detail::check_tensor_bias(fn, "bias", b, Index(bias.size()), table, "x", x);
   detail::check_first_position(fn, first_position, x.batch() * x.heads() == 0 ? 0 : x.seq(), table.max_positions());
-  detail::rope_tensor(table, x, b, bias.size() == d ? 0 : d,
-                      [first_position](Index, Index s) { return first_position + s; });
+  detail::rope_tensor(table, x, b, stride, [first_position](Index, Index s) { return first_position + s; });
+}
+
+/// In place x <- RoPE(x + bias) over [batch, heads, seq, dim] with explicit positions: [seq] (shared by every
+/// batch entry) or [batch, seq] row-major; bias [dim] or [heads, dim] as above. SPEC 4.
+template <class T, class B, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
+void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& x, const Eigen::DenseBase<B>& bias,
+                    const P& positions) {
+  static_assert(std::is_same<typename B::Scalar, T>::value, "rope_with_bias: bias and the table must match");
+  const char* fn = "rope_with_bias";
+  detail::check_tensor(fn, "x", table, x);
+  const T* b = detail::flat_data(fn, "bias", bias);
+  const Index stride = detail::check_tensor_bias(fn, "bias", b, Index(bias.size()), table, "x", x);
+  auto pos = detail::batched_positions(fn, "positions", x, positions, table.max_positions());
+  detail::rope_tensor(table, x, b, stride, pos);
+}
+
+/// q <- RoPE(q + q_bias) and k <- RoPE(k + k_bias) in one call (SPEC 4, the batched q/k form of rope()):
+/// q [batch, hq, seq, dim], k [batch, hk, seq, dim] (hq and hk may differ: grouped-query attention), row s at
+/// first_position + s; q_bias [dim] or [hq, dim], k_bias [dim] or [hk, dim] row-major. Every row equals
+/// rope_with_bias of the [n, dim] form bit for bit. q and k must not be the same buffer, and neither bias may
+/// lie in q's or k's memory. Parallel over batch x heads (x tiles of positions for long sequences).
+template <class T, class BQ, class BK>
+void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k,
+                    const Eigen::DenseBase<BQ>& q_bias, const Eigen::DenseBase<BK>& k_bias, Index first_position = 0) {
+  static_assert(std::is_same<typename BQ::Scalar, T>::value && std::is_same<typename BK::Scalar, T>::value,
+                "rope_with_bias: q_bias, k_bias and the table must have the same scalar type");
+  const char* fn = "rope_with_bias";
+  detail::check_pair(fn, table, q, k);
+  const T* qb = detail::flat_data(fn, "q_bias", q_bias);
+  const T* kb = detail::flat_data(fn, "k_bias", k_bias);
+  const Index qs = detail::check_tensor_bias(fn, "q_bias", qb, Index(q_bias.size()), table, "q", q, "k", &k);
+  const Index ks = detail::check_tensor_bias(fn, "k_bias", kb, Index(k_bias.size()), table, "k", k, "q", &q);
+  detail::check_first_position(fn, first_position, q.batch() * q.heads() + k.batch() * k.heads() == 0 ? 0 : q.seq(),
+                               table.max_positions());
+  detail::rope_tensor2_bias(table, q, k, qb, qs, kb, ks, [first_position](Index, Index s) { return first_position + s; });
+}
+
+/// q and k with their biases in one call, explicit positions: [seq] (shared by every batch entry) or
+/// [batch, seq] row-major (see the first_position form).
+template <class T, class BQ, class BK, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
+void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k,
+                    const Eigen::DenseBase<BQ>& q_bias, const Eigen::DenseBase<BK>& k_bias, const P& positions) {
+  static_assert(std::is_same<typename BQ::Scalar, T>::value && std::is_same<typename BK::Scalar, T>::value,
+                "rope_with_bias: q_bias, k_bias and the table must have the same scalar type");
+  const char* fn = "rope_with_bias";
+  detail::check_pair(fn, table, q, k);
+  const T* qb = detail::flat_data(fn, "q_bias", q_bias);
+  const T* kb = detail::flat_data(fn, "k_bias", k_bias);
+  const Index qs = detail::check_tensor_bias(fn, "q_bias", qb, Index(q_bias.size()), table, "q", q, "k", &k);
+  const Index ks = detail::check_tensor_bias(fn, "k_bias", kb, Index(k_bias.size()), table, "k", k, "q", &q);
+  auto pos = detail::batched_positions(fn, "positions", q, positions, table.max_positions());
+  detail::rope_tensor2_bias(table, q, k, qb, qs, kb, ks, pos);
 }
 
 }  // namespace kexue
