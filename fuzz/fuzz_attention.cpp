@@ -6,9 +6,12 @@
 // untouched), no write into row padding, finite output whenever every input is finite (huge logits never
 // overflow to NaN), and for moderate inputs |got - ref| <= eps(T) max|v| (16 + 2 m + 4 c L1) per row, with L1 the
 // row's largest scale * sum_c |q_c k_c| (the logit error a rounding of the dot product can make) and c the
-// SoftmaxPlus factor (SquaredRelu: the L1^2 analogue).
+// SoftmaxPlus factor (SquaredRelu: the L1^2 analogue). Hidden keys: with finite inputs, a second call with inf,
+// NaN or +-1e30 written into k and/or v rows of keys some rows cannot see (padding past key_length, masked keys,
+// a causal tail) must give every row that sees none of them the same bits as the first call.
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_attention -max_total_time=600 -max_len=4096
+#include <cstring>
 #include <optional>
 
 #include "fuzz_input.hpp"
@@ -145,6 +148,50 @@ void check(const Case& c, const Strided<T>& q, const Strided<T>& k, const Stride
   }
 }
 
+/// A value a hidden (padding, masked, future) key may hold: inf, -inf, NaN, +-1e30.
+template <class T>
+T poison_value(FuzzInput& in) {
+  switch (in.byte() % 5) {
+    case 0: return std::numeric_limits<T>::infinity();
+    case 1: return -std::numeric_limits<T>::infinity();
+    case 2: return std::numeric_limits<T>::quiet_NaN();
+    case 3: return T(1e30);
+    default: return T(-1e30);
+  }
+}
+
+/// Whether query row i of n sees key j of m under c (and mask, if not null).
+inline bool sees(const Case& c, Index i, Index j, Index n, Index m, const unsigned char* mask) {
+  const Index kl = c.o.key_length ? *c.o.key_length : m;
+  return j < kl && (!mask || mask[j] != 0) && (!c.o.causal || j <= i + (m - n));
+}
+
+/// Chooses the keys to poison: every key no row sees, plus (causal) a tail [p, m) that only later rows see.
+inline std::vector<char> poisoned_keys(FuzzInput& in, const Case& c, Index n, Index m, const unsigned char* mask) {
+  std::vector<char> bad(static_cast<std::size_t>(m), 0);
+  const Index p = c.o.causal ? in.range(0, m) : m;
+  for (Index j = 0; j < m; ++j) {
+    bool anyone = false;
+    for (Index i = 0; i < n && !anyone; ++i) anyone = sees(c, i, j, n, m, mask);
+    bad[std::size_t(j)] = !anyone || j >= p;
+  }
+  return bad;
+}
+
+/// Row i of a (clean) and b (poisoned) agree bit for bit, and b is finite, wherever a's row is finite.
+template <class T>
+void expect_same_row(const T* a, const T* b, Index dv) {
+  bool finite = true;
+  for (Index e = 0; e < dv; ++e) finite = finite && std::isfinite(double(a[e]));
+  if (!finite) return;
+  for (Index e = 0; e < dv; ++e) {
+    expect(std::isfinite(double(b[e])), "attention: a hidden key's inf/NaN reached a row that cannot see it",
+           double(b[e]), double(a[e]));
+    expect(std::memcmp(a + e, b + e, sizeof(T)) == 0, "attention: a hidden key's value changed a row's bits",
+           double(b[e]), double(a[e]));
+  }
+}
+
 /// Scales q down by 2^-s, s in [0, 7]: the fuzzer's values reach +-128, which makes every row one-hot and
 /// the bound loose; realistic logits are O(1) to O(10).
 template <class T>
@@ -177,6 +224,24 @@ void fuzz_2d(FuzzInput& in) {
   if (!run_checked(c.invalid, out.buf, call, "attention error contract")) return;
   expect(out.padding_intact(), "attention wrote into out's row padding");
   check(c, q, k, v, out.data(), out.stride, c.use_mask ? c.mask.data() : nullptr, finite, moderate);
+  if (!finite || !in.flag()) return;
+  // Hidden keys: poison the keys some rows cannot see and compare those rows with the clean call.
+  const unsigned char* mask = c.use_mask ? c.mask.data() : nullptr;
+  const auto bad = poisoned_keys(in, c, n, m, mask);
+  const T x = poison_value<T>(in);
+  const int target = int(in.range(1, 3));  // 1: k rows, 2: v rows, 3: both
+  for (Index j = 0; j < m; ++j) {
+    if (!bad[std::size_t(j)]) continue;
+    if (target & 1) std::fill(k.row(j), k.row(j) + d, x);
+    if (target & 2) std::fill(v.row(j), v.row(j) + dv, x);
+  }
+  Strided<T> clean = out;
+  call();
+  for (Index i = 0; i < n; ++i) {
+    bool sees_bad = false;
+    for (Index j = 0; j < m && !sees_bad; ++j) sees_bad = bad[std::size_t(j)] && sees(c, i, j, n, m, mask);
+    if (!sees_bad) expect_same_row(clean.row(i), out.row(i), dv);
+  }
 }
 
 /// Batched [B, H, n, d] with H = G * Hkv (grouped-query attention); each head against the 2-D reference.
@@ -199,6 +264,33 @@ void fuzz_batched(FuzzInput& in) {
   if (!run_checked(c.invalid, out.buf, [&] { kexue::attention(qv, kv, vv, ov, c.o); }, "batched attention errors"))
     return;
   const bool finite = q.all_finite() && k.all_finite() && v.all_finite();
+  if (finite && in.flag()) {
+    // Hidden keys (padding past key_length, a causal tail) of every batch and kv head: the rows that see none
+    // of them keep their bits.
+    const auto bad = poisoned_keys(in, c, n, m, nullptr);
+    const T x = poison_value<T>(in);
+    Strided<T> clean = out;
+    Strided<T> kp = k, vp = v;
+    for (Index b = 0; b < B; ++b)
+      for (Index g = 0; g < hkv; ++g)
+        for (Index j = 0; j < m; ++j)
+          if (bad[std::size_t(j)]) {
+            std::fill(kp.row((b * hkv + g) * m + j), kp.row((b * hkv + g) * m + j) + d, x);
+            std::fill(vp.row((b * hkv + g) * m + j), vp.row((b * hkv + g) * m + j) + dv, x);
+          }
+    const auto kpv = kexue::TensorView<const T>::contiguous(kp.data(), B, hkv, m, d);
+    const auto vpv = kexue::TensorView<const T>::contiguous(vp.data(), B, hkv, m, dv);
+    const auto cv = kexue::TensorView<T>::seq_major(clean.data(), B, n, H, dv);
+    kexue::attention(qv, kpv, vpv, ov, c.o);
+    for (Index i = 0; i < n; ++i) {
+      bool sees_bad = false;
+      for (Index j = 0; j < m && !sees_bad; ++j) sees_bad = bad[std::size_t(j)] && sees(c, i, j, n, m, nullptr);
+      if (sees_bad) continue;
+      for (Index b = 0; b < B; ++b)
+        for (Index h = 0; h < H; ++h) expect_same_row(cv.row(b, h, i), ov.row(b, h, i), dv);
+    }
+    std::copy(clean.buf.begin(), clean.buf.end(), out.buf.begin());  // the reference checks below use the clean run
+  }
   for (Index b = 0; b < B; ++b)
     for (Index h = 0; h < H; ++h) {
       Strided<T> qh(n, d, 0), kh(m, d, 0), vh(m, dv, 0);

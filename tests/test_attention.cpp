@@ -2,11 +2,14 @@
 // kexue::attention: PyTorch reference data (bert4keras attention_normalize) for every normalisation x mask
 // kind x causal alignment, float and double; the tiled SIMD kernel against the scalar double reference over
 // odd sizes, strided rows and NaN guards; huge logits; errors before writing; batched / GQA / KV-cache forms
-// against the 2-D form; thread-count determinism; the fast exp; the diagnostics.
+// against the 2-D form; thread-count determinism; the fast exp; the diagnostics; keys a row cannot see never
+// reach it, whatever their k and v hold.
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -182,6 +185,233 @@ void sweep_against_scalar_reference() {
     }
   }
   CHECK(checked == 9 * 7 * 5);
+}
+
+// ---- hidden keys: inf / NaN / huge values in keys a row cannot see must not reach that row -----------------
+
+// Values a padding row of an uninitialised cache or a masked garbage key may hold.
+template <class T>
+std::vector<T> poison_values() {
+  return {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+          -std::numeric_limits<T>::infinity(), T(1e30)};
+}
+
+struct Span {
+  Index offset, size;
+};
+
+// Runs `run(k, v, out)` once with the given (finite) k and v, then once per poison value and per target (the k
+// rows only, then the k and the v rows) with the poison written over the spans hk of k and hv of v. Every element of
+// `checked` must come out finite and with the same bits as the clean run. Returns the number of poisoned runs.
+template <class T, class Run>
+int expect_hidden_inert(const std::vector<T>& k, const std::vector<T>& v, const std::vector<Span>& hk,
+                        const std::vector<Span>& hv, const std::vector<Span>& checked, Index out_size, Run run,
+                        const std::string& what) {
+  std::vector<T> clean(static_cast<std::size_t>(out_size), T(-7));
+  run(k, v, clean);
+  bool clean_finite = true;
+  for (const Span& c : checked)
+    for (Index e = c.offset; e < c.offset + c.size; ++e) clean_finite &= std::isfinite(double(clean[e]));
+  INFO(what);
+  REQUIRE(clean_finite);
+  int runs = 0;
+  for (T bad : poison_values<T>()) {
+    for (int target : {1, 3}) {
+      std::vector<T> kp = k, vp = v;
+      if (target & 1)
+        for (const Span& h : hk) std::fill(kp.begin() + h.offset, kp.begin() + h.offset + h.size, bad);
+      if (target & 2)
+        for (const Span& h : hv) std::fill(vp.begin() + h.offset, vp.begin() + h.offset + h.size, bad);
+      std::vector<T> out(static_cast<std::size_t>(out_size), T(-7));
+      run(kp, vp, out);
+      bool same = true, finite = true;
+      for (const Span& c : checked) {
+        for (Index e = c.offset; e < c.offset + c.size; ++e) {
+          finite &= std::isfinite(double(out[e]));
+          same &= std::memcmp(&out[e], &clean[e], sizeof(T)) == 0;
+        }
+      }
+      INFO("poison " << double(bad) << " in " << (target == 1 ? "k" : "k and v"));
+      CHECK(finite);
+      CHECK(same);
+      ++runs;
+    }
+  }
+  return runs;
+}
+
+// Whether query row i of n sees key j of m (the rule of attention.hpp's header comment).
+inline bool sees(Index i, Index j, Index n, Index m, Index key_length, bool causal, const unsigned char* mask) {
+  return j < key_length && (!mask || mask[j] != 0) && (!causal || j <= i + (m - n));
+}
+
+struct HiddenCase {
+  Index n, m;
+  bool causal;
+  Index key_length;   // m: none
+  bool masked;        // every third key and the keys [128, 192) hidden by a KeyMask
+  Index poison_from;  // causal: keys [poison_from, m) are poisoned too (hidden only from the rows before them)
+};
+
+// The 2-D form: poison every key that is hidden from all rows (padding past key_length, masked keys) and,
+// under causal, the keys from poison_from on; check every row that sees none of the poisoned keys.
+template <class T>
+void hidden_keys_2d(const HiddenCase& c) {
+  const Index n = c.n, m = c.m, d = 16, dv = 13;
+  std::vector<unsigned char> mask(static_cast<std::size_t>(m), 1);
+  if (c.masked)
+    for (Index j = 0; j < m; ++j) mask[j] = !(j % 3 == 1 || (j >= 128 && j < 192));
+  const unsigned char* mp = c.masked ? mask.data() : nullptr;
+  std::vector<Span> hk, hv, checked;
+  std::vector<bool> poisoned(static_cast<std::size_t>(m), false);
+  for (Index j = 0; j < m; ++j) {
+    bool anyone = false;
+    for (Index i = 0; i < n && !anyone; ++i) anyone = sees(i, j, n, m, c.key_length, c.causal, mp);
+    poisoned[j] = !anyone || (c.causal && j >= c.poison_from);
+    if (poisoned[j]) {
+      hk.push_back({j * d, d});
+      hv.push_back({j * dv, dv});
+    }
+  }
+  for (Index i = 0; i < n; ++i) {
+    bool sees_poison = false;
+    for (Index j = 0; j < m; ++j) sees_poison |= poisoned[j] && sees(i, j, n, m, c.key_length, c.causal, mp);
+    if (!sees_poison) checked.push_back({i * dv, dv});
+  }
+  REQUIRE(!hk.empty());
+  REQUIRE(!checked.empty());
+  const auto q = random_values<T>(n * d, 101, T(-2), T(2));
+  const auto k = random_values<T>(m * d, 102, T(-2), T(2));
+  const auto v = random_values<T>(m * dv, 103);
+  // Softmax, and one of the other two (they share its tiles and masks; the run time under ASan matters).
+  for (int norm : {0, 1 + int((n + m + c.poison_from) % 2)}) {
+    AttentionOptions o;
+    o.normalization = static_cast<Normalization>(norm);
+    o.causal = c.causal;
+    if (c.key_length < m) o.key_length = c.key_length;
+    auto run = [&](const std::vector<T>& kk, const std::vector<T>& vv, std::vector<T>& out) {
+      Eigen::Map<const Matrix<T>> qm(q.data(), n, d), km(kk.data(), m, d), vm(vv.data(), m, dv);
+      Eigen::Map<Matrix<T>> om(out.data(), n, dv);
+      if (mp)
+        kexue::attention(qm, km, vm, kexue::KeyMask(mp, m), om, o);
+      else
+        kexue::attention(qm, km, vm, om, o);
+    };
+    std::ostringstream what;
+    what << "n " << n << " m " << m << " causal " << c.causal << " key_length " << c.key_length << " mask "
+         << c.masked << " poison_from " << c.poison_from << " norm " << norm << " checked rows " << checked.size();
+    CHECK(expect_hidden_inert<T>(k, v, hk, hv, checked, n * dv, run, what.str()) == 8);
+  }
+}
+
+template <class T>
+void hidden_keys_2d_all() {
+  const Index W = kd::kTileRows<T>;
+  const HiddenCase cases[] = {
+      {50, 130, false, 70, false, 0},     // padding past key_length
+      {50, 200, false, 200, true, 0},     // KeyMask: hidden keys inside tiles, and a whole hidden tile
+      {1, 200, false, 150, true, 0},      // decoding step (one-row path): mask + padding
+      {2, 200, false, 200, true, 0},      // two rows (one-row path)
+      {110, 110, true, 110, false, 1},    // causal n = m: every key but the first poisoned
+      {110, 110, true, 110, false, W + W / 2},  // inside the second sub-tile's diagonal
+      {110, 110, true, 110, false, 64},   // at a key-tile boundary
+      {110, 110, true, 110, false, 100},  // past the first work item (96 float rows)
+      {60, 150, true, 150, false, 100},   // causal m > n (bottom-right, KV cache): off = 90
+      {60, 150, true, 150, false, 123},
+      {4, 150, true, 150, false, 147},    // several new tokens against a cache: the last 3 hidden from row 0
+      {110, 70, true, 70, false, 20},     // causal m < n: the first 40 rows see nothing
+      {110, 70, true, 70, false, 50},
+      {100, 200, true, 170, true, 110},   // causal (off = 100) + key_length + mask
+  };
+  for (const auto& c : cases) hidden_keys_2d<T>(c);
+}
+
+// Batched GQA with a per-batch mask, key_length and causal (n < m), q and out seq-major; and a decoding step.
+template <class T>
+void hidden_keys_batched() {
+  const Index B = 2, H = 4, Hk = 2, d = 8, dv = 11;
+  for (int form = 0; form < 3; ++form) {
+    // form 0: masks + key_length; 1: causal (poison the last keys) + mask; 2: decode (n = 1) + key_length + mask.
+    const Index n = form == 2 ? 1 : 40, m = form == 2 ? 200 : 100;
+    const Index key_length = form == 1 ? m : m - 23;
+    const bool causal = form != 0;
+    const Index poison_from = m - 11;
+    std::vector<unsigned char> mask(static_cast<std::size_t>(B * m));
+    for (Index b = 0; b < B; ++b)
+      for (Index j = 0; j < m; ++j) mask[b * m + j] = !((j + 2 * b) % 5 == 0 || (b == 1 && j >= 64 && j < 128));
+    // (form 0: batch 1 hides the whole key tile [64, 77): masked keys, then padding past key_length = 77)
+    const auto q = random_values<T>(B * n * H * d, 201, T(-2), T(2));
+    const auto k = random_values<T>(B * Hk * m * d, 202, T(-2), T(2));
+    const auto v = random_values<T>(B * Hk * m * dv, 203);
+    std::vector<Span> hk, hv, checked;
+    for (Index b = 0; b < B; ++b) {
+      const unsigned char* mb = mask.data() + b * m;
+      std::vector<bool> poisoned(static_cast<std::size_t>(m));
+      for (Index j = 0; j < m; ++j) {
+        bool anyone = false;
+        for (Index i = 0; i < n && !anyone; ++i) anyone = sees(i, j, n, m, key_length, causal, mb);
+        poisoned[j] = !anyone || (causal && j >= poison_from);
+        for (Index g = 0; g < Hk && poisoned[j]; ++g) {
+          hk.push_back({((b * Hk + g) * m + j) * d, d});
+          hv.push_back({((b * Hk + g) * m + j) * dv, dv});
+        }
+      }
+      for (Index i = 0; i < n; ++i) {
+        bool sees_poison = false;
+        for (Index j = 0; j < m; ++j) sees_poison |= poisoned[j] && sees(i, j, n, m, key_length, causal, mb);
+        for (Index h = 0; h < H && !sees_poison; ++h) checked.push_back({((b * n + i) * H + h) * dv, dv});
+      }
+    }
+    REQUIRE(!checked.empty());
+    for (int norm : {0, 1 + form % 2}) {
+      AttentionOptions o;
+      o.normalization = static_cast<Normalization>(norm);
+      o.causal = causal;
+      if (key_length < m) o.key_length = key_length;
+      auto run = [&](const std::vector<T>& kk, const std::vector<T>& vv, std::vector<T>& out) {
+        auto tq = kexue::TensorView<const T>::seq_major(q.data(), B, n, H, d);
+        auto tk = kexue::TensorView<const T>::contiguous(kk.data(), B, Hk, m, d);
+        auto tv = kexue::TensorView<const T>::contiguous(vv.data(), B, Hk, m, dv);
+        auto to = kexue::TensorView<T>::seq_major(out.data(), B, n, H, dv);
+        kexue::attention(tq, tk, tv, kexue::KeyMask(mask.data(), B * m), to, o);
+      };
+      std::ostringstream what;
+      what << "batched form " << form << " norm " << norm << " checked rows " << checked.size() / H;
+      CHECK(expect_hidden_inert<T>(k, v, hk, hv, checked, B * n * H * dv, run, what.str()) == 8);
+    }
+  }
+}
+
+// attention_weights: hidden keys' k rows never reach a row's weights (their own columns stay exactly 0).
+template <class T>
+void hidden_keys_weights() {
+  const Index n = 20, m = 45, d = 6;
+  std::vector<unsigned char> mask(static_cast<std::size_t>(m));
+  for (Index j = 0; j < m; ++j) mask[j] = j % 4 != 2;
+  const auto q = random_values<T>(n * d, 301, T(-2), T(2));
+  const auto k = random_values<T>(m * d, 302, T(-2), T(2));
+  for (int norm = 0; norm < 3; ++norm) {
+    for (bool causal : {false, true}) {
+      AttentionOptions o;
+      o.normalization = static_cast<Normalization>(norm);
+      o.causal = causal;
+      o.key_length = 40;
+      const Index poison_from = causal ? 38 : m;
+      std::vector<Span> hk, checked;
+      for (Index j = 0; j < m; ++j)
+        if (j >= 40 || mask[j] == 0 || j >= poison_from) hk.push_back({j * d, d});
+      for (Index i = 0; i < n; ++i)
+        if (!causal || i + (m - n) < poison_from) checked.push_back({i * m, m});
+      auto run = [&](const std::vector<T>& kk, const std::vector<T>&, std::vector<T>& out) {
+        Eigen::Map<const Matrix<T>> qm(q.data(), n, d), km(kk.data(), m, d);
+        Eigen::Map<Matrix<T>> wm(out.data(), n, m);
+        kexue::attention_weights(qm, km, kexue::KeyMask(mask.data(), m), wm, o);
+      };
+      std::ostringstream what;
+      what << "attention_weights norm " << norm << " causal " << causal;
+      CHECK(expect_hidden_inert<T>(k, std::vector<T>(), hk, {}, checked, n * m, run, what.str()) == 8);
+    }
+  }
 }
 
 }  // namespace
@@ -518,4 +748,19 @@ TEST_CASE("diagnostics: entropy and l1/l2 sparsity (SPEC 5.1)", "[attention]") {
   CHECK_THROWS_WITH(kexue::attention_entropy(a, h2), Catch::Contains("entropy has 2 entries"));
   CHECK_THROWS_AS(kexue::attention_sparsity(a, h2), kexue::Error);
   (void)h3;
+}
+
+TEST_CASE("keys a row cannot see never reach it: NaN, inf, -inf, 1e30 in hidden k and v rows (2-D)", "[attention]") {
+  hidden_keys_2d_all<float>();
+  hidden_keys_2d_all<double>();
+}
+
+TEST_CASE("keys a row cannot see never reach it: batched GQA, per-batch masks, causal, decoding", "[attention]") {
+  hidden_keys_batched<float>();
+  hidden_keys_batched<double>();
+}
+
+TEST_CASE("keys a row cannot see never reach its attention_weights", "[attention]") {
+  hidden_keys_weights<float>();
+  hidden_keys_weights<double>();
 }

@@ -10,7 +10,11 @@
 ///   Softmax:      A_ij = softmax_j over visible keys of a_ij
 ///   SoftmaxPlus:  A_ij = softmax_j of a_ij * ln(max(l_i, min_length)) / ln(train_length)
 ///   SquaredRelu:  A_ij = relu(a_ij)^2 / L_i,  L_i = relu2_length if set, else l_i
-/// and out_i = sum_j A_ij v_j. A row that sees no key is zero (not NaN, unlike bert4keras' 0/0).
+/// and out_i = sum_j A_ij v_j over the keys row i sees. A row that sees no key is zero (not NaN, unlike
+/// bert4keras' 0/0). A key that row i cannot see takes no part in row i whatever its k and v hold: inf, NaN or
+/// 1e38 in a padding row past key_length, a masked key, a future key under causal, or the unused tail of a KV
+/// cache never reaches that row (unlike softmax(q k^T) v in PyTorch, where a masked weight 0 times an inf value
+/// is NaN). Non-finite values in keys a row does see are the caller's and propagate into that row.
 /// Softmax rows subtract the running row max and clamp logits to the finite range, so huge or overflowing
 /// logits never give inf or NaN. SquaredRelu has no such normaliser: its exact result is finite as long as
 /// relu(a)^2 * |v| / L is (|a| below ~1e19 in float), and beyond that it overflows like the math does.
@@ -290,8 +294,8 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
 /// Fused attention: out = A(q k^T) v, never materialising the n x m matrix (online softmax over key tiles).
 /// q: [n, d], k: [m, d], v: [m, dv], out: [n, dv] (row-major, any row stride; out must not alias the inputs).
 /// Semantics in the header comment and SPEC 3.3; rows with no visible key are zero. Parallel over query tiles.
-/// A non-finite value in a v row that a query cannot see may still reach that query's output as 0 * inf = NaN
-/// when both fall in one key tile (as in PyTorch's softmax(q k^T) v); keep padding rows of v finite.
+/// Keys a row cannot see never reach it, even when their k or v rows hold inf or NaN (uninitialised padding is
+/// fine); keys past key_length are not read at all.
 template <class QD, class KD, class VD, class OD>
 void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
                const Eigen::DenseBase<OD>& out, const AttentionOptions& options = {}) {
@@ -335,7 +339,8 @@ void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorVie
 }
 
 /// The attention matrix itself, weights: [n, m] (small inputs: this one does materialise it), with exactly the
-/// semantics of attention() (masked cells 0, rows with no visible key all 0). Computed in double.
+/// semantics of attention() (masked cells exactly 0 whatever the hidden k rows hold, rows with no visible key all
+/// 0). Computed in double.
 template <class QD, class KD, class AD>
 void attention_weights(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<AD>& weights,
                        const AttentionOptions& options = {}) {

@@ -2,7 +2,9 @@
 #pragma once
 // Scalar, double-accumulating reference of kexue::attention (SPEC 3.3), written for clarity: it builds the
 // whole logits matrix, masks it with -inf like bert4keras' attention_normalize, and normalises each row.
-// The only deviation from bert4keras is the documented one: a row with no visible key is 0, not NaN.
+// The only deviation from bert4keras is the documented one: a row with no visible key is 0, not NaN. A key a
+// row cannot see takes no part in that row at all (its k and v are never combined with the row), so inf or
+// NaN in a hidden key cannot reach the row, where softmax(q k^T) v would form 0 * inf = NaN.
 
 #include <algorithm>
 #include <cmath>
@@ -34,15 +36,19 @@ inline std::vector<double> reference_attention(const std::vector<double>& q, con
   std::vector<double> A(static_cast<size_t>(n * m), 0.0), out(static_cast<size_t>(n * dv), 0.0);
   for (long i = 0; i < n; ++i) {
     std::vector<double> logits(static_cast<size_t>(m));
+    std::vector<char> visible(static_cast<size_t>(m));
     long l = 0;
     for (long j = 0; j < m; ++j) {
       bool keep = j < kl;
       if (a.mask && !a.mask[j]) keep = false;
       if (a.causal && j > i + (m - n)) keep = false;
+      visible[j] = keep;
+      logits[j] = ninf;
+      if (!keep) continue;
       double s = 0;
       for (long c = 0; c < d; ++c) s += q[i * d + c] * k[j * d + c];
-      logits[j] = keep ? s * scale : ninf;
-      l += keep;
+      logits[j] = s * scale;
+      ++l;
     }
     if (l == 0) continue;  // no visible key: zeros
     double* row = &A[i * m];
@@ -60,13 +66,14 @@ inline std::vector<double> reference_attention(const std::vector<double>& q, con
       for (long j = 0; j < m; ++j) mx = std::max(mx, logits[j] * factor);
       double sum = 0;
       for (long j = 0; j < m; ++j) {
-        row[j] = logits[j] == ninf ? 0.0 : std::exp(logits[j] * factor - mx);
+        row[j] = visible[j] ? std::exp(logits[j] * factor - mx) : 0.0;
         sum += row[j];
       }
       for (long j = 0; j < m; ++j) row[j] /= sum;
     }
     for (long j = 0; j < m; ++j)
-      for (long e = 0; e < dv; ++e) out[i * dv + e] += row[j] * v[j * dv + e];
+      if (visible[j])
+        for (long e = 0; e < dv; ++e) out[i * dv + e] += row[j] * v[j * dv + e];
   }
   if (weights) *weights = A;
   return out;

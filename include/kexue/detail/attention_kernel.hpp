@@ -15,6 +15,13 @@
 //
 // Causal masking skips work: a sub-tile stops at the last key its last row can see, and only the key tiles
 // that cross its diagonal pay for the per-element mask, so causal attention costs about half of non-causal.
+//
+// Hidden keys never reach a row: keys past key_length are not read; a hidden key's logit is replaced by -inf
+// (or its relu^2 weight by 0) whatever q.k gave, so a NaN or inf k cannot leak into a row max or sum; and in
+// O += P V a hidden key's weight is an exact 0, which keeps V out only while V is finite (0 * inf = NaN). So
+// the V rows of the keys that some row of a work item cannot see are checked once per key tile (a few hundred
+// loads against the tile's 2 x 64 x 96 x d FMAs), and only a tile with a non-finite one there runs the masked
+// P V kernel, which selects instead of multiplying. Fully visible tiles never look at V beyond the product.
 
 #include <algorithm>
 #include <cmath>
@@ -201,6 +208,18 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
       if (!any) continue;  // nothing visible in this key tile for any row
       if (!all) tile_keys = mask + j0;
     }
+    // A hidden key's weight is an exact 0, but the P V product would still form 0 * v, which is NaN when v is
+    // inf or NaN (an uninitialised padding row, a masked garbage key, a future position). Keys past key_length
+    // are never read; the keys of this tile that some row of the item cannot see (masked ones, and under causal
+    // those past the first row's diagonal) are checked here, and only if one of their V rows is not finite do
+    // the sub-tiles that mask this tile take the masked product. Finite V keeps the plain kernel and its bits.
+    bool hidden_v_nonfinite = false;
+    if (tile_keys || (p.causal && j0 + nb_all - 1 > i0 + off)) {
+      for (Index j = 0; j < nb_all && !hidden_v_nonfinite; ++j) {
+        const bool hidden = (tile_keys && !tile_keys[j]) || (p.causal && j0 + j > i0 + off);
+        if (hidden && !all_finite(vbase + (j0 + j) * ldv, dv)) hidden_v_nonfinite = true;
+      }
+    }
     for (Index g = 0; g < nsub; ++g) {
       if (j0 >= j_end_sub[g]) continue;  // causal: this sub-tile's rows see none of these keys
       const Index nb = std::min(kTileKeys, j_end_sub[g] - j0);
@@ -224,7 +243,10 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
         softmax_tile_logits<T, NR>(st, nb, rowscale, tm, row0, tmax);
         softmax_tile_exp<T, NR>(st, nb, tmax, mrow, lrow, alpha);
       }
-      bcast_fma<T, NR, Combine::ScaleAdd>(st, W, vbase + j0 * ldv, 1, ldv, nb, dv, ot_of(g), W, alpha);
+      if (hidden_v_nonfinite && (tm.keys || tm.causal))
+        bcast_fma_masked<T, NR>(st, W, vbase + j0 * ldv, ldv, nb, dv, ot_of(g), W, alpha, tm, row0);
+      else
+        bcast_fma<T, NR, Combine::ScaleAdd>(st, W, vbase + j0 * ldv, 1, ldv, nb, dv, ot_of(g), W, alpha);
     }
   }
 

@@ -124,6 +124,74 @@ struct TileMask {
   Index first_key_shift = 0;            ///< j0 - (m - n): bottom-right alignment, query i sees keys <= i + m - n
 };
 
+/// True when x[0, n) holds no inf and no NaN: x - x is 0 for every finite x and NaN otherwise.
+template <class T>
+inline bool all_finite(const T* x, Index n) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> acc(T(0));
+  Index i = 0;
+  for (; i + L <= n; i += L) {
+    const Batch<T> v = load(x + i);
+    acc += v - v;
+  }
+  T s = reduce_add<T>(acc);
+  for (; i < n; ++i) s += x[i] - x[i];
+  return s == s;
+}
+
+/// O^T = O^T * alpha + P^T V over the (row, key) pairs the mask lets through, for NX value columns: the
+/// Combine::ScaleAdd product of bcast_fma_block with A = P^T [nt][NR * L] and B = V (column x at B[x], key t at
+/// B[t * bt]). The plain kernel multiplies a hidden key's V row by its exact-zero weight, and 0 * inf = NaN
+/// would reach a row that cannot see the key; here a hidden pair adds nothing whatever V holds. A visible pair
+/// takes the same fma in the same order as the plain kernel, and a hidden pair there adds b * 0 = +-0 to an
+/// accumulator that is never -0, so wherever V is finite the two kernels give the same bits.
+template <class T, int NX, int NR>
+inline void bcast_fma_masked_block(const T* A, Index lda, const T* B, Index bt, Index nt, T* Cp, Index ldc,
+                                   const T* alpha, const TileMask& mask, const Batch<T>* rowidx) {
+  constexpr Index L = kLanes<T>;
+  const Batch<T> zero(T(0));
+  Batch<T> acc[NX][NR];
+  for (int x = 0; x < NX; ++x)
+    for (int r = 0; r < NR; ++r) acc[x][r] = zero;
+  for (Index t = 0; t < nt; ++t) {
+    if (mask.keys && !mask.keys[t]) continue;  // no row sees this key
+    Batch<T> a[NR];
+    BatchBool<T> vis[NR];
+    const Batch<T> need(T(mask.first_key_shift + t));
+    for (int r = 0; r < NR; ++r) {
+      a[r] = load(A + t * lda + r * L);
+      vis[r] = mask.causal ? rowidx[r] >= need : zero == zero;
+    }
+    const T* bp = B + t * bt;
+    for (int x = 0; x < NX; ++x) {
+      const Batch<T> b(bp[x]);
+      for (int r = 0; r < NR; ++r) acc[x][r] = xsimd::fma(xsimd::select(vis[r], b, zero), a[r], acc[x][r]);
+    }
+  }
+  for (int x = 0; x < NX; ++x) {
+    for (int r = 0; r < NR; ++r) {
+      T* cp = Cp + x * ldc + r * L;
+      store(cp, xsimd::fma(load(cp), load(alpha + r * L), acc[x][r]));
+    }
+  }
+}
+
+/// The masked O^T update for any number nx of value columns (blocks of 2: the visibility masks take registers
+/// the 4-column block of the plain kernel uses for accumulators). row0: the tile's first query row.
+template <class T, int NR>
+inline void bcast_fma_masked(const T* A, Index lda, const T* B, Index bt, Index nt, Index nx, T* Cp, Index ldc,
+                             const T* alpha, const TileMask& mask, Index row0) {
+  constexpr Index L = kLanes<T>;
+  alignas(64) T idx[NR * L];
+  for (Index i = 0; i < NR * L; ++i) idx[i] = T(row0 + i);
+  Batch<T> rowidx[NR];
+  for (int r = 0; r < NR; ++r) rowidx[r] = load(idx + r * L);
+  Index x = 0;
+  for (; x + 2 <= nx; x += 2)
+    bcast_fma_masked_block<T, 2, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, rowidx);
+  if (x < nx) bcast_fma_masked_block<T, 1, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, rowidx);
+}
+
 /// Online-softmax step 1 on a key tile S^T [nb][NR * L] (rows as lanes): logits *= rowscale, clamped to the
 /// finite range (a +-inf or overflowing logit must not turn s - max into inf - inf), masked keys set to -inf.
 /// Returns the tile's row maxima in tmax. row0: index of the tile's first query row.
