@@ -116,10 +116,44 @@ TEST_CASE("bad input: rope", "[bad_input][rope]") {
     const VecF bias(0);
     expect_error([&] { kexue::rope_with_bias(table, x, bias); }, {"rope_with_bias", "bias", "0", "8"}, {Snap(x)});
   }
+  SECTION("rope_with_bias, explicit positions: count mismatch") {
+    const VecF bias = VecF::Zero(8);
+    const std::vector<Index> pos{0, 1, 2};
+    expect_error([&] { kexue::rope_with_bias(table, x, bias, pos); }, {"rope_with_bias", "positions", "3", "4"}, {Snap(x)});
+  }
+  SECTION("rope_with_bias, explicit positions: negative and past the table") {
+    const VecF bias = VecF::Zero(8);
+    const std::vector<int> neg{0, 1, 2, -4};
+    expect_error([&] { kexue::rope_with_bias(table, x, bias, neg); }, {"rope_with_bias", "positions[3]", "-4"}, {Snap(x)});
+    const std::vector<Index> far{0, 1, 17, 3};
+    expect_error([&] { kexue::rope_with_bias(table, x, bias, far); }, {"rope_with_bias", "positions[2]", "17", "16"}, {Snap(x)});
+  }
+  SECTION("rope_with_bias, explicit positions: wrong shapes") {
+    const std::vector<Index> pos{0, 1, 2, 3};
+    const VecF bias7 = VecF::Zero(7);
+    expect_error([&] { kexue::rope_with_bias(table, x, bias7, pos); }, {"rope_with_bias", "bias", "7", "8"}, {Snap(x)});
+    MatF y = sentinel(4, 6);
+    const VecF bias = VecF::Zero(8);
+    expect_error([&] { kexue::rope_with_bias(table, y, bias, pos); }, {"rope_with_bias", "x", "[4 x 6]", "8"}, {Snap(y)});
+  }
+  SECTION("rope_with_bias: bias aliasing x (both forms)") {
+    const std::vector<Index> pos{0, 1, 2, 3};
+    expect_error([&] { kexue::rope_with_bias(table, x, x.row(2).transpose(), pos); }, {"rope_with_bias", "bias", "x", "alias"},
+                 {Snap(x)});
+    expect_error([&] { kexue::rope_with_bias(table, x, x.row(0).transpose(), 1); }, {"rope_with_bias", "bias", "x", "alias"},
+                 {Snap(x)});
+  }
+  SECTION("rope_with_bias: non-contiguous bias") {
+    const MatF bm = MatF::Zero(8, 2);
+    expect_error([&] { kexue::rope_with_bias(table, x, bm.col(0), std::vector<Index>{0, 1, 2, 3}); },
+                 {"rope_with_bias", "bias", "contiguous"}, {Snap(x)});
+  }
   SECTION("n = 0 rows at any valid or past-the-end offset is defined") {
     MatF empty(0, 8);
     CHECK_NOTHROW(kexue::rope(table, empty, 16));
     CHECK_NOTHROW(kexue::rope(table, empty, std::vector<Index>{}));
+    const VecF bias = VecF::Zero(8);
+    CHECK_NOTHROW(kexue::rope_with_bias(table, empty, bias, std::vector<Index>{}));
   }
 }
 
@@ -184,6 +218,122 @@ TEST_CASE("bad input: batched rope", "[bad_input][rope]") {
     auto empty = kexue::TensorView<float>::contiguous(qb.data(), 0, 2, 8, 4);
     CHECK_NOTHROW(kexue::rope(table, empty));
     CHECK(sq.intact());
+  }
+}
+
+TEST_CASE("bad input: batched rope_with_bias (q and k, explicit positions)", "[bad_input][rope]") {
+  const kexue::RopeTable<float> table(8, 4);
+  std::vector<float> qb(2 * 2 * 8 * 4, -12345.5f), kb(2 * 1 * 8 * 4, -12345.5f);
+  auto q = kexue::TensorView<float>::contiguous(qb.data(), 2, 2, 8, 4);
+  auto k = kexue::TensorView<float>::contiguous(kb.data(), 2, 1, 8, 4);
+  const VecF b4 = VecF::Zero(4), b8 = VecF::Zero(8);
+  const Snap sq(qb), sk(kb);
+  std::vector<Index> pos8(8);
+  for (Index s = 0; s < 8; ++s) pos8[std::size_t(s)] = s;
+  SECTION("dim mismatch of q or k") {
+    auto q8 = kexue::TensorView<float>::contiguous(qb.data(), 2, 2, 4, 8);
+    expect_error([&] { kexue::rope_with_bias(table, q8, k, b4, b4); }, {"rope_with_bias", "q", "dim 8", "4"}, {sq, sk});
+    auto k2 = kexue::TensorView<float>::contiguous(kb.data(), 2, 1, 16, 2);
+    expect_error([&] { kexue::rope_with_bias(table, q, k2, b4, b4, pos8); }, {"rope_with_bias", "k", "dim 2", "4"}, {sq, sk});
+  }
+  SECTION("q and k batch or seq mismatch") {
+    auto k1 = kexue::TensorView<float>::contiguous(kb.data(), 1, 1, 8, 4);
+    expect_error([&] { kexue::rope_with_bias(table, q, k1, b4, b4); }, {"rope_with_bias", "q is [2, 2, 8, 4]", "k is [1, 1, 8, 4]"},
+                 {sq, sk});
+    auto k7 = kexue::TensorView<float>::contiguous(kb.data(), 2, 1, 7, 4);
+    expect_error([&] { kexue::rope_with_bias(table, q, k7, b4, b4, pos8); }, {"rope_with_bias", "k is [2, 1, 7, 4]", "seq"},
+                 {sq, sk});
+  }
+  SECTION("negative extent") {
+    kexue::TensorView<float> bad(kb.data(), {2, 1, -8, 4}, {32, 32, 4});
+    expect_error([&] { kexue::rope_with_bias(table, q, bad, b4, b4); }, {"rope_with_bias", "k", "negative"}, {sq, sk});
+  }
+  SECTION("aliasing: q and k the same buffer") {
+    expect_error([&] { kexue::rope_with_bias(table, q, q, b4, b4); }, {"rope_with_bias", "same buffer"}, {sq});
+    expect_error([&] { kexue::rope_with_bias(table, q, q, b4, b4, pos8); }, {"rope_with_bias", "same buffer"}, {sq});
+  }
+  SECTION("aliasing: a bias inside q or k") {
+    const Eigen::Map<const VecF> in_q(qb.data() + 12, 4), in_k(kb.data() + 60, 4);
+    expect_error([&] { kexue::rope_with_bias(table, q, k, in_q, b4); }, {"rope_with_bias", "q_bias", "shares memory with q", "alias"},
+                 {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b4, in_k, pos8); }, {"rope_with_bias", "k_bias", "shares memory with k"},
+                 {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, k, in_k, b4); }, {"rope_with_bias", "q_bias", "shares memory with k"},
+                 {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, in_q, pos8); }, {"rope_with_bias", "bias", "shares memory with x"}, {sq});
+  }
+  SECTION("q_bias / k_bias neither [dim] nor [heads, dim]; empty; not contiguous") {
+    const VecF b6 = VecF::Zero(6), b0(0);
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b6, b4); }, {"rope_with_bias", "q_bias", "6", "4", "8"}, {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b4, b8); }, {"rope_with_bias", "k_bias", "8", "1 x 4"}, {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b4, b0, pos8); }, {"rope_with_bias", "k_bias", "0", "4"}, {sq, sk});
+    const MatF cols = MatF::Zero(4, 3);
+    expect_error([&] { kexue::rope_with_bias(table, q, k, cols.col(1), b4); }, {"rope_with_bias", "q_bias", "contiguous"}, {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, b6, pos8); }, {"rope_with_bias", "bias", "6", "4", "8"}, {sq});
+  }
+  SECTION("first_position negative or past the table") {
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b4, b4, -1); }, {"rope_with_bias", "first_position", "-1"}, {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b4, b4, 1); }, {"rope_with_bias", "[1, 9)", "8"}, {sq, sk});
+  }
+  SECTION("positions: wrong count, negative, past the table") {
+    const std::vector<Index> three{0, 1, 2};
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b4, b4, three); }, {"rope_with_bias", "positions", "3", "8", "16"},
+                 {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, b4, three); }, {"rope_with_bias", "positions", "3", "8", "16"}, {sq});
+    std::vector<int> neg(16, 0);
+    neg[11] = -5;
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b4, b4, neg); }, {"rope_with_bias", "positions[11]", "-5"}, {sq, sk});
+    std::vector<Index> far = pos8;
+    far[6] = 8;
+    expect_error([&] { kexue::rope_with_bias(table, q, k, b4, b4, far); }, {"rope_with_bias", "positions[6]", "8", "[0, 8)"},
+                 {sq, sk});
+    expect_error([&] { kexue::rope_with_bias(table, q, b4, far); }, {"rope_with_bias", "positions[6]", "8"}, {sq});
+  }
+  SECTION("n = 0 (no batch, no seq) is defined") {
+    auto q0 = kexue::TensorView<float>::contiguous(qb.data(), 0, 2, 8, 4);
+    auto k0 = kexue::TensorView<float>::contiguous(kb.data(), 0, 1, 8, 4);
+    CHECK_NOTHROW(kexue::rope_with_bias(table, q0, k0, b4, b4));
+    CHECK_NOTHROW(kexue::rope_with_bias(table, q0, k0, b4, b4, std::vector<Index>{}));
+    auto qs = kexue::TensorView<float>::contiguous(qb.data(), 2, 2, 0, 4);
+    auto ks = kexue::TensorView<float>::contiguous(kb.data(), 2, 1, 0, 4);
+    CHECK_NOTHROW(kexue::rope_with_bias(table, qs, ks, b8, b4, std::vector<Index>{}));
+    CHECK(sq.intact());
+    CHECK(sk.intact());
+  }
+}
+
+TEST_CASE("bad input: batched rope_2d with explicit coordinates", "[bad_input][rope]") {
+  const kexue::RopeTable<float> table(4, 4);
+  std::vector<float> xb(2 * 3 * 5 * 8, -12345.5f);
+  auto x = kexue::TensorView<float>::contiguous(xb.data(), 2, 3, 5, 8);
+  const Snap sx(xb);
+  const std::vector<Index> rows{0, 1, 2, 3, 0}, cols{3, 2, 1, 0, 3};
+  SECTION("wrong dim") {
+    auto bad = kexue::TensorView<float>::contiguous(xb.data(), 2, 3, 10, 4);
+    expect_error([&] { kexue::rope_2d(table, bad, std::vector<Index>(10, 0), std::vector<Index>(10, 0)); },
+                 {"rope_2d", "x", "dim 4", "2 x table dim = 8"}, {sx});
+  }
+  SECTION("negative extent") {
+    kexue::TensorView<float> bad(xb.data(), {-2, 3, 5, 8}, {120, 40, 8});
+    expect_error([&] { kexue::rope_2d(table, bad, rows, cols); }, {"rope_2d", "x", "negative"}, {sx});
+  }
+  SECTION("rows or cols of the wrong count") {
+    expect_error([&] { kexue::rope_2d(table, x, std::vector<Index>{0, 1}, cols); }, {"rope_2d", "rows", "2", "5", "10"}, {sx});
+    expect_error([&] { kexue::rope_2d(table, x, rows, std::vector<Index>(11, 0)); }, {"rope_2d", "cols", "11", "5", "10"}, {sx});
+  }
+  SECTION("coordinates negative or past the table") {
+    const std::vector<int> neg{0, 1, -1, 3, 0};
+    expect_error([&] { kexue::rope_2d(table, x, neg, cols); }, {"rope_2d", "rows[2]", "-1"}, {sx});
+    std::vector<Index> far(10, 1);
+    far[9] = 4;
+    expect_error([&] { kexue::rope_2d(table, x, rows, far); }, {"rope_2d", "cols[9]", "4", "[0, 4)"}, {sx});
+  }
+  SECTION("n = 0 is defined") {
+    auto empty = kexue::TensorView<float>::contiguous(xb.data(), 2, 0, 5, 8);
+    CHECK_NOTHROW(kexue::rope_2d(table, empty, rows, cols));
+    auto no_seq = kexue::TensorView<float>::contiguous(xb.data(), 2, 3, 0, 8);
+    CHECK_NOTHROW(kexue::rope_2d(table, no_seq, std::vector<Index>{}, std::vector<Index>{}));
+    CHECK(sx.intact());
   }
 }
 
@@ -617,6 +767,72 @@ TEST_CASE("bad input: GlobalPointer layers", "[bad_input][global_pointer]") {
   }
   SECTION("memory-lean decoding: length past n") {
     expect_error([&] { kexue::global_pointer_spans(w, table, h, 7); }, {"global_pointer_spans", "length", "7", "6"});
+  }
+}
+
+TEST_CASE("bad input: efficient_global_pointer_spans", "[bad_input][global_pointer]") {
+  // The memory-lean Efficient GlobalPointer returns its spans: there is no output buffer to leave untouched, so
+  // each cell checks the error and its message only.
+  const kexue::RopeTable<float> table(8, 4);
+  const kexue::EfficientGlobalPointerWeights<float> ew{filled(5, 8), VecF::Zero(8), filled(8, 4), VecF::Zero(4), 2, 4};
+  const MatF h = filled(6, 5);
+  const char* fn = "efficient_global_pointer_spans";
+  SECTION("h of the wrong width") {
+    const MatF h2 = filled(6, 4);
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, table, h2, 6); }, {fn, "h", "[6 x 4]", "w_p", "5"});
+  }
+  SECTION("weights: w_p, b_p, w_c, b_c of the wrong shape") {
+    auto e = ew;
+    e.w_p = filled(5, 6);
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(e, table, h, 6); }, {fn, "w_p", "[5 x 6]", "8"});
+    e = ew;
+    e.b_p = VecF::Zero(7);
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(e, table, h, 6); }, {fn, "b_p", "7", "8"});
+    e = ew;
+    e.w_c = filled(8, 5);
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(e, table, h, 6); }, {fn, "w_c", "[8 x 5]", "[8 x 4]"});
+    e = ew;
+    e.b_c = VecF::Zero(3);
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(e, table, h, 6); }, {fn, "b_c", "3", "4"});
+  }
+  SECTION("weights: no heads, odd head size, empty weights") {
+    auto e = ew;
+    e.heads = 0;
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(e, table, h, 6); }, {fn, "heads", "0"});
+    e = ew;
+    e.head_size = 3;
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(e, table, h, 6); }, {fn, "head_size", "3"});
+    const kexue::EfficientGlobalPointerWeights<float> empty{};
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(empty, table, h, 6); }, {fn, "heads", "0"});
+  }
+  SECTION("length past n, negative length") {
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, table, h, 7); }, {fn, "length", "7", "6"});
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, table, h, -1); }, {fn, "length", "-1"});
+  }
+  SECTION("decode options: length past n or negative, NaN threshold") {
+    kexue::DecodeOptions d;
+    d.length = 9;
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, table, h, 6, d); }, {fn, "length", "9", "6"});
+    d.length = -2;
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, table, h, 6, d); }, {fn, "length", "-2"});
+    d = {};
+    d.threshold = std::numeric_limits<double>::quiet_NaN();
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, table, h, 6, d); }, {fn, "threshold", "NaN"});
+  }
+  SECTION("NaN fill") {
+    kexue::GlobalPointerOptions o;
+    o.fill = std::numeric_limits<double>::quiet_NaN();
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, table, h, 6, {}, o); }, {fn, "fill", "NaN"});
+  }
+  SECTION("RoPE table of the wrong dim or too short") {
+    const kexue::RopeTable<float> wide(8, 6), short_table(5, 4);
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, wide, h, 6); }, {fn, "RoPE table", "6", "4"});
+    expect_error([&] { (void)kexue::efficient_global_pointer_spans(ew, short_table, h, 6); }, {fn, "RoPE table", "5", "6"});
+  }
+  SECTION("n = 0 is defined") {
+    std::vector<kexue::Span> spans{kexue::Span{}};
+    CHECK_NOTHROW(spans = kexue::efficient_global_pointer_spans(ew, table, MatF(0, 5), 0));
+    CHECK(spans.empty());
   }
 }
 
