@@ -236,3 +236,39 @@ TEST_CASE("FLASH bad input throws kexue::Error and leaves the output untouched",
   CHECK_THROWS_AS(kexue::mixed_chunk_attention(t4, t3, t3, t3, t5, to, FlashOptions{}), kexue::Error);
   CHECK(std::all_of(bo.begin(), bo.end(), [](float x) { return x == 42.f; }));
 }
+
+TEMPLATE_TEST_CASE("FLASH causal: inf, NaN and 1e30 in keys a row cannot see yet never reach it", "[flash][hidden]",
+                   float, double) {
+  // Row i sees keys j <= i (inside its chunk through the quadratic part, earlier chunks through the linear part).
+  // Keys [p, n) hold garbage in k_quad, k_lin and v: rows before p must be finite and bitwise equal to the clean
+  // run. (The chunk's lower-triangular A V product runs over whole row tiles; 0 * inf is NaN.)
+  using T = TestType;
+  const Index n = 130, s = 8, sl = 6, e = 13;
+  const T bad[] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+                   -std::numeric_limits<T>::infinity(), T(1e30)};
+  const Matrix<T> qq = random_matrix<T>(n, s, 61), kq = random_matrix<T>(n, s, 62), ql = random_matrix<T>(n, sl, 63),
+                  kl = random_matrix<T>(n, sl, 64), v = random_matrix<T>(n, e, 65);
+  for (Index chunk : {64, 37}) {
+    for (Index p : {1, 4, 40, 75, 129}) {
+      for (FlashLinearNorm norm : {FlashLinearNorm::SequenceLength, FlashLinearNorm::Prefix}) {
+        FlashOptions o;
+        o.chunk_size = chunk;
+        o.causal = true;
+        o.linear_norm = norm;
+        Matrix<T> clean(n, e);
+        kexue::mixed_chunk_attention(qq, kq, ql, kl, v, clean, o);
+        for (T x : bad) {
+          Matrix<T> kqp = kq, klp = kl, vp = v, out(n, e);
+          kqp.bottomRows(n - p).setConstant(x);
+          klp.bottomRows(n - p).setConstant(x);
+          vp.bottomRows(n - p).setConstant(x);
+          kexue::mixed_chunk_attention(qq, kqp, ql, klp, vp, out, o);
+          INFO("chunk " << chunk << " p " << p << " prefix " << (norm == FlashLinearNorm::Prefix) << " bad "
+                        << double(x));
+          CHECK(out.topRows(p).allFinite());
+          CHECK(max_abs_diff(out.topRows(p), clean.topRows(p)) == 0.0);
+        }
+      }
+    }
+  }
+}

@@ -7,7 +7,8 @@
 /// For chunk g of c rows (the last chunk may be shorter):
 ///   O_g = relu(scale * Qq_g Kq_g^T)^2 / quad_norm * V_g + Ql_g S_g / lin_norm_g
 /// Non-causal: S_g = sum over all chunks h of Kl_h^T V_h and lin_norm = L (the number of valid keys; n unpadded).
-/// Causal: the upper triangle inside the chunk is masked, S_g sums only the chunks h < g, and lin_norm_g is
+/// Causal: the upper triangle inside the chunk is masked (a later key never reaches a row, even when its k or v
+/// holds inf or NaN), S_g sums only the chunks h < g, and lin_norm_g is
 /// L (FlashLinearNorm::SequenceLength: the paper and FLASH-pytorch) or the number of keys summed, (g-1) c
 /// without padding (FlashLinearNorm::Prefix: the normaliser Su argues for in 8934).
 ///

@@ -33,6 +33,7 @@ enum class FeatureMap {
 struct LinearAttentionOptions {
   FeatureMap feature_map = FeatureMap::EluPlusOne;
   /// Query i sees keys j <= i + (m - n) (bottom-right aligned like attention's causal mask: j <= i when m = n).
+  /// A later key never reaches row i, even when its k or v holds inf or NaN.
   bool causal = false;
   /// Added to every denominator phi(q_i)^T z. fast-transformers uses 1e-6; SPEC 5.2 notes Su's posts have none
   /// (eps = 0 reproduces them). Must be >= 0. A denominator that is exactly 0 (no visible key and eps = 0)

@@ -291,7 +291,8 @@ inline void linear_attention_head(const View<const T>& q, const View<const T>& k
       w.den[i] = dot(w.qphi.data() + i * d, w.z.data(), d) + row_sum(a + i * ldk, i + 1);
     }
     gemm<T>(cc, dvp, d, w.qphi.data(), d, 1, w.s.data(), ldv, w.o.data(), ldv, false);
-    gemm_lower_a<T>(cc, dvp, cc, 0, a, ldk, w.vb.data(), ldv, w.o.data(), ldv);
+    // A key later in the chunk must not reach an earlier row even when its v is inf or NaN (see gemm_lower_a).
+    gemm_lower_a<T>(cc, dvp, cc, 0, a, ldk, w.vb.data(), ldv, w.o.data(), ldv, rows_finite(w.vb.data(), cc, dv, ldv));
     for (Index i = 0; i < cc; ++i) write_normalised(w.o.data() + i * ldv, w.den[i], eps, out.row(t + i), dv);
     st.absorb(cc, true);
   }
@@ -417,8 +418,8 @@ inline void flash_head(const View<const T>& qq, const View<const T>& kq, const V
       sv = w.ss.data();
     }
     gemm<T>(cc, ep, sl, w.lq.data(), sl, 1, sv, ldv, w.o.data(), ldv, false);
-    if (causal)
-      gemm_lower_a<T>(cc, ep, cc, 0, a, ldk, w.vb.data(), ldv, w.o.data(), ldv);
+    if (causal)  // a later key of the chunk must not reach an earlier row, even with an inf or NaN v
+      gemm_lower_a<T>(cc, ep, cc, 0, a, ldk, w.vb.data(), ldv, w.o.data(), ldv, rows_finite(w.vb.data(), cc, e, ldv));
     else
       gemm<T>(cc, ep, cc, a, ldk, 1, w.vb.data(), ldv, w.o.data(), ldv, true);
     for (Index i = 0; i < cc; ++i)

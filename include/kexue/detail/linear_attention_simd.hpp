@@ -115,18 +115,52 @@ inline void gemm_lower(Index M, Index K, Index diag, const T* a, Index ars, Inde
 }
 
 /// C[M x N] += A[M x K] B[K x N] where row r of A is zero past column r + diag: the reduction of each row tile
-/// stops at the tile's last visible column.
+/// stops at the tile's last visible column. Inside the tile's diagonal block a row's reduction would still run over
+/// the columns past its own diagonal, adding 0 * B; that is 0 only for finite B. With b_finite false (some row of B
+/// may hold inf or NaN) each row of that block stops at its own diagonal instead, so a row never touches a B row it
+/// cannot see. The order of the remaining terms is unchanged, so for finite B both ways give the same bits.
 template <class T>
 inline void gemm_lower_a(Index M, Index N, Index K, Index diag, const T* a, Index lda, const T* b, Index ldb, T* c,
-                         Index ldc) {
+                         Index ldc, bool b_finite = true) {
   for (Index c0 = 0; c0 < N; c0 += kNR<T>) {
     for (Index r0 = 0; r0 < M; r0 += kMR) {
       const Index rows = std::min(kMR, M - r0);
       const Index kk = std::min(K, r0 + rows + diag);
       if (kk <= 0) continue;
-      gemm_tile_rows(rows, kk, a + r0 * lda, lda, Index(1), b + c0, ldb, c + r0 * ldc + c0, ldc, true);
+      if (b_finite) {
+        gemm_tile_rows(rows, kk, a + r0 * lda, lda, Index(1), b + c0, ldb, c + r0 * ldc + c0, ldc, true);
+        continue;
+      }
+      const Index shared = std::max<Index>(0, std::min(K, r0 + 1 + diag));  // columns every row of the tile sees
+      if (shared > 0)
+        gemm_tile_rows(rows, shared, a + r0 * lda, lda, Index(1), b + c0, ldb, c + r0 * ldc + c0, ldc, true);
+      for (Index r = 0; r < rows; ++r) {
+        const Index own = std::min(K, r0 + r + 1 + diag);
+        if (own > shared)
+          gemm_tile<T, 1>(own - shared, a + (r0 + r) * lda + shared, lda, Index(1), b + shared * ldb + c0, ldb,
+                          c + (r0 + r) * ldc + c0, ldc, true);
+      }
     }
   }
+}
+
+/// True when rows x cols values (row stride ld) hold no inf and no NaN: x - x is 0 for finite x, NaN otherwise.
+template <class T>
+inline bool rows_finite(const T* x, Index rows, Index cols, Index ld) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> acc(T(0));
+  T tail = T(0);
+  for (Index i = 0; i < rows; ++i) {
+    const T* row = x + i * ld;
+    Index j = 0;
+    for (; j + L <= cols; j += L) {
+      const Batch<T> v = load(row + j);
+      acc += v - v;
+    }
+    for (; j < cols; ++j) tail += row[j] - row[j];
+  }
+  const T s = reduce_add<T>(acc) + tail;
+  return s == s;
 }
 
 /// The feature maps of SPEC 5.2 (kept in step with kexue::FeatureMap).
