@@ -101,9 +101,7 @@ class GauWorkspace {
   /// Bytes currently held.
   std::size_t bytes() const {
     std::size_t total = 0;
-    for (const auto& s : slots_)
-      total += (s.hidden.size() + s.q.size() + s.k.size() + s.scores.size() + s.gated.size()) * sizeof(T) +
-               s.mask_prefix.size() * sizeof(Index);
+    for (const auto& s : slots_) total += s.bytes();
     return total;
   }
   /// Frees everything.
@@ -239,10 +237,11 @@ void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eige
   }
   if (n == 0) return;
   auto& slots = workspace.detail_slots();
-  detail::gau_reserve_tiles(slots, std::max<Index>(1, detail::max_threads()), n, p.units);
+  detail::gau_reserve_tiles(slots, std::max<Index>(1, detail::max_threads()), n, p);
   detail::gau_reserve_sequence(slots[0], n, p);
   p.key_mask = options.key_mask ? options.key_mask->data() : nullptr;
-  detail::gau_sequence(weights, p, xv, ov, key_length, rope_table, slots, 0, true);
+  const detail::GauPacked<T> packed = detail::gau_pack_weights(weights, p, slots[0]);
+  detail::gau_sequence(weights, p, packed, xv, ov, key_length, rope_table, slots, 0, true);
 }
 
 /// GAU layer on one sequence; allocates its scratch per call: n (2e + 3s) values plus, per thread,
@@ -299,14 +298,15 @@ void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<
   auto& slots = workspace.detail_slots();
   const Index threads = std::max<Index>(1, detail::max_threads());
   const bool by_sequence = threads > 1 && batch >= threads;
-  detail::gau_reserve_tiles(slots, threads, n, p.units);
+  detail::gau_reserve_tiles(slots, threads, n, p);
   for (Index t = 0; t < (by_sequence ? threads : 1); ++t)
     detail::gau_reserve_sequence(slots[static_cast<std::size_t>(t)], n, p);
+  const detail::GauPacked<T> packed = detail::gau_pack_weights(weights, p, slots[0]);
   auto run = [&](Index b, Index slot, bool tiles_parallel) {
     const detail::View<const T> xb{x.row(b, 0, 0), n, p.hidden, x.strides[2]};
     const detail::View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
-    detail::gau_sequence(weights, p, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots, slot,
-                         tiles_parallel);
+    detail::gau_sequence(weights, p, packed, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots,
+                         slot, tiles_parallel);
   };
   if (by_sequence) {
     detail::gau_parallel(batch, true, [&](Index b, Index thread) { run(b, thread, false); });

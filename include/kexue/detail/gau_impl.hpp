@@ -1,14 +1,20 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // Internals of the GAU layer (kexue/gau.hpp): the resolved plan, the per-thread scratch slots, and the two
-// phases of one sequence. Phase 1 (per row tile): h = swish(x W_in + b_in), q/k = scale-offset(z), RoPE.
-// Phase 2 (per query tile): scores = q k^T, normalised row by row, then (u * (A v)) W_out + b_out.
+// phases of one sequence. Phase 1 (per row tile): h = swish(x W_in + b_in) (bias and swish fused into the
+// GEMM's store), q/k = scale-offset(z), RoPE; then v and k^T are packed once for all query tiles.
+// Phase 2 (per query tile): scores = q k^T, normalised row by row, g = u * (A v) (the gate fused into the
+// GEMM's store), out = g W_out + b_out.
+//
+// All four products run on kexue's packed GEMM (detail/gemm.hpp): W_in and W_out are packed once per call
+// and shared by the threads, v and k^T once per sequence. Each element of every product is one fixed FMA
+// chain whatever the tiling, so results do not depend on the thread count.
 //
 // Why not the fused flash kernel of attention.hpp: in a GAU the value width is e = 2D (1536 for D = 768)
 // while the key width is s = 128, so A v costs 12x more than q k^T. A query tile's A (tile x m, a few MB at
-// most) times v is a GEMM with a long inner dimension that Eigen runs near the FMA peak, and squared ReLU
-// needs no running maximum, so an online-softmax accumulator of [tile, 1536] would only add traffic. Memory
-// stays O(n (2e + s)) plus fixed tiles: the n x n matrix is never materialised.
+// most) times v is a GEMM with a long inner dimension that runs near the FMA peak, and squared ReLU needs no
+// running maximum, so an online-softmax accumulator of [tile, 1536] would only add traffic. Memory stays
+// O(n (2e + s)) plus fixed tiles: the n x n matrix is never materialised.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -21,6 +27,7 @@
 #include "kexue/attention.hpp"
 #include "kexue/core.hpp"
 #include "kexue/detail/check.hpp"
+#include "kexue/detail/gemm.hpp"
 #include "kexue/detail/simd.hpp"
 #include "kexue/detail/view.hpp"
 #include "kexue/rope.hpp"
@@ -31,25 +38,17 @@
 
 namespace kexue::detail {
 
-// Rows of x per projection work item. Eigen re-packs the right-hand side (W_in) for every block of rows
-// anyway, so 256 rows cost no extra packing over one big GEMM while giving 2 threads 8 items at n = 2048.
-constexpr Index kGauProjectionTile = 256;
-// Query rows per attention work item: the scores tile is kGauQueryTile x m (1 MiB in float at m = 2048),
-// and 128 rows amortise the packing of v ([m, e]) in the A v GEMM over 128 output rows.
-constexpr Index kGauQueryTile = 128;
+// Rows per work item of both phases, a multiple of the GEMM's register tile (kGemmMr) so no item computes
+// padding rows: 144 = kGemmMc, one packed A block. The scores tile is then 144 x m (1.1 MiB in float at
+// m = 2048). Shorter sequences use smaller tiles (down to 48 rows) so two threads still get several items.
+// The tile depends on n only, never on the thread count.
+constexpr Index kGauTileMax = kGemmMc;
+constexpr Index kGauTileMin = 8 * kGemmMr;
 
-template <class T>
-using GauMap = Eigen::Map<Matrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <class T>
-using GauConstMap = Eigen::Map<const Matrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-
-template <class T>
-inline GauMap<T> gau_map(T* p, Index rows, Index cols, Index stride) {
-  return GauMap<T>(p, rows, cols, Eigen::OuterStride<>(stride));
-}
-template <class T>
-inline GauConstMap<T> gau_cmap(const T* p, Index rows, Index cols, Index stride) {
-  return GauConstMap<T>(p, rows, cols, Eigen::OuterStride<>(stride));
+inline Index gau_tile_rows(Index n) {
+  // About 16 items, rounded up to whole register tiles.
+  const Index target = (n + 15) / 16;
+  return std::min(kGauTileMax, std::max(kGauTileMin, (target + kGemmMr - 1) / kGemmMr * kGemmMr));
 }
 
 /// Everything gau() resolves from the weights and options once, before any work.
@@ -70,12 +69,26 @@ struct GauPlan {
 template <class T>
 using GauBuffer = std::vector<T, Eigen::aligned_allocator<T>>;
 
-/// Scratch of one thread: a whole sequence's [u | v | z], q, k (used by slot 0 only when the tiles of one
-/// sequence are shared between threads) and one query tile's scores and gated values.
+/// Scratch of one thread: a whole sequence's [u | v | z], q, k, packed v and k^T (used by slot 0 only when
+/// the tiles of one sequence are shared between threads), one query tile's scores and gated values, the
+/// thread's packed A block, and (slot 0 only) the packed W_in and W_out of the call.
 template <class T>
 struct GauSlot {
   GauBuffer<T> hidden, q, k, scores, gated;
+  GemmBuffer<T> packed_v, packed_kt, packed_a, packed_w_in, packed_w_out;
   std::vector<Index> mask_prefix;
+  std::size_t bytes() const {
+    return (hidden.size() + q.size() + k.size() + scores.size() + gated.size() + packed_v.size() +
+            packed_kt.size() + packed_a.size() + packed_w_in.size() + packed_w_out.size()) *
+               sizeof(T) +
+           mask_prefix.size() * sizeof(Index);
+  }
+};
+
+/// The weights of one call packed for the GEMM (shared by all threads and sequences).
+template <class T>
+struct GauPacked {
+  PackedB<T> w_in, w_out;
 };
 
 template <class T>
@@ -101,26 +114,20 @@ inline void gau_parallel(Index n, bool parallel, F&& f) {
   for (Index i = 0; i < n; ++i) f(i, Index(0));
 }
 
-/// swish(t) = t * sigmoid(t) = t / (1 + exp(-t)) over n values; exp(-t) overflowing to inf gives -0.
-template <class T>
-inline void gau_swish(T* p, Index n) {
-  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> a(p, n);
-  a = a / (T(1) + (-a).exp());
-}
-
 /// Phase 1 on rows [r0, r1): hidden = swish(x W_in + b_in), q/k = z * gamma + beta, RoPE at position r.
 template <class T, class W>
-void gau_project(const W& w, const GauPlan& p, View<const T> x, Index r0, Index r1, T* hidden, T* q, T* k,
-                 const RopeTable<T>* rope) {
+void gau_project(const W& w, const GauPlan& p, const GauPacked<T>& packed, View<const T> x, Index r0, Index r1,
+                 T* hidden, T* q, T* k, const RopeTable<T>* rope, T* apack) {
   const Index rows = r1 - r0, e = p.units, s = p.key_size, width = p.width;
   if (rows <= 0) return;
-  auto h = gau_map(hidden + r0 * width, rows, width, width);
-  h.noalias() = gau_cmap(x.row(r0), rows, p.hidden, x.stride) * w.w_in;
-  const bool bias = w.b_in.size() != 0, offset_q = w.beta_q.size() != 0, offset_k = w.beta_k.size() != 0;
+  GemmEpilogue<T> epi;
+  epi.bias = w.b_in.size() != 0 ? w.b_in.data() : nullptr;
+  epi.swish = true;
+  gemm_rows(View<const T>{x.row(r0), rows, p.hidden, x.stride}, packed.w_in,
+            View<T>{hidden + r0 * width, rows, width, width}, epi, apack);
+  const bool offset_q = w.beta_q.size() != 0, offset_k = w.beta_k.size() != 0;
   for (Index r = 0; r < rows; ++r) {
-    T* hr = hidden + (r0 + r) * width;
-    if (bias) Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(hr, width) += w.b_in.array();
-    gau_swish(hr, width);
+    const T* hr = hidden + (r0 + r) * width;
     Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> z(hr + 2 * e, s);
     Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> qr(q + (r0 + r) * s, s), kr(k + (r0 + r) * s, s);
     if (offset_q) {
@@ -177,39 +184,43 @@ inline void gau_normalize_row(const GauPlan& p, T* a, Index limit, Index count, 
 }
 
 /// Phase 2 on query rows [r0, r1) of a sequence of n tokens whose keys [key_length, n) are padding:
-/// out = (u * (A v)) W_out + b_out.
+/// out = (u * (A v)) W_out + b_out. kt and v: the sequence's packed k^T [s, n] and v [n, e].
 template <class T, class W>
-void gau_attend(const W& w, const GauPlan& p, Index key_length, const Index* mask_prefix, Index r0, Index r1,
-                const T* hidden, const T* q, const T* k, T* scores, T* gated, View<T> out) {
+void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const PackedB<T>& kt, const PackedB<T>& v,
+                Index key_length, const Index* mask_prefix, Index r0, Index r1, const T* hidden, const T* q, T* scores,
+                T* gated, T* apack, View<T> out) {
   const Index rows = r1 - r0, e = p.units, s = p.key_size, width = p.width;
   if (rows <= 0) return;
   // Keys any row of this tile sees: causal rows i see j <= i (self-attention, n == m).
   const Index keys = p.causal ? std::min(key_length, r1) : key_length;
-  auto g = gau_map(gated, rows, e, e);
   if (keys <= 0) {
-    g.setZero();
+    std::fill(gated, gated + rows * e, T(0));
   } else {
-    auto a = gau_map(scores, rows, keys, keys);
-    a.noalias() = gau_cmap(q + r0 * s, rows, s, s) * gau_cmap(k, keys, s, s).transpose();
+    gemm_rows(View<const T>{q + r0 * s, rows, s, s}, kt, View<T>{scores, rows, keys, keys}, GemmEpilogue<T>{}, apack);
     for (Index r = 0; r < rows; ++r) {
       const Index limit = p.causal ? std::min(key_length, r0 + r + 1) : key_length;
       gau_normalize_row(p, scores + r * keys, limit, mask_prefix ? mask_prefix[limit] : limit, keys);
     }
-    g.noalias() = a * gau_cmap(hidden + e, keys, e, width);
-    g.array() *= gau_cmap(hidden + r0 * width, rows, e, width).array();
+    // g = u * (A v): the gate is applied as each tile of A v is stored.
+    GemmEpilogue<T> gate;
+    gate.gate = hidden + r0 * width;
+    gate.gate_stride = width;
+    gemm_rows(View<const T>{scores, rows, keys, keys}, v, View<T>{gated, rows, e, e}, gate, apack);
   }
-  auto o = gau_map(out.row(r0), rows, p.hidden, out.stride);
-  o.noalias() = g * w.w_out;
-  if (w.b_out.size() != 0) o.rowwise() += w.b_out.transpose();
+  GemmEpilogue<T> bias;
+  bias.bias = w.b_out.size() != 0 ? w.b_out.data() : nullptr;
+  gemm_rows(View<const T>{gated, rows, e, e}, packed.w_out, View<T>{out.row(r0), rows, p.hidden, out.stride}, bias,
+            apack);
 }
 
 /// One sequence: x [n, D] -> out [n, D]. With `tiles_parallel` the row and query tiles are spread over the
 /// threads (slot 0 holds the sequence buffers, slot t the tile of thread t); otherwise everything runs on
-/// the calling thread in `slots[slot]`. The tile decomposition is the same either way, so both give the
+/// the calling thread in `slots[slot]`. Every element is computed the same way either way, so both give the
 /// same bits.
 template <class T, class W>
-void gau_sequence(const W& w, const GauPlan& p, View<const T> x, View<T> out, Index key_length,
-                  const RopeTable<T>* rope, std::vector<GauSlot<T>>& slots, Index slot, bool tiles_parallel) {
+void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View<const T> x, View<T> out,
+                  Index key_length, const RopeTable<T>* rope, std::vector<GauSlot<T>>& slots, Index slot,
+                  bool tiles_parallel) {
   // With zero_padded_rows the query rows [key_length, n) are neither projected nor attended: no visible
   // key lies there, so nothing computed for the other rows depends on them.
   const Index n = p.zero_padded_rows ? key_length : x.rows;
@@ -218,11 +229,19 @@ void gau_sequence(const W& w, const GauPlan& p, View<const T> x, View<T> out, In
     T* hidden = gau_grow(own.hidden, n * p.width);
     T* q = gau_grow(own.q, n * p.key_size);
     T* k = gau_grow(own.k, n * p.key_size);
-    const Index proj_items = (n + kGauProjectionTile - 1) / kGauProjectionTile;
-    gau_parallel(proj_items, tiles_parallel, [&](Index i, Index) {
-      const Index r0 = i * kGauProjectionTile;
-      gau_project(w, p, x, r0, std::min(n, r0 + kGauProjectionTile), hidden, q, k, rope);
+    const Index tile = gau_tile_rows(x.rows), items = (n + tile - 1) / tile;
+    auto apack_of = [&](Index thread) {
+      return slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)].packed_a.data();
+    };
+    gau_parallel(items, tiles_parallel, [&](Index i, Index thread) {
+      const Index r0 = i * tile;
+      gau_project(w, p, packed, x, r0, std::min(n, r0 + tile), hidden, q, k, rope, apack_of(thread));
     });
+    // v = hidden[:, e:2e] and k^T, packed once for every query tile.
+    const PackedB<T> v = gemm_pack_b(View<const T>{hidden + p.units, n, p.units, p.width}, false,
+                                     gemm_grow(own.packed_v, gemm_packed_b_size<T>(n, p.units)), tiles_parallel);
+    const PackedB<T> kt = gemm_pack_b(View<const T>{k, n, p.key_size, p.key_size}, true,
+                                      gemm_grow(own.packed_kt, gemm_packed_b_size<T>(p.key_size, n)), tiles_parallel);
     // mask_prefix[j] = visible keys among [0, j): the l of a row whose keys end at j.
     const Index* mask_prefix = nullptr;
     if (p.key_mask) {
@@ -233,11 +252,11 @@ void gau_sequence(const W& w, const GauPlan& p, View<const T> x, View<T> out, In
             own.mask_prefix[static_cast<std::size_t>(j)] + (p.key_mask[j] != 0);
       mask_prefix = own.mask_prefix.data();
     }
-    const Index query_items = (n + kGauQueryTile - 1) / kGauQueryTile;
-    gau_parallel(query_items, tiles_parallel, [&](Index i, Index thread) {
+    gau_parallel(items, tiles_parallel, [&](Index i, Index thread) {
       GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
-      const Index r0 = i * kGauQueryTile, r1 = std::min(n, r0 + kGauQueryTile);
-      gau_attend(w, p, key_length, mask_prefix, r0, r1, hidden, q, k, mine.scores.data(), mine.gated.data(), out);
+      const Index r0 = i * tile, r1 = std::min(n, r0 + tile);
+      gau_attend(w, p, packed, kt, v, key_length, mask_prefix, r0, r1, hidden, q, mine.scores.data(),
+                 mine.gated.data(), mine.packed_a.data(), out);
     });
   }
   // Last, because out may be x itself.
@@ -246,12 +265,15 @@ void gau_sequence(const W& w, const GauPlan& p, View<const T> x, View<T> out, In
 
 /// Sizes the tile buffers of every slot for sequences of up to n tokens (before any parallel region).
 template <class T>
-void gau_reserve_tiles(std::vector<GauSlot<T>>& slots, Index count, Index n, Index units) {
+void gau_reserve_tiles(std::vector<GauSlot<T>>& slots, Index count, Index n, const GauPlan& p) {
   if (static_cast<Index>(slots.size()) < count) slots.resize(static_cast<std::size_t>(count));
-  const Index rows = std::min(n, kGauQueryTile);
+  const Index rows = std::min(n, gau_tile_rows(n));
+  // The deepest product a thread packs A for: x W_in (D), q k^T (s), A v (n keys), g W_out (e).
+  const Index depth = std::max(std::max(p.hidden, p.key_size), std::max(n, p.units));
   for (auto& slot : slots) {
     gau_grow(slot.scores, rows * n);
-    gau_grow(slot.gated, rows * units);
+    gau_grow(slot.gated, rows * p.units);
+    gemm_grow(slot.packed_a, gemm_packed_a_size<T>(depth));
   }
 }
 
@@ -260,6 +282,19 @@ void gau_reserve_sequence(GauSlot<T>& slot, Index n, const GauPlan& p) {
   gau_grow(slot.hidden, n * p.width);
   gau_grow(slot.q, n * p.key_size);
   gau_grow(slot.k, n * p.key_size);
+  gemm_grow(slot.packed_v, gemm_packed_b_size<T>(n, p.units));
+  gemm_grow(slot.packed_kt, gemm_packed_b_size<T>(p.key_size, n));
+}
+
+/// Packs W_in [D, 2e + s] and W_out [e, D] into slot 0 (before the sequences run; panels in parallel).
+template <class T, class W>
+GauPacked<T> gau_pack_weights(const W& w, const GauPlan& p, GauSlot<T>& slot) {
+  GauPacked<T> packed;
+  packed.w_in = gemm_pack_b(View<const T>{w.w_in.data(), p.hidden, p.width, p.width}, false,
+                            gemm_grow(slot.packed_w_in, gemm_packed_b_size<T>(p.hidden, p.width)), true);
+  packed.w_out = gemm_pack_b(View<const T>{w.w_out.data(), p.units, p.hidden, p.hidden}, false,
+                             gemm_grow(slot.packed_w_out, gemm_packed_b_size<T>(p.units, p.hidden)), true);
+  return packed;
 }
 
 }  // namespace kexue::detail
