@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // RoPE of q and k in place, fp32, [batch, 8 heads, 2048 positions, 64 dims] (issue 3):
 //   batch 1: 2 x 4 MiB, the in-cache case; batch 8: 2 x 32 MiB = 64 MiB, out of cache.
-// Rows: kexue's batched rope(table, q, k) and, in the same binary, the PyTorch formulation written as plain
-// loops over full-width cos/sin tables (x*cos + rotate(x)*sin through a temporary row): the naive baseline.
+// Rows: kexue's batched rope(table, q, k), batched rope_with_bias(table, q, k, q_bias, k_bias) and, in the
+// same binary, the PyTorch formulation written as plain loops over full-width cos/sin tables
+// (x*cos + rotate(x)*sin through a temporary row): the naive baseline.
 // Bytes counted: q and k each read once and written once (the table's reads are not counted: it is 1 MiB
 // and stays in cache across heads).
 #include <cmath>
@@ -53,6 +54,36 @@ void BM_rope_qk(benchmark::State& state) {
   report_bytes(state, double(n) * sizeof(float) * 4);
 }
 
+// RoPE + bias (SPEC 4) of q and k in one call: q <- RoPE(q + q_bias) with one bias per head ([heads, dim], as a
+// fused projection's bias), k <- RoPE(k + k_bias) with one shared bias [dim]. Same bytes as BM_rope_qk (the
+// biases are 2 KiB and stay in L1).
+void BM_rope_qk_bias(benchmark::State& state) {
+  const Index batch = state.range(1);
+  const int threads = static_cast<int>(state.range(2));
+  set_threads(threads);
+  kexue::RopeOptions o;
+  o.layout = layout_of(state);
+  const kexue::RopeTable<float> table(kSeq, kDim, o);
+  const Index n = batch * kHeads * kSeq * kDim;
+  auto q = data(n, 1), k = data(n, 2);
+  // Small biases: rotating the same buffers again and again adds one bias per call, so the values drift by at
+  // most iterations x 1e-3 and stay representative.
+  kexue::Matrix<float> q_bias(kHeads, kDim);
+  kexue::Vector<float> k_bias(kDim);
+  const auto bq = data(kHeads * kDim, 3), bk = data(kDim, 4);
+  for (Index i = 0; i < kHeads * kDim; ++i) q_bias.data()[i] = bq[std::size_t(i)] * 1e-3f;
+  for (Index i = 0; i < kDim; ++i) k_bias[i] = bk[std::size_t(i)] * 1e-3f;
+  const auto qv = kexue::TensorView<float>::contiguous(q.data(), batch, kHeads, kSeq, kDim);
+  const auto kv = kexue::TensorView<float>::contiguous(k.data(), batch, kHeads, kSeq, kDim);
+  for (auto _ : state) {
+    kexue::rope_with_bias(table, qv, kv, q_bias, k_bias);
+    benchmark::ClobberMemory();
+  }
+  set_threads(kd::max_threads());
+  set_labels(state, threads);
+  report_bytes(state, double(n) * sizeof(float) * 4);
+}
+
 // The PyTorch formulation: full-width cos/sin [seq, dim] (HF emb = cat(freqs, freqs), or each value repeated
 // twice for the interleaved layout), rotate(x) materialised, then x*cos + rotate(x)*sin.
 void BM_rope_qk_naive(benchmark::State& state) {
@@ -96,6 +127,10 @@ void BM_rope_qk_naive(benchmark::State& state) {
 
 // Args: layout (0 interleaved, 1 half), batch, threads.
 BENCHMARK(BM_rope_qk)
+    ->ArgsProduct({{0, 1}, {1, 8}, {1, 2}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(BM_rope_qk_bias)
     ->ArgsProduct({{0, 1}, {1, 8}, {1, 2}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();

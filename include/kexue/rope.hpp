@@ -293,6 +293,20 @@ inline void rope_rows2(const RopeTable<T>& table, T* q, T* k, Index position) {
   }
 }
 
+/// q <- RoPE(q + qb), k <- RoPE(k + kb) (rows in place) at the same position, with one read of the table row
+/// for both; each row's bits are rope_row's with its bias.
+template <class T>
+inline void rope_rows2_bias(const RopeTable<T>& table, T* q, T* k, const T* qb, const T* kb, Index position) {
+  const Index r = table.rotary_dim();
+  if (table.layout() == RopeLayout::Interleaved) {
+    rope_rows2_bias_interleaved(q, k, qb, kb, table.cos_pairs(position), table.sin_pairs(position), r);
+  } else {
+    rope_rows2_bias_half(q, k, qb, kb, table.cos_pairs(position), table.sin_pairs(position), r);
+  }
+  rope_pass_through(q, q, qb, r, table.dim());
+  rope_pass_through(k, k, kb, r, table.dim());
+}
+
 inline void check_first_position(const char* fn, Index first, Index rows, Index max_positions) {
   require(first >= 0, fn, "first_position is ", first, "; positions must be >= 0");
   require(rows == 0 || first + rows <= max_positions, fn, "rows at positions [", first, ", ", first + rows,
@@ -421,9 +435,9 @@ inline void rope_tensor2(const RopeTable<T>& table, const TensorView<T>& q, cons
   });
 }
 
-/// rope_tensor2 with a bias for q and one for k (per-head strides 0 or dim). Each row goes through rope_row,
-/// the kernel of the [n, dim] form, so the result is that form's bit for bit; the q and k rows of a position
-/// are rotated back to back, so its table row comes from memory once for both.
+/// rope_tensor2 with a bias for q and one for k (per-head strides 0 or dim). Heads present in both tensors go
+/// through rope_rows2_bias (one read of the table row for the q and k rows of a position), the others through
+/// rope_row; both give the bits of the [n, dim] form's rope_row.
 template <class T, class Pos>
 inline void rope_tensor2_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k, const T* qb,
                               Index qb_stride, const T* kb, Index kb_stride, Pos&& pos) {
@@ -438,8 +452,12 @@ inline void rope_tensor2_bias(const RopeTable<T>& table, const TensorView<T>& q,
     const T* kbh = h < hk ? kb + h * kb_stride : nullptr;
     for (Index s = s0; s < s1; ++s) {
       const Index p = pos(b, s);
-      if (h < hq) rope_row(table, q.row(b, h, s), q.row(b, h, s), qbh, p);
-      if (h < hk) rope_row(table, k.row(b, h, s), k.row(b, h, s), kbh, p);
+      if (h < hq && h < hk) {
+        rope_rows2_bias(table, q.row(b, h, s), k.row(b, h, s), qbh, kbh, p);
+      } else {
+        T* row = h < hq ? q.row(b, h, s) : k.row(b, h, s);
+        rope_row(table, row, row, h < hq ? qbh : kbh, p);
+      }
     }
   });
 }

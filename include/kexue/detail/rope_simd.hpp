@@ -211,6 +211,28 @@ inline void rope_rows2_interleaved(T* q, T* k, const T* cp, const T* sp, Index r
   }
 }
 
+/// rope_rows2_interleaved with biases added before the rotation (the batched q/k RoPE + bias form): per row, the
+/// same operations in the same order as rope_row_interleaved's bias path, so the results are its bits.
+template <class T>
+inline void rope_rows2_bias_interleaved(T* q, T* k, const T* qb, const T* kb, const T* cp, const T* sp, Index r) {
+  constexpr Index L = kLanes<T>;
+  Index j = 0;
+  for (; j + L <= r; j += L) {
+    const Batch<T> c = load_dup_pairs(cp + j / 2), s = load_dup_pairs(sp + j / 2);
+    const Batch<T> a = load(q + j) + load(qb + j), b = load(k + j) + load(kb + j);
+    store(q + j, fmaddsub<T>(a, c, swap_adjacent<T>(a) * s));
+    store(k + j, fmaddsub<T>(b, c, swap_adjacent<T>(b) * s));
+  }
+  for (; j < r; j += 2) {
+    const T c = cp[j / 2], s = sp[j / 2];
+    const T a0 = q[j] + qb[j], a1 = q[j + 1] + qb[j + 1], b0 = k[j] + kb[j], b1 = k[j + 1] + kb[j + 1];
+    q[j] = mul_add(a0, c, -(a1 * s));
+    q[j + 1] = mul_add(a1, c, a0 * s);
+    k[j] = mul_add(b0, c, -(b1 * s));
+    k[j + 1] = mul_add(b1, c, b0 * s);
+  }
+}
+
 // ---- Half: pairs (i, i + r/2) -----------------------------------------------------------------------------
 // cos and s_pos are the per-pair cos and (unsigned) sin, r/2 values each: lo' = lo c - hi s, hi' = hi c + lo s.
 
@@ -257,6 +279,30 @@ inline void rope_rows2_half(T* q, T* k, const T* cos, const T* s_pos, Index r) {
   }
   for (; i < h; ++i) {
     const T ql = q[i], qh = q[h + i], kl = k[i], kh = k[h + i];
+    q[i] = mul_add(-qh, s_pos[i], ql * cos[i]);
+    q[h + i] = mul_add(ql, s_pos[i], qh * cos[i]);
+    k[i] = mul_add(-kh, s_pos[i], kl * cos[i]);
+    k[h + i] = mul_add(kl, s_pos[i], kh * cos[i]);
+  }
+}
+
+/// rope_rows2_half with biases added before the rotation: rope_row_half's bias path for both rows, bit for bit.
+template <class T>
+inline void rope_rows2_bias_half(T* q, T* k, const T* qb, const T* kb, const T* cos, const T* s_pos, Index r) {
+  constexpr Index L = kLanes<T>;
+  const Index h = r / 2;
+  Index i = 0;
+  for (; i + L <= h; i += L) {
+    const Batch<T> c = load(cos + i), s = load(s_pos + i);
+    const Batch<T> qlo = load(q + i) + load(qb + i), qhi = load(q + h + i) + load(qb + h + i);
+    const Batch<T> klo = load(k + i) + load(kb + i), khi = load(k + h + i) + load(kb + h + i);
+    store(q + i, xsimd::fnma(qhi, s, qlo * c));
+    store(q + h + i, xsimd::fma(qlo, s, qhi * c));
+    store(k + i, xsimd::fnma(khi, s, klo * c));
+    store(k + h + i, xsimd::fma(klo, s, khi * c));
+  }
+  for (; i < h; ++i) {
+    const T ql = q[i] + qb[i], qh = q[h + i] + qb[h + i], kl = k[i] + kb[i], kh = k[h + i] + kb[h + i];
     q[i] = mul_add(-qh, s_pos[i], ql * cos[i]);
     q[h + i] = mul_add(ql, s_pos[i], qh * cos[i]);
     k[i] = mul_add(-kh, s_pos[i], kl * cos[i]);
