@@ -204,6 +204,8 @@ inline void gemm_micro(Index kc, const T* a, const T* b, T* c, Index ldc, bool a
       acc[i][1] = B(T(0));
     });
   }
+  // Unrolled by 4: a third of the loop-counter and pointer updates (measured ~1% on the GAU shapes).
+#pragma GCC unroll 4
   for (Index p = 0; p < kc; ++p) {
     const B b0 = B::load_aligned(b), b1 = B::load_aligned(b + L);
     gemm_unroll<kGemmMr>([&](auto i) {
