@@ -4,8 +4,9 @@
 //   BM_gau                kexue::gau with a reused workspace (steady state), per normalisation
 //   BM_gau_alloc          the allocating overload (scratch allocated per call)
 //   BM_gau_naive          the naive baseline: plain Eigen, materialising the n x n attention matrix
-//   BM_gau_flash_attention projections as in gau(), attention step through kexue::attention (the fused
+//   BM_gau_flash_attention projections through Eigen, attention step through kexue::attention (the fused
 //                         flash kernel with dv = e) instead of gau's tiled GEMMs: the design alternative
+// gau() runs all four products on kexue's packed GEMM (detail/gemm.hpp; bench_gemm compares it with Eigen).
 // Flops per call: 2 n D (2e + s) (input projection) + 2 n^2 s (q k^T) + 2 n^2 e (A v) + 2 n e D (output),
 // the attention part halved when causal. Elementwise work (swish, normalisation, RoPE) is not counted.
 #include <cmath>

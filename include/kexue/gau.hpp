@@ -15,8 +15,9 @@
 /// A row that sees no key gets A = 0 (bert4keras would give NaN), so its output is b_out.
 /// Query rows at padding positions are computed like any other row, as bert4keras does (or skipped and
 /// zeroed with GauOptions::zero_padded_rows).
-/// Cost and memory: four GEMMs through Eigen (x W_in, q k^T, A v, gated W_out), run by tiles of query rows
-/// so the n x n matrix is never formed: scratch is n (2e + 3s) values plus a 128 x n tile per thread. The
+/// Cost and memory: four GEMMs on kexue's packed GEMM (x W_in with bias and swish fused, q k^T, A v with
+/// the u gate fused, g W_out), run by tiles of at most 144 query rows so the n x n matrix is never formed;
+/// scratch is listed at GauWorkspace (about 57 MiB in float for D = 768, e = 1536, s = 128, n = 2048). The
 /// attention step does not call attention(): its flash kernel is built for head sizes near 64, while here v
 /// is e = 2D wide and A v is a long-inner-dimension GEMM (bench_gau BM_gau_flash_attention measures both).
 
@@ -92,9 +93,11 @@ struct GauOptions {
 
 /// Caller-owned scratch of gau(). It grows to the largest call it has served and is reused without
 /// allocating; one workspace must not be used by two calls at the same time. For a sequence of n tokens
-/// on P threads it holds n (2e + 3s) values for [u | v | z], q, k, plus per thread a query tile of
-/// min(n, 128) x (n + e) values (scores and gated rows); the batched form, when it runs sequences in
-/// parallel, holds the sequence buffers once per thread.
+/// on P threads it holds the weights packed for the GEMM (D (2e + s) + e D values, columns rounded up to 16
+/// floats / 8 doubles), n (2e + 3s) values for [u | v | z], q, k, v and k^T packed (about n (e + s) more),
+/// plus per thread a query tile of t x (n + e) values (scores and gated rows, t = min(n, 144) at most) and
+/// a packed block of 144 x max(D, e, n) values; the batched form, when it runs sequences in parallel,
+/// holds the sequence buffers once per thread.
 template <class T>
 class GauWorkspace {
  public:
@@ -214,7 +217,7 @@ inline Index gau_key_length(const char* fn, const char* what, std::optional<Inde
 /// x is read completely before out is written. rope_table (dim s, at least n positions; bert4keras uses
 /// RopeTable<T>(n, s) with the default interleaved base-10000 layout) rotates q and k, or nullptr for none.
 /// Work is spread over OpenMP threads by tiles of rows; results are bitwise identical for any thread count.
-/// Eigen's GEMM allocates its own packing buffers (under a few MiB) per product.
+/// The GEMM's packing buffers are part of the workspace too: nothing is allocated once it has grown.
 template <class T, class Dx, class Do>
 void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
          GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
@@ -244,8 +247,8 @@ void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eige
   detail::gau_sequence(weights, p, packed, xv, ov, key_length, rope_table, slots, 0, true);
 }
 
-/// GAU layer on one sequence; allocates its scratch per call: n (2e + 3s) values plus, per thread,
-/// min(n, 128) x (n + e) values (see GauWorkspace). Otherwise as the workspace overload.
+/// GAU layer on one sequence; allocates its scratch per call (see GauWorkspace). Otherwise as the
+/// workspace overload.
 template <class T, class Dx, class Do>
 void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
          const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
