@@ -1035,9 +1035,9 @@ TEST_CASE("batched rope_with_bias and rope_2d: bad input throws before anything 
   const kexue::Vector<float> b8 = kexue::Vector<float>::Ones(8);
   const Matrix<float> b2x8 = Matrix<float>::Ones(2, 8), b3x8 = Matrix<float>::Ones(3, 8);
   CHECK(message([&] { kexue::rope_with_bias(table, q, k, b8, b2x8); }) ==
-        "rope_with_bias: k_bias has 16 values but needs 8 (dim) or k heads x dim = 1 x 8 = 8");
+        "rope_with_bias: k_bias has 16 values but needs 8 (dim) or 8 (k heads x dim = 1 x 8)");
   CHECK(message([&] { kexue::rope_with_bias(table, q, k, b3x8, b8); }) ==
-        "rope_with_bias: q_bias has 24 values but needs 8 (dim) or q heads x dim = 2 x 8 = 16");
+        "rope_with_bias: q_bias has 24 values but needs 8 (dim) or 16 (q heads x dim = 2 x 8)");
   CHECK(message([&] { kexue::rope_with_bias(table, q, k, b8, b8, std::vector<Index>{0, 1, 10, 2}); }) ==
         "rope_with_bias: positions[2] = 10 is outside the table's positions [0, 10)");
   CHECK(message([&] { kexue::rope_with_bias(table, q, k, b8, b8, 7); }) ==

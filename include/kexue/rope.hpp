@@ -363,8 +363,8 @@ inline Index check_tensor_bias(const char* fn, const char* name, const T* b, Ind
                                const char* xname, const TensorView<T>& x, const char* other_name = nullptr,
                                const TensorView<T>* other = nullptr) {
   const Index d = table.dim();
-  require(size == d || size == x.heads() * d, fn, name, " has ", size, " values but needs ", d, " (dim) or ", xname,
-          " heads x dim = ", x.heads(), " x ", d, " = ", x.heads() * d);
+  require(size == d || size == x.heads() * d, fn, name, " has ", size, " values but needs ", d, " (dim) or ",
+          x.heads() * d, " (", xname, " heads x dim = ", x.heads(), " x ", d, ")");
   const char* b0 = reinterpret_cast<const char*>(b);
   const char* b1 = reinterpret_cast<const char*>(b + size);
   for (const TensorView<T>* t : {&x, other}) {
