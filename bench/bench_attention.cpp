@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Fused attention (issue 4 shapes): fp32, d = dv = 64, 8 heads, n = m in {512, 2048, 8192}, the three
 // normalisations, causal and not, 1 and 2 threads; a KV-cache decode step (n = 1 against m cached keys, GQA);
-// and the naive baseline in the same binary: plain Eigen materialising S = q k^T, a row softmax, then S v.
+// a key mask with finite vs NaN values in the hidden keys' v rows; and the naive baseline in the same binary: plain
+// Eigen materialising S = q k^T, a row softmax, then S v.
 // Flops: 4 n m d per head (two GEMM-like products), halved for causal (n = m).
 #include <sys/resource.h>
 
@@ -88,6 +89,30 @@ void attention_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "norm", "causal", "threads"});
 }
 BENCHMARK(BM_attention)->Apply(attention_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// A key mask (every 7th key hidden, as scattered padding tokens are), 1 thread, n = m = 2048, softmax. Arg 1: the
+// hidden keys' v rows hold NaN, so every partially masked key tile runs the masked P V product (select instead
+// of multiply) that keeps them out of the rows; arg 0: finite garbage there, the plain product. The gap is the
+// cost of the guarantee that hidden keys never reach an output when they are not finite.
+void BM_attention_keymask(benchmark::State& state) {
+  const Index n = 2048;
+  const bool poisoned = state.range(0) != 0;
+  set_threads(1);
+  Inputs in(kHeads, kHeads, n, n);
+  std::vector<unsigned char> mask(static_cast<std::size_t>(n));
+  for (Index j = 0; j < n; ++j) mask[std::size_t(j)] = j % 7 != 3;
+  for (Index h = 0; h < kHeads; ++h)
+    for (Index j = 0; j < n; ++j)
+      if (!mask[std::size_t(j)] && poisoned)
+        for (Index e = 0; e < kDim; ++e) in.v[std::size_t((h * n + j) * kDim + e)] = std::nanf("");
+  for (auto _ : state) {
+    kexue::attention(in.tq(), in.tk(), in.tv(), kexue::KeyMask(mask.data(), n), in.to());
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 4.0 * double(n) * double(n) * kDim * kHeads, 1);
+}
+BENCHMARK(BM_attention_keymask)->ArgName("nan_in_hidden_v")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // One decoding step: a single new query per head against m cached keys, 8 query heads sharing 2 KV heads
 // (grouped-query attention). Memory-bound: it reads the whole cache once.
