@@ -112,7 +112,12 @@ void BM_attention_keymask(benchmark::State& state) {
   }
   report_flops(state, 4.0 * double(n) * double(n) * kDim * kHeads, 1);
 }
-BENCHMARK(BM_attention_keymask)->ArgName("nan_in_hidden_v")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_attention_keymask)
+    ->ArgName("nan_in_hidden_v")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // One decoding step: a single new query per head against m cached keys, 8 query heads sharing 2 KV heads
 // (grouped-query attention). Memory-bound: it reads the whole cache once.

@@ -294,8 +294,8 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
 /// Fused attention: out = A(q k^T) v, never materialising the n x m matrix (online softmax over key tiles).
 /// q: [n, d], k: [m, d], v: [m, dv], out: [n, dv] (row-major, any row stride; out must not alias the inputs).
 /// Semantics in the header comment and SPEC 3.3; rows with no visible key are zero. Parallel over query tiles.
-/// Keys a row cannot see never reach it, even when their k or v rows hold inf or NaN (uninitialised padding is
-/// fine); keys past key_length are not read at all.
+/// Keys a row cannot see never reach it, even when their k or v rows hold inf or NaN (garbage in padding rows is
+/// fine); rows of k and v past key_length are not read at all.
 template <class QD, class KD, class VD, class OD>
 void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
                const Eigen::DenseBase<OD>& out, const AttentionOptions& options = {}) {
