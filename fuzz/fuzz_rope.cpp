@@ -154,8 +154,7 @@ void fuzz_batched(FuzzInput& in) {
   const Strided<T> qb = matrix<T>(in, std::max<Index>(qrows, 1), dim, in.flag(), 0);
   const Strided<T> kb = matrix<T>(in, std::max<Index>(krows, 1), dim, in.flag(), 0);
   const Eigen::Map<const kexue::Vector<T>> qbv(qb.data(), qrows * dim), kbv(kb.data(), krows * dim);
-  const bool bias_bad =
-      mode != 0 && (!(qrows * dim == dim || qrows == hq) || !(krows * dim == dim || krows == hk));
+  const bool bias_bad = mode != 0 && (!(qrows * dim == dim || qrows == hq) || !(krows * dim == dim || krows == hk));
   // Positions: first + s, or explicit [seq] / [batch, seq] lists (sometimes of the wrong length).
   const Index first = in.range(-1, max_pos);
   bool bad = bias_bad;
@@ -203,7 +202,8 @@ void fuzz_batched(FuzzInput& in) {
   };
   auto bound = [&](const T* src, const std::vector<double>& bias) {
     double m = 1;
-    for (Index c = 0; c < dim; ++c) m = std::max(m, std::abs(double(src[c])) + (bias.empty() ? 0.0 : std::abs(bias[std::size_t(c)])));
+    for (Index c = 0; c < dim; ++c)
+      m = std::max(m, std::abs(double(src[c])) + (bias.empty() ? 0.0 : std::abs(bias[std::size_t(c)])));
     return 16 * eps_of<T>() * m;
   };
   for (Index b = 0; b < B; ++b)
@@ -241,7 +241,9 @@ void fuzz_rope_2d(FuzzInput& in) {
             cols[std::size_t(r)] >= max_pos;
     }
     const kexue::TensorView<T> xv(x.data(), {1, 1, n, 2 * dim}, {n * x.stride, n * x.stride, x.stride});
-    if (!run_checked(bad, x.buf, [&] { kexue::rope_2d(table, xv, rows, cols); }, "batched rope_2d error contract")) return;
+    if (!run_checked(
+            bad, x.buf, [&] { kexue::rope_2d(table, xv, rows, cols); }, "batched rope_2d error contract"))
+      return;
     for (Index r = 0; r < n; ++r) {
       double m = 1;
       for (Index c = 0; c < 2 * dim; ++c) m = std::max(m, std::abs(double(x0(r, c))));

@@ -882,7 +882,8 @@ TEMPLATE_TEST_CASE("batched rope_with_bias for q and k matches PyTorch (the [n, 
     Index dim, rotary_dim;
   };
   // Both cases have 15 rows x at positions 4..18 with one bias b: y = RoPE(x + b).
-  const Case cases[] = {{"bias_inter", RopeLayout::Interleaved, 64, 0}, {"bias_half_partial", RopeLayout::Half, 40, 24}};
+  const Case cases[] = {{"bias_inter", RopeLayout::Interleaved, 64, 0},
+                        {"bias_half_partial", RopeLayout::Half, 40, 24}};
   for (const Case& c : cases) {
     INFO(c.name);
     const std::string n = c.name;
@@ -985,8 +986,8 @@ TEMPLATE_TEST_CASE("batched rope_2d with explicit coordinates equals the [n, 2 d
   }
 }
 
-TEMPLATE_TEST_CASE("batched rope_2d with explicit coordinates matches PyTorch and the grid form", "[rope][batched][rope2d][torch]",
-                   float, double) {
+TEMPLATE_TEST_CASE("batched rope_2d with explicit coordinates matches PyTorch and the grid form",
+                   "[rope][batched][rope2d][torch]", float, double) {
   using T = TestType;
   RopeOptions o;
   o.base = 1000.0;
@@ -1038,8 +1039,9 @@ TEST_CASE("batched rope_with_bias and rope_2d: bad input throws before anything 
         "rope_with_bias: k_bias has 16 values but needs 8 (dim) or 8 (k heads x dim = 1 x 8)");
   CHECK(message([&] { kexue::rope_with_bias(table, q, k, b3x8, b8); }) ==
         "rope_with_bias: q_bias has 24 values but needs 8 (dim) or 16 (q heads x dim = 2 x 8)");
-  CHECK(message([&] { kexue::rope_with_bias(table, q, k, b8, b8, std::vector<Index>{0, 1, 10, 2}); }) ==
-        "rope_with_bias: positions[2] = 10 is outside the table's positions [0, 10)");
+  CHECK(message([&] {
+          kexue::rope_with_bias(table, q, k, b8, b8, std::vector<Index>{0, 1, 10, 2});
+        }) == "rope_with_bias: positions[2] = 10 is outside the table's positions [0, 10)");
   CHECK(message([&] { kexue::rope_with_bias(table, q, k, b8, b8, 7); }) ==
         "rope_with_bias: rows at positions [7, 11) but the table holds positions [0, 10)");
   // A bias inside k (k is rotated in place while q's rows read it).
@@ -1048,10 +1050,12 @@ TEST_CASE("batched rope_with_bias and rope_2d: bad input throws before anything 
         std::string::npos);
   std::vector<float> x2d(2 * 3 * 4 * 16, 1.f);
   auto x = TensorView<float>::contiguous(x2d.data(), 2, 3, 4, 16);
-  CHECK(message([&] { kexue::rope_2d(table, x, std::vector<Index>{0, 1, 2, 3}, std::vector<int>{0, 1, 2, 3, 4, 5, 6, 12}); }) ==
-        "rope_2d: cols[7] = 12 is outside the table's positions [0, 10)");
-  CHECK(message([&] { kexue::rope_2d(table, x, std::vector<Index>{0, 1, 2}, std::vector<Index>{0, 1, 2, 3}); }) ==
-        "rope_2d: rows has 3 entries but needs seq = 4 (shared by the batch) or batch x seq = 8");
+  CHECK(message([&] {
+          kexue::rope_2d(table, x, std::vector<Index>{0, 1, 2, 3}, std::vector<int>{0, 1, 2, 3, 4, 5, 6, 12});
+        }) == "rope_2d: cols[7] = 12 is outside the table's positions [0, 10)");
+  CHECK(message([&] {
+          kexue::rope_2d(table, x, std::vector<Index>{0, 1, 2}, std::vector<Index>{0, 1, 2, 3});
+        }) == "rope_2d: rows has 3 entries but needs seq = 4 (shared by the batch) or batch x seq = 8");
   for (float v : qbuf) REQUIRE(v == 1.f);
   for (float v : kbuf) REQUIRE(v == 1.f);
   for (float v : x2d) REQUIRE(v == 1.f);

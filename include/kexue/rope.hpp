@@ -731,7 +731,8 @@ void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const Ten
   const Index ks = detail::check_tensor_bias(fn, "k_bias", kb, Index(k_bias.size()), table, "k", k, "q", &q);
   detail::check_first_position(fn, first_position, q.batch() * q.heads() + k.batch() * k.heads() == 0 ? 0 : q.seq(),
                                table.max_positions());
-  detail::rope_tensor2_bias(table, q, k, qb, qs, kb, ks, [first_position](Index, Index s) { return first_position + s; });
+  detail::rope_tensor2_bias(table, q, k, qb, qs, kb, ks,
+                            [first_position](Index, Index s) { return first_position + s; });
 }
 
 /// q and k with their biases in one call, explicit positions: [seq] (shared by every batch entry) or
