@@ -6,9 +6,10 @@
 // Structure (the BLIS loop nest, written from the published description):
 //   * B ([k, n], or given transposed as [n, k]) is packed once per call into kc x kNr micro-panels, zero
 //     padded to a multiple of kNr columns. Packed weights are shared by every thread.
-//   * Work items are blocks of rows of C. For each k block, the item packs its rows of A into kMr x kc
-//     micro-panels (zero padded to a multiple of kMr rows), then for every B micro-panel (kept in L1) runs
-//     the micro-kernel over all its A micro-panels (the A block stays in L2).
+//   * Work items are blocks of rows of C. An item packs its rows of A, all k blocks, into kMr x kc
+//     micro-panels (zero padded to a multiple of kMr rows). Then for each chunk of kGemmNc columns of C
+//     (kept in L2) and each k block, every B micro-panel (kept in L1) meets all the item's A micro-panels
+//     of that k block (an A block of kMc x kc, kept in L2).
 //   * The micro-kernel holds a kMr x kNr tile of C in 12 registers (6 rows x 2 vectors) and does one
 //     broadcast and two FMAs per row per k step: 12 independent FMA chains cover 2 FMA ports x 4 cycles of
 //     latency, with room for the two B loads and the broadcast in the 16 registers of AVX2.
