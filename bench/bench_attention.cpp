@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Fused attention (issue 4 shapes): fp32, d = dv = 64, 8 heads, n = m in {512, 2048, 8192}, the three
-// normalisations, causal and not, 1 and 2 threads; a KV-cache decode step (n = 1 against m cached keys, GQA);
-// a key mask with finite vs NaN values in the hidden keys' v rows; and the naive baseline in the same binary: plain
-// Eigen materialising S = q k^T, a row softmax, then S v.
+// normalisations, causal and not, 1 and 2 threads; a KV-cache decode step (n = 1 against m cached keys: GQA 8/2,
+// MQA 8/1, MHA 8/8); a key mask with finite vs NaN values in the hidden keys' v rows; and the naive baseline in
+// the same binary: plain Eigen materialising S = q k^T, a row softmax, then S v.
 // Flops: 4 n m d per head (two GEMM-like products), halved for causal (n = m).
 #include <sys/resource.h>
 
@@ -136,6 +136,34 @@ void BM_attention_decode(benchmark::State& state) {
   report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
 }
 BENCHMARK(BM_attention_decode)->Arg(4096)->Arg(16384)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// One decoding step for the three ways 8 query heads share the cache: GQA 8/2, MQA 8/1 and MHA 8/8 (kv_heads),
+// m = 4096 and 32768 cached keys, 1 thread. The grouped decode path reads each K and V row once per KV head
+// (once for all the query heads of its group), so bytes = the whole cache once; flops = 4 m d per query head.
+void BM_attention_decode_heads(benchmark::State& state) {
+  const Index kv_heads = state.range(0), m = state.range(1);
+  set_threads(1);
+  Inputs in(kHeads, kv_heads, 1, m);
+  kexue::AttentionOptions opt;
+  opt.causal = true;
+  for (auto _ : state) {
+    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 4.0 * double(m) * kDim * kHeads, 1);
+  report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
+}
+BENCHMARK(BM_attention_decode_heads)
+    ->ArgNames({"kv_heads", "m"})
+    ->Args({2, 4096})
+    ->Args({1, 4096})
+    ->Args({8, 4096})
+    ->Args({2, 32768})
+    ->Args({1, 32768})
+    ->Args({8, 32768})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 // Naive baseline: per head, S = scale q k^T with Eigen's GEMM (materialised n x n), row softmax, O = S v.
 void BM_attention_naive_eigen(benchmark::State& state) {

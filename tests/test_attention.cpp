@@ -3,7 +3,8 @@
 // kind x causal alignment, float and double; the tiled SIMD kernel against the scalar double reference over
 // odd sizes, strided rows and NaN guards; huge logits; errors before writing; batched / GQA / KV-cache forms
 // against the 2-D form; thread-count determinism; the fast exp; the diagnostics; keys a row cannot see never
-// reach it, whatever their k and v hold.
+// reach it, whatever their k and v hold; the grouped decode (all query heads of a KV group in one pass over the
+// cache) bitwise equal to each head alone and to the frozen pre-grouping one-row kernel.
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -414,6 +415,136 @@ void hidden_keys_weights() {
   }
 }
 
+// ---- grouped decode: the query heads of a KV group share one pass over K and V, each keeping its own bits -----
+
+struct DecodeCase {
+  Index B, H, Hk, n, m, d, dv;
+  bool causal;
+  Index key_length;  // m: none
+  int mask;          // 0: none, 1: one mask for every batch, 2: one per batch
+};
+
+template <class T>
+bool same_bits(const T* a, const T* b, Index count) {
+  return std::memcmp(a, b, sizeof(T) * static_cast<std::size_t>(count)) == 0;
+}
+
+// Batched decode (n <= 2 rows per head, every head of a KV group in one row set) against (1) each head alone
+// through the 2-D attention() on that head's q rows and its KV head, (2) the frozen pre-grouping one-row kernel of
+// tests/reference, (3) the same call with inf / NaN written into every hidden key's k and v rows (past key_length,
+// masked), (4) 1 and 2 threads. All bitwise.
+template <class T>
+void grouped_decode_case(const DecodeCase& c, std::uint32_t seed) {
+  const Index B = c.B, H = c.H, Hk = c.Hk, n = c.n, m = c.m, d = c.d, dv = c.dv, G = H / Hk;
+  const auto q = random_values<T>(B * n * H * d, seed, T(-2), T(2));
+  const auto k = random_values<T>(B * Hk * m * d, seed + 1, T(-2), T(2));
+  const auto v = random_values<T>(B * Hk * m * dv, seed + 2);
+  std::vector<unsigned char> mask(static_cast<std::size_t>(c.mask == 2 ? B * m : m), 1);
+  for (Index j = 0; j < Index(mask.size()); ++j) mask[j] = (j * 7 + seed) % 5 != 0 && !(j % m >= 20 && j % m < 90);
+  auto mask_of = [&](Index b) { return c.mask == 0 ? nullptr : mask.data() + (c.mask == 2 ? b * m : 0); };
+  // Hidden from every row: past key_length or masked (under causal with n <= 2 a key hidden from row 0 only is
+  // still seen by row 1, so it stays finite).
+  std::vector<T> kp = k, vp = v;
+  int poisoned = 0;
+  for (Index b = 0; b < B; ++b)
+    for (Index j = 0; j < m; ++j) {
+      const unsigned char* mb = mask_of(b);
+      if (j < c.key_length && (!mb || mb[j])) continue;
+      const T bad = j % 3 == 0 ? std::numeric_limits<T>::quiet_NaN()
+                               : (j % 3 == 1 ? std::numeric_limits<T>::infinity() : -std::numeric_limits<T>::infinity());
+      for (Index g = 0; g < Hk; ++g) {
+        std::fill_n(kp.begin() + ((b * Hk + g) * m + j) * d, d, bad);
+        std::fill_n(vp.begin() + ((b * Hk + g) * m + j) * dv, dv, bad);
+      }
+      ++poisoned;
+    }
+  for (int norm = 0; norm < 3; ++norm) {
+    AttentionOptions o;
+    o.normalization = static_cast<Normalization>(norm);
+    o.causal = c.causal;
+    if (c.key_length < m) o.key_length = c.key_length;
+    auto run = [&](const std::vector<T>& kk, const std::vector<T>& vv, std::vector<T>& out) {
+      auto tq = kexue::TensorView<const T>::seq_major(q.data(), B, n, H, d);
+      auto tk = kexue::TensorView<const T>::contiguous(kk.data(), B, Hk, m, d);
+      auto tv = kexue::TensorView<const T>::contiguous(vv.data(), B, Hk, m, dv);
+      auto to = kexue::TensorView<T>::seq_major(out.data(), B, n, H, dv);
+      if (c.mask)
+        kexue::attention(tq, tk, tv, kexue::KeyMask(mask.data(), Index(mask.size())), to, o);
+      else
+        kexue::attention(tq, tk, tv, to, o);
+    };
+    std::vector<T> out(static_cast<std::size_t>(B * n * H * dv), T(-7)), clean = out;
+    run(kp, vp, out);
+    run(k, v, clean);
+    INFO("B " << B << " H " << H << " Hk " << Hk << " n " << n << " m " << m << " d " << d << " dv " << dv << " causal "
+              << c.causal << " key_length " << c.key_length << " mask " << c.mask << " norm " << norm);
+    CHECK(same_bits(out.data(), clean.data(), Index(out.size())));
+    kd::AttentionPlan<T> plan;
+    kd::plan_options("test", o, d, m, plan);
+    bool alone_same = true, frozen_same = true, finite = true;
+    for (Index b = 0; b < B; ++b) {
+      const unsigned char* mb = mask_of(b);
+      for (Index h = 0; h < H; ++h) {
+        const Index hk = h / G;
+        Matrix<T> qh(n, d), oh(n, dv);
+        for (Index i = 0; i < n; ++i)
+          for (Index e = 0; e < d; ++e) qh(i, e) = q[((b * n + i) * H + h) * d + e];
+        Eigen::Map<const Matrix<T>> kh(kp.data() + (b * Hk + hk) * m * d, m, d);
+        Eigen::Map<const Matrix<T>> vh(vp.data() + (b * Hk + hk) * m * dv, m, dv);
+        if (mb)
+          kexue::attention(qh, kh, vh, kexue::KeyMask(mb, m), oh, o);
+        else
+          kexue::attention(qh, kh, vh, oh, o);
+        for (Index i = 0; i < n; ++i) {
+          const T* got = out.data() + ((b * n + i) * H + h) * dv;
+          alone_same &= same_bits(got, oh.row(i).data(), dv);
+          for (Index e = 0; e < dv; ++e) finite &= std::isfinite(double(got[e]));
+          const Index lim = kd::visible_limit(i, n, m, plan.key_length, c.causal);
+          Index count = 0;
+          for (Index j = 0; j < lim; ++j) count += !mb || mb[j] != 0;
+          T rs, inv;
+          kd::row_factors(plan, count, rs, inv);
+          std::vector<T> f(static_cast<std::size_t>(dv));
+          frozen_one_row<T>(qh.row(i).data(), d, kh.data(), d, vh.data(), dv, dv, lim, mb, rs, norm == 2, inv,
+                            f.data());
+          frozen_same &= same_bits(got, f.data(), dv);
+        }
+      }
+    }
+    CHECK(finite);
+    CHECK(alone_same);
+    CHECK(frozen_same);
+#if defined(_OPENMP)
+    const int saved = omp_get_max_threads();
+    for (int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      std::vector<T> o2(out.size(), T(-7));
+      run(kp, vp, o2);
+      CHECK(same_bits(o2.data(), out.data(), Index(out.size())));
+    }
+    omp_set_num_threads(saved);
+#endif
+  }
+  CHECK((poisoned > 0 || (c.key_length == m && c.mask == 0)));
+}
+
+template <class T>
+void grouped_decode_all() {
+  const DecodeCase cases[] = {
+      {1, 8, 2, 1, 300, 64, 64, true, 270, 1},    // GQA 8/2, d = dv = 64, causal step, padding + shared mask
+      {1, 8, 1, 1, 130, 13, 7, true, 130, 0},     // MQA 8/1, odd d and dv (scalar dot path), 1 KV head, 2 threads split
+      {2, 8, 1, 1, 200, 16, 9, false, 150, 2},    // MQA, per-batch masks + padding, 4 + 4 heads per block
+      {2, 4, 4, 1, 65, 8, 13, false, 60, 0},      // MHA: one row per set
+      {2, 5, 1, 1, 64, 24, 20, true, 64, 1},      // 5 heads: a block of 4 and one of 1; exactly one key chunk
+      {1, 6, 2, 1, 200, 32, 24, true, 200, 1},    // 3 heads per group
+      {2, 6, 3, 2, 129, 17, 64, true, 129, 2},    // two rows per head (causal: row 0 stops one key earlier)
+      {1, 4, 2, 1, 40, 8, 8, false, 0, 0},        // key_length 0: nothing visible, zeros
+      {1, 8, 2, 1, 1, 8, 3, true, 1, 0},          // one key
+  };
+  std::uint32_t seed = 501;
+  for (const auto& c : cases) grouped_decode_case<T>(c, seed += 10);
+}
+
 }  // namespace
 
 TEST_CASE("attention matches PyTorch (bert4keras attention_normalize) for every normalisation and mask",
@@ -763,4 +894,9 @@ TEST_CASE("keys a row cannot see never reach it: batched GQA, per-batch masks, c
 TEST_CASE("keys a row cannot see never reach its attention_weights", "[attention]") {
   hidden_keys_weights<float>();
   hidden_keys_weights<double>();
+}
+
+TEST_CASE("grouped decode: each query head of a GQA/MQA group gets its bits alone, hidden keys stay out", "[attention]") {
+  grouped_decode_all<float>();
+  grouped_decode_all<double>();
 }

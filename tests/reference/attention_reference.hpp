@@ -5,6 +5,8 @@
 // The only deviation from bert4keras is the documented one: a row with no visible key is 0, not NaN. A key a
 // row cannot see takes no part in that row at all (its k and v are never combined with the row), so inf or
 // NaN in a hidden key cannot reach the row, where softmax(q k^T) v would form 0 * inf = NaN.
+// frozen_one_row (at the end) is different in kind: a verbatim copy of the SIMD one-row (decode) kernel as it was
+// before query heads sharing a KV head were grouped, the bit-exact yardstick for the grouped kernel.
 
 #include <algorithm>
 #include <cmath>
@@ -77,6 +79,60 @@ inline std::vector<double> reference_attention(const std::vector<double>& q, con
   }
   if (weights) *weights = A;
   return out;
+}
+
+/// The one-row (decode) kernel exactly as it was before query rows sharing a KV head were grouped (commit
+/// 2494720, detail::attention_one_row): one query row against keys [0, lim) in chunks of kChunk keys, dot() per
+/// visible key, the online-softmax update per chunk, scale() and axpy() per key of nonzero weight. Kept here,
+/// frozen, so that the grouped kernel can be checked bit for bit against the arithmetic it must preserve.
+template <class T, kexue::Index kChunk = 64>
+void frozen_one_row(const T* q, kexue::Index d, const T* k, kexue::Index ldk, const T* v, kexue::Index ldv,
+                    kexue::Index dv, kexue::Index lim, const unsigned char* mask, T rowscale, bool relu2, T relu2_inv,
+                    T* out) {
+  namespace kd = kexue::detail;
+  using kexue::Index;
+  constexpr Index L = kd::kLanes<T>;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T big = std::numeric_limits<T>::max();
+  std::vector<T> sbuf(static_cast<size_t>(kChunk)), o(static_cast<size_t>(dv), T(0));
+  T m = ninf, l = T(0);
+  for (Index j0 = 0; j0 < lim; j0 += kChunk) {
+    const Index nb = std::min(kChunk, lim - j0);
+    T cmax = ninf;
+    for (Index j = 0; j < kChunk; ++j) {
+      if (j >= nb || (mask && !mask[j0 + j])) {
+        sbuf[j] = relu2 ? T(0) : ninf;
+        continue;
+      }
+      T sv = kd::dot(q, k + (j0 + j) * ldk, d) * rowscale;
+      if (relu2) {
+        sv = sv > T(0) ? sv * sv : T(0);
+      } else {
+        sv = std::min(std::max(sv, -big), big);
+        cmax = std::max(cmax, sv);
+      }
+      sbuf[j] = sv;
+    }
+    if (!relu2) {
+      const T mnew = std::max(m, cmax);
+      const T shift = mnew == ninf ? T(0) : mnew;
+      const T alpha = kd::scalar_exp(m - shift);
+      kd::Batch<T> sum(T(0));
+      const kd::Batch<T> vshift(shift);
+      for (Index j = 0; j < kChunk; j += L) {
+        const kd::Batch<T> p = kd::fast_exp<T>(kd::load(sbuf.data() + j) - vshift);
+        sum += p;
+        kd::store(sbuf.data() + j, p);
+      }
+      l = l * alpha + kd::reduce_add<T>(sum);
+      m = mnew;
+      if (alpha != T(1)) kd::scale(alpha, o.data(), dv);
+    }
+    for (Index j = 0; j < nb; ++j)
+      if (sbuf[j] != T(0)) kd::axpy(sbuf[j], v + (j0 + j) * ldv, o.data(), dv);
+  }
+  const T f = relu2 ? relu2_inv : (l > T(0) ? T(1) / l : T(0));
+  for (Index e = 0; e < dv; ++e) out[e] = o[e] * f;
 }
 
 }  // namespace kexue_test

@@ -114,6 +114,74 @@ inline void row_factors(const AttentionPlan<T>& p, Index count, T& rowscale, T& 
   }
 }
 
+/// Per-thread row tables of the one-row path (pointers and per-row factors of a RowSet).
+template <class T>
+struct SmallItemScratch {
+  std::vector<const T*> q;
+  std::vector<T*> out;
+  std::vector<Index> lim;
+  std::vector<T> rowscale, inv;
+  RowSetScratch<T> rows;
+  void ensure(Index r) {
+    const auto n = static_cast<std::size_t>(r);
+    if (q.size() < n) {
+      q.resize(n);
+      out.resize(n);
+      lim.resize(n);
+      rowscale.resize(n);
+      inv.resize(n);
+    }
+  }
+};
+
+template <class T>
+inline SmallItemScratch<T>& small_item_scratch() {
+  thread_local SmallItemScratch<T> s;
+  return s;
+}
+
+/// Query rows [i0, i0 + rows) (rows <= kSmallTileRows) of the query heads [h0, h1) of batch b, which must share
+/// one KV head, through the one-row kernel as one row set: a decoding step of a whole GQA/MQA group reads each
+/// K and V row once instead of once per query head. Rows are head-major; every row gets the bits it gets alone.
+template <class T>
+inline void attention_small_item(const AttentionPlan<T>& p, Index b, Index h0, Index h1, Index i0, Index rows) {
+  const Index n = p.q.seq(), m = p.k.seq(), d = p.q.dim(), dv = p.v.dim();
+  const Index hk = h0 / (p.q.heads() / p.k.heads());
+  const unsigned char* mask = p.mask ? p.mask + b * p.mask_batch_stride : nullptr;
+  SmallItemScratch<T>& s = small_item_scratch<T>();
+  const Index R = (h1 - h0) * rows;
+  s.ensure(R);
+  for (Index r = 0; r < rows; ++r) {
+    // The visible-key count and the factors depend on the row only, not on the head.
+    const Index i = i0 + r;
+    const Index lim = visible_limit(i, n, m, p.key_length, p.causal);
+    Index count = lim;
+    if (mask) {
+      count = 0;
+      for (Index j = 0; j < lim; ++j) count += mask[j] != 0;
+    }
+    T rs, inv;
+    row_factors(p, count, rs, inv);
+    for (Index h = h0; h < h1; ++h) {
+      const Index x = (h - h0) * rows + r;
+      s.q[x] = p.q.row(b, h, i);
+      s.out[x] = p.out.row(b, h, i);
+      s.lim[x] = lim;
+      s.rowscale[x] = rs;
+      s.inv[x] = inv;
+    }
+  }
+  RowSet<T> set;
+  set.rows = R;
+  set.q = s.q.data();
+  set.out = s.out.data();
+  set.lim = s.lim.data();
+  set.rowscale = s.rowscale.data();
+  set.relu2_inv = s.inv.data();
+  attention_rows<T, kTileKeys>(set, d, p.k.row(b, hk, 0), p.k.strides[2], p.v.row(b, hk, 0), p.v.strides[2], dv,
+                               mask, p.norm == AttnNorm::SquaredRelu, s.rows);
+}
+
 /// One (batch, head, kItemRows query rows) work item.
 template <class T>
 inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0) {
@@ -132,19 +200,7 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
   T* st = s.st.data();
 
   if (rows <= kSmallTileRows) {
-    for (Index r = 0; r < rows; ++r) {
-      const Index i = i0 + r;
-      const Index lim = visible_limit(i, n, m, p.key_length, p.causal);
-      Index count = lim;
-      if (mask) {
-        count = 0;
-        for (Index j = 0; j < lim; ++j) count += mask[j] != 0;
-      }
-      T rs, inv;
-      row_factors(p, count, rs, inv);
-      attention_one_row<T, kTileKeys>(p.q.row(b, h, i), d, kbase, ldk, vbase, ldv, dv, lim, mask, rs,
-                                      p.norm == AttnNorm::SquaredRelu, inv, st, s.ot.data(), p.out.row(b, h, i));
-    }
+    attention_small_item(p, b, h, h + 1, i0, rows);
     return;
   }
 
@@ -269,9 +325,28 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
 
 /// Runs every (batch, head, query tile) item, in parallel when OpenMP is on. Each output row is produced by
 /// exactly one item with a fixed key order, so results do not depend on the thread count.
+///
+/// n <= kSmallTileRows (a decoding step): one item per (batch, KV head) covering all the query heads that share
+/// that KV head, so the cache is streamed once per KV head rather than once per query head. When there are fewer
+/// such items than threads (MQA, batch 1), each group is split into a few head ranges, each still reading K and
+/// V once. Grouping does not change any row's bits (attention_rows), so neither does the thread count.
 template <class T>
 inline void run_attention(const AttentionPlan<T>& p) {
   const Index B = p.q.batch(), H = p.q.heads(), n = p.q.seq();
+  if (B == 0 || H == 0 || n == 0) return;
+  if (n <= kSmallTileRows) {
+    const Index Hk = p.k.heads(), G = H / Hk;
+    const Index groups = B * Hk;
+    const Index split = std::min<Index>(G, std::max<Index>(1, (Index(max_threads()) + groups - 1) / groups));
+    const Index per = (G + split - 1) / split;
+    parallel_for(groups * split, [&](Index it) {
+      const Index grp = it / split, part = it % split;
+      const Index b = grp / Hk, hk = grp % Hk;
+      const Index h0 = hk * G + part * per, h1 = std::min(hk * G + G, h0 + per);
+      if (h0 < h1) attention_small_item(p, b, h0, h1, 0, n);
+    });
+    return;
+  }
   const Index tiles = (n + kItemRows<T> - 1) / kItemRows<T>;
   const Index items = B * H * tiles;
   if (items == 0) return;

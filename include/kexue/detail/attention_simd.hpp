@@ -13,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -290,56 +291,339 @@ inline void relu2_tile(T* st, Index nb, T scale, const TileMask& mask, Index row
   }
 }
 
-/// One query row against keys [0, lim) with online softmax (or squared ReLU), for tiles of very few rows: the
-/// KV-cache decoding step (n = 1) would waste all but one lane of the rows-as-lanes tile. Vectorised along d
-/// for q.k and along dv for the P V update; exp vectorised over the key chunk. sbuf holds kChunk values.
-/// relu2_inv: 1/L for SquaredRelu (0 for a row that sees nothing). Writes out[0, dv).
+/// O_r = O_r * alpha_r + sum_{j < nb, p_r[j] != 0} p_r[j] V_j over the columns [0, NC * L) of O and V, for the NW
+/// query rows r of one block: the P V step of the one-row kernel with the V rows shared by the rows. Each V
+/// register is loaded once per key and used by all NW rows; O stays in NW x NC registers for the whole key chunk
+/// (8 accumulators at NW = 4, NC = 2, so the FMA latency chain through one O register is hidden by the others
+/// instead of going through a store and a reload per key). Per row and column this is exactly the sequence of
+/// scale() and axpy() calls it replaces: O * alpha when alpha != 1, then fma(p, v, O) key by key in key order,
+/// skipping keys of weight exactly 0 (hidden keys: their V row may hold inf or NaN and is never combined).
+/// kSkip = false: the caller knows no weight of these rows is 0 (no test per key).
+template <class T, int NW, int NC, bool kSkip>
+inline void pv_rows_block(const T* const* p, const T* v, Index ldv, Index nb, T* const* o, const T* alpha) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> acc[NW][NC];
+  for (int r = 0; r < NW; ++r) {
+    const Batch<T> a(alpha[r]);
+    for (int c = 0; c < NC; ++c) {
+      acc[r][c] = load(o[r] + c * L);
+      if (alpha[r] != T(1)) acc[r][c] = acc[r][c] * a;
+    }
+  }
+  for (Index j = 0; j < nb; ++j) {
+    Batch<T> vb[NC];
+    for (int c = 0; c < NC; ++c) vb[c] = load(v + j * ldv + c * L);
+    for (int r = 0; r < NW; ++r) {
+      const T pr = p[r][j];
+      if (kSkip && pr == T(0)) continue;
+      const Batch<T> b(pr);
+      for (int c = 0; c < NC; ++c) acc[r][c] = xsimd::fma(b, vb[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < NW; ++r)
+    for (int c = 0; c < NC; ++c) store(o[r] + c * L, acc[r][c]);
+}
+
+/// pv_rows_block for NW rows over all dv columns: blocks of about 8 / NW registers (at least 8 accumulators in
+/// flight when dv allows, so the 4-cycle FMA latency of each O register's chain over the keys is covered), then
+/// single registers, then scalar columns (the scalar tails of scale() and axpy(), same expressions).
+template <class T, int NW, bool kSkip>
+inline void pv_rows(const T* const* p, const T* v, Index ldv, Index nb, Index dv, T* const* o, const T* alpha) {
+  constexpr Index L = kLanes<T>;
+  constexpr int NC = NW >= 4 ? 2 : 8 / NW / 2 * 2;  // 1 row: 8 registers, 2 rows: 4, 3 or 4 rows: 2
+  Index c = 0;
+  T* oc[NW];
+  for (; c + NC * L <= dv; c += NC * L) {
+    for (int r = 0; r < NW; ++r) oc[r] = o[r] + c;
+    pv_rows_block<T, NW, NC, kSkip>(p, v + c, ldv, nb, oc, alpha);
+  }
+  if constexpr (NC > 2) {
+    for (; c + 2 * L <= dv; c += 2 * L) {
+      for (int r = 0; r < NW; ++r) oc[r] = o[r] + c;
+      pv_rows_block<T, NW, 2, kSkip>(p, v + c, ldv, nb, oc, alpha);
+    }
+  }
+  for (; c + L <= dv; c += L) {
+    for (int r = 0; r < NW; ++r) oc[r] = o[r] + c;
+    pv_rows_block<T, NW, 1, kSkip>(p, v + c, ldv, nb, oc, alpha);
+  }
+  for (; c < dv; ++c) {
+    for (int r = 0; r < NW; ++r) {
+      T* y = o[r] + c;
+      if (alpha[r] != T(1)) *y *= alpha[r];
+      for (Index j = 0; j < nb; ++j) {
+        const T pr = p[r][j];
+        if (kSkip && pr == T(0)) continue;
+        *y += pr * v[j * ldv + c];
+      }
+    }
+  }
+}
+
+/// Hints the cache lines of x[0, n) into the cache (no effect on results; never faults).
+template <class T>
+inline void prefetch_row(const T* x, Index n) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* c = reinterpret_cast<const char*>(x);
+  for (Index off = 0; off < Index(sizeof(T)) * n; off += 64) __builtin_prefetch(c + off);
+#else
+  (void)x;
+  (void)n;
+#endif
+}
+
+/// The kLanes<T> sums of kLanes<T> batches t[0..L) as one batch (lane u = the sum of t[u]), each with the bits
+/// of reduce_add<T>(t[u]). With xsimd 8 on AVX, reduce_add is hadd: x + (x with its 128-bit halves swapped),
+/// then two horizontal adds, i.e. ((x0 + x4) + (x1 + x5)) + ((x2 + x6) + (x3 + x7)) for float and
+/// (x0 + x2) + (x1 + x3) for double. The transposed form below forms exactly those sums for L batches at once
+/// (a third of the shuffles); any other version or instruction set reduces each batch with reduce_add itself.
+template <class T>
+inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
+  constexpr Index L = kLanes<T>;
+#if defined(__AVX__) && XSIMD_VERSION_MAJOR < 9
+  if constexpr (std::is_same<T, float>::value && sizeof(Batch<T>) == sizeof(__m256)) {
+    __m256 w[4];
+    for (int u = 0; u < 4; ++u) {
+      const __m256 a = t[u], b = t[u + 4];
+      w[u] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    }
+    return Batch<T>(_mm256_hadd_ps(_mm256_hadd_ps(w[0], w[1]), _mm256_hadd_ps(w[2], w[3])));
+  } else if constexpr (std::is_same<T, double>::value && sizeof(Batch<T>) == sizeof(__m256d)) {
+    __m256d w[2];
+    for (int u = 0; u < 2; ++u) {
+      const __m256d a = t[u], b = t[u + 2];
+      w[u] = _mm256_add_pd(_mm256_permute2f128_pd(a, b, 0x20), _mm256_permute2f128_pd(a, b, 0x31));
+    }
+    return Batch<T>(_mm256_hadd_pd(w[0], w[1]));
+  } else
+#endif
+  {
+    alignas(64) T lanes[L];
+    for (Index u = 0; u < L; ++u) lanes[u] = reduce_add<T>(t[u]);
+    return load(lanes);
+  }
+}
+
+/// q . k_u for the kLanes<T> keys k_u = k + u * ldk, as one batch, each with the bits of dot(q, k_u, d). d must be
+/// a multiple of kLanes<T> (dot's scalar tail is then empty): per key the same four accumulators over blocks of
+/// 4 registers, the same single-register tail into the first, the same (s0 + s1) + (s2 + s3); only the final
+/// horizontal sums are done for all keys together (reduce_add_lanes).
+template <class T, Index kD = 0>
+inline Batch<T> dot_lanes(const T* q, const T* k, Index ldk, Index d_runtime) {
+  constexpr Index L = kLanes<T>;
+  const Index d = kD > 0 ? kD : d_runtime;  // kD > 0: the common head sizes, loops fully unrolled
+  Batch<T> t[L];
+  for (Index u = 0; u < L; ++u) {
+    const T* b = k + u * ldk;
+    Batch<T> s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
+    Index i = 0;
+    for (; i + 4 * L <= d; i += 4 * L) {
+      s0 = xsimd::fma(load(q + i), load(b + i), s0);
+      s1 = xsimd::fma(load(q + i + L), load(b + i + L), s1);
+      s2 = xsimd::fma(load(q + i + 2 * L), load(b + i + 2 * L), s2);
+      s3 = xsimd::fma(load(q + i + 3 * L), load(b + i + 3 * L), s3);
+    }
+    for (; i + L <= d; i += L) s0 = xsimd::fma(load(q + i), load(b + i), s0);
+    t[u] = (s0 + s1) + (s2 + s3);
+  }
+  return reduce_add_lanes<T>(t);
+}
+
+/// Per-thread scratch of the one-row kernel: o (dv per row), the weights of the current key chunk (kChunk per
+/// row) and the per-row online-softmax state. Grown on first use for a row count and (dv, kChunk), then reused.
+template <class T>
+struct RowSetScratch {
+  std::vector<T> o, p, state;
+  std::vector<unsigned char> active;
+  void ensure(Index rows, Index dv, Index chunk) {
+    if (Index(o.size()) < rows * dv) o.resize(static_cast<std::size_t>(rows * dv));
+    if (Index(p.size()) < rows * chunk) p.resize(static_cast<std::size_t>(rows * chunk));
+    if (Index(state.size()) < 4 * rows) state.resize(static_cast<std::size_t>(4 * rows));
+    if (Index(active.size()) < rows) active.resize(static_cast<std::size_t>(rows));
+  }
+};
+
+/// A set of query rows that attend to the same keys k/v (and the same key mask): the rows of one decoding step
+/// for every query head of a KV group (grouped-query / multi-query attention), or the one or two rows of a
+/// small work item. Row r: q[r] (d values), out[r] (dv values), visible keys [0, lim[r]) before the mask,
+/// logit factor rowscale[r] and SquaredRelu 1/L relu2_inv[r].
+template <class T>
+struct RowSet {
+  Index rows = 0;
+  const T* const* q = nullptr;
+  T* const* out = nullptr;
+  const Index* lim = nullptr;
+  const T* rowscale = nullptr;
+  const T* relu2_inv = nullptr;
+};
+
+/// The one-row kernel: every row of the set against keys [0, lim[r]) with online softmax (or squared ReLU),
+/// for work items of very few rows per head, where the rows-as-lanes tile would waste all but one or two lanes
+/// (the KV-cache decoding step, n = 1). Vectorised along d for q.k, along dv for P V, exp over the key chunk.
+///
+/// The rows share one pass over the keys: each key chunk's K rows are read from memory once and dotted with
+/// every row's q while they sit in L1, and each V row once for the P V update of all rows (pv_rows). Each
+/// row's arithmetic is nevertheless exactly that of a set holding that row alone: the same dot() per key, the
+/// same chunk boundaries (multiples of kChunk from key 0), the same online-softmax update per chunk and the same
+/// per-element fma sequence for O, only interleaved across rows. So the grouped decode of a GQA/MQA step gives
+/// each head the bits it gets when run alone, and they do not depend on how the heads are grouped.
+/// A row stops at its own lim: chunks past it give it weight 0 and no rescale. Keys it cannot see (masked,
+/// past lim) get weight exactly 0 and their V rows are skipped, so inf or NaN there never reaches it.
 template <class T, Index kChunk>
-inline void attention_one_row(const T* q, Index d, const T* k, Index ldk, const T* v, Index ldv, Index dv, Index lim,
-                              const unsigned char* mask, T rowscale, bool relu2, T relu2_inv, T* sbuf, T* o, T* out) {
+inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk, const T* v, Index ldv, Index dv,
+                           const unsigned char* mask, bool relu2, RowSetScratch<T>& s) {
   constexpr Index L = kLanes<T>;
   static_assert(kChunk % L == 0, "the key chunk must be whole registers");
   const T ninf = -std::numeric_limits<T>::infinity();
   const T big = std::numeric_limits<T>::max();
-  std::fill(o, o + dv, T(0));
-  T m = ninf, l = T(0);
-  for (Index j0 = 0; j0 < lim; j0 += kChunk) {
-    const Index nb = std::min(kChunk, lim - j0);
-    T cmax = ninf;
-    for (Index j = 0; j < kChunk; ++j) {
-      if (j >= nb || (mask && !mask[j0 + j])) {
-        sbuf[j] = relu2 ? T(0) : ninf;
+  const Index R = set.rows;
+  s.ensure(R, dv, kChunk);
+  T* mrow = s.state.data();
+  T* lrow = mrow + R;
+  T* alpha = lrow + R;
+  T* cmax = alpha + R;
+  unsigned char* active = s.active.data();
+  Index jmax = 0;
+  for (Index r = 0; r < R; ++r) {
+    std::fill(s.o.data() + r * dv, s.o.data() + (r + 1) * dv, T(0));
+    mrow[r] = ninf;
+    lrow[r] = T(0);
+    jmax = std::max(jmax, set.lim[r]);
+  }
+  auto prow = [&](Index r) { return s.p.data() + r * kChunk; };
+  const bool vec_dot = d % L == 0;
+  auto orow = [&](Index r) { return s.o.data() + r * dv; };
+
+  for (Index j0 = 0; j0 < jmax; j0 += kChunk) {
+    const Index nb_all = std::min(kChunk, jmax - j0);
+    // Logits, row by row over the chunk: the chunk's K rows (kChunk x d, 16 KiB at d = 64) come from memory for
+    // the first row and from L1 for the others.
+    bool all_active = true;
+    for (Index r = 0; r < R; ++r) {
+      active[r] = j0 < set.lim[r];
+      all_active &= active[r] != 0;
+      T* sb = prow(r);
+      if (!active[r]) {
+        std::fill(sb, sb + kChunk, T(0));
         continue;
       }
-      T sv = dot(q, k + (j0 + j) * ldk, d) * rowscale;
-      if (relu2) {
-        sv = sv > T(0) ? sv * sv : T(0);
-      } else {
-        sv = std::min(std::max(sv, -big), big);
-        cmax = std::max(cmax, sv);
-      }
-      sbuf[j] = sv;
-    }
-    if (!relu2) {
-      const T mnew = std::max(m, cmax);
-      const T shift = mnew == ninf ? T(0) : mnew;
-      const T alpha = scalar_exp(m - shift);
-      Batch<T> sum(T(0));
-      const Batch<T> vshift(shift);
+      const Index nb = std::min(kChunk, set.lim[r] - j0);
+      const T* q = set.q[r];
+      const T rs = set.rowscale[r];
+      T cm = ninf;
+      // Whole registers of keys that are all visible take the vector path (dot_lanes); the others, key by key,
+      // the scalar one. Both give every key the bits of dot(); the selects below are std::max / std::min /
+      // the relu2 ternary lane by lane (a NaN logit is kept, and never becomes the max, as in the scalar code).
+      const Batch<T> vrs(rs), vbig(big), vnbig(-big), vzero(T(0));
+      Batch<T> vcm(ninf);
       for (Index j = 0; j < kChunk; j += L) {
-        const Batch<T> p = fast_exp<T>(load(sbuf + j) - vshift);
-        sum += p;
-        store(sbuf + j, p);
+        if (r == 0) {
+          // While the first row's dot products run, fetch this chunk's V rows (next: P V) and the next chunk's K
+          // rows: the hardware prefetcher alone leaves the core waiting on each chunk when the cache is in DRAM.
+          for (Index u = j; u < j + L; ++u) {
+            if (u < nb_all) prefetch_row(v + (j0 + u) * ldv, dv);
+            if (j0 + kChunk + u < jmax) prefetch_row(k + (j0 + kChunk + u) * ldk, d);
+          }
+        }
+        bool whole = vec_dot && j + L <= nb;
+        if (whole && mask)
+          for (Index u = j; u < j + L; ++u) whole &= mask[j0 + u] != 0;
+        if (whole) {
+          const T* kj = k + (j0 + j) * ldk;
+          Batch<T> sv = d == 64    ? dot_lanes<T, 64>(q, kj, ldk, d)
+                        : d == 128 ? dot_lanes<T, 128>(q, kj, ldk, d)
+                                   : dot_lanes<T>(q, kj, ldk, d);
+          sv = sv * vrs;
+          if (relu2) {
+            sv = xsimd::select(sv > vzero, sv * sv, vzero);
+          } else {
+            sv = xsimd::select(sv < vnbig, vnbig, sv);
+            sv = xsimd::select(vbig < sv, vbig, sv);
+            vcm = xsimd::select(vcm < sv, sv, vcm);
+          }
+          store(sb + j, sv);
+          continue;
+        }
+        for (Index u = j; u < j + L; ++u) {
+          if (u >= nb || (mask && !mask[j0 + u])) {
+            sb[u] = relu2 ? T(0) : ninf;
+            continue;
+          }
+          T sv = dot(q, k + (j0 + u) * ldk, d) * rs;
+          if (relu2) {
+            sv = sv > T(0) ? sv * sv : T(0);
+          } else {
+            sv = std::min(std::max(sv, -big), big);
+            cm = std::max(cm, sv);
+          }
+          sb[u] = sv;
+        }
       }
-      l = l * alpha + reduce_add<T>(sum);
-      m = mnew;
-      if (alpha != T(1)) scale(alpha, o, dv);
+      if (!relu2) {
+        alignas(64) T lanes[L];
+        store(lanes, vcm);
+        for (Index u = 0; u < L; ++u) cm = std::max(cm, lanes[u]);
+      }
+      cmax[r] = cm;
     }
-    for (Index j = 0; j < nb; ++j)
-      if (sbuf[j] != T(0)) axpy(sbuf[j], v + (j0 + j) * ldv, o, dv);
+    // Online-softmax update of each active row (the inactive ones keep their state and get weights 0).
+    bool any_zero = !all_active;
+    for (Index r = 0; r < R; ++r) {
+      alpha[r] = T(1);
+      T* sb = prow(r);
+      if (!relu2 && active[r]) {
+        const T mnew = std::max(mrow[r], cmax[r]);
+        const T shift = mnew == ninf ? T(0) : mnew;
+        alpha[r] = scalar_exp(mrow[r] - shift);
+        Batch<T> sum(T(0));
+        const Batch<T> vshift(shift);
+        // A weight of exactly 0 among the keys the P V loop visits ([0, nb_all)) needs its per-key test.
+        BatchBool<T> zero_seen = sum != sum;  // all false (sum is 0)
+        for (Index j = 0; j < kChunk; j += L) {
+          const Batch<T> pj = fast_exp<T>(load(sb + j) - vshift);
+          sum += pj;
+          store(sb + j, pj);
+          if (j < nb_all) zero_seen = zero_seen | (pj == Batch<T>(T(0)));
+        }
+        lrow[r] = lrow[r] * alpha[r] + reduce_add<T>(sum);
+        mrow[r] = mnew;
+        // (lanes past nb_all are exactly 0 and may set this too: that only costs the tested loop)
+        any_zero = any_zero || xsimd::any(zero_seen);
+        continue;
+      }
+      for (Index j = 0; j < nb_all && !any_zero; ++j) any_zero = sb[j] == T(0);
+    }
+    // P V, NW rows at a time; only a block with a zero weight somewhere pays for the per-key test.
+    const T* vc = v + j0 * ldv;
+    Index r = 0;
+    const T* pp[4];
+    T* op[4];
+    auto block = [&](auto nw_tag) {
+      constexpr int NW = decltype(nw_tag)::value;
+      for (int i = 0; i < NW; ++i) {
+        pp[i] = prow(r + i);
+        op[i] = orow(r + i);
+      }
+      if (any_zero)
+        pv_rows<T, NW, true>(pp, vc, ldv, nb_all, dv, op, alpha + r);
+      else
+        pv_rows<T, NW, false>(pp, vc, ldv, nb_all, dv, op, alpha + r);
+      r += NW;
+    };
+    for (; r + 4 <= R;) block(std::integral_constant<int, 4>());
+    switch (R - r) {
+      case 3: block(std::integral_constant<int, 3>()); break;
+      case 2: block(std::integral_constant<int, 2>()); break;
+      case 1: block(std::integral_constant<int, 1>()); break;
+      default: break;
+    }
   }
-  const T f = relu2 ? relu2_inv : (l > T(0) ? T(1) / l : T(0));
-  for (Index e = 0; e < dv; ++e) out[e] = o[e] * f;
+  for (Index r = 0; r < R; ++r) {
+    const T f = relu2 ? set.relu2_inv[r] : (lrow[r] > T(0) ? T(1) / lrow[r] : T(0));
+    const T* o = orow(r);
+    T* out = set.out[r];
+    for (Index e = 0; e < dv; ++e) out[e] = o[e] * f;
+  }
 }
 
 }  // namespace kexue::detail
