@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -370,6 +371,52 @@ TEMPLATE_TEST_CASE("gau with an arbitrary key mask (left padding, holes)", "[gau
   o.key_mask = kexue::KeyMask(ones);
   kexue::gau(w, x, masked, o, &table);
   CHECK(max_abs_diff(plain, masked) == 0.0);
+}
+
+TEMPLATE_TEST_CASE("gau: NaN or inf in tokens a row cannot see never reaches it", "[gau]", float, double) {
+  // A masked token's or a later token's x row holding NaN / inf makes its v row non-finite; the rows that cannot
+  // see it must stay finite and bitwise equal to a run with finite values there (0 * inf must not be formed).
+  using T = TestType;
+  const Index D = 12, e = 20, s = 6, n = 160;  // two row tiles: the poison sits in the second
+  const GauWeights<T> w = random_weights<T>(D, e, s, true, 9);
+  const RopeTable<T> table(n, s);
+  const Matrix<T> x = random_matrix<T>(n, D, 41);
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 1);
+  for (Index j : {3, 50, 151, 152}) mask[static_cast<std::size_t>(j)] = 0;
+  const T poisons[] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+                       -std::numeric_limits<T>::infinity()};
+  for (Normalization norm : {Normalization::Softmax, Normalization::SoftmaxPlus, Normalization::SquaredRelu}) {
+    for (T poison : poisons) {
+      INFO("normalization " << int(norm) << ", poison " << poison);
+      // Key mask (non-causal and causal): the masked tokens hold the poison.
+      for (bool causal : {false, true}) {
+        GauOptions o = make_options(norm, causal);
+        o.key_mask = kexue::KeyMask(mask);
+        Matrix<T> bad = x;
+        for (Index j : {3, 50, 151, 152}) bad.row(j).setConstant(poison);
+        Matrix<T> a(n, D), b(n, D);
+        kexue::gau(w, x, a, o, &table);
+        kexue::gau(w, bad, b, o, &table);
+        Index differ = 0, nonfinite = 0;
+        for (Index r = 0; r < n; ++r) {
+          if (!mask[static_cast<std::size_t>(r)]) continue;  // a masked token's own row is its own business
+          nonfinite += !b.row(r).allFinite();
+          differ += std::memcmp(a.row(r).data(), b.row(r).data(), sizeof(T) * std::size_t(D)) != 0;
+        }
+        CHECK(nonfinite == 0);
+        CHECK(differ == 0);
+      }
+      // Causal: a poisoned later token (row 120) leaves rows 0..119 untouched; rows >= 120 see it.
+      GauOptions o = make_options(norm, true);
+      Matrix<T> bad = x;
+      bad.row(120).setConstant(poison);
+      Matrix<T> a(n, D), b(n, D);
+      kexue::gau(w, x, a, o, &table);
+      kexue::gau(w, bad, b, o, &table);
+      CHECK(b.topRows(120).allFinite());
+      CHECK(std::memcmp(a.data(), b.data(), sizeof(T) * std::size_t(120 * D)) == 0);
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("gau huge inputs give finite outputs, and out may be x", "[gau]", float, double) {

@@ -188,7 +188,7 @@ inline void gau_normalize_row(const GauPlan& p, T* a, Index limit, Index count, 
 template <class T, class W>
 void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const PackedB<T>& kt, const PackedB<T>& v,
                 Index key_length, const Index* mask_prefix, Index r0, Index r1, const T* hidden, const T* q, T* scores,
-                T* gated, T* apack, View<T> out) {
+                T* gated, T* apack, View<T> out, bool hidden_v_nonfinite) {
   const Index rows = r1 - r0, e = p.units, s = p.key_size, width = p.width;
   if (rows <= 0) return;
   // Keys any row of this tile sees: causal rows i see j <= i (self-attention, n == m).
@@ -201,11 +201,31 @@ void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const 
       const Index limit = p.causal ? std::min(key_length, r0 + r + 1) : key_length;
       gau_normalize_row(p, scores + r * keys, limit, mask_prefix ? mask_prefix[limit] : limit, keys);
     }
-    // g = u * (A v): the gate is applied as each tile of A v is stored.
-    GemmEpilogue<T> gate;
-    gate.gate = hidden + r0 * width;
-    gate.gate_stride = width;
-    gemm_rows(View<const T>{scores, rows, keys, keys}, v, View<T>{gated, rows, e, e}, gate, apack);
+    if (hidden_v_nonfinite && (p.causal || p.key_mask)) {
+      // A hidden key's weight is an exact 0, but the GEMM would still form 0 * v, which is NaN for an inf or
+      // NaN v row (a masked garbage token, a later token under causal). Then each row sums over the keys it
+      // sees only: the GEMM's fma chain in the same order without its exact-zero terms, so the bits of rows
+      // that see only finite values are unchanged.
+      const T* vrows = hidden + p.units;
+      for (Index r = 0; r < rows; ++r) {
+        const Index limit = p.causal ? std::min(key_length, r0 + r + 1) : key_length;
+        T* g = gated + r * e;
+        std::fill(g, g + e, T(0));
+        for (Index j = 0; j < limit; ++j)
+          if (!p.key_mask || p.key_mask[j]) {
+            const T a = scores[r * keys + j], *vj = vrows + j * width;
+            for (Index c = 0; c < e; ++c) g[c] = std::fma(a, vj[c], g[c]);
+          }
+        const T* u = hidden + (r0 + r) * width;
+        for (Index c = 0; c < e; ++c) g[c] *= u[c];
+      }
+    } else {
+      // g = u * (A v): the gate is applied as each tile of A v is stored.
+      GemmEpilogue<T> gate;
+      gate.gate = hidden + r0 * width;
+      gate.gate_stride = width;
+      gemm_rows(View<const T>{scores, rows, keys, keys}, v, View<T>{gated, rows, e, e}, gate, apack);
+    }
   }
   GemmEpilogue<T> bias;
   bias.bias = w.b_out.size() != 0 ? w.b_out.data() : nullptr;
@@ -252,11 +272,19 @@ void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View
             own.mask_prefix[static_cast<std::size_t>(j)] + (p.key_mask[j] != 0);
       mask_prefix = own.mask_prefix.data();
     }
+    // Is any v row that some query row cannot see non-finite (a masked key; under causal, any key after the
+    // first)? Keys past key_length are never read. Usually not, and the A v GEMM runs as is.
+    bool hidden_v_nonfinite = false;
+    if (p.causal || p.key_mask)
+      for (Index j = 0; j < std::min(n, key_length) && !hidden_v_nonfinite; ++j)
+        if (((p.key_mask && !p.key_mask[j]) || (p.causal && j > 0)) &&
+            !all_finite(hidden + j * p.width + p.units, p.units))
+          hidden_v_nonfinite = true;
     gau_parallel(items, tiles_parallel, [&](Index i, Index thread) {
       GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
       const Index r0 = i * tile, r1 = std::min(n, r0 + tile);
       gau_attend(w, p, packed, kt, v, key_length, mask_prefix, r0, r1, hidden, q, mine.scores.data(),
-                 mine.gated.data(), mine.packed_a.data(), out);
+                 mine.gated.data(), mine.packed_a.data(), out, hidden_v_nonfinite);
     });
   }
   // Last, because out may be x itself.
