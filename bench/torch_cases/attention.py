@@ -55,8 +55,8 @@ def decode_setup(m, kv_heads=2):
         rep = H // kv_heads
 
         def run():
-            kk = k.repeat_interleave(rep, dim=0)
-            vv = v.repeat_interleave(rep, dim=0)
+            kk = k.repeat_interleave(rep, dim=0) if rep > 1 else k
+            vv = v.repeat_interleave(rep, dim=0) if rep > 1 else v
             a = torch.softmax(torch.matmul(q, kk.transpose(-1, -2)) * scale, dim=-1)
             return torch.matmul(a, vv)
         return run
@@ -78,3 +78,16 @@ CASES = [
     Case("attention decode n=1 m=4096 GQA 8/2", "bench_attention", "BM_attention_decode/4096/real_time$",
          decode_setup(4096)),
 ]
+
+
+def decode_row(kv_heads, m):
+    return f"BM_attention_decode_heads/kv_heads:{kv_heads}/m:{m}/real_time$"
+
+
+# One decoding step for GQA 8/2, MQA 8/1 and MHA 8/8 (torch: repeat_interleave of the cache to 8 heads, as a
+# PyTorch 1.13 GQA model does, then the plain softmax(q k^T) v; MHA needs no repeat).
+for _m in (4096, 32768):
+    for _kv, _tag in ((2, "GQA 8/2"), (1, "MQA 8/1"), (8, "MHA 8/8")):
+        CASES.append(Case(f"attention decode m={_m} {_tag} (decode_heads)", "bench_attention", decode_row(_kv, _m),
+                          decode_setup(_m, _kv)))
+

@@ -312,7 +312,9 @@ void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, con
 /// Batched, strided attention. q: [batch, heads, n, d], k: [batch, kv_heads, m, d], v: [batch, kv_heads, m, dv],
 /// out: [batch, heads, n, dv]; heads % kv_heads == 0 (grouped-query attention: q head h uses kv head
 /// h / (heads / kv_heads)). With n = 1 and causal = true this is one decoding step against an m-key cache.
-/// Parallel over batch x heads x query tiles; bitwise identical for any thread count.
+/// Parallel over batch x heads x query tiles; bitwise identical for any thread count. A decoding step (n <= 2)
+/// processes all query heads of a KV head together, reading each cached K and V row once per KV head rather than
+/// once per query head (GQA/MQA), with every head's result bitwise equal to running that head alone.
 template <class TQ, class TK, class TV, class T>
 void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<T>& out,
                const AttentionOptions& options = {}) {

@@ -16,6 +16,10 @@
 // Causal masking skips work: a sub-tile stops at the last key its last row can see, and only the key tiles
 // that cross its diagonal pay for the per-element mask, so causal attention costs about half of non-causal.
 //
+// Decoding (n <= 2 query rows per head) takes the one-row path instead (attention_rows in attention_simd.hpp):
+// the rows of all query heads that share a KV head form one row set, so a GQA/MQA step streams each K and V row
+// of the cache once per KV head; each row keeps the arithmetic it has alone, so grouping never changes bits.
+//
 // Hidden keys never reach a row: keys past key_length are not read; a hidden key's logit is replaced by -inf
 // (or its relu^2 weight by 0) whatever q.k gave, so a NaN or inf k cannot leak into a row max or sum; and in
 // O += P V a hidden key's weight is an exact 0, which keeps V out only while V is finite (0 * inf = NaN). So

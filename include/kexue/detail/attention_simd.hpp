@@ -595,10 +595,10 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
     }
     // P V, NW rows at a time; only a block with a zero weight somewhere pays for the per-key test.
     const T* vc = v + j0 * ldv;
-    Index r = 0;
     const T* pp[4];
     T* op[4];
-    auto block = [&](auto nw_tag) {
+    // Rows [r, r + NW) as one block.
+    auto block = [&](Index r, auto nw_tag) {
       constexpr int NW = decltype(nw_tag)::value;
       for (int i = 0; i < NW; ++i) {
         pp[i] = prow(r + i);
@@ -608,13 +608,13 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
         pv_rows<T, NW, true>(pp, vc, ldv, nb_all, dv, op, alpha + r);
       else
         pv_rows<T, NW, false>(pp, vc, ldv, nb_all, dv, op, alpha + r);
-      r += NW;
     };
-    for (; r + 4 <= R;) block(std::integral_constant<int, 4>());
+    Index r = 0;
+    for (; r + 4 <= R; r += 4) block(r, std::integral_constant<int, 4>());
     switch (R - r) {
-      case 3: block(std::integral_constant<int, 3>()); break;
-      case 2: block(std::integral_constant<int, 2>()); break;
-      case 1: block(std::integral_constant<int, 1>()); break;
+      case 3: block(r, std::integral_constant<int, 3>()); break;
+      case 2: block(r, std::integral_constant<int, 2>()); break;
+      case 1: block(r, std::integral_constant<int, 1>()); break;
       default: break;
     }
   }
