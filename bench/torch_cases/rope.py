@@ -19,35 +19,9 @@ def rotate_every_two(x):
     return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
 
 
-def rope_setup(layout, batch):
-    def setup():
-        q = torch.randn(batch, HEADS, SEQ, DIM)
-        k = torch.randn(batch, HEADS, SEQ, DIM)
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, DIM, 2).float() / DIM))
-        freqs = torch.arange(SEQ).float()[:, None] * inv_freq[None, :]
-        if layout == "half":
-            emb, rotate = torch.cat((freqs, freqs), dim=-1), rotate_half
-        else:
-            emb, rotate = torch.repeat_interleave(freqs, 2, dim=-1), rotate_every_two
-        cos, sin = emb.cos(), emb.sin()
-
-        def run():
-            return q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
-        return run
-    return setup
-
-
-CASES = []
-for threads in (1, 2):
-    for batch, what in ((1, "8x2048x64"), (8, "64 MiB")):
-        for layout, code in (("interleaved", 0), ("half", 1)):
-            CASES.append(Case(f"rope q+k {what} {layout}", "bench_rope", f"BM_rope_qk/{code}/{batch}/{threads}/",
-                              rope_setup(layout, batch), threads))
-
-
-def rope_bias_setup(layout, batch):
-    """RoPE + bias (post 9577) as HF-style code writes it: (x + b) cos + rotate(x + b) sin, with a per-head q
-    bias [heads, dim] and a shared k bias [dim] (bench_rope BM_rope_qk_bias: batched rope_with_bias of q and k)."""
+def rope_setup(layout, batch, bias=False):
+    """q and k rotated in place; with bias, RoPE + bias (post 9577) as HF-style code writes it:
+    (x + b) cos + rotate(x + b) sin, a per-head q bias [heads, dim] and a shared k bias [dim]."""
     def setup():
         q = torch.randn(batch, HEADS, SEQ, DIM)
         k = torch.randn(batch, HEADS, SEQ, DIM)
@@ -62,14 +36,16 @@ def rope_bias_setup(layout, batch):
         cos, sin = emb.cos(), emb.sin()
 
         def run():
-            qb, kb = q + q_bias, k + k_bias
+            qb, kb = (q + q_bias, k + k_bias) if bias else (q, k)
             return qb * cos + rotate(qb) * sin, kb * cos + rotate(kb) * sin
         return run
     return setup
 
 
-for threads in (1, 2):
-    for batch, what in ((1, "8x2048x64"), (8, "64 MiB")):
-        for layout, code in (("interleaved", 0), ("half", 1)):
-            CASES.append(Case(f"rope+bias q+k {what} {layout}", "bench_rope", f"BM_rope_qk_bias/{code}/{batch}/{threads}/",
-                              rope_bias_setup(layout, batch), threads))
+CASES = []
+for bench, label, bias in (("BM_rope_qk", "rope q+k", False), ("BM_rope_qk_bias", "rope+bias q+k", True)):
+    for threads in (1, 2):
+        for batch, what in ((1, "8x2048x64"), (8, "64 MiB")):
+            for layout, code in (("interleaved", 0), ("half", 1)):
+                CASES.append(Case(f"{label} {what} {layout}", "bench_rope", f"{bench}/{code}/{batch}/{threads}/",
+                                  rope_setup(layout, batch, bias), threads))
