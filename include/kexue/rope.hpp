@@ -473,6 +473,28 @@ inline void check_pair(const char* fn, const RopeTable<T>& table, const TensorVi
           "q and k are the same buffer; each would be rotated twice");
 }
 
+/// The q and k biases of the batched q + k forms, validated (see check_tensor_bias): data and per-head strides.
+template <class T>
+struct QkBiases {
+  const T* q;
+  Index q_stride;
+  const T* k;
+  Index k_stride;
+};
+
+template <class T, class BQ, class BK>
+QkBiases<T> check_qk_biases(const char* fn, const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k,
+                            const Eigen::DenseBase<BQ>& q_bias, const Eigen::DenseBase<BK>& k_bias) {
+  static_assert(std::is_same<typename BQ::Scalar, T>::value && std::is_same<typename BK::Scalar, T>::value,
+                "rope_with_bias: q_bias, k_bias and the table must have the same scalar type");
+  check_pair(fn, table, q, k);
+  const T* qb = flat_data(fn, "q_bias", q_bias);
+  const T* kb = flat_data(fn, "k_bias", k_bias);
+  const Index qs = check_tensor_bias(fn, "q_bias", qb, Index(q_bias.size()), table, "q", q, "k", &k);
+  const Index ks = check_tensor_bias(fn, "k_bias", kb, Index(k_bias.size()), table, "k", k, "q", &q);
+  return {qb, qs, kb, ks};
+}
+
 template <class T, class P>
 inline auto batched_positions(const char* fn, const char* name, const TensorView<T>& x, const P& positions,
                               Index max_positions) {
@@ -721,17 +743,11 @@ void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& x, const Eig
 template <class T, class BQ, class BK>
 void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k,
                     const Eigen::DenseBase<BQ>& q_bias, const Eigen::DenseBase<BK>& k_bias, Index first_position = 0) {
-  static_assert(std::is_same<typename BQ::Scalar, T>::value && std::is_same<typename BK::Scalar, T>::value,
-                "rope_with_bias: q_bias, k_bias and the table must have the same scalar type");
   const char* fn = "rope_with_bias";
-  detail::check_pair(fn, table, q, k);
-  const T* qb = detail::flat_data(fn, "q_bias", q_bias);
-  const T* kb = detail::flat_data(fn, "k_bias", k_bias);
-  const Index qs = detail::check_tensor_bias(fn, "q_bias", qb, Index(q_bias.size()), table, "q", q, "k", &k);
-  const Index ks = detail::check_tensor_bias(fn, "k_bias", kb, Index(k_bias.size()), table, "k", k, "q", &q);
+  const auto b = detail::check_qk_biases(fn, table, q, k, q_bias, k_bias);
   detail::check_first_position(fn, first_position, q.batch() * q.heads() + k.batch() * k.heads() == 0 ? 0 : q.seq(),
                                table.max_positions());
-  detail::rope_tensor2_bias(table, q, k, qb, qs, kb, ks,
+  detail::rope_tensor2_bias(table, q, k, b.q, b.q_stride, b.k, b.k_stride,
                             [first_position](Index, Index s) { return first_position + s; });
 }
 
@@ -740,16 +756,10 @@ void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const Ten
 template <class T, class BQ, class BK, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
 void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k,
                     const Eigen::DenseBase<BQ>& q_bias, const Eigen::DenseBase<BK>& k_bias, const P& positions) {
-  static_assert(std::is_same<typename BQ::Scalar, T>::value && std::is_same<typename BK::Scalar, T>::value,
-                "rope_with_bias: q_bias, k_bias and the table must have the same scalar type");
   const char* fn = "rope_with_bias";
-  detail::check_pair(fn, table, q, k);
-  const T* qb = detail::flat_data(fn, "q_bias", q_bias);
-  const T* kb = detail::flat_data(fn, "k_bias", k_bias);
-  const Index qs = detail::check_tensor_bias(fn, "q_bias", qb, Index(q_bias.size()), table, "q", q, "k", &k);
-  const Index ks = detail::check_tensor_bias(fn, "k_bias", kb, Index(k_bias.size()), table, "k", k, "q", &q);
+  const auto b = detail::check_qk_biases(fn, table, q, k, q_bias, k_bias);
   auto pos = detail::batched_positions(fn, "positions", q, positions, table.max_positions());
-  detail::rope_tensor2_bias(table, q, k, qb, qs, kb, ks, pos);
+  detail::rope_tensor2_bias(table, q, k, b.q, b.q_stride, b.k, b.k_stride, pos);
 }
 
 }  // namespace kexue
