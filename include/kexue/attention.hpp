@@ -19,7 +19,6 @@
 /// logits never give inf or NaN. SquaredRelu has no such normaliser: its exact result is finite as long as
 /// relu(a)^2 * |v| / L is (|a| below ~1e19 in float), and beyond that it overflows like the math does.
 
-#include <Eigen/Core>
 
 #include <cmath>
 #include <cstdint>

@@ -3,6 +3,10 @@
 /// Types shared by every kernel family: index type, row-major matrices, the error type and
 /// the strided 4-D view used by the batched [batch, heads, seq, dim] forms.
 
+// The SIMD layer first: it includes the intrinsics headers under its own warning guard (see simd.hpp), and every
+// public header reaches Eigen through this file, so Eigen cannot include them outside that guard.
+#include "kexue/detail/simd.hpp"
+
 #include <Eigen/Core>
 
 #include <array>
@@ -71,9 +75,6 @@ struct TensorView {
 };
 
 }  // namespace kexue
-
-// The SIMD layer needs the types above; including it here lets simd_arch() be public without a header of its own.
-#include "kexue/detail/simd.hpp"
 
 namespace kexue {
 /// Name of the instruction set the kernels were compiled for in this translation unit (e.g. "fma3+avx2").

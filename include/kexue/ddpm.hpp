@@ -4,7 +4,6 @@
 /// DDPMScheduler reverse step, with 0-based timesteps as in diffusers (betas[t] is the paper's beta_{t+1}).
 /// Every schedule coefficient is computed and kept in double; data may be float or double.
 
-#include <Eigen/Core>
 
 #include <cmath>
 #include <cstdint>

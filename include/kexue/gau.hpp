@@ -21,7 +21,6 @@
 /// attention step does not call attention(): its flash kernel is built for head sizes near 64, while here v
 /// is e = 2D wide and A v is a long-inner-dimension GEMM (bench_gau BM_gau_flash_attention measures both).
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>

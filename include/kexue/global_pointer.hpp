@@ -13,7 +13,6 @@
 /// layer projection and the returned span vectors. Only the kept region (end >= start, both < length) is
 /// multiplied under MaskConvention::Current.
 
-#include <Eigen/Core>
 
 #include <algorithm>
 #include <cmath>

@@ -4,7 +4,6 @@
 /// counter-based Philox 4x32-10 generator whose output does not depend on the thread count (the fast
 /// default for DDPM noise).
 
-#include <Eigen/Core>
 
 #include <cmath>
 #include <cstdint>

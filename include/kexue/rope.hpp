@@ -11,7 +11,6 @@
 /// rotary_dim to dim pass through unchanged. Since (R_m q) . (R_n k) = q . R_{n-m} k, the score of two
 /// rotated rows depends only on n - m.
 
-#include <Eigen/Core>
 
 #include <cmath>
 #include <iterator>

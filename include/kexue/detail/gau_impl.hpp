@@ -16,7 +16,6 @@
 // running maximum, so an online-softmax accumulator of [tile, 1536] would only add traffic. Memory stays
 // O(n (2e + s)) plus fixed tiles: the n x n matrix is never materialised.
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>

@@ -4,7 +4,22 @@
 // compiler was told it may use, e.g. fma3<avx2> under -march=native or -mavx2 -mfma) and shims the few
 // calls that differ between xsimd 8.1 (Debian 12) and 9.x-14.x (what FetchContent users get).
 
+// GCC 12's AVX-512 intrinsics (vmaxps, extracts) pass _mm512_undefined_*() as the masked-off source, which its
+// -Wmaybe-uninitialized flags wherever xsimd's AVX-512 kernels are inlined (a GCC false positive). Silenced for
+// these headers only: the intrinsics header is included here first, so the pragma's range covers its lines, and
+// warnings in kexue's own code stay on.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 #include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -28,6 +43,26 @@ using BatchBool = xsimd::batch_bool<T, Arch>;
 /// Lanes of one register for T (8 floats / 4 doubles on AVX2).
 template <class T>
 constexpr Index kLanes = static_cast<Index>(Batch<T>::size);
+
+/// True when xsimd::fma on Batch<T> rounds once (FMA3, AVX-512, ARM64 NEON), false when it is a multiply and
+/// then an add (x86-64 baseline SSE2, AVX without FMA). Bitwise references and scalar tails that must match a
+/// vector lane use madd(), which follows the same rule.
+constexpr bool kFusedFma =
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__ARM_FEATURE_FMA)
+    true;
+#else
+    false;
+#endif
+
+/// a * b + c with the rounding xsimd::fma has on this target (see kFusedFma).
+template <class T>
+inline T madd(T a, T b, T c) {
+  if constexpr (kFusedFma) {
+    return std::fma(a, b, c);
+  } else {
+    return a * b + c;
+  }
+}
 
 /// Name of the instruction set the kernels were compiled for ("fma3+avx2", "sse2", ...).
 inline const char* simd_arch_name() { return Arch::name(); }

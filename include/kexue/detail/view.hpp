@@ -4,7 +4,6 @@
 // row stride, a block of rows, a vector). Kernels work on this raw view so that one instantiation serves
 // them all and the inner loops see plain pointers.
 
-#include <Eigen/Core>
 
 #include <type_traits>
 
