@@ -79,7 +79,7 @@ constexpr Index kStats = 6;
 /// Per-thread scratch, grown on first use for a given (d, dv) and then reused: no allocation per call.
 template <class T>
 struct AttentionScratch {
-  std::vector<T> qt, st, ot, stats;
+  AlignedVector<T> qt, st, ot, stats;  // 64-byte aligned: every micro-kernel load of them is a whole register
   void ensure(Index d, Index dv) {
     const Index W = kTileRows<T> * kSubTiles;
     if (Index(qt.size()) < d * W) qt.resize(static_cast<std::size_t>(d * W));

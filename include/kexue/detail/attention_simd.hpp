@@ -15,10 +15,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 #include "kexue/detail/simd.hpp"
 
 namespace kexue::detail {
@@ -29,33 +25,31 @@ namespace kexue::detail {
 /// the bit pattern 0 = +0.0 at the bottom, which is what makes -inf map to an exact 0 without a select).
 template <class T>
 inline Batch<T> fast_exp(Batch<T> x) {
-#if defined(__AVX2__) && defined(__FMA__)
-  // Only when a float batch is exactly one ymm register (not under AVX-512, where xsimd picks zmm).
-  if constexpr (std::is_same<T, float>::value && sizeof(Batch<T>) == sizeof(__m256)) {
-    const __m256 lo = _mm256_set1_ps(-88.0f), hi = _mm256_set1_ps(88.0f);
-    __m256 v = _mm256_min_ps(_mm256_max_ps(static_cast<__m256>(x), lo), hi);
-    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  if constexpr (std::is_same<T, float>::value) {
+    using B = Batch<float>;
+    // max(x, lo) first: for a NaN x, x86's vmaxps returns its second operand, so NaN becomes exp(-88) = 0 there
+    // (NEON's fmax keeps NaN, which then stays NaN). Either way no out-of-range integer conversion below.
+    B v = xsimd::min(xsimd::max(x, B(-88.0f)), B(88.0f));
+    const B fx = xsimd::nearbyint(v * B(1.44269504088896341f));
     // Two-part ln2: the high part has few mantissa bits, so fx * C1 is exact.
-    v = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), v);
-    v = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), v);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, v, _mm256_set1_ps(5.0000001201e-1f));
-    const __m256 v2 = _mm256_mul_ps(v, v);
-    p = _mm256_fmadd_ps(p, v2, _mm256_add_ps(v, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return Batch<T>(_mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    v = xsimd::fnma(fx, B(0.693359375f), v);
+    v = xsimd::fnma(fx, B(-2.12194440e-4f), v);
+    B p(1.9875691500e-4f);
+    p = xsimd::fma(p, v, B(1.3981999507e-3f));
+    p = xsimd::fma(p, v, B(8.3334519073e-3f));
+    p = xsimd::fma(p, v, B(4.1665795894e-2f));
+    p = xsimd::fma(p, v, B(1.6666665459e-1f));
+    p = xsimd::fma(p, v, B(5.0000001201e-1f));
+    p = xsimd::fma(p, v * v, v + B(1.0f));
+    // p * 2^fx with 2^fx built in the exponent bits ((fx + 127) << 23): fx = -127 gives +0.0.
+    const Batch<std::int32_t> e = (xsimd::batch_cast<std::int32_t>(fx) + Batch<std::int32_t>(127)) << 23;
+    return p * bits_as_float(e);
+  } else {
+    // double: xsimd's exp, with the tails pinned down explicitly.
+    const T lo = T(-708), hi = -lo;
+    const Batch<T> c = xsimd::min(xsimd::max(x, Batch<T>(lo)), Batch<T>(hi));
+    return xsimd::select(x <= Batch<T>(lo), Batch<T>(T(0)), xsimd::exp(c));
   }
-#endif
-  // Generic path (double, or other instruction sets): xsimd's exp, with the tails pinned down explicitly.
-  const T lo = std::is_same<T, float>::value ? T(-88) : T(-708);
-  const T hi = -lo;
-  const Batch<T> c = xsimd::min(xsimd::max(x, Batch<T>(lo)), Batch<T>(hi));
-  return xsimd::select(x <= Batch<T>(lo), Batch<T>(T(0)), xsimd::exp(c));
 }
 
 /// Scalar exp with the same conventions (used by tails and the non-SIMD reference paths).
@@ -72,10 +66,11 @@ enum class Combine {
 };
 
 /// C[x * ldc + r] (op)= sum_{t < nt} B[x * bx + t * bt] * A[t * lda + r] for x < NX and r < NR * kLanes.
-/// NX x NR accumulators stay in registers across the whole reduction. With NX = 4, NR = 3 that is 12
-/// accumulators (two FMA ports x ~5 cycles latency need >= 10 independent chains), plus 3 loads of A and
-/// one broadcast register: 16 ymm registers, no spills. Per step 3 loads + 4 broadcasts feed 12 FMAs, so
-/// the two load ports are not the bottleneck.
+/// NX x NR accumulators stay in registers across the whole reduction. Two FMA pipes x ~4 cycles of latency need
+/// >= 8-10 independent chains; with NR = 3 that is NX = 4 (12 accumulators + 3 loads of A + 1 broadcast = 16
+/// registers, all that SSE/AVX2 have) and NX = 8 where there are 32 registers (AVX-512, ARM64: 24 + 3 + 1 = 28),
+/// which halves the reloads of A per FMA. Each C element sums over t in the same order whatever NX is, so the
+/// block size never changes a result.
 template <class T, int NX, int NR, Combine C>
 inline void bcast_fma_block(const T* A, Index lda, const T* B, Index bx, Index bt, Index nt, T* Cp, Index ldc,
                             const T* alpha) {
@@ -104,12 +99,22 @@ inline void bcast_fma_block(const T* A, Index lda, const T* B, Index bx, Index b
   }
 }
 
-/// The same product for any count nx of x (blocks of 4, then a tail of 1-3).
+/// Columns per register block of bcast_fma (see bcast_fma_block): 8 with 32 vector registers, else 4.
+constexpr int kBlockCols = kVectorRegisters >= 32 ? 8 : 4;
+
+/// The same product for any count nx of x (blocks of kBlockCols, then of 4, then a tail of 1-3).
 template <class T, int NR, Combine C>
 inline void bcast_fma(const T* A, Index lda, const T* B, Index bx, Index bt, Index nt, Index nx, T* Cp, Index ldc,
                       const T* alpha) {
   Index x = 0;
-  for (; x + 4 <= nx; x += 4) bcast_fma_block<T, 4, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha);
+  for (; x + kBlockCols <= nx; x += kBlockCols)
+    bcast_fma_block<T, kBlockCols, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha);
+  if constexpr (kBlockCols > 4) {
+    if (x + 4 <= nx) {
+      bcast_fma_block<T, 4, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha);
+      x += 4;
+    }
+  }
   switch (nx - x) {
     case 3: bcast_fma_block<T, 3, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha); break;
     case 2: bcast_fma_block<T, 2, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha); break;
@@ -354,7 +359,7 @@ inline void pv_rows(const T* const* p, const T* v, Index ldv, Index nb, Index dv
       for (Index j = 0; j < nb; ++j) {
         const T pr = p[r][j];
         if (kSkip && pr == T(0)) continue;
-        *y += pr * v[j * ldv + c];
+        *y = madd(pr, v[j * ldv + c], *y);
       }
     }
   }
@@ -433,7 +438,7 @@ inline Batch<T> dot_lanes(const T* q, const T* k, Index ldk, Index d_runtime) {
 /// row) and the per-row online-softmax state. Grown on first use for a row count and (dv, kChunk), then reused.
 template <class T>
 struct RowSetScratch {
-  std::vector<T> o, p, state;
+  AlignedVector<T> o, p, state;
   std::vector<unsigned char> active;
   void ensure(Index rows, Index dv, Index chunk) {
     if (Index(o.size()) < rows * dv) o.resize(static_cast<std::size_t>(rows * dv));

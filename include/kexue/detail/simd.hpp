@@ -25,8 +25,11 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 namespace kexue {
 using Index = std::ptrdiff_t;  // the same alias as core.hpp, which includes this file
@@ -43,6 +46,20 @@ using BatchBool = xsimd::batch_bool<T, Arch>;
 /// Lanes of one register for T (8 floats / 4 doubles on AVX2).
 template <class T>
 constexpr Index kLanes = static_cast<Index>(Batch<T>::size);
+
+/// Vector registers the compiler may allocate: 32 with AVX-512 (zmm0-31) and on ARM64 (v0-v31), 16 with SSE and
+/// AVX2. Register-blocked micro-kernels size their accumulator blocks from it.
+constexpr int kVectorRegisters =
+#if defined(__AVX512F__) || defined(__aarch64__)
+    32;
+#else
+    16;
+#endif
+
+/// A std::vector whose data start on a 64-byte boundary: scratch that SIMD code loads whole registers from. With
+/// 64-byte (AVX-512) registers, a load from a 16-byte-aligned heap block would straddle two cache lines every time.
+template <class T>
+using AlignedVector = std::vector<T, xsimd::aligned_allocator<T, 64>>;
 
 /// True when xsimd::fma on Batch<T> rounds once (FMA3, AVX-512, ARM64 NEON), false when it is a multiply and
 /// then an add (x86-64 baseline SSE2, AVX without FMA). Bitwise references and scalar tails that must match a
@@ -89,6 +106,41 @@ inline T reduce_max(const Batch<T>& b) {
 #endif
 }
 
+/// The float whose bits are each lane of i (a reinterpretation, not a conversion). xsimd spells this
+/// bitwise_cast<batch<float>>(i) in 8.x and differently later, so it is done on the native registers here,
+/// with a store-and-reload fallback for any other register type.
+/// (A template only so that the branches for other register widths are discarded unchecked.)
+template <class IntBatch = Batch<std::int32_t>>
+inline Batch<float> bits_as_float(const IntBatch& i) {
+  using Reg = typename IntBatch::register_type;
+  constexpr std::size_t kBytes = sizeof(Reg);
+  (void)kBytes;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64) return Batch<float>(_mm512_castsi512_ps(static_cast<Reg>(i)));
+  else
+#endif
+#if defined(__AVX__)
+  if constexpr (kBytes == 32) return Batch<float>(_mm256_castsi256_ps(static_cast<Reg>(i)));
+  else
+#endif
+#if defined(__SSE2__)
+  if constexpr (kBytes == 16) return Batch<float>(_mm_castsi128_ps(static_cast<Reg>(i)));
+  else
+#endif
+#if defined(__aarch64__) || defined(__ARM_NEON)
+  if constexpr (kBytes == 16) return Batch<float>(vreinterpretq_f32_s32(static_cast<Reg>(i)));
+  else
+#endif
+  {
+    constexpr std::size_t L = Batch<float>::size;
+    alignas(64) std::int32_t bits[L];
+    alignas(64) float f[L];
+    i.store_aligned(bits);
+    std::memcpy(f, bits, sizeof(f));
+    return Batch<float>::load_aligned(f);
+  }
+}
+
 template <class T>
 inline Batch<T> load(const T* p) {
   return Batch<T>::load_unaligned(p);
@@ -115,7 +167,7 @@ inline T dot(const T* a, const T* b, Index n) {
   }
   for (; i + L <= n; i += L) s0 = xsimd::fma(load(a + i), load(b + i), s0);
   T s = reduce_add<T>((s0 + s1) + (s2 + s3));
-  for (; i < n; ++i) s += a[i] * b[i];
+  for (; i < n; ++i) s = madd(a[i], b[i], s);  // explicit rounding: the same bits whatever the compiler contracts
   return s;
 }
 
@@ -126,7 +178,7 @@ inline void axpy(T alpha, const T* x, T* y, Index n) {
   const Batch<T> va(alpha);
   Index i = 0;
   for (; i + L <= n; i += L) store(y + i, xsimd::fma(va, load(x + i), load(y + i)));
-  for (; i < n; ++i) y[i] += alpha * x[i];
+  for (; i < n; ++i) y[i] = madd(alpha, x[i], y[i]);
 }
 
 /// x[i] *= alpha.
