@@ -5,12 +5,16 @@
 // decoding against the brute-force scan, including the memory-lean path; the multi-label cross-entropy and its
 // gradient. Asserts kexue::Error exactly for invalid input (scores untouched), padding never written, masked
 // cells exactly the fill, finite scores wherever the reference is finite (and fits in T), and for unmasked cells
-// |got - ref| <= 16 eps(T) (D + d + 8) (|q_i|.|k_j| scale + bias magnitudes + |ref|).
+// |got - ref| <= 16 eps(T) (D + d + 8) (M scale + bias magnitudes + |ref|), M = sum over the rotated pairs t of
+// |(q_i,2t, q_i,2t+1)| |(k_j,2t, k_j,2t+1)| (2-norms of |h| |w| + |b| in the layer forms). Pair norms, not the
+// componentwise |q_i| . |k_j| of the unrotated rows: RoPE keeps a pair's norm, not its components, and the float
+// rotation rounds relative to the rotated components (fuzz finding 0100001001000010; see fuzz_bounds.hpp).
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_global_pointer -max_total_time=600 -max_len=4096
 #include <algorithm>
 #include <optional>
 
+#include "fuzz_bounds.hpp"
 #include "fuzz_input.hpp"
 #include "kexue/global_pointer.hpp"
 #include "reference/global_pointer_reference.hpp"
@@ -91,7 +95,9 @@ void fuzz_head(FuzzInput& in) {
   const double scale = o.scale ? 1.0 / std::sqrt(double(d)) : 1.0;
   const double legacy = o.convention == kexue::MaskConvention::Current ? 0.0 : 2 * o.legacy_magnitude;
   compare(s, want, 1, n, double(d + 8), [&](Index, Index i, Index j) {
-    return (Q.row(i).cwiseAbs().dot(K.row(j).cwiseAbs()) + legacy) * scale;
+    return (kexue_fuzz_bounds::rotated_dot_magnitude(d, [&](Index p) { return Q(i, p); }, [&](Index p) { return K(j, p); }) +
+            legacy) *
+           scale;
   }, !special);
 }
 
@@ -131,7 +137,10 @@ void fuzz_layer(FuzzInput& in) {
     MatD Y = H.cwiseAbs() * W.cwiseAbs();
     if (b.size()) Y.rowwise() += b.cwiseAbs().transpose();
     compare(s, want, heads, n, double(D + d + 8), [&](Index a, Index i, Index j) {
-      return (Y.row(i).segment(2 * d * a, d).dot(Y.row(j).segment(2 * d * a + d, d)) + legacy) * scale;
+      return (kexue_fuzz_bounds::rotated_dot_magnitude(d, [&](Index p) { return Y(i, 2 * d * a + p); },
+                                                       [&](Index p) { return Y(j, 2 * d * a + d + p); }) +
+              legacy) *
+             scale;
     }, true);
     // The memory-lean path decodes the same spans as decode_spans over the dense scores.
     if (o.convention == kexue::MaskConvention::Current) {
@@ -170,8 +179,9 @@ void fuzz_layer(FuzzInput& in) {
     MatD C = P * Wc.cwiseAbs();
     if (bc.size()) C.rowwise() += bc.cwiseAbs().transpose();
     compare(s, want, heads, n, double(D + 2 * d + 8), [&](Index a, Index i, Index j) {
-      double dot = 0;
-      for (Index t = 0; t < d; ++t) dot += P(i, 2 * t) * P(j, 2 * t + 1);
+      // q_t = p_i[2t], k_t = p_j[2t + 1] (SPEC 2.6's interleaved split), rotated in pairs (q_2u, q_2u+1).
+      const double dot = kexue_fuzz_bounds::rotated_dot_magnitude(d, [&](Index t) { return P(i, 2 * t); },
+                                                                 [&](Index t) { return P(j, 2 * t + 1); });
       return dot * scale + C(i, 2 * a + 1) + C(j, 2 * a) + legacy;
     }, true);
   }

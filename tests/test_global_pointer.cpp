@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../fuzz/fuzz_bounds.hpp"  // the fuzz target's error bound, for its regression case
 #include "reference/global_pointer_reference.hpp"
 #include "reference/reference_data.hpp"
 #include "support.hpp"
@@ -594,4 +595,44 @@ TEST_CASE("empty sequences and length 0", "[global_pointer]") {
   kexue::global_pointer(w, table, h4, s4, 0);
   CHECK((s4.array() == -std::numeric_limits<float>::infinity()).all());
   CHECK(kexue::multilabel_crossentropy(Matrix<float>(0, 3), Matrix<float>(0, 3)) == 0.0);
+}
+
+TEST_CASE("fuzz finding 0100001001000010: RoPE'd scores are accurate to the rotated pairs' norms", "[global_pointer]"
+          "[fuzz-regression]") {
+  // fuzz_global_pointer input 01 00 00 10 01 00 00 10: float, one head, n = 38, head_size 2, length 30, no tril
+  // mask, scaled. At cell (15, 15) q = (0.204, 119.96) and k = (123.64, 0.0264) have a score of 20.1014, but the
+  // rotation by 15 rad turns them into q' = (-78.2, -91.0), k' = (-93.9, 80.4), whose products 7343 and -7315
+  // cancel to it: the float result is off by 1.3e-3 = 0.75 eps r_q r_k (r = the pairs' 2-norms), an accurate
+  // result for the terms actually summed. The fuzz target's bound scaled with the unrotated |q| . |k| = 28.4 and
+  // reported it; it now uses the pair norms (fuzz/fuzz_bounds.hpp), checked here for every cell of the finding.
+  using T = float;
+  const Index n = 38, d = 2, length = 30;
+  Matrix<T> q = random_matrix<T>(n, d, 181, T(100)), k = random_matrix<T>(n, d, 182, T(100));
+  q(15, 0) = 0.204345703f;
+  q(15, 1) = 119.960938f;
+  k(15, 0) = 123.636719f;
+  k(15, 1) = 0.0263671875f;
+  const kexue::RopeTable<T> table(41, d);
+  const auto o = opts(MaskConvention::Current, -kInf, false, true);
+  Matrix<T> s(n, n);
+  kexue::global_pointer(table, q, k, s, length, o);
+  const MatD Q = q.cast<double>(), K = k.cast<double>();
+  const MatD want = kexue_ref::global_pointer(Q, K, length, o);
+  const double scale = 1 / std::sqrt(double(d)), u = std::numeric_limits<T>::epsilon();
+  int checked = 0;
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < n; ++j) {
+      if (!std::isfinite(want(i, j))) {
+        CHECK(double(s(i, j)) == want(i, j));  // masked: the fill
+        continue;
+      }
+      const double mag = kexue_fuzz_bounds::rotated_dot_magnitude(d, [&](Index p) { return Q(i, p); },
+                                                                  [&](Index p) { return K(j, p); }) *
+                         scale;
+      INFO("cell " << i << ", " << j << " got " << s(i, j) << " want " << want(i, j));
+      CHECK(std::abs(double(s(i, j)) - want(i, j)) <= 16 * u * double(d + 8) * (mag + std::abs(want(i, j))));
+      ++checked;
+    }
+  CHECK(checked == length * length);
+  CHECK(double(s(15, 15)) == Approx(want(15, 15)).epsilon(1e-4));
 }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "../fuzz/fuzz_bounds.hpp"  // the fuzz target's error bound, for its regression cases
 #include "kexue/linear_attention.hpp"
 #include "reference/linear_attention_reference.hpp"
 #include "reference/reference_data.hpp"
@@ -467,4 +468,54 @@ TEMPLATE_TEST_CASE("causal: inf, NaN and 1e30 in keys a row cannot see yet never
   kexue::linear_attention(q, kp, vp, out, s2);
   CHECK(out.topRows(p).allFinite());
   CHECK(max_abs_diff(out.topRows(p), clean.topRows(p)) == 0.0);
+}
+
+TEST_CASE("fuzz finding 0102003b: a similarity below float's range gives the documented zero row", "[linear]"
+          "[fuzz-regression]") {
+  // fuzz_linear_attention input 01 02 00 3b: float, elu + 1, causal, n = 146 queries, m = 75 keys, d = 1, eps = 0.
+  // Query 71 sees key 0 only (bottom-right aligned: j <= i + m - n = i - 71); phi(k_0) = exp(-122.25) = 8e-54 is
+  // below float's range, so the float similarity and denominator are exactly 0 and the kernel writes the zero row
+  // linear_attention.hpp documents, while the double reference gives v_0. The fuzz target had promised float
+  // accuracy there; its bound (fuzz/fuzz_bounds.hpp) now charges every feature value and product that underflows
+  // in T. Checked here: that bound holds for every row of the finding (it did not before), the float zero row,
+  // and the double kernel's v_0 (double holds 8e-54).
+  const Index n = 146, m = 75, d = 1, dv = 11;
+  Matrix<double> q = random_matrix<double>(n, d, 171), k = random_matrix<double>(m, d, 172),
+                 v = random_matrix<double>(m, dv, 173, -8.0, 8.0);
+  q(71, 0) = 0.241363525;
+  k(0, 0) = -122.253906;
+  const double v0[dv] = {-2.97851562, 7.98803711, -3.67602539, 38.984375,   1.91796875, -2.51245117,
+                         -7.90991211, -5.94750977, 4.45068359,  -5.16259766, -1.72998047};
+  for (Index c = 0; c < dv; ++c) v(0, c) = v0[c];
+  const Matrix<float> qf = q.cast<float>(), kf = k.cast<float>(), vf = v.cast<float>();
+  const Matrix<double> qd = qf.cast<double>(), kd = kf.cast<double>(), vd = vf.cast<double>();
+  LinearAttentionOptions o;
+  o.causal = true;
+  o.eps = 0;
+  const Matrix<double> want = kexue_ref::linear_attention(qd, kd, vd, 0, true, 0.0, m);
+  const double vmax = vd.cwiseAbs().maxCoeff();
+  for (bool wide : {false, true}) {
+    o.double_state = wide;
+    Matrix<float> out(n, dv);
+    kexue::linear_attention(qf, kf, vf, out, o);
+    INFO("double_state " << wide);
+    CHECK(out.row(71).cwiseAbs().maxCoeff() == 0.0f);
+    int promised = 0;
+    for (Index i = 0; i < n; ++i) {
+      const Index visible = std::max<Index>(0, std::min(m, i + (m - n) + 1));
+      for (Index c = 0; c < dv; ++c) {
+        const auto bound = kexue_fuzz_bounds::la_row_bound<float>(
+            0, 0.0, d, m, visible, [&](Index p) { return qd(i, p); }, [&](Index j, Index p) { return kd(j, p); },
+            vmax, want(i, c));
+        if (!bound) continue;
+        ++promised;
+        INFO("row " << i << " column " << c << " got " << out(i, c) << " want " << want(i, c));
+        CHECK(std::abs(double(out(i, c)) - want(i, c)) <= *bound);
+      }
+    }
+    CHECK(promised > 0);  // the rows that see key 1 and later keys (phi ~ 1) are still checked
+  }
+  Matrix<double> outd(n, dv);
+  kexue::linear_attention(qd, kd, vd, outd, o);
+  for (Index c = 0; c < dv; ++c) CHECK(outd(71, c) == Approx(vd(0, c)).epsilon(1e-12));
 }
