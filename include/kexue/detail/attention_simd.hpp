@@ -331,35 +331,31 @@ inline void pv_rows_block(const T* const* p, const T* v, Index ldv, Index nb, T*
 
 /// pv_rows_block for NW rows over all dv columns: blocks of about 8 / NW registers (at least 8 accumulators in
 /// flight when dv allows, so the 4-cycle FMA latency of each O register's chain over the keys is covered), then
-/// single registers, then scalar columns (the scalar tails of scale() and axpy(), same expressions).
-template <class T, int NW, bool kSkip>
-inline void pv_rows(const T* const* p, const T* v, Index ldv, Index nb, Index dv, T* const* o, const T* alpha) {
+/// blocks of half, a quarter, ... of that down to single registers (so that dv = 64 with 16-float registers still
+/// runs as one 4-register block, not two latency-bound 2-register ones), then scalar columns (the scalar tails of
+/// scale() and axpy(), same expressions). Each column takes the same operations in the same order whatever block
+/// it falls in, so the block sizes never change a result.
+template <class T, int NW, bool kSkip, int NC = (NW >= 4 ? 2 : 8 / NW / 2 * 2)>
+inline void pv_rows(const T* const* p, const T* v, Index ldv, Index nb, Index dv, T* const* o, const T* alpha,
+                    Index c = 0) {
   constexpr Index L = kLanes<T>;
-  constexpr int NC = NW >= 4 ? 2 : 8 / NW / 2 * 2;  // 1 row: 8 registers, 2 rows: 4, 3 or 4 rows: 2
-  Index c = 0;
   T* oc[NW];
   for (; c + NC * L <= dv; c += NC * L) {
     for (int r = 0; r < NW; ++r) oc[r] = o[r] + c;
     pv_rows_block<T, NW, NC, kSkip>(p, v + c, ldv, nb, oc, alpha);
   }
-  if constexpr (NC > 2) {
-    for (; c + 2 * L <= dv; c += 2 * L) {
-      for (int r = 0; r < NW; ++r) oc[r] = o[r] + c;
-      pv_rows_block<T, NW, 2, kSkip>(p, v + c, ldv, nb, oc, alpha);
-    }
-  }
-  for (; c + L <= dv; c += L) {
-    for (int r = 0; r < NW; ++r) oc[r] = o[r] + c;
-    pv_rows_block<T, NW, 1, kSkip>(p, v + c, ldv, nb, oc, alpha);
-  }
-  for (; c < dv; ++c) {
-    for (int r = 0; r < NW; ++r) {
-      T* y = o[r] + c;
-      if (alpha[r] != T(1)) *y *= alpha[r];
-      for (Index j = 0; j < nb; ++j) {
-        const T pr = p[r][j];
-        if (kSkip && pr == T(0)) continue;
-        *y = madd(pr, v[j * ldv + c], *y);
+  if constexpr (NC > 1) {
+    pv_rows<T, NW, kSkip, NC / 2>(p, v, ldv, nb, dv, o, alpha, c);
+  } else {
+    for (; c < dv; ++c) {
+      for (int r = 0; r < NW; ++r) {
+        T* y = o[r] + c;
+        if (alpha[r] != T(1)) *y *= alpha[r];
+        for (Index j = 0; j < nb; ++j) {
+          const T pr = p[r][j];
+          if (kSkip && pr == T(0)) continue;
+          *y = madd(pr, v[j * ldv + c], *y);
+        }
       }
     }
   }
