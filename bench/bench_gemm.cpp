@@ -8,10 +8,10 @@
 // Every call packs B (as Eigen does); flops 2 m n k (the epilogue is not counted).
 // peak_frac is against the fp32 FMA peak, so fp64 rows top out at 0.5.
 // Rows: BM_gemm (kexue, workspace reused), BM_gemm_eigen (c.noalias() = a * b), args m, k, n, b^T, threads.
-#include <Eigen/Core>
-
 #include "bench_util.hpp"
-#include "kexue/detail/gemm.hpp"
+#include "kexue/detail/gemm.hpp"  // first: see simd.hpp on GCC 12's AVX-512 warnings
+
+#include <Eigen/Core>
 
 using namespace kexue_bench;
 using kexue::Matrix;
