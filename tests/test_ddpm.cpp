@@ -353,7 +353,7 @@ TEMPLATE_TEST_CASE("Dynamic thresholding's radix selection equals nth_element, N
     }
     const T ax = T(0.75), am = T(-1.25);
     std::vector<T> v(static_cast<std::size_t>(n));
-    for (Index i = 0; i < n; ++i) v[std::size_t(i)] = std::abs(std::fma(ax, x[std::size_t(i)], am * m[std::size_t(i)]));
+    for (Index i = 0; i < n; ++i) v[std::size_t(i)] = std::abs(kexue::detail::madd(ax, x[std::size_t(i)], am * m[std::size_t(i)]));
     const auto less = [](T p, T q) { return std::isnan(q) ? !std::isnan(p) : p < q; };  // NaN above +inf
     const kexue::detail::AbsX0Selector<T> sel(ax, am, m.data(), x.data(), n);
     Index bad = 0;

@@ -263,7 +263,9 @@ class RopeTable {
   RopeOptions options_;
   std::vector<double> inv_freq_;
   double attention_factor_ = 1.0;
-  std::vector<T> cos_, sin_;  // [max_positions, rotary_dim / 2] each
+  // [max_positions, rotary_dim / 2] each, on a 64-byte boundary: with AVX-512 every unaligned table load of a
+  // row would straddle two cache lines (measured 10% of the in-cache q+k RoPE time, -march=native).
+  detail::AlignedVector<T> cos_, sin_;
 };
 
 namespace detail {

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "kexue/core.hpp"
+#include "kexue/detail/arch/ops.hpp"
 #include "kexue/detail/simd.hpp"
 
 namespace kexue::detail {
@@ -20,10 +21,10 @@ namespace kexue::detail {
 /// with x the sample, m the model output and z the noise.
 template <class T>
 struct DdpmStepCoef {
-  T ax, am;      // x0_hat = ax * x + am * m
-  T c0, c1;      // posterior mean = c0 * x0_hat + c1 * x
+  T ax, am;          // x0_hat = ax * x + am * m
+  T c0, c1;          // posterior mean = c0 * x0_hat + c1 * x
   T fold_x, fold_m;  // without clipping: mean = fold_x * x + fold_m * m
-  T s;           // noise scale; 0 means no noise (z is not read)
+  T s;               // noise scale; 0 means no noise (z is not read)
   bool clip;
   T lo, hi;
 };
@@ -39,15 +40,15 @@ inline void ddpm_step_range(const DdpmStepCoef<T>& c, const T* m, const T* x, co
     const Batch<T> ax(c.ax), am(c.am), c0(c.c0), c1(c.c1), s(c.s), lo(c.lo), hi(c.hi);
     for (; i + L <= n; i += L) {
       const Batch<T> xv = load(x + i);
-      const Batch<T> x0 = xsimd::min(xsimd::max(xsimd::fma(ax, xv, am * load(m + i)), lo), hi);
-      Batch<T> r = xsimd::fma(c0, x0, c1 * xv);
-      if (noise) r = xsimd::fma(s, load(z + i), r);
+      const Batch<T> x0 = xsimd::min(xsimd::max(fmadd(ax, xv, am * load(m + i)), lo), hi);
+      Batch<T> r = fmadd(c0, x0, c1 * xv);
+      if (noise) r = fmadd(s, load(z + i), r);
       store(out + i, r);
     }
     for (; i < n; ++i) {
-      const T x0 = std::min(std::max(std::fma(c.ax, x[i], c.am * m[i]), c.lo), c.hi);
-      T r = std::fma(c.c0, x0, c.c1 * x[i]);
-      if (noise) r = std::fma(c.s, z[i], r);
+      const T x0 = std::min(std::max(madd(c.ax, x[i], c.am * m[i]), c.lo), c.hi);
+      T r = madd(c.c0, x0, c.c1 * x[i]);
+      if (noise) r = madd(c.s, z[i], r);
       out[i] = r;
     }
     return;
@@ -55,12 +56,11 @@ inline void ddpm_step_range(const DdpmStepCoef<T>& c, const T* m, const T* x, co
   const Batch<T> fx(c.fold_x), fm(c.fold_m), s(c.s);
   if (noise) {
     // Two loops instead of a branch per register: the noiseless step is the bandwidth benchmark.
-    for (; i + L <= n; i += L)
-      store(out + i, xsimd::fma(s, load(z + i), xsimd::fma(fx, load(x + i), fm * load(m + i))));
-    for (; i < n; ++i) out[i] = std::fma(c.s, z[i], std::fma(c.fold_x, x[i], c.fold_m * m[i]));
+    for (; i + L <= n; i += L) store(out + i, fmadd(s, load(z + i), fmadd(fx, load(x + i), fm * load(m + i))));
+    for (; i < n; ++i) out[i] = madd(c.s, z[i], madd(c.fold_x, x[i], c.fold_m * m[i]));
   } else {
-    for (; i + L <= n; i += L) store(out + i, xsimd::fma(fx, load(x + i), fm * load(m + i)));
-    for (; i < n; ++i) out[i] = std::fma(c.fold_x, x[i], c.fold_m * m[i]);
+    for (; i + L <= n; i += L) store(out + i, fmadd(fx, load(x + i), fm * load(m + i)));
+    for (; i < n; ++i) out[i] = madd(c.fold_x, x[i], c.fold_m * m[i]);
   }
 }
 
@@ -70,8 +70,8 @@ inline void axpby_range(T a, const T* u, T b, const T* v, T* out, Index n) {
   constexpr Index L = kLanes<T>;
   const Batch<T> va(a), vb(b);
   Index i = 0;
-  for (; i + L <= n; i += L) store(out + i, xsimd::fma(va, load(u + i), vb * load(v + i)));
-  for (; i < n; ++i) out[i] = std::fma(a, u[i], b * v[i]);
+  for (; i + L <= n; i += L) store(out + i, fmadd(va, load(u + i), vb * load(v + i)));
+  for (; i < n; ++i) out[i] = madd(a, u[i], b * v[i]);
 }
 
 /// The order statistics that torch.quantile(|x0_hat|, ratio) interpolates, for dynamic thresholding, without a
@@ -131,7 +131,7 @@ class AbsX0Selector {
 
  private:
   Key key_at(Index i) const {
-    const T v = std::fma(ax_, x_[i], am_ * m_[i]);
+    const T v = madd(ax_, x_[i], am_ * m_[i]);
     Key key;
     std::memcpy(&key, &v, sizeof key);
     return key & ~(Key(1) << (sizeof(Key) * 8 - 1));  // drop the sign: |v|

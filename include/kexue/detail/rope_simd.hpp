@@ -5,149 +5,27 @@
 // (a, b) = (2i, 2i+1) for Interleaved and (i, i + r/2) for Half. Half needs no shuffle: the partner of a
 // vector of the low half is the vector r/2 further on. Interleaved duplicates each c_i / s_i into both
 // lanes of its pair in a register (broadcast + in-lane permute), swaps adjacent lanes of x and combines
-// with vfmaddsub. Those shuffles are the operations xsimd 8.1 and 14 spell differently (batch_constant),
-// so they are written with intrinsics here for the registers the library can be compiled for, with a
-// portable fallback. src and dst may be the same row (in place): every vector is loaded before the store
-// that could overwrite it, and pairs never straddle a vector.
+// with vfmaddsub. Those shuffles are the operations xsimd 8.1 and 14 spell differently (batch_constant):
+// they are the named helpers of arch/ops.hpp (one or two instructions per architecture, a portable version
+// otherwise), and this file has no intrinsics, so every kernel here works for any register width.
+// src and dst may be the same row (in place): every vector is loaded before the store that could overwrite
+// it, and pairs never straddle a vector.
 
 #include <cmath>
 #include <cstring>
 #include <type_traits>
 
-#if defined(__SSE2__) || defined(__AVX__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
+#include "kexue/detail/arch/ops.hpp"
 #include "kexue/detail/simd.hpp"
 
 namespace kexue::detail {
-
-/// [v0, v1, v2, v3, ...] -> [v1, v0, v3, v2, ...].
-template <class T>
-inline Batch<T> swap_adjacent(const Batch<T>& v) {
-  // Dispatch on register width and scalar (std::is_same on __m256 & co. trips -Wignored-attributes).
-  constexpr std::size_t kBytes = sizeof(typename Batch<T>::register_type);
-  constexpr bool kFloat = std::is_same<T, float>::value;
-#if defined(__AVX512F__)
-  if constexpr (kBytes == 64 && kFloat) {
-    return Batch<T>(_mm512_permute_ps(v, 0xB1));
-  } else if constexpr (kBytes == 64 && !kFloat) {
-    return Batch<T>(_mm512_permute_pd(v, 0x55));
-  } else
-#endif
-#if defined(__AVX__)
-      if constexpr (kBytes == 32 && kFloat) {
-    return Batch<T>(_mm256_permute_ps(v, 0xB1));
-  } else if constexpr (kBytes == 32 && !kFloat) {
-    return Batch<T>(_mm256_permute_pd(v, 0x5));
-  } else
-#endif
-#if defined(__SSE2__)
-      if constexpr (kBytes == 16 && kFloat) {
-    return Batch<T>(_mm_shuffle_ps(v, v, 0xB1));
-  } else if constexpr (kBytes == 16 && !kFloat) {
-    return Batch<T>(_mm_shuffle_pd(v, v, 1));
-  } else
-#endif
-  {
-    constexpr Index L = kLanes<T>;
-    alignas(64) T lanes[L];
-    v.store_unaligned(lanes);
-    for (Index i = 0; i < L; i += 2) {
-      const T t = lanes[i];
-      lanes[i] = lanes[i + 1];
-      lanes[i + 1] = t;
-    }
-    return Batch<T>::load_unaligned(lanes);
-  }
-}
-
-/// [p0, p0, p1, p1, ...] from kLanes/2 consecutive values at p: the per-pair cos or sin of the compact table
-/// row expanded to the interleaved layout in a register (one broadcast load + one in-lane permute on AVX),
-/// so the table in memory is half as large as a full-width interleaved row.
-template <class T>
-inline Batch<T> load_dup_pairs(const T* p) {
-  constexpr std::size_t kBytes = sizeof(typename Batch<T>::register_type);
-  constexpr bool kFloat = std::is_same<T, float>::value;
-#if defined(__AVX512F__)
-  if constexpr (kBytes == 64 && kFloat) {
-    const __m512i idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    return Batch<T>(_mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(0x00FF, p)));
-  } else if constexpr (kBytes == 64 && !kFloat) {
-    const __m512i idx = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
-    return Batch<T>(_mm512_permutexvar_pd(idx, _mm512_maskz_loadu_pd(0x0F, p)));
-  } else
-#endif
-#if defined(__AVX__)
-      if constexpr (kBytes == 32 && kFloat) {
-    // Both 128-bit lanes hold p0..p3; vpermilps picks within each lane: [0 0 1 1 | 2 2 3 3].
-    const __m256 b = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
-    return Batch<T>(_mm256_permutevar_ps(b, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
-  } else if constexpr (kBytes == 32 && !kFloat) {
-    const __m256d b = _mm256_broadcast_pd(reinterpret_cast<const __m128d*>(p));
-    return Batch<T>(_mm256_permute_pd(b, 0xC));
-  } else
-#endif
-#if defined(__SSE2__)
-      if constexpr (kBytes == 16 && kFloat) {
-    const __m128 b = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
-    return Batch<T>(_mm_unpacklo_ps(b, b));
-  } else if constexpr (kBytes == 16 && !kFloat) {
-    return Batch<T>(_mm_load1_pd(p));
-  } else
-#endif
-  {
-    constexpr Index L = kLanes<T>;
-    alignas(64) T lanes[L];
-    for (Index i = 0; i < L; ++i) lanes[i] = p[i / 2];
-    return Batch<T>::load_unaligned(lanes);
-  }
-}
-
-/// a * b - c in even lanes, a * b + c in odd lanes (vfmaddsub): the interleaved rotation with unsigned sin,
-/// x' = fmaddsub(x, cos, swap(x) * sin).
-template <class T>
-inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
-  constexpr std::size_t kBytes = sizeof(typename Batch<T>::register_type);
-  constexpr bool kFloat = std::is_same<T, float>::value;
-#if defined(__AVX512F__)
-  if constexpr (kBytes == 64 && kFloat) {
-    return Batch<T>(_mm512_fmaddsub_ps(a, b, c));
-  } else if constexpr (kBytes == 64 && !kFloat) {
-    return Batch<T>(_mm512_fmaddsub_pd(a, b, c));
-  } else
-#endif
-#if defined(__FMA__)
-      if constexpr (kBytes == 32 && kFloat) {
-    return Batch<T>(_mm256_fmaddsub_ps(a, b, c));
-  } else if constexpr (kBytes == 32 && !kFloat) {
-    return Batch<T>(_mm256_fmaddsub_pd(a, b, c));
-  } else if constexpr (kBytes == 16 && kFloat) {
-    return Batch<T>(_mm_fmaddsub_ps(a, b, c));
-  } else if constexpr (kBytes == 16 && !kFloat) {
-    return Batch<T>(_mm_fmaddsub_pd(a, b, c));
-  } else
-#endif
-  {
-    (void)kBytes;
-    (void)kFloat;
-    constexpr Index L = kLanes<T>;
-    alignas(64) T sign[L];
-    for (Index i = 0; i < L; ++i) sign[i] = i % 2 == 0 ? T(-1) : T(1);
-    return xsimd::fma(a, b, c * Batch<T>::load_unaligned(sign));
-  }
-}
 
 /// a * b + c for the scalar tails, rounded exactly as the vector lanes are (one rounding where the vector
 /// code uses an FMA), so a row's result does not depend on where the last full vector ends and does not
 /// change with the compiler's freedom to contract a * b + c.
 template <class T>
 inline T mul_add(T a, T b, T c) {
-#if defined(__FMA__) || defined(__AVX512F__)
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
+  return madd(a, b, c);
 }
 
 // ---- Interleaved: pairs (2i, 2i+1) ------------------------------------------------------------------------
@@ -172,8 +50,8 @@ inline void rope_row_interleaved(const T* src, T* dst, const T* cp, const T* sp,
       const Batch<T> x0 = load(src + j), x1 = load(src + j + L);
       const Batch<T> y0 =
           fmaddsub<T>(x0, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x0) * load_dup_pairs(sp + j / 2));
-      const Batch<T> y1 = fmaddsub<T>(x1, load_dup_pairs(cp + (j + L) / 2),
-                                      swap_adjacent<T>(x1) * load_dup_pairs(sp + (j + L) / 2));
+      const Batch<T> y1 =
+          fmaddsub<T>(x1, load_dup_pairs(cp + (j + L) / 2), swap_adjacent<T>(x1) * load_dup_pairs(sp + (j + L) / 2));
       store(dst + j, y0);
       store(dst + j + L, y1);
     }
@@ -245,15 +123,15 @@ inline void rope_row_half(const T* src, T* dst, const T* cos, const T* s_pos, co
     for (; i + L <= h; i += L) {
       const Batch<T> lo = load(src + i) + load(bias + i), hi = load(src + h + i) + load(bias + h + i);
       const Batch<T> c = load(cos + i), s = load(s_pos + i);
-      store(dst + i, xsimd::fnma(hi, s, lo * c));
-      store(dst + h + i, xsimd::fma(lo, s, hi * c));
+      store(dst + i, fnmadd(hi, s, lo * c));
+      store(dst + h + i, fmadd(lo, s, hi * c));
     }
   } else {
     for (; i + L <= h; i += L) {
       const Batch<T> lo = load(src + i), hi = load(src + h + i);
       const Batch<T> c = load(cos + i), s = load(s_pos + i);
-      store(dst + i, xsimd::fnma(hi, s, lo * c));
-      store(dst + h + i, xsimd::fma(lo, s, hi * c));
+      store(dst + i, fnmadd(hi, s, lo * c));
+      store(dst + h + i, fmadd(lo, s, hi * c));
     }
   }
   for (; i < h; ++i) {
@@ -272,10 +150,10 @@ inline void rope_rows2_half(T* q, T* k, const T* cos, const T* s_pos, Index r) {
     const Batch<T> c = load(cos + i), s = load(s_pos + i);
     const Batch<T> qlo = load(q + i), qhi = load(q + h + i);
     const Batch<T> klo = load(k + i), khi = load(k + h + i);
-    store(q + i, xsimd::fnma(qhi, s, qlo * c));
-    store(q + h + i, xsimd::fma(qlo, s, qhi * c));
-    store(k + i, xsimd::fnma(khi, s, klo * c));
-    store(k + h + i, xsimd::fma(klo, s, khi * c));
+    store(q + i, fnmadd(qhi, s, qlo * c));
+    store(q + h + i, fmadd(qlo, s, qhi * c));
+    store(k + i, fnmadd(khi, s, klo * c));
+    store(k + h + i, fmadd(klo, s, khi * c));
   }
   for (; i < h; ++i) {
     const T ql = q[i], qh = q[h + i], kl = k[i], kh = k[h + i];
@@ -296,10 +174,10 @@ inline void rope_rows2_bias_half(T* q, T* k, const T* qb, const T* kb, const T* 
     const Batch<T> c = load(cos + i), s = load(s_pos + i);
     const Batch<T> qlo = load(q + i) + load(qb + i), qhi = load(q + h + i) + load(qb + h + i);
     const Batch<T> klo = load(k + i) + load(kb + i), khi = load(k + h + i) + load(kb + h + i);
-    store(q + i, xsimd::fnma(qhi, s, qlo * c));
-    store(q + h + i, xsimd::fma(qlo, s, qhi * c));
-    store(k + i, xsimd::fnma(khi, s, klo * c));
-    store(k + h + i, xsimd::fma(klo, s, khi * c));
+    store(q + i, fnmadd(qhi, s, qlo * c));
+    store(q + h + i, fmadd(qlo, s, qhi * c));
+    store(k + i, fnmadd(khi, s, klo * c));
+    store(k + h + i, fmadd(klo, s, khi * c));
   }
   for (; i < h; ++i) {
     const T ql = q[i] + qb[i], qh = q[h + i] + qb[h + i], kl = k[i] + kb[i], kh = k[h + i] + kb[h + i];

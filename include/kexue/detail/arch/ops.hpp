@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// The named lane helpers kernels call: each forwards to the per-architecture version (arch/x86.hpp,
+// arch/neon.hpp) where one exists for the register width in use, else to the portable one (arch/generic.hpp).
+// This is the one place that picks an architecture; kernels stay written once over Batch<T>.
+//
+//   swap_adjacent(v)          [v1, v0, v3, v2, ...]
+//   load_dup_pairs(p)         [p0, p0, p1, p1, ...] from kLanes/2 values
+//   fmadd(a, b, c)            a b + c rounded as madd(): once where kFusedFma (xsimd 8.1's fma on AVX-512 is a
+//                             multiply and an add; use these, not xsimd::fma, where the rounding matters)
+//   fnmadd(a, b, c)           c - a b;  fmsub(a, b, c): a b - c (same rounding rule)
+//   fmaddsub(a, b, c)         a b - c in even lanes, a b + c in odd lanes (same rounding rule)
+//   mulhilo_u32(a, m, hi, lo) high and low words of the 32x32->64 products
+//   reinterpret<To>(v)        the same bits as another 32-bit lane type
+//   store_halves(lo, hi, v)   lanes [0, L/2) at lo, [L/2, L) at hi; load_halves the reverse
+//   opaque(v)                 v, but a product feeding it cannot be contracted into an FMA
+
+#include "kexue/detail/arch/generic.hpp"
+
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#include "kexue/detail/arch/x86.hpp"
+#define KEXUE_ARCH_NS x86
+#elif defined(__aarch64__)
+#include "kexue/detail/arch/neon.hpp"
+#define KEXUE_ARCH_NS neon
+#else
+#define KEXUE_ARCH_NS generic
+#endif
+
+namespace kexue::detail {
+
+namespace arch = KEXUE_ARCH_NS;
+
+template <class T>
+inline Batch<T> swap_adjacent(const Batch<T>& v) {
+  return arch::swap_adjacent<T>(v);
+}
+template <class T>
+inline Batch<T> load_dup_pairs(const T* p) {
+  return arch::load_dup_pairs<T>(p);
+}
+template <class T>
+inline Batch<T> fmadd(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  return arch::fmadd<T>(a, b, c);
+}
+template <class T>
+inline Batch<T> fnmadd(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  return arch::fnmadd<T>(a, b, c);
+}
+template <class T>
+inline Batch<T> fmsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  return arch::fmsub<T>(a, b, c);
+}
+template <class T>
+inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  return arch::fmaddsub<T>(a, b, c);
+}
+inline void mulhilo_u32(const Batch<std::uint32_t>& a, const Batch<std::uint32_t>& m, Batch<std::uint32_t>* hi,
+                        Batch<std::uint32_t>* lo) {
+  arch::mulhilo_u32(a, m, hi, lo);
+}
+template <class To, class From>
+inline Batch<To> reinterpret(const Batch<From>& v) {
+  return arch::reinterpret<To, From>(v);
+}
+template <class T>
+inline void store_halves(T* lo, T* hi, const Batch<T>& v) {
+  arch::store_halves<T>(lo, hi, v);
+}
+template <class T>
+inline Batch<T> load_halves(const T* lo, const T* hi) {
+  return arch::load_halves<T>(lo, hi);
+}
+template <class T>
+inline Batch<T> opaque(const Batch<T>& v) {
+  return arch::opaque<T>(v);
+}
+
+}  // namespace kexue::detail
+
+#undef KEXUE_ARCH_NS

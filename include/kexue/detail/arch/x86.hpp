@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// x86 specialisations of the named lane helpers of arch/generic.hpp: SSE2 (4 floats), AVX/AVX2 (8 floats) and
+// AVX-512F (16 floats), chosen by the width of the register xsimd's default architecture uses. Each falls back to
+// the generic version for a register it does not know; tests/detail/test_arch_lanes.cpp compares every one with
+// the generic version on the same inputs, bit for bit. Why each exists (what the generic one would cost):
+// - swap_adjacent, load_dup_pairs, fmaddsub: one or two shuffle/FMA instructions instead of a trip through
+//   memory (xsimd 8.1 has no portable lane permute; 14.x spells it with batch_constant).
+// - mulhilo_u32: vpmuludq twice + a blend (+ vpmulld for the low half); xsimd has no 32x32->64 multiply.
+// - reinterpret, store_halves, load_halves, opaque: register casts, 256-bit halves of a zmm, an empty asm.
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kexue/detail/arch/generic.hpp"
+
+namespace kexue::detail::x86 {
+
+template <class T>
+constexpr std::size_t kRegBytes = sizeof(typename Batch<T>::register_type);
+
+template <class T>
+inline Batch<T> swap_adjacent(const Batch<T>& v) {
+  constexpr std::size_t kBytes = kRegBytes<T>;
+  constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
+  (void)kBytes, (void)kFloat, (void)kDouble;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    return Batch<T>(_mm512_permute_ps(v, 0xB1));
+  } else if constexpr (kBytes == 64 && kDouble) {
+    return Batch<T>(_mm512_permute_pd(v, 0x55));
+  } else
+#endif
+#if defined(__AVX__)
+      if constexpr (kBytes == 32 && kFloat) {
+    return Batch<T>(_mm256_permute_ps(v, 0xB1));
+  } else if constexpr (kBytes == 32 && kDouble) {
+    return Batch<T>(_mm256_permute_pd(v, 0x5));
+  } else
+#endif
+#if defined(__SSE2__)
+      if constexpr (kBytes == 16 && kFloat) {
+    return Batch<T>(_mm_shuffle_ps(v, v, 0xB1));
+  } else if constexpr (kBytes == 16 && kDouble) {
+    return Batch<T>(_mm_shuffle_pd(v, v, 1));
+  } else
+#endif
+  {
+    return generic::swap_adjacent<T>(v);
+  }
+}
+
+template <class T>
+inline Batch<T> load_dup_pairs(const T* p) {
+  constexpr std::size_t kBytes = kRegBytes<T>;
+  constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
+  (void)kBytes, (void)kFloat, (void)kDouble;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    // A 256-bit load and one cross-lane permute (vpermps): vpermilps on a broadcast, the AVX form, cannot move
+    // values between the 128-bit lanes of a zmm.
+    const __m512i idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    return Batch<T>(_mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_loadu_ps(p))));
+  } else if constexpr (kBytes == 64 && kDouble) {
+    const __m512i idx = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
+    return Batch<T>(_mm512_permutexvar_pd(idx, _mm512_castpd256_pd512(_mm256_loadu_pd(p))));
+  } else
+#endif
+#if defined(__AVX__)
+      if constexpr (kBytes == 32 && kFloat) {
+    // Both 128-bit lanes hold p0..p3; vpermilps picks within each lane: [0 0 1 1 | 2 2 3 3].
+    const __m256 b = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
+    return Batch<T>(_mm256_permutevar_ps(b, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)));
+  } else if constexpr (kBytes == 32 && kDouble) {
+    const __m256d b = _mm256_broadcast_pd(reinterpret_cast<const __m128d*>(p));
+    return Batch<T>(_mm256_permute_pd(b, 0xC));
+  } else
+#endif
+#if defined(__SSE2__)
+      if constexpr (kBytes == 16 && kFloat) {
+    const __m128 b = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+    return Batch<T>(_mm_unpacklo_ps(b, b));
+  } else if constexpr (kBytes == 16 && kDouble) {
+    return Batch<T>(_mm_load1_pd(p));
+  } else
+#endif
+  {
+    return generic::load_dup_pairs<T>(p);
+  }
+}
+
+// a * b + c, c - a * b, a * b - c. xsimd 8.1 has no AVX-512 fma kernel (its fma there is a multiply and an add, two
+// roundings and two instructions), so the 64-byte registers call the instructions directly; every other register
+// goes through xsimd, whose fma3 kernels fuse and whose SSE2 ones do not, exactly as kFusedFma and madd() say.
+template <class T>
+inline Batch<T> fmadd(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  constexpr std::size_t kBytes = kRegBytes<T>;
+  constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
+  (void)kBytes, (void)kFloat, (void)kDouble;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    return Batch<T>(_mm512_fmadd_ps(a, b, c));
+  } else if constexpr (kBytes == 64 && kDouble) {
+    return Batch<T>(_mm512_fmadd_pd(a, b, c));
+  } else
+#endif
+  {
+    return xsimd::fma(a, b, c);
+  }
+}
+
+template <class T>
+inline Batch<T> fnmadd(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  constexpr std::size_t kBytes = kRegBytes<T>;
+  constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
+  (void)kBytes, (void)kFloat, (void)kDouble;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    return Batch<T>(_mm512_fnmadd_ps(a, b, c));
+  } else if constexpr (kBytes == 64 && kDouble) {
+    return Batch<T>(_mm512_fnmadd_pd(a, b, c));
+  } else
+#endif
+  {
+    return xsimd::fnma(a, b, c);
+  }
+}
+
+template <class T>
+inline Batch<T> fmsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  constexpr std::size_t kBytes = kRegBytes<T>;
+  constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
+  (void)kBytes, (void)kFloat, (void)kDouble;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    return Batch<T>(_mm512_fmsub_ps(a, b, c));
+  } else if constexpr (kBytes == 64 && kDouble) {
+    return Batch<T>(_mm512_fmsub_pd(a, b, c));
+  } else
+#endif
+  {
+    return xsimd::fms(a, b, c);
+  }
+}
+
+template <class T>
+inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
+  constexpr std::size_t kBytes = kRegBytes<T>;
+  constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
+  (void)kBytes, (void)kFloat, (void)kDouble;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    return Batch<T>(_mm512_fmaddsub_ps(a, b, c));
+  } else if constexpr (kBytes == 64 && kDouble) {
+    return Batch<T>(_mm512_fmaddsub_pd(a, b, c));
+  } else
+#endif
+#if defined(__FMA__)
+      if constexpr (kBytes == 32 && kFloat) {
+    return Batch<T>(_mm256_fmaddsub_ps(a, b, c));
+  } else if constexpr (kBytes == 32 && kDouble) {
+    return Batch<T>(_mm256_fmaddsub_pd(a, b, c));
+  } else if constexpr (kBytes == 16 && kFloat) {
+    return Batch<T>(_mm_fmaddsub_ps(a, b, c));
+  } else if constexpr (kBytes == 16 && kDouble) {
+    return Batch<T>(_mm_fmaddsub_pd(a, b, c));
+  } else
+#endif
+  {
+    // No fmaddsub instruction (SSE2 without FMA): fmadd with the even lanes of c negated, which is exact.
+    constexpr std::size_t L = Batch<T>::size;
+    alignas(64) T sign[L];
+    for (std::size_t i = 0; i < L; ++i) sign[i] = i % 2 == 0 ? T(-1) : T(1);
+    return fmadd<T>(a, b, c * Batch<T>::load_aligned(sign));
+  }
+}
+
+// A template only so that the branches for other register widths are discarded unchecked.
+template <class U = Batch<std::uint32_t>>
+inline void mulhilo_u32(const U& a, const U& m, U* hi, U* lo) {
+  constexpr std::size_t kBytes = sizeof(typename U::register_type);
+  (void)kBytes;
+  // vpmuludq multiplies the even 32-bit lanes into 64-bit products, so the odd lanes are shifted down and
+  // multiplied separately and the two high halves are blended back into place; the low halves are one vpmulld
+  // (as fast as vpmuludq on Zen4, and cheaper than a shift and a blend).
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64) {
+    const __m512i pe = _mm512_mul_epu32(a, m);
+    const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(m, 32));
+    *hi = U(_mm512_mask_blend_epi32(__mmask16(0xAAAA), _mm512_srli_epi64(pe, 32), po));
+    *lo = U(_mm512_mullo_epi32(a, m));
+  } else
+#endif
+#if defined(__AVX2__)
+      if constexpr (kBytes == 32) {
+    const __m256i pe = _mm256_mul_epu32(a, m);
+    const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(m, 32));
+    *hi = U(_mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA));
+    *lo = U(_mm256_mullo_epi32(a, m));
+  } else
+#endif
+#if defined(__SSE2__)
+      if constexpr (kBytes == 16) {
+    // SSE2 has neither vpblendd nor pmulld: masks and shifts put the four halves in place.
+    const __m128i pe = _mm_mul_epu32(a, m);
+    const __m128i po = _mm_mul_epu32(_mm_srli_epi64(a, 32), _mm_srli_epi64(m, 32));
+    const __m128i odd = _mm_set_epi32(-1, 0, -1, 0);
+    *hi = U(_mm_or_si128(_mm_srli_epi64(pe, 32), _mm_and_si128(po, odd)));
+    *lo = U(_mm_or_si128(_mm_andnot_si128(odd, pe), _mm_slli_epi64(po, 32)));
+  } else
+#endif
+  {
+    generic::mulhilo_u32(a, m, hi, lo);
+  }
+}
+
+template <class To, class From>
+inline Batch<To> reinterpret(const Batch<From>& v) {
+  static_assert(sizeof(To) == 4 && sizeof(From) == 4, "kexue: reinterpret handles 32-bit lanes");
+  constexpr std::size_t kBytes = kRegBytes<From>;
+  constexpr bool kToF = std::is_same<To, float>::value, kFromF = std::is_same<From, float>::value;
+  (void)kBytes, (void)kToF, (void)kFromF;
+  if constexpr (kToF == kFromF) {
+    return Batch<To>(typename Batch<To>::register_type(v));  // int32 <-> uint32: the same register type
+  } else
+#if defined(__AVX512F__)
+      if constexpr (kBytes == 64 && kToF) {
+    return Batch<To>(_mm512_castsi512_ps(v));
+  } else if constexpr (kBytes == 64) {
+    return Batch<To>(_mm512_castps_si512(v));
+  } else
+#endif
+#if defined(__AVX__)
+      if constexpr (kBytes == 32 && kToF) {
+    return Batch<To>(_mm256_castsi256_ps(v));
+  } else if constexpr (kBytes == 32) {
+    return Batch<To>(_mm256_castps_si256(v));
+  } else
+#endif
+#if defined(__SSE2__)
+      if constexpr (kBytes == 16 && kToF) {
+    return Batch<To>(_mm_castsi128_ps(v));
+  } else if constexpr (kBytes == 16) {
+    return Batch<To>(_mm_castps_si128(v));
+  } else
+#endif
+  {
+    return generic::reinterpret<To>(v);
+  }
+}
+
+template <class T>
+inline void store_halves(T* lo, T* hi, const Batch<T>& v) {
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  (void)kFloat;
+#if defined(__AVX512F__)
+  if constexpr (kRegBytes<T> == 64 && kFloat) {
+    _mm256_storeu_ps(lo, _mm512_castps512_ps256(v));
+    _mm256_storeu_ps(hi, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  } else
+#endif
+  {
+    generic::store_halves<T>(lo, hi, v);
+  }
+}
+
+template <class T>
+inline Batch<T> load_halves(const T* lo, const T* hi) {
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  (void)kFloat;
+#if defined(__AVX512F__)
+  if constexpr (kRegBytes<T> == 64 && kFloat) {
+    const __m512d l = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(lo)));
+    return Batch<T>(_mm512_castpd_ps(_mm512_insertf64x4(l, _mm256_castps_pd(_mm256_loadu_ps(hi)), 1)));
+  } else
+#endif
+  {
+    return generic::load_halves<T>(lo, hi);
+  }
+}
+
+template <class T>
+inline Batch<T> opaque(const Batch<T>& v) {
+#if defined(__GNUC__)
+  // An empty asm that claims to change the register: the value is whatever the asm left, so the product that
+  // produced it cannot be fused with the addition that consumes it. "v" is any xmm/ymm/zmm register.
+  typename Batch<T>::register_type r = v;
+  __asm__("" : "+v"(r));
+  return Batch<T>(r);
+#else
+  return generic::opaque<T>(v);
+#endif
+}
+
+}  // namespace kexue::detail::x86

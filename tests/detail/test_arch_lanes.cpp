@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: MIT
+// The named lane helpers of detail/arch/ops.hpp (what kernels call: the per-architecture version where one exists)
+// against their portable versions in detail/arch/generic.hpp, bit for bit, on the same inputs: values with every
+// sign and magnitude (NaN and infinities included for the pure data movements), words with every bit pattern that
+// matters for the integer multiply. Buffers are sized by the lane count, so the test runs on any width.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "catch_compat.hpp"
+#include "kexue/detail/arch/ops.hpp"
+
+namespace kd = kexue::detail;
+namespace gen = kexue::detail::generic;
+using kexue::Index;
+
+namespace {
+
+template <class T>
+bool same_bits(const kd::Batch<T>& a, const kd::Batch<T>& b) {
+  constexpr std::size_t L = kd::Batch<T>::size;
+  alignas(64) T x[L], y[L];
+  a.store_aligned(x);
+  b.store_aligned(y);
+  return std::memcmp(x, y, sizeof x) == 0;
+}
+
+template <class T>
+std::vector<T> values(std::size_t n, std::uint32_t seed) {
+  std::mt19937 e(seed);
+  std::uniform_real_distribution<double> u(-3, 3);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(std::ldexp(u(e), int(e() % 40) - 20));
+  return v;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("arch lane helpers equal their generic versions bit for bit", "[detail][arch]", float, double) {
+  using T = TestType;
+  using B = kd::Batch<T>;
+  constexpr Index L = kd::kLanes<T>;
+  INFO("arch " << kd::simd_arch_name() << ", " << L << " lanes");
+  const Index n = 64 * L;
+  std::vector<T> a = values<T>(std::size_t(n), 1), b = values<T>(std::size_t(n), 2), c = values<T>(std::size_t(n), 3);
+  a[0] = std::numeric_limits<T>::quiet_NaN();
+  a[1] = std::numeric_limits<T>::infinity();
+  a[2] = -T(0);
+  b[3] = T(0);
+  int swap_bad = 0, dup_bad = 0, fms_bad = 0;
+  for (Index i = 0; i + L <= n; i += L) {
+    const B va = B::load_unaligned(&a[std::size_t(i)]), vb = B::load_unaligned(&b[std::size_t(i)]),
+            vc = B::load_unaligned(&c[std::size_t(i)]);
+    swap_bad += !same_bits<T>(kd::swap_adjacent<T>(va), gen::swap_adjacent<T>(va));
+    // Every offset, so the pair loads are tried unaligned too (and read only L/2 values: a + n - L/2 is in range).
+    dup_bad += !same_bits<T>(kd::load_dup_pairs<T>(&a[std::size_t(i + L / 2)]),
+                             gen::load_dup_pairs<T>(&a[std::size_t(i + L / 2)]));
+    if (i >= 4 * L) fms_bad += !same_bits<T>(kd::fmaddsub<T>(va, vb, vc), gen::fmaddsub<T>(va, vb, vc));
+  }
+  CHECK(swap_bad == 0);
+  CHECK(dup_bad == 0);
+  CHECK(fms_bad == 0);
+  // The generic versions do what they say (so that agreeing with them means something).
+  alignas(64) T x[L > 1 ? L : 2], y[L > 1 ? L : 2];
+  gen::swap_adjacent<T>(B::load_unaligned(&b[0])).store_aligned(x);
+  gen::load_dup_pairs<T>(&c[0]).store_aligned(y);
+  for (Index l = 0; l < L; ++l) {
+    CHECK(x[l] == b[std::size_t(l ^ 1)]);
+    CHECK(y[l] == c[std::size_t(l / 2)]);
+  }
+  gen::fmaddsub<T>(B::load_unaligned(&a[4 * L]), B::load_unaligned(&b[4 * L]), B::load_unaligned(&c[4 * L]))
+      .store_aligned(x);
+  for (Index l = 0; l < L; ++l) {
+    const std::size_t k = std::size_t(4 * L + l);
+    CHECK(x[l] == kd::madd(a[k], b[k], l % 2 == 0 ? -c[k] : c[k]));
+  }
+}
+
+TEMPLATE_TEST_CASE("arch fmadd / fnmadd / fmsub round as madd() in every lane", "[detail][arch]", float, double) {
+  // Where kFusedFma, one rounding (on AVX-512 too, where xsimd 8.1's own fma is a multiply and an add); else two.
+  using T = TestType;
+  using B = kd::Batch<T>;
+  constexpr Index L = kd::kLanes<T>;
+  const Index n = 64 * L;
+  std::vector<T> a = values<T>(std::size_t(n), 4), b = values<T>(std::size_t(n), 5), c = values<T>(std::size_t(n), 6);
+  // Products whose rounding is visible: c close to -a b.
+  for (Index i = 0; i < n; i += 3) c[std::size_t(i)] = -a[std::size_t(i)] * b[std::size_t(i)] * T(1.0000001);
+  int bad = 0, generic_bad = 0;
+  for (Index i = 0; i + L <= n; i += L) {
+    const B va = B::load_unaligned(&a[std::size_t(i)]), vb = B::load_unaligned(&b[std::size_t(i)]),
+            vc = B::load_unaligned(&c[std::size_t(i)]);
+    alignas(64) T f[L], g[L], h[L];
+    kd::fmadd<T>(va, vb, vc).store_aligned(f);
+    kd::fnmadd<T>(va, vb, vc).store_aligned(g);
+    kd::fmsub<T>(va, vb, vc).store_aligned(h);
+    for (Index l = 0; l < L; ++l) {
+      const std::size_t k = std::size_t(i + l);
+      bad += f[l] != kd::madd(a[k], b[k], c[k]) || g[l] != kd::madd(-a[k], b[k], c[k]) ||
+             h[l] != kd::madd(a[k], b[k], -c[k]);
+    }
+    generic_bad += !same_bits<T>(kd::fmadd<T>(va, vb, vc), gen::fmadd<T>(va, vb, vc)) ||
+                   !same_bits<T>(kd::fnmadd<T>(va, vb, vc), gen::fnmadd<T>(va, vb, vc)) ||
+                   !same_bits<T>(kd::fmsub<T>(va, vb, vc), gen::fmsub<T>(va, vb, vc));
+  }
+  CHECK(bad == 0);
+  CHECK(generic_bad == 0);
+}
+
+TEST_CASE("arch mulhilo_u32 equals the 64-bit product", "[detail][arch]") {
+  using U = kd::Batch<std::uint32_t>;
+  constexpr std::size_t L = U::size;
+  std::mt19937 e(5);
+  std::vector<std::uint32_t> a(64 * L), m(64 * L);
+  const std::uint32_t specials[] = {0u, 1u, 2u, 0x7FFFFFFFu, 0x80000000u, 0xFFFFFFFFu, 0xD2511F53u, 0xCD9E8D57u};
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    a[i] = i < 64 ? specials[i % 8] : e();
+    m[i] = i < 64 ? specials[i / 8] : e();  // per-lane multipliers, not only broadcasts
+  }
+  int bad = 0, generic_bad = 0;
+  for (std::size_t i = 0; i < a.size(); i += L) {
+    const U va = U::load_unaligned(&a[i]), vm = U::load_unaligned(&m[i]);
+    U hi, lo, ghi, glo;
+    kd::mulhilo_u32(va, vm, &hi, &lo);
+    gen::mulhilo_u32(va, vm, &ghi, &glo);
+    bad += !same_bits<std::uint32_t>(hi, ghi) || !same_bits<std::uint32_t>(lo, glo);
+    alignas(64) std::uint32_t h[L], l[L];
+    ghi.store_aligned(h);
+    glo.store_aligned(l);
+    for (std::size_t k = 0; k < L; ++k) {
+      const std::uint64_t p = std::uint64_t(a[i + k]) * m[i + k];
+      generic_bad += h[k] != std::uint32_t(p >> 32) || l[k] != std::uint32_t(p);
+    }
+  }
+  CHECK(bad == 0);
+  CHECK(generic_bad == 0);
+}
+
+TEST_CASE("arch reinterpret, halves and opaque move bits unchanged", "[detail][arch]") {
+  using F = kd::Batch<float>;
+  using I = kd::Batch<std::int32_t>;
+  using U = kd::Batch<std::uint32_t>;
+  constexpr std::size_t L = F::size;
+  std::vector<float> f = values<float>(4 * L, 9);
+  f[0] = std::numeric_limits<float>::quiet_NaN();
+  f[1] = -0.0f;
+  const F v = F::load_unaligned(f.data());
+  CHECK(same_bits<std::int32_t>(kd::reinterpret<std::int32_t>(v), gen::reinterpret<std::int32_t>(v)));
+  CHECK(same_bits<std::uint32_t>(kd::reinterpret<std::uint32_t>(v), gen::reinterpret<std::uint32_t>(v)));
+  const I iv = kd::reinterpret<std::int32_t>(v);
+  const U uv = kd::reinterpret<std::uint32_t>(iv);
+  CHECK(same_bits<float>(kd::reinterpret<float>(iv), v));
+  CHECK(same_bits<float>(kd::reinterpret<float>(uv), v));
+  CHECK(same_bits<float>(gen::reinterpret<float>(uv), v));
+  alignas(64) std::uint32_t bits[L];
+  uv.store_aligned(bits);
+  for (std::size_t k = 0; k < L; ++k) {
+    std::uint32_t want;
+    std::memcpy(&want, &f[k], sizeof want);
+    CHECK(bits[k] == want);
+  }
+  // store_halves / load_halves: lanes [0, L/2) and [L/2, L) to and from unrelated places.
+  std::vector<float> lo(L, 7.0f), hi(L, 7.0f), glo(L, 7.0f), ghi(L, 7.0f);
+  kd::store_halves<float>(lo.data() + 1, hi.data(), v);
+  gen::store_halves<float>(glo.data() + 1, ghi.data(), v);
+  CHECK(std::memcmp(lo.data(), glo.data(), L * sizeof(float)) == 0);
+  CHECK(std::memcmp(hi.data(), ghi.data(), L * sizeof(float)) == 0);
+  CHECK(std::memcmp(lo.data() + 1, f.data(), L / 2 * sizeof(float)) == 0);
+  CHECK(std::memcmp(hi.data(), f.data() + L / 2, L / 2 * sizeof(float)) == 0);
+  CHECK(lo[0] == 7.0f);  // nothing written before or after a half
+  if (L / 2 + 1 < L) CHECK(lo[L / 2 + 1] == 7.0f);
+  const F back = kd::load_halves<float>(f.data() + L, f.data() + 2 * L);
+  CHECK(same_bits<float>(back, gen::load_halves<float>(f.data() + L, f.data() + 2 * L)));
+  alignas(64) float w[L];
+  back.store_aligned(w);
+  for (std::size_t k = 0; k < L; ++k) CHECK(std::memcmp(&w[k], &f[k < L / 2 ? L + k : 2 * L + k - L / 2], 4) == 0);
+  CHECK(same_bits<float>(kd::opaque<float>(v), v));
+  CHECK(same_bits<float>(gen::opaque<float>(v), v));
+}
