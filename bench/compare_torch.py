@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""kexue vs PyTorch, in one run, at the same thread count.
+"""kexue vs PyTorch (and optionally ONNX Runtime), in one run, at the same thread count.
 
-    /usr/bin/python3 bench/compare_torch.py [--build build/release] [--family core rope ...] [--case SUBSTR]
+    /usr/bin/python3 bench/compare_torch.py [--build build/release] [--build2 DIR] [--family core rope ...]
+        [--case SUBSTR] [--stat median|min] [--repetitions N] [--min-time S] [--ort]
 
 For every case in bench/torch_cases/<family>.py it runs our Google Benchmark row and the PyTorch formulation
 of the same kernel, then prints a ratio table. PyTorch is timed twice, each time in a fresh process:
@@ -12,12 +13,39 @@ of the same kernel, then prints a ratio table. PyTorch is timed twice, each time
 OPENBLAS_NUM_THREADS and OMP_NUM_THREADS are set to the case's thread count in both processes and in ours:
 torch.set_num_threads alone does not reach OpenBLAS's own threads. The header prints PyTorch's 1024^3
 matmul GFLOP/s: with the reference BLAS instead of OpenBLAS, every ratio here would be meaningless.
+Every ratio column is other / kexue (build 1): above 1, kexue is faster.
+
+Two builds side by side (--build2 DIR): every case also runs our row from the second build and prints a
+second kexue column ("kexue2 ms") and the build2 / build1 time ratio ("b2/b1", below 1: build 2 is faster);
+the header prints each build's SIMD architecture (the label of bench_peak's BM_fma_peak, e.g. "fma3+avx2" or
+"avx512bw") and its measured single-thread FMA peak. The intended pair, one build at a time:
+
+    cmake -S . -B build/avx2 -DCMAKE_BUILD_TYPE=Release -DKEXUE_ARCH_FLAGS="-mavx2;-mfma"
+    cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release -DKEXUE_ARCH_FLAGS=-march=native
+    for b in avx2 native; do for t in bench_peak bench_attention bench_rope; do
+      cmake --build build/$b --target $t -j2; done; done
+    /usr/bin/python3 bench/compare_torch.py --build build/avx2 --build2 build/native \\
+        --family attention rope --stat min --repetitions 5 --ort
+
+Statistic (--stat, printed in the header): "median" (the default) or "min" over --repetitions Google Benchmark
+repetitions of --min-time seconds each for our rows, over the PyTorch timing batches, and over ORT's profiled
+runs. On a shared, noisy machine the minimum is the robust statistic: other work only ever adds time. The
+figures column gives spread = (slowest - fastest) / fastest repetition of our build-1 row: that row's noise.
+
+--ort adds ONNX Runtime beside the attention and RoPE cases (onnxruntime-node from npm, CPU EP, one intra-op
+thread, kernel time from ORT's profiler; see bench/compare_ort.py, which also runs alone without PyTorch): an
+"ort ms" column with its ratio to kexue, plus lines of their own for ORT formulations that share a kexue row
+(MatMul-Softmax-MatMul beside MultiHeadAttention). Without node, npm, the npm package or python3-onnx, the ORT
+columns are skipped with a message. No test depends on any of this.
+A case whose kexue row does not exist in a build prints "-" there, and the notes under the table name the row.
 """
 import argparse
 import importlib
 import json
 import os
 import platform
+import re
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +66,11 @@ def thread_env(threads, warm=False):
     return env
 
 
+def pick(samples, stat):
+    """The statistic of a list of timings: 'min' or 'median'."""
+    return min(samples) if stat == "min" else statistics.median(samples)
+
+
 def load_cases(families):
     sys.path.insert(0, os.path.join(HERE, "torch_cases"))
     cases = []
@@ -54,8 +87,8 @@ def all_families():
     return sorted(f[:-3] for f in os.listdir(d) if f.endswith(".py") and not f.startswith("_"))
 
 
-def time_callable(fn, min_time=0.5, repeats=5):
-    """Median seconds per call over `repeats` batches of at least min_time/repeats each."""
+def time_callable(fn, min_time=0.5, repeats=5, stat="median"):
+    """Seconds per call: the median (or min) over `repeats` batches of at least min_time/repeats each."""
     t0 = time.perf_counter()
     fn()  # warm-up (lazy init, first-touch of weights)
     one = max(time.perf_counter() - t0, 1e-7)
@@ -65,7 +98,7 @@ def time_callable(fn, min_time=0.5, repeats=5):
             t0 = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - t0)
-        return sorted(samples)[1]
+        return min(samples) if stat == "min" else sorted(samples)[1]
     fn()
     t0 = time.perf_counter()
     fn()
@@ -78,10 +111,10 @@ def time_callable(fn, min_time=0.5, repeats=5):
             fn()
         samples.append((time.perf_counter() - t0) / per_batch)
     samples.sort()
-    return samples[len(samples) // 2]
+    return samples[0] if stat == "min" else samples[len(samples) // 2]
 
 
-def torch_worker(family, name, threads):
+def torch_worker(family, name, threads, stat):
     """Runs in a child process: times one PyTorch case and prints JSON."""
     import torch
     torch.set_num_threads(threads)
@@ -89,14 +122,14 @@ def torch_worker(family, name, threads):
     case = next(c for c in load_cases([family]) if c.name == name)
     with torch.no_grad():
         fn = case.torch_setup()
-        sec = time_callable(fn)
+        sec = time_callable(fn, stat=stat)
     print(json.dumps({"seconds": sec}))
 
 
-def run_torch(case, warm):
+def run_torch(case, warm, stat="median"):
     out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--torch-worker", case.family, case.name, str(case.threads)],
-        env=thread_env(case.threads, warm), capture_output=True, text=True, check=True)
+        [sys.executable, os.path.abspath(__file__), "--torch-worker", case.family, case.name, str(case.threads),
+         stat], env=thread_env(case.threads, warm), capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
 
 
@@ -105,43 +138,71 @@ def bench_exe(build, name):
     exe = os.path.join(build, "bench", name)
     if not os.path.isfile(exe):
         sys.exit(f"compare_torch.py: {exe} not found; build the benchmarks first, e.g.\n"
-                 f"  cmake -S . -B {build} -DCMAKE_BUILD_TYPE=Release && cmake --build {build} -j2")
+                 f"  cmake -S . -B {build} -DCMAKE_BUILD_TYPE=Release && cmake --build {build} --target {name} -j2")
     return exe
 
 
 def measure_peaks(build):
-    """bench_peak's single-thread FMA peak (GFLOP/s) and triad bandwidth (GB/s), measured once per run and
-    handed to every benchmark binary, so peak_frac and bw_frac refer to one measurement."""
+    """bench_peak's single-thread FMA peak (GFLOP/s), triad bandwidth (GB/s) and SIMD architecture label, measured
+    once per run and handed to every benchmark binary of that build, so peak_frac and bw_frac refer to one
+    measurement."""
     exe = bench_exe(build, "bench_peak")
     out = subprocess.run([exe, "--benchmark_format=json", "--benchmark_min_time=0.3",
                           "--benchmark_filter=(BM_fma_peak|BM_triad)/1/"],
                          env=thread_env(1), capture_output=True, text=True, check=True)
     rows = {b["name"].split("/")[0]: b for b in json.loads(out.stdout)["benchmarks"]}
-    return rows["BM_fma_peak"]["GFLOPS"], rows["BM_triad"]["GBps"]
+    return {"gflops": rows["BM_fma_peak"]["GFLOPS"], "gbs": rows["BM_triad"]["GBps"],
+            "arch": rows["BM_fma_peak"].get("label", "?")}
 
 
-PEAKS = {}
+PEAKS = {}  # build dir -> measure_peaks(build)
+_ROWS = {}  # (build, binary) -> names of the binary's benchmark rows
 
 
-def run_ours(build, case):
-    exe = bench_exe(build, case.binary)
+def has_row(build, binary, pattern):
+    """Whether the binary of this build has a row matching the filter regex (a case may name a row that another
+    engineer has not added yet)."""
+    key = (build, binary)
+    if key not in _ROWS:
+        out = subprocess.run([bench_exe(build, binary), "--benchmark_list_tests"], capture_output=True, text=True,
+                             check=True)
+        _ROWS[key] = out.stdout.split()
+    rx = re.compile(pattern)
+    return any(rx.search(name) for name in _ROWS[key])
+
+
+def run_ours(build, case, stat="median", repetitions=3, min_time=0.5, binary=None, bench=None):
+    """(seconds, the chosen row's JSON, spread) of our benchmark row, or (None, None, None) when the build has no
+    such row. binary/bench default to the case's."""
+    binary = binary or case.binary
+    bench = bench or case.bench
+    if not has_row(build, binary, bench):
+        return None, None, None
+    exe = bench_exe(build, binary)
     env = thread_env(case.threads)
-    if PEAKS:
-        env["KEXUE_PEAK_GFLOPS"] = str(PEAKS["gflops"])
-        env["KEXUE_PEAK_GBS"] = str(PEAKS["gbs"])
+    peaks = PEAKS.get(build)
+    if peaks:
+        env["KEXUE_PEAK_GFLOPS"] = str(peaks["gflops"])
+        env["KEXUE_PEAK_GBS"] = str(peaks["gbs"])
     out = subprocess.run(
-        [exe, f"--benchmark_filter={case.bench}", "--benchmark_format=json", "--benchmark_min_time=0.5",
-         "--benchmark_repetitions=3", "--benchmark_report_aggregates_only=true"],
+        [exe, f"--benchmark_filter={bench}", "--benchmark_format=json", f"--benchmark_min_time={min_time}",
+         f"--benchmark_repetitions={repetitions}"],
         env=env, capture_output=True, text=True, check=True)
     data = json.loads(out.stdout)
-    rows = [b for b in data["benchmarks"] if b.get("aggregate_name") == "median"]
-    if not rows:
-        rows = data["benchmarks"]
-    if not rows:
-        raise RuntimeError(f"{case.binary}: no benchmark matches {case.bench}")
-    b = rows[0]
+    reps = [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
+    if not reps:
+        raise RuntimeError(f"{binary}: no benchmark matches {bench}")
+    reps = [b for b in reps if b["name"] == reps[0]["name"]]  # exactly one row, even if the regex is loose
+    if stat == "min":
+        b = min(reps, key=lambda r: r["real_time"])
+    else:
+        med = [r for r in data["benchmarks"] if r.get("aggregate_name") == "median" and r.get("run_name") ==
+               reps[0].get("run_name", reps[0]["name"])]
+        b = med[0] if med else sorted(reps, key=lambda r: r["real_time"])[len(reps) // 2]
+    times = [r["real_time"] for r in reps]
+    spread = (max(times) - min(times)) / min(times) if len(times) > 1 else 0.0
     scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
-    return b["real_time"] * scale, b
+    return b["real_time"] * scale, b, spread
 
 
 def header(threads_list):
@@ -153,6 +214,19 @@ def header(threads_list):
         out = subprocess.run([sys.executable, "-c", MATMUL_PROBE, str(t)], env=thread_env(t),
                              capture_output=True, text=True, check=True)
         print(f"# PyTorch 1024^3 fp32 matmul, {t} thread(s): {float(out.stdout):.1f} GFLOP/s")
+
+
+def print_build_headers(builds, args):
+    """Measures each build's peaks and prints its SIMD architecture and peaks, then the statistic."""
+    for i, build in enumerate(builds, 1):
+        PEAKS[build] = measure_peaks(build)
+        p = PEAKS[build]
+        print(f"# build {i}: {os.path.relpath(build)}: SIMD {p['arch']}; bench_peak: fp32 FMA peak "
+              f"{p['gflops']:.1f} GFLOP/s per thread, triad {p['gbs']:.1f} GB/s (one thread)")
+    print("# peak_frac = GFLOPS / (threads x peak), bw_frac = GBps / triad, both of build 1's own bench_peak")
+    print(f"# statistic: {args.stat} of {args.repetitions} repetitions x {args.min_time} s (kexue rows), "
+          f"{args.stat} of 5 batches (PyTorch)" + (f", {args.stat} of the profiled runs (ORT)" if args.ort else "")
+          + "; ratios are other / kexue build 1 (> 1: kexue faster)")
 
 
 MATMUL_PROBE = r"""
@@ -189,37 +263,112 @@ def blas_name():
         return "unknown"
 
 
+def ms(x, width=9):
+    return f"{x * 1e3:>{width}.3f}" if x is not None else f"{'-':>{width}}"
+
+
+def ratio(a, b, width=6):
+    return f"{a / b:>{width}.2f}" if a is not None and b is not None else f"{'-':>{width}}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(HERE, "..", "build", "release"))
+    ap.add_argument("--build2", default=None, help="a second build whose rows are printed beside the first's")
     ap.add_argument("--family", nargs="*", default=None)
     ap.add_argument("--case", default=None, help="only cases whose name contains this")
-    ap.add_argument("--torch-worker", nargs=3, metavar=("FAMILY", "NAME", "THREADS"), help=argparse.SUPPRESS)
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="statistic over repetitions (kexue), batches (PyTorch) and runs (ORT)")
+    ap.add_argument("--repetitions", type=int, default=3, help="Google Benchmark repetitions of our rows")
+    ap.add_argument("--min-time", type=float, default=0.5, help="--benchmark_min_time of each repetition (s)")
+    ap.add_argument("--ort", action="store_true", help="add ONNX Runtime beside the attention and RoPE cases")
+    ap.add_argument("--ort-dir", default=None, help="where onnxruntime-node is installed (default <build>/ort)")
+    ap.add_argument("--ort-version", default=None, help="onnxruntime-node version (default compare_ort's pin)")
+    ap.add_argument("--torch-worker", nargs=4, metavar=("FAMILY", "NAME", "THREADS", "STAT"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_worker:
-        fam, name, threads = args.torch_worker
-        torch_worker(fam, name, int(threads))
+        fam, name, threads, stat = args.torch_worker
+        torch_worker(fam, name, int(threads), stat)
         return
-    cases = load_cases(args.family or all_families())
+    t_start = time.time()
+    families = args.family or all_families()
+    cases = load_cases(families)
     if args.case:
         cases = [c for c in cases if args.case in c.name]
+    builds = [args.build] + ([args.build2] if args.build2 else [])
     header(sorted({c.threads for c in cases}))
-    PEAKS["gflops"], PEAKS["gbs"] = measure_peaks(args.build)
-    print(f"# bench_peak: fp32 FMA peak {PEAKS['gflops']:.1f} GFLOP/s per thread, triad {PEAKS['gbs']:.1f} GB/s "
-          f"(one thread); peak_frac = GFLOPS / (threads x peak), bw_frac = GBps / triad")
-    cols = f"{'case':<52} {'thr':>3} {'kexue ms':>9} {'torch ms':>9} {'ratio':>6} {'warm ms':>9} {'ratio':>6}  figures"
+    ort, ort_cases = None, []
+    if args.ort:
+        import compare_ort
+        ort, msg = compare_ort.OrtRunner.setup(args.ort_dir or os.path.join(args.build, "ort"),
+                                               args.ort_version or compare_ort.ORT_VERSION)
+        print(f"# {msg}")
+        if ort:
+            ort_cases = compare_ort.load_ort_cases(families)
+    print_build_headers(builds, args)
+
+    cols = f"{'case':<52} {'thr':>3} {'kexue ms':>9}"
+    if args.build2:
+        cols += f" {'kexue2 ms':>9} {'b2/b1':>6}"
+    cols += f" {'torch ms':>9} {'ratio':>6} {'warm ms':>9} {'ratio':>6}"
+    if ort:
+        cols += f" {'ort ms':>9} {'ratio':>6}"
+    cols += "  figures"
     print(cols)
     print("-" * len(cols))
+    notes = []
+    names = {c.name for c in cases}
     for c in cases:
-        ours, row = run_ours(args.build, c)
-        t_inst = run_torch(c, warm=False)
-        t_warm = run_torch(c, warm=True)
+        ours, row, spread = run_ours(args.build, c, args.stat, args.repetitions, args.min_time)
+        ours2 = None
+        if args.build2:
+            ours2, row2, _ = run_ours(args.build2, c, args.stat, args.repetitions, args.min_time)
+        if ours is None:
+            notes.append(f"{c.name}: {c.binary} has no row {c.bench!r}")
+        t_inst = run_torch(c, warm=False, stat=args.stat)
+        t_warm = run_torch(c, warm=True, stat=args.stat)
         figs = []
         for key in ("GFLOPS", "peak_frac", "GBps", "bw_frac"):
-            if key in row:
+            if row and key in row:
                 figs.append(f"{key}={row[key]:.3g}")
-        print(f"{c.name:<52} {c.threads:>3} {ours * 1e3:>9.3f} {t_inst * 1e3:>9.3f} {t_inst / ours:>6.2f} "
-              f"{t_warm * 1e3:>9.3f} {t_warm / ours:>6.2f}  {' '.join(figs)}", flush=True)
+        if spread is not None:
+            figs.append(f"spread={spread:.0%}")
+        mine = [oc for oc in ort_cases if oc.beside == c.name]
+        results = [ort.run(oc, args.stat, args.repetitions) for oc in mine]
+        line = f"{c.name:<52} {c.threads:>3} {ms(ours)}"
+        if args.build2:
+            line += f" {ms(ours2)} {ratio(ours2, ours)}"
+        line += f" {ms(t_inst)} {ratio(t_inst, ours)} {ms(t_warm)} {ratio(t_warm, ours)}"
+        if ort:
+            r = results[0] if results else None
+            line += f" {ms(r and r.seconds)} {ratio(r and r.seconds, ours)}"
+            if r:
+                figs.append(f"ort: {mine[0].name[4:]} {r.check}")
+        print(f"{line}  {' '.join(figs)}", flush=True)
+        for oc, r in list(zip(mine, results))[1:]:  # further ORT formulations of the same kexue row
+            print(ort_line(f"  {oc.name}", c.threads, ours, ours2, args.build2, r), flush=True)
+    for oc in ort_cases:  # ORT cases whose PyTorch twin was not selected
+        if oc.beside in names or (args.case and args.case not in oc.name):
+            continue
+        ours, _, _ = run_ours(args.build, oc, args.stat, args.repetitions, args.min_time)
+        ours2 = run_ours(args.build2, oc, args.stat, args.repetitions, args.min_time)[0] if args.build2 else None
+        print(ort_line(oc.name, 1, ours, ours2, args.build2, ort.run(oc, args.stat, args.repetitions)), flush=True)
+    for oc in ort_cases:
+        if oc.note:
+            notes.append(f"{oc.name}: {oc.note}")
+    for n in notes:
+        print(f"# note: {n}")
+    print(f"# run took {time.time() - t_start:.0f} s")
+
+
+def ort_line(name, threads, ours, ours2, build2, r):
+    """A table line for an ORT formulation: kexue columns, empty PyTorch columns, the ORT columns."""
+    line = f"{name:<52} {threads:>3} {ms(ours)}"
+    if build2:
+        line += f" {ms(ours2)} {ratio(ours2, ours)}"
+    line += f" {'':>9} {'':>6} {'':>9} {'':>6} {ms(r.seconds)} {ratio(r.seconds, ours)}  {r.check}"
+    return line
 
 
 if __name__ == "__main__":
