@@ -130,10 +130,12 @@ struct GuardedMatrix {
 
 template <class T>
 void sweep_against_scalar_reference() {
-  // Around the register sub-tile (kTileRows), several sub-tiles in one work item, and several work items
-  // (kItemRows) ending in a one-row item and in a partial one.
-  const Index sizes_n[] = {0, 1, 3, kd::kTileRows<T> - 1, kd::kTileRows<T>, kd::kTileRows<T> + 1, 49,
-                           kd::kItemRows<T> + 1, 2 * kd::kItemRows<T> + 30};
+  // Around the register sub-tile (kTileRows), several sub-tiles in one work item, and several work items ending
+  // in a one-row item and in a partial one: the item height is chosen at run time from d, dv and the L2 size, so
+  // the sizes cross the item of the largest head size below (64, 64) and the tallest item any head size gets.
+  const Index item64 = kd::attention_item_rows<T>(64, 64), tallest = kd::kMaxSubTiles * kd::kTileRows<T>;
+  const Index sizes_n[] = {0,  1, 3, kd::kTileRows<T> - 1, kd::kTileRows<T>, kd::kTileRows<T> + 1, 49, item64 + 1,
+                           2 * item64 + 30, tallest + 1};
   const Index sizes_m[] = {0, 1, 7, 63, 64, 65, 130};
   const Index dims[][2] = {{1, 1}, {3, 5}, {8, 8}, {17, 13}, {64, 64}};
   std::uint32_t seed = 1;
@@ -185,7 +187,7 @@ void sweep_against_scalar_reference() {
       }
     }
   }
-  CHECK(checked == 9 * 7 * 5);
+  CHECK(checked == 10 * 7 * 5);
 }
 
 // ---- hidden keys: inf / NaN / huge values in keys a row cannot see must not reach that row -----------------

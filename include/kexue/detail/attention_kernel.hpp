@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // The fused attention engine: FlashAttention-style online softmax over key tiles, on the CPU. One work item
-// is (batch, head, kItemRows query rows), split into kSubTiles sub-tiles of kTileRows rows; it streams the
-// visible key tiles once, and each sub-tile holds at most one kTileKeys x kTileRows block of logits, so memory
-// is O((n + m) d) for the inputs plus a fixed per-thread scratch of about (d + dv + 6) x kItemRows +
-// kTileKeys x kTileRows elements (~50 KiB for float at d = dv = 64), allocated once per thread.
+// is (batch, head, item rows of queries), split into sub-tiles of kTileRows rows; it streams the visible key
+// tiles once, and each sub-tile holds at most one kTileKeys x kTileRows block of logits, so memory is
+// O((n + m) d) for the inputs plus a fixed per-thread scratch of (d + dv + 6) x item rows + kTileKeys x
+// kTileRows elements (at most ~110 KiB for float at d = dv = 64 with a 1 MiB L2), allocated once per thread.
 //
-// Tile sizes (float, AVX2: kTileRows = 24, kTileKeys = 64, d = dv = 64): a sub-tile's packed Q^T, its logits
-// tile and its O^T accumulator are 6 KiB each and the 64-key K and V tiles 16 KiB each, so everything one
-// (key tile, sub-tile) step touches fits in L1/L2; K and V are streamed row by row and each element is used
-// kTileRows times per load, then reused from cache by the other sub-tiles. 24 rows = 3 registers of rows is
-// the micro-kernel's register block (see bcast_fma_block); a taller one would need more accumulators than
-// AVX2 has registers.
+// Tile sizes. kTileRows = kRowRegs (3) registers of rows: the micro-kernel's register block (bcast_fma_block),
+// 24 rows with 8-float registers, 48 with 16. kTileKeys = 64 keys per online-softmax step, on every machine: the
+// key tiles fix the order of the softmax updates, so they are compile-time constants and a result does not depend
+// on the machine's caches. The sub-tiles per item are chosen at run time from the L2 size
+// (attention_sub_tiles): an item's packed Q^T and O^T stay in L2 while each 64-key K and V tile (16 KiB each at
+// d = 64) is used by all its sub-tiles, so K and V travel from L3 or DRAM once per item, not once per sub-tile.
+// Within one (key tile, sub-tile) step the packed Q^T, the logits tile and the O^T block (6 or 12 KiB each)
+// are reused from L1 by every register block, and K and V are broadcast from their rows.
 //
 // Causal masking skips work: a sub-tile stops at the last key its last row can see, and only the key tiles
 // that cross its diagonal pay for the per-element mask, so causal attention costs about half of non-causal.
@@ -34,6 +36,7 @@
 
 #include "kexue/core.hpp"
 #include "kexue/detail/attention_simd.hpp"
+#include "kexue/detail/cache_info.hpp"
 #include "kexue/detail/parallel.hpp"
 
 namespace kexue::detail {
@@ -63,13 +66,29 @@ struct AttentionPlan {
 constexpr int kRowRegs = 3;
 template <class T>
 constexpr Index kTileRows = kRowRegs * kLanes<T>;
-/// Sub-tiles per work item. Each K/V key tile is loaded once per work item and used by all its sub-tiles
-/// while it is hot in L1/L2, so K and V stream from L3/DRAM once per kSubTiles * kTileRows query rows: at
-/// n = 8192, d = 64 a head's K and V (4 MiB) no longer fit in L2, and 96 rows per pass keep that stream
-/// at a few GB/s.
-constexpr Index kSubTiles = 4;
+/// Sub-tiles per work item, at most. Each K/V key tile is loaded once per work item and used by all its sub-tiles
+/// while it is hot in L1/L2, so K and V stream from L3/DRAM once per item: once a head's K and V outgrow L2
+/// (n = 8192 at d = 64: 4 MiB), taller items mean fewer passes over them. The count actually used is chosen at run
+/// time from the L2 size (attention_sub_tiles); it never changes a result, since every row's arithmetic depends
+/// only on the key tiles, which are the same whatever item the row falls in.
+constexpr Index kMaxSubTiles = 16;
+/// Share of L2 given to the packed Q^T, O^T and statistics of one work item: the rest holds the K and V tiles,
+/// the logits tile and whatever the other rows of the program keep there.
+constexpr std::size_t kItemL2Share = 8;
+
+/// Sub-tiles per work item for head sizes (d, dv): as many as fit in 1 / kItemL2Share of L2, between 1 and
+/// kMaxSubTiles (4 at d = dv = 64 on AVX-512 with a 1 MiB L2).
 template <class T>
-constexpr Index kItemRows = kSubTiles * kTileRows<T>;
+inline Index attention_sub_tiles(Index d, Index dv) {
+  const std::size_t per = std::size_t(d + dv + 6) * std::size_t(kTileRows<T>) * sizeof(T);
+  const std::size_t fit = cache_info().l2 / kItemL2Share / per;
+  return std::max<Index>(1, std::min<Index>(kMaxSubTiles, Index(fit)));
+}
+/// Query rows per work item.
+template <class T>
+inline Index attention_item_rows(Index d, Index dv) {
+  return attention_sub_tiles<T>(d, dv) * kTileRows<T>;
+}
 /// Keys per step: large enough to amortise the per-step softmax bookkeeping (row max, rescale of O), small
 /// enough that the K and V tiles (16 KiB each at d = 64) stay in L1 while the micro-kernels sweep them.
 constexpr Index kTileKeys = 64;
@@ -80,8 +99,8 @@ constexpr Index kStats = 6;
 template <class T>
 struct AttentionScratch {
   AlignedVector<T> qt, st, ot, stats;  // 64-byte aligned: every micro-kernel load of them is a whole register
-  void ensure(Index d, Index dv) {
-    const Index W = kTileRows<T> * kSubTiles;
+  void ensure(Index d, Index dv, Index sub_tiles) {
+    const Index W = kTileRows<T> * sub_tiles;
     if (Index(qt.size()) < d * W) qt.resize(static_cast<std::size_t>(d * W));
     if (Index(st.size()) < kTileKeys * kTileRows<T>) st.resize(static_cast<std::size_t>(kTileKeys * kTileRows<T>));
     if (Index(ot.size()) < dv * W) ot.resize(static_cast<std::size_t>(dv * W));
@@ -186,21 +205,21 @@ inline void attention_small_item(const AttentionPlan<T>& p, Index b, Index h0, I
                                mask, p.norm == AttnNorm::SquaredRelu, s.rows);
 }
 
-/// One (batch, head, kItemRows query rows) work item.
+/// One (batch, head, item_rows query rows) work item; item_rows = attention_item_rows<T>(d, dv).
 template <class T>
-inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0) {
+inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0, Index item_rows) {
   constexpr Index W = kTileRows<T>;
   constexpr int NR = kRowRegs;
   const Index n = p.q.seq(), m = p.k.seq(), d = p.q.dim(), dv = p.v.dim();
   const Index hk = h / (p.q.heads() / p.k.heads());
-  const Index rows = std::min(kItemRows<T>, n - i0);
+  const Index rows = std::min(item_rows, n - i0);
   const unsigned char* mask = p.mask ? p.mask + b * p.mask_batch_stride : nullptr;
   const T* kbase = p.k.row(b, hk, 0);
   const T* vbase = p.v.row(b, hk, 0);
   const Index ldk = p.k.strides[2], ldv = p.v.strides[2];
 
   AttentionScratch<T>& s = attention_scratch<T>();
-  s.ensure(d, dv);
+  s.ensure(d, dv, (item_rows + W - 1) / W);
   T* st = s.st.data();
 
   if (rows <= kSmallTileRows) {
@@ -213,7 +232,7 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
   auto qt_of = [&](Index g) { return s.qt.data() + g * d * W; };
   auto ot_of = [&](Index g) { return s.ot.data() + g * dv * W; };
   auto stats_of = [&](Index g) { return s.stats.data() + g * kStats * W; };
-  Index j_end_sub[kSubTiles] = {};
+  Index j_end_sub[kMaxSubTiles] = {};
 
   {
     // Visible-key counts incrementally: the limit never decreases with the row index.
@@ -351,7 +370,8 @@ inline void run_attention(const AttentionPlan<T>& p) {
     });
     return;
   }
-  const Index tiles = (n + kItemRows<T> - 1) / kItemRows<T>;
+  const Index item_rows = attention_item_rows<T>(p.q.dim(), p.v.dim());
+  const Index tiles = (n + item_rows - 1) / item_rows;
   const Index items = B * H * tiles;
   if (items == 0) return;
   // Items are handed out last query tile first across all heads: with causal masking the last tiles are the
@@ -361,7 +381,7 @@ inline void run_attention(const AttentionPlan<T>& p) {
   parallel_for(items, [&](Index it) {
     const Index tile = tiles - 1 - it / BH;
     const Index bh = it % BH;
-    attention_tile(p, bh / H, bh % H, tile * kItemRows<T>);
+    attention_tile(p, bh / H, bh % H, tile * item_rows, item_rows);
   });
 }
 
