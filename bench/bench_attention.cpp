@@ -2,7 +2,8 @@
 // Fused attention (issue 4 shapes): fp32, d = dv = 64, 8 heads, n = m in {512, 2048, 8192}, the three
 // normalisations, causal and not, 1 and 2 threads; a KV-cache decode step (n = 1 against m cached keys: GQA 8/2,
 // MQA 8/1, MHA 8/8); a key mask with finite vs NaN values in the hidden keys' v rows; and the naive baseline in
-// the same binary: plain Eigen materialising S = q k^T, a row softmax, then S v.
+// the same binary: plain Eigen materialising S = q k^T, a row softmax, then S v. Long context: one head at
+// n = 32768 and 131072, and a decode step against 1,048,576 cached keys (BM_attention_long, _decode_long).
 // Flops: 4 n m d per head (two GEMM-like products), halved for causal (n = m).
 #include <sys/resource.h>
 
@@ -164,6 +165,48 @@ BENCHMARK(BM_attention_decode_heads)
     ->Args({8, 32768})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
+
+// Long context (issue 16): one head, n = m in {32768, 131072}, non-causal softmax, 1 thread. The call's memory is
+// O(n): its inputs and outputs plus the fixed per-thread scratch of attention_kernel.hpp (at most ~110 KiB at
+// d = 64); call_extra_MiB is the process's high-water mark growth over the first call (0 = nothing measurable
+// beyond what the inputs already took). n = 131072 is 4.4 TFLOP: one iteration, tens of seconds.
+void BM_attention_long(benchmark::State& state) {
+  const Index n = state.range(0);
+  set_threads(1);
+  Inputs in(1, 1, n, n);
+  const long rss0 = max_rss_kib();
+  for (auto _ : state) {
+    kexue::attention(in.tq(), in.tk(), in.tv(), in.to());
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+  const long rss1 = max_rss_kib();
+  report_flops(state, 4.0 * double(n) * double(n) * kDim, 1);
+  state.counters["call_extra_MiB"] = double(rss1 - rss0) / 1024.0;
+}
+BENCHMARK(BM_attention_long)->ArgName("n")->Arg(32768)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_attention_long)->ArgName("n")->Arg(131072)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+
+// A decoding step against a 1,048,576-key cache, GQA 8/2 (1 GiB of K and V), 1 thread: the grouped decode path
+// reads each K and V row once per KV head, so it runs at memory bandwidth (bw_frac: against bench_peak's triad).
+void BM_attention_decode_long(benchmark::State& state) {
+  const Index m = state.range(0);
+  set_threads(1);
+  Inputs in(kHeads, 2, 1, m);
+  kexue::AttentionOptions opt;
+  opt.causal = true;
+  const long rss0 = max_rss_kib();
+  for (auto _ : state) {
+    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+  const long rss1 = max_rss_kib();
+  report_flops(state, 4.0 * double(m) * kDim * kHeads, 1);
+  report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
+  state.counters["call_extra_MiB"] = double(rss1 - rss0) / 1024.0;
+}
+BENCHMARK(BM_attention_decode_long)->ArgName("m")->Arg(1 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Naive baseline: per head, S = scale q k^T with Eigen's GEMM (materialised n x n), row softmax, O = S v.
 void BM_attention_naive_eigen(benchmark::State& state) {
