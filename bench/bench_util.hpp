@@ -6,10 +6,13 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <fstream>
+#include <string>
 #include <cstdlib>
 #include <vector>
 
 #include "kexue/core.hpp"
+#include "kexue/detail/cache_info.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -113,5 +116,29 @@ inline void set_threads(int threads) {
   (void)threads;
 #endif
 }
+
+/// "model name" of /proc/cpuinfo, or "unknown CPU".
+inline std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
+      return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+/// Every benchmark binary's context (printed above its table and in its JSON): the CPU, the SIMD instruction set
+/// the kernels were compiled for, and the cache sizes the kernels plan with, so no result is read without them.
+inline bool add_kexue_context() {
+  const auto& c = kd::cache_info();
+  benchmark::AddCustomContext("kexue_cpu", cpu_model());
+  benchmark::AddCustomContext("kexue_simd", kexue::simd_arch());
+  benchmark::AddCustomContext("kexue_caches", "L1d " + std::to_string(c.l1d >> 10) + " KiB, L2 " +
+                                                   std::to_string(c.l2 >> 10) + " KiB, L3 " +
+                                                   std::to_string(c.l3 >> 20) + " MiB" +
+                                                   (c.detected ? "" : " (defaults)"));
+  return true;
+}
+inline const bool kContextAdded = add_kexue_context();
 
 }  // namespace kexue_bench
