@@ -223,7 +223,8 @@ def print_build_headers(builds, args):
         p = PEAKS[build]
         print(f"# build {i}: {os.path.relpath(build)}: SIMD {p['arch']}; bench_peak: fp32 FMA peak "
               f"{p['gflops']:.1f} GFLOP/s per thread, triad {p['gbs']:.1f} GB/s (one thread)")
-    print("# peak_frac = GFLOPS / (threads x peak), bw_frac = GBps / triad, both of build 1's own bench_peak")
+    print("# peak_frac = GFLOPS / (threads x peak), bw_frac = GBps / triad: each build's rows get its own peaks; "
+          "the figures column shows build 1's")
     print(f"# statistic: {args.stat} of {args.repetitions} repetitions x {args.min_time} s (kexue rows), "
           f"{args.stat} of 5 batches (PyTorch)" + (f", {args.stat} of the profiled runs (ORT)" if args.ort else "")
           + "; ratios are other / kexue build 1 (> 1: kexue faster)")
@@ -318,7 +319,8 @@ def main():
     print(cols)
     print("-" * len(cols))
     notes = []
-    names = {c.name for c in cases}
+    names = {(c.name, c.threads) for c in cases}
+    ran = [oc for oc in ort_cases if (oc.beside, oc.threads) in names]
     for c in cases:
         ours, row, spread = run_ours(args.build, c, args.stat, args.repetitions, args.min_time)
         ours2 = None
@@ -334,7 +336,7 @@ def main():
                 figs.append(f"{key}={row[key]:.3g}")
         if spread is not None:
             figs.append(f"spread={spread:.0%}")
-        mine = [oc for oc in ort_cases if oc.beside == c.name]
+        mine = [oc for oc in ort_cases if oc.beside == c.name and oc.threads == c.threads]
         results = [ort.run(oc, args.stat, args.repetitions) for oc in mine]
         line = f"{c.name:<52} {c.threads:>3} {ms(ours)}"
         if args.build2:
@@ -344,17 +346,18 @@ def main():
             r = results[0] if results else None
             line += f" {ms(r and r.seconds)} {ratio(r and r.seconds, ours)}"
             if r:
-                figs.append(f"ort: {mine[0].name[4:]} {r.check}")
+                figs.append(f"ort {r.check}")
         print(f"{line}  {' '.join(figs)}", flush=True)
         for oc, r in list(zip(mine, results))[1:]:  # further ORT formulations of the same kexue row
             print(ort_line(f"  {oc.name}", c.threads, ours, ours2, args.build2, r), flush=True)
     for oc in ort_cases:  # ORT cases whose PyTorch twin was not selected
-        if oc.beside in names or (args.case and args.case not in oc.name):
+        if (oc.beside, oc.threads) in names or (args.case and args.case not in oc.name):
             continue
+        ran.append(oc)
         ours, _, _ = run_ours(args.build, oc, args.stat, args.repetitions, args.min_time)
         ours2 = run_ours(args.build2, oc, args.stat, args.repetitions, args.min_time)[0] if args.build2 else None
         print(ort_line(oc.name, 1, ours, ours2, args.build2, ort.run(oc, args.stat, args.repetitions)), flush=True)
-    for oc in ort_cases:
+    for oc in ran:
         if oc.note:
             notes.append(f"{oc.name}: {oc.note}")
     for n in notes:
