@@ -5,24 +5,23 @@
 // are given at philox_normal_group). That is what makes the output independent of how the work is split
 // among threads.
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kexue/core.hpp"
+#include "kexue/detail/arch/ops.hpp"
 #include "kexue/detail/simd.hpp"
-
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
 
 namespace kexue::detail {
 
 constexpr std::uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;  // round multipliers
 constexpr std::uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;  // key schedule (golden ratio, sqrt 3)
-// Eight counters are processed side by side in structure-of-arrays form so that the compiler turns the
-// 32x32->64 multiplies into vpmuludq over a whole register; 8 blocks = 32 normals = one "group".
+// The stream's layout unit: 8 consecutive blocks = 32 normals = one "group", stored word-major (normal j of block
+// 8 g + l at 32 g + 8 j + l). It is fixed, whatever the register width: a register holds L blocks side by side
+// (structure of arrays), i.e. half a group (4 lanes), one (8) or two (16).
 constexpr Index kPhiloxBlocksPerGroup = 8;
 constexpr Index kPhiloxGroup = 4 * kPhiloxBlocksPerGroup;
 
@@ -45,116 +44,107 @@ inline void philox4x32_10(const std::uint32_t ctr[4], const std::uint32_t key[2]
   out[3] = c3;
 }
 
-#if defined(__AVX2__)
-// mulhilo of 8 lanes: vpmuludq multiplies the even 32-bit lanes into 64-bit products, so the odd lanes are
-// shifted down and multiplied separately and the two high halves are blended back into place; the low
-// halves are one vpmulld (as fast as vpmuludq on this machine, and cheaper than a shift and a blend).
-inline void philox_mulhilo8(__m256i a, __m256i m, __m256i* hi, __m256i* lo) {
-  const __m256i pe = _mm256_mul_epu32(a, m);
-  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
-  *lo = _mm256_mullo_epi32(a, m);
+using U32 = Batch<std::uint32_t>;
+using I32 = Batch<std::int32_t>;
+constexpr Index kU32Lanes = kLanes<std::uint32_t>;
+
+/// Registers of blocks whose Philox rounds run interleaved: one register's ten rounds are a dependency chain of
+/// ~6 cycles per round (multiply latency 3, then shift, blend, xor), so independent registers keep the vector
+/// ports busy. Four sets of the four counter words plus temporaries fit AVX2's 16 registers; with 32 (AVX-512,
+/// ARM64) six sets fit. At least one group (8 blocks) per call.
+constexpr int kPhiloxRegs = std::max<int>(kVectorRegisters >= 32 ? 6 : 4, int((8 + kU32Lanes - 1) / kU32Lanes));
+/// Blocks and normals one call of the interleaved kernel produces (a whole number of groups).
+constexpr Index kPhiloxCallBlocks = kPhiloxRegs * kU32Lanes;
+static_assert(kPhiloxCallBlocks % kPhiloxBlocksPerGroup == 0, "kexue: Philox calls cover whole groups");
+
+inline U32 philox_iota() {
+  alignas(64) std::uint32_t v[kU32Lanes];
+  for (Index l = 0; l < kU32Lanes; ++l) v[l] = std::uint32_t(l);
+  return U32::load_aligned(v);
 }
 
-// One Philox round on G groups of 8 blocks.
+/// The four words of blocks first_block + L g + lane, for g in [0, G): c[j][g] holds word j. Counter = (block low,
+/// block high, 0, 0), key = (seed low, seed high), ten rounds (philox4x32_10 lane by lane).
 template <int G>
-inline void philox_round_avx2(__m256i* c0, __m256i* c1, __m256i* c2, __m256i* c3, __m256i m0, __m256i m1,
-                              std::uint32_t k0, std::uint32_t k1) {
-  const __m256i vk0 = _mm256_set1_epi32(static_cast<int>(k0)), vk1 = _mm256_set1_epi32(static_cast<int>(k1));
-  for (int g = 0; g < G; ++g) {
-    __m256i hi0, lo0, hi1, lo1;
-    philox_mulhilo8(c0[g], m0, &hi0, &lo0);
-    philox_mulhilo8(c2[g], m1, &hi1, &lo1);
-    c0[g] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[g]), vk0);
-    c1[g] = lo1;
-    c2[g] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[g]), vk1);
-    c3[g] = lo0;
-  }
-}
-
-// G groups of 8 blocks at once: one group's rounds form a dependency chain of ~6 cycles per round
-// (multiply latency 3, then shift, blend, xor), so four interleaved groups keep the vector ports busy.
-template <int G>
-inline void philox_groups_words_avx2(std::uint64_t seed, std::uint64_t first_block, std::uint32_t (*w)[4][8]) {
-  __m256i c0[G], c1[G], c2[G], c3[G];
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0)), m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+inline void philox_rounds(std::uint64_t seed, std::uint64_t first_block, U32 (&c)[4][G]) {
+  const U32 m0(kPhiloxM0), m1(kPhiloxM1);
   std::uint32_t k0 = std::uint32_t(seed), k1 = std::uint32_t(seed >> 32);
-  const std::uint64_t last_block = first_block + std::uint64_t(8 * G - 1);
+  const std::uint64_t last_block = first_block + std::uint64_t(G * kU32Lanes - 1);
   int round = 0;
   if ((first_block >> 32) == (last_block >> 32)) {
     // No carry into the high word: the counter is (lo + lane, hi, 0, 0) with hi the same in every lane, so the
     // first two rounds partly act on constants. Round 0: the c2 product is 0, hence c0' = hi ^ k0 (uniform),
     // c1' = 0. Round 1: the c0' product is one scalar multiply. Same values as the general rounds.
     const std::uint32_t hi = std::uint32_t(first_block >> 32);
-    const __m256i base = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(std::uint32_t(first_block))),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256i vk1 = _mm256_set1_epi32(static_cast<int>(k1));
+    const U32 base = U32(std::uint32_t(first_block)) + philox_iota();
+    const U32 vk1(k1);
     for (int g = 0; g < G; ++g) {  // round 0
-      __m256i hi0, lo0;
-      philox_mulhilo8(_mm256_add_epi32(base, _mm256_set1_epi32(8 * g)), m0, &hi0, &lo0);
-      c2[g] = _mm256_xor_si256(hi0, vk1);
-      c3[g] = lo0;
+      U32 hi0, lo0;
+      mulhilo_u32(base + U32(std::uint32_t(g * kU32Lanes)), m0, &hi0, &lo0);
+      c[2][g] = hi0 ^ vk1;
+      c[3][g] = lo0;
     }
     const std::uint32_t u = hi ^ k0;  // c0 after round 0
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
     const std::uint64_t p = std::uint64_t(kPhiloxM0) * u;  // round 1: its c0 product
-    const __m256i vk0 = _mm256_set1_epi32(static_cast<int>(k0));
-    const __m256i h0k1 = _mm256_set1_epi32(static_cast<int>(std::uint32_t(p >> 32) ^ k1));
-    const __m256i l0 = _mm256_set1_epi32(static_cast<int>(std::uint32_t(p)));
+    const U32 vk0(k0), h0k1(std::uint32_t(p >> 32) ^ k1), l0 = U32(std::uint32_t(p));
     for (int g = 0; g < G; ++g) {
-      __m256i hi1, lo1;
-      philox_mulhilo8(c2[g], m1, &hi1, &lo1);
-      c0[g] = _mm256_xor_si256(hi1, vk0);  // c1 is 0 after round 0
-      c1[g] = lo1;
-      c2[g] = _mm256_xor_si256(c3[g], h0k1);
-      c3[g] = l0;
+      U32 hi1, lo1;
+      mulhilo_u32(c[2][g], m1, &hi1, &lo1);
+      c[0][g] = hi1 ^ vk0;  // c1 is 0 after round 0
+      c[1][g] = lo1;
+      c[2][g] = c[3][g] ^ h0k1;
+      c[3][g] = l0;
     }
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
     round = 2;
   } else {
     for (int g = 0; g < G; ++g) {
-      alignas(32) std::uint32_t lo32[8], hi32[8];
-      for (int l = 0; l < 8; ++l) {
-        const std::uint64_t b = first_block + std::uint64_t(8 * g + l);
+      alignas(64) std::uint32_t lo32[kU32Lanes], hi32[kU32Lanes];
+      for (Index l = 0; l < kU32Lanes; ++l) {
+        const std::uint64_t b = first_block + std::uint64_t(g * kU32Lanes + l);
         lo32[l] = std::uint32_t(b);
         hi32[l] = std::uint32_t(b >> 32);
       }
-      c0[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo32));
-      c1[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi32));
-      c2[g] = _mm256_setzero_si256();
-      c3[g] = _mm256_setzero_si256();
+      c[0][g] = U32::load_aligned(lo32);
+      c[1][g] = U32::load_aligned(hi32);
+      c[2][g] = U32(0u);
+      c[3][g] = U32(0u);
     }
   }
   for (; round < 10; ++round) {
-    philox_round_avx2<G>(c0, c1, c2, c3, m0, m1, k0, k1);
+    const U32 vk0(k0), vk1(k1);
+    for (int g = 0; g < G; ++g) {
+      U32 hi0, lo0, hi1, lo1;
+      mulhilo_u32(c[0][g], m0, &hi0, &lo0);
+      mulhilo_u32(c[2][g], m1, &hi1, &lo1);
+      c[0][g] = hi1 ^ c[1][g] ^ vk0;
+      c[1][g] = lo1;
+      c[2][g] = hi0 ^ c[3][g] ^ vk1;
+      c[3][g] = lo0;
+    }
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }
-  for (int g = 0; g < G; ++g) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[g][0]), c0[g]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[g][1]), c1[g]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[g][2]), c2[g]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w[g][3]), c3[g]);
-  }
 }
-
-inline void philox_group_words_avx2(std::uint64_t seed, std::uint64_t first_block, std::uint32_t w[4][8]) {
-  philox_groups_words_avx2<1>(seed, first_block, reinterpret_cast<std::uint32_t(*)[4][8]>(w));
-}
-#endif
 
 /// Words of the 8 blocks [first_block, first_block + 8): w[j][l] is word j of block first_block + l.
 /// Counter = (block low, block high, 0, 0), key = (seed low, seed high).
 inline void philox_group_words(std::uint64_t seed, std::uint64_t first_block, std::uint32_t w[4][8]) {
-#if defined(__AVX2__)
-  philox_group_words_avx2(seed, first_block, w);
+  constexpr int G = int((8 + kU32Lanes - 1) / kU32Lanes);
+  U32 c[4][G];
+  philox_rounds<G>(seed, first_block, c);
+  alignas(64) std::uint32_t lanes[G * kU32Lanes];
+  for (int j = 0; j < 4; ++j) {
+    for (int g = 0; g < G; ++g) c[j][g].store_aligned(lanes + g * kU32Lanes);
+    std::memcpy(w[j], lanes, 8 * sizeof(std::uint32_t));
+  }
 }
 
-/// The portable version of philox_group_words (also the test oracle for the AVX2 one).
+/// The scalar version of philox_group_words (the test oracle for the vector one).
 inline void philox_group_words_scalar(std::uint64_t seed, std::uint64_t first_block, std::uint32_t w[4][8]) {
-#endif
   std::uint32_t c0[8], c1[8], c2[8], c3[8];
   for (int l = 0; l < 8; ++l) {
     const std::uint64_t b = first_block + std::uint64_t(l);
@@ -196,11 +186,12 @@ inline void philox_group_words_scalar(std::uint64_t seed, std::uint64_t first_bl
 //   exact integers: f is the low 22 bits of k2 sign-extended, and n mod 4 is bits 30-31 of b + 2^29. So the
 //   reduced angle a = f (pi / 2) 2^-22 is in [-pi/4, pi/4] with a single rounding, and Cephes' sinf/cosf
 //   polynomials apply directly (~1 ulp).
-// The scalar and AVX2 versions perform the same IEEE operations in the same order (every multiply-add is an
-// explicit fma), so the stream is the same whichever path computes it.
-constexpr std::uint32_t kSqrtHalfBits = 0x3f3504f3u;  // bits of float sqrt(1/2)
+// The scalar and vector versions perform the same IEEE operations in the same order (every multiply-add is an
+// explicit fma), so the stream is the same whichever path and register width computes it. Where xsimd's
+// multiply-add is not fused (x86-64 baseline SSE2), the vector path is not used for Box-Muller.
+constexpr std::uint32_t kSqrtHalfBits = 0x3f3504f3u;                              // bits of float sqrt(1/2)
 constexpr float kM2Ln2HiF = -2 * 0.693359375f, kM2Ln2LoF = -2 * -2.12194440e-4f;  // -2 ln 2, hi with 9 bits
-constexpr float kPiOver2Pow23 = 1.57079632679489661923f / 4194304.0f;  // (pi / 2) 2^-22
+constexpr float kPiOver2Pow23 = 1.57079632679489661923f / 4194304.0f;             // (pi / 2) 2^-22
 constexpr float kM2LogP[9] = {-2 * 7.0376836292E-2f,  -2 * -1.1514610310E-1f, -2 * 1.1676998740E-1f,
                               -2 * -1.2420140846E-1f, -2 * 1.4249322787E-1f,  -2 * -1.6668057665E-1f,
                               -2 * 2.0000714765E-1f,  -2 * -2.4999993993E-1f, -2 * 3.3333331174E-1f};
@@ -242,57 +233,105 @@ inline void box_muller_lane(std::uint32_t a, std::uint32_t b, float* n_cos, floa
   *n_sin = r * sin_t;
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
-/// 8 lanes of box_muller_lane, operation for operation, on words held in registers.
-inline void box_muller8(__m256i a, __m256i b, float* n_cos, float* n_sin) {
-  // radius
-  const __m256i bits =
-      _mm256_castps_si256(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32(a, 8), _mm256_set1_epi32(1))));
-  const __m256i e = _mm256_srai_epi32(_mm256_sub_epi32(bits, _mm256_set1_epi32(static_cast<int>(kSqrtHalfBits))), 23);
-  const __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(bits, _mm256_slli_epi32(e, 23)));
-  const __m256 ef = _mm256_cvtepi32_ps(_mm256_sub_epi32(e, _mm256_set1_epi32(24)));
-  const __m256 x = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
-  const __m256 z = _mm256_mul_ps(x, x);
-  __m256 p = _mm256_set1_ps(kM2LogP[0]);
-  for (int i = 1; i < 9; ++i) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(kM2LogP[i]));
-  const __m256 y2 = _mm256_fmadd_ps(_mm256_mul_ps(x, z), p, z);
-  const __m256 rr = _mm256_fmadd_ps(
-      ef, _mm256_set1_ps(kM2Ln2HiF),
-      _mm256_fmadd_ps(ef, _mm256_set1_ps(kM2Ln2LoF), _mm256_fmadd_ps(x, _mm256_set1_ps(-2.0f), y2)));
-  const __m256 r = _mm256_sqrt_ps(rr);
-  // angle: (b << 2) >> 10 (arithmetic) is the low 22 bits of b >> 8, sign-extended
-  const __m256 ang =
-      _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(b, 2), 10)), _mm256_set1_ps(kPiOver2Pow23));
-  const __m256i q = _mm256_add_epi32(b, _mm256_set1_epi32(1 << 29));
-  const __m256 a2 = _mm256_mul_ps(ang, ang);
-  const __m256 ps = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kSinP[0]), a2, _mm256_set1_ps(kSinP[1])), a2,
-                                    _mm256_set1_ps(kSinP[2]));
-  const __m256 s = _mm256_fmadd_ps(_mm256_mul_ps(ang, a2), ps, ang);
-  const __m256 pc = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kCosP[0]), a2, _mm256_set1_ps(kCosP[1])), a2,
-                                    _mm256_set1_ps(kCosP[2]));
-  const __m256 c = _mm256_fmadd_ps(_mm256_mul_ps(a2, a2), pc,
-                                   _mm256_fmadd_ps(a2, _mm256_set1_ps(-0.5f), _mm256_set1_ps(1.0f)));
-  const __m256 swap = _mm256_castsi256_ps(_mm256_slli_epi32(q, 1));  // sign bit = bit 30 of q
-  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
-  const __m256 sin_sign = _mm256_and_ps(_mm256_castsi256_ps(q), sign);
-  const __m256 cos_sign = _mm256_and_ps(_mm256_castsi256_ps(_mm256_add_epi32(q, _mm256_set1_epi32(1 << 30))), sign);
-  const __m256 sin_t = _mm256_xor_ps(_mm256_blendv_ps(s, c, swap), sin_sign);
-  const __m256 cos_t = _mm256_xor_ps(_mm256_blendv_ps(c, s, swap), cos_sign);
-  _mm256_storeu_ps(n_cos, _mm256_mul_ps(r, cos_t));
-  _mm256_storeu_ps(n_sin, _mm256_mul_ps(r, sin_t));
-}
-#endif
+using F32 = Batch<float>;
+static_assert(kLanes<float> == kU32Lanes, "kexue: float and uint32 registers have the same lane count");
 
-/// N lanes: the AVX2 kernel on whole registers, the scalar lane otherwise.
+/// box_muller_lane on every lane of N registers, operation for operation (every multiply-add an fmadd, which
+/// rounds once where the scalar std::fma does: only used where kFusedFma). The integer constants are made once
+/// for all N registers: GCC materialises each xsimd integer broadcast with a mov, a vmovd and a vpbroadcastd, ~20
+/// instructions per register that a per-register function repeated (measured 12% of a Philox fill with AVX2).
+template <int N>
+inline void box_muller_regs(const U32* a, const U32* b, F32* n_cos, F32* n_sin) {
+  const U32 one(1u), sqrt_half_bits(kSqrtHalfBits), quarter(1u << 29), half(1u << 30), sign(0x80000000u);
+  const I32 i24(24), zero(0);
+  for (int k = 0; k < N; ++k) {
+    // radius
+    const U32 bits = reinterpret<std::uint32_t>(xsimd::batch_cast<float>(reinterpret<std::int32_t>((a[k] >> 8) + one)));
+    const I32 e = reinterpret<std::int32_t>(bits - sqrt_half_bits) >> 23;  // arithmetic: floor((bits - c) / 2^23)
+    const F32 m = reinterpret<float>(bits - reinterpret<std::uint32_t>(e << 23));
+    const F32 ef = xsimd::batch_cast<float>(e - i24);
+    const F32 x = m - F32(1.0f), z = x * x;
+    F32 p(kM2LogP[0]);
+    for (int i = 1; i < 9; ++i) p = fmadd(p, x, F32(kM2LogP[i]));
+    const F32 y2 = fmadd(x * z, p, z);
+    const F32 rr = fmadd(ef, F32(kM2Ln2HiF), fmadd(ef, F32(kM2Ln2LoF), fmadd(x, F32(-2.0f), y2)));
+    const F32 r = xsimd::sqrt(rr);
+    // angle: (b << 2) >> 10 (arithmetic) is the low 22 bits of b >> 8, sign-extended
+    const F32 ang = xsimd::batch_cast<float>(reinterpret<std::int32_t>(b[k] << 2) >> 10) * F32(kPiOver2Pow23);
+    const U32 q = b[k] + quarter;
+    const F32 a2 = ang * ang;
+    const F32 ps = fmadd(fmadd(F32(kSinP[0]), a2, F32(kSinP[1])), a2, F32(kSinP[2]));
+    const F32 s = fmadd(ang * a2, ps, ang);
+    const F32 pc = fmadd(fmadd(F32(kCosP[0]), a2, F32(kCosP[1])), a2, F32(kCosP[2]));
+    const F32 c = fmadd(a2 * a2, pc, fmadd(a2, F32(-0.5f), F32(1.0f)));
+    // swap where bit 30 of q is set (odd quadrant), tested as the sign of q << 1; the signs are bit 31 of q and
+    // of q + 2^30. The selects are done on the bits as int32 lanes (one blend each).
+    const auto swap = reinterpret<std::int32_t>(q << 1) < zero;
+    const I32 si = reinterpret<std::int32_t>(s), ci = reinterpret<std::int32_t>(c);
+    const F32 sin_t = reinterpret<float>(reinterpret<std::uint32_t>(xsimd::select(swap, ci, si)) ^ (q & sign));
+    const F32 cos_t = reinterpret<float>(reinterpret<std::uint32_t>(xsimd::select(swap, si, ci)) ^ ((q + half) & sign));
+    n_cos[k] = r * cos_t;
+    n_sin[k] = r * sin_t;
+  }
+}
+
+/// N lanes of box_muller_lane: whole registers with box_muller_regs where the vector multiply-adds round as
+/// std::fma does (kFusedFma), the scalar lane otherwise.
 template <int N>
 inline void box_muller_lanes(const std::uint32_t* a, const std::uint32_t* b, float* n_cos, float* n_sin) {
   int l = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  for (; l + 8 <= N; l += 8)
-    box_muller8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + l)),
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + l)), n_cos + l, n_sin + l);
-#endif
+  if constexpr (kFusedFma) {
+    for (; l + kU32Lanes <= N; l += int(kU32Lanes)) {
+      const U32 va = U32::load_unaligned(a + l), vb = U32::load_unaligned(b + l);
+      F32 c, s;
+      box_muller_regs<1>(&va, &vb, &c, &s);
+      c.store_unaligned(n_cos + l);
+      s.store_unaligned(n_sin + l);
+    }
+  }
   for (; l < N; ++l) box_muller_lane(a[l], b[l], n_cos + l, n_sin + l);
+}
+
+/// Stores v, the normals of word pair half j (0: cosine of words 0-1, 1: sine, 2, 3: the same for words 2-3) of
+/// the L blocks starting bo blocks after a group boundary, at their stream positions relative to out (position
+/// 32 (bo / 8) + 8 j + bo % 8 for the first). Up to 8 lanes this is one contiguous store; 16 lanes span two
+/// groups, whose halves are 32 positions apart.
+inline void store_block_normals(float* out, Index bo, int j, const F32& v) {
+  float* p = out + kPhiloxGroup * (bo / kPhiloxBlocksPerGroup) + kPhiloxBlocksPerGroup * j;
+  if constexpr (kU32Lanes <= kPhiloxBlocksPerGroup) {
+    v.store_unaligned(p + bo % kPhiloxBlocksPerGroup);
+  } else if constexpr (kU32Lanes == 2 * kPhiloxBlocksPerGroup) {
+    store_halves(p, p + kPhiloxGroup, v);
+  } else {
+    alignas(64) float lanes[kU32Lanes];
+    v.store_aligned(lanes);
+    for (Index h = 0; h < kU32Lanes / kPhiloxBlocksPerGroup; ++h)
+      std::memcpy(p + kPhiloxGroup * h, lanes + kPhiloxBlocksPerGroup * h, kPhiloxBlocksPerGroup * sizeof(float));
+  }
+}
+
+/// The 4 kPhiloxCallBlocks normals of the blocks [first_block, first_block + kPhiloxCallBlocks) (first_block a
+/// multiple of 8), at their stream positions relative to out: kPhiloxRegs registers of blocks with their Philox
+/// rounds interleaved, then Box-Muller straight from the registers.
+inline void philox_normal_call(std::uint64_t seed, std::uint64_t first_block, float* out) {
+  U32 c[4][kPhiloxRegs];
+  philox_rounds<kPhiloxRegs>(seed, first_block, c);
+  if constexpr (kFusedFma) {
+    F32 n[4][kPhiloxRegs];
+    box_muller_regs<kPhiloxRegs>(c[0], c[1], n[0], n[1]);
+    box_muller_regs<kPhiloxRegs>(c[2], c[3], n[2], n[3]);
+    for (int g = 0; g < kPhiloxRegs; ++g)
+      for (int j = 0; j < 4; ++j) store_block_normals(out, g * kU32Lanes, j, n[j][g]);
+  } else {
+    alignas(64) std::uint32_t w[4][kU32Lanes];
+    alignas(64) float n[4][kU32Lanes];
+    for (int g = 0; g < kPhiloxRegs; ++g) {
+      for (int j = 0; j < 4; ++j) c[j][g].store_aligned(w[j]);
+      box_muller_lanes<int(kU32Lanes)>(w[0], w[1], n[0], n[1]);
+      box_muller_lanes<int(kU32Lanes)>(w[2], w[3], n[2], n[3]);
+      for (int j = 0; j < 4; ++j) store_block_normals(out, g * kU32Lanes, j, F32::load_aligned(n[j]));
+    }
+  }
 }
 
 /// Normals at positions [32 g, 32 g + 32) of stream seed. Position 32 g + 8 j + l is normal j of block
@@ -300,34 +339,19 @@ inline void box_muller_lanes(const std::uint32_t* a, const std::uint32_t* b, flo
 /// normals 0 and 1 are the cosine and sine halves of the Box-Muller pair (words 0, 1), normals 2 and 3 of
 /// the pair (words 2, 3).
 inline void philox_normal_group(std::uint64_t seed, std::uint64_t g, float* out) {
-  alignas(32) std::uint32_t w[4][8];
+  alignas(64) std::uint32_t w[4][8];
   philox_group_words(seed, g * kPhiloxBlocksPerGroup, w);
   box_muller_lanes<8>(w[0], w[1], out, out + 8);
   box_muller_lanes<8>(w[2], w[3], out + 16, out + 24);
 }
 
-/// Four consecutive groups g .. g + 3 (128 normals) with the Philox rounds of the groups interleaved where
-/// AVX2 is available (one group's rounds are a latency-bound chain).
-constexpr Index kPhiloxQuad = 4 * kPhiloxGroup;
-inline void philox_normal_group_quad(std::uint64_t seed, std::uint64_t g, float* out) {
-#if defined(__AVX2__) && defined(__FMA__)
-  alignas(32) std::uint32_t w[4][4][8];
-  philox_groups_words_avx2<4>(seed, g * kPhiloxBlocksPerGroup, w);
-  const auto word = [&](int k, int j) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(w[k][j])); };
-  for (int k = 0; k < 4; ++k) {
-    float* o = out + kPhiloxGroup * k;
-    box_muller8(word(k, 0), word(k, 1), o, o + 8);
-    box_muller8(word(k, 2), word(k, 3), o + 16, o + 24);
-  }
-#else
-  for (int k = 0; k < 4; ++k) philox_normal_group(seed, g + std::uint64_t(k), out + k * kPhiloxGroup);
-#endif
-}
+/// Normals per philox_normal_call.
+constexpr Index kPhiloxCallNormals = 4 * kPhiloxCallBlocks;
 
 /// out[i] = normal number (position + i) of stream seed, i in [0, n). Serial.
 template <class T>
 inline void philox_normal_serial(std::uint64_t seed, std::uint64_t position, T* out, Index n) {
-  alignas(32) float tmp[kPhiloxGroup];
+  alignas(64) float tmp[kPhiloxGroup];
   Index i = 0;
   while (i < n) {
     const std::uint64_t p = position + std::uint64_t(i);
@@ -335,9 +359,9 @@ inline void philox_normal_serial(std::uint64_t seed, std::uint64_t position, T* 
     const Index skip = static_cast<Index>(p % kPhiloxGroup);
     const Index take = std::min<Index>(kPhiloxGroup - skip, n - i);
     if constexpr (std::is_same<T, float>::value) {
-      if (skip == 0 && n - i >= kPhiloxQuad) {
-        philox_normal_group_quad(seed, g, out + i);
-        i += kPhiloxQuad;
+      if (skip == 0 && n - i >= kPhiloxCallNormals) {
+        philox_normal_call(seed, g * kPhiloxBlocksPerGroup, out + i);
+        i += kPhiloxCallNormals;
         continue;
       }
       if (skip == 0 && take == kPhiloxGroup) {
