@@ -81,10 +81,13 @@ inline std::vector<double> reference_attention(const std::vector<double>& q, con
   return out;
 }
 
-/// The one-row (decode) kernel exactly as it was before query rows sharing a KV head were grouped (commit
-/// 2494720, detail::attention_one_row): one query row against keys [0, lim) in chunks of kChunk keys, dot() per
+/// The one-row (decode) kernel as it was before query rows sharing a KV head were grouped (commit 2494720,
+/// detail::attention_one_row): one query row against keys [0, lim) in chunks of kChunk keys, a dot product per
 /// visible key, the online-softmax update per chunk, scale() and axpy() per key of nonzero weight. Kept here,
-/// frozen, so that the grouped kernel can be checked bit for bit against the arithmetic it must preserve.
+/// frozen, so that the grouped kernel can be checked bit for bit against the arithmetic it must preserve. One
+/// deliberate change since: the per-key dot product is detail::dot_chain (one accumulator per key) instead of
+/// detail::dot (four), in both the kernel and here, because dot()'s combining adds cost 3/4 of its FMAs at d = 64
+/// with 16-float registers.
 template <class T, kexue::Index kChunk = 64>
 void frozen_one_row(const T* q, kexue::Index d, const T* k, kexue::Index ldk, const T* v, kexue::Index ldv,
                     kexue::Index dv, kexue::Index lim, const unsigned char* mask, T rowscale, bool relu2, T relu2_inv,
@@ -104,7 +107,7 @@ void frozen_one_row(const T* q, kexue::Index d, const T* k, kexue::Index ldk, co
         sbuf[j] = relu2 ? T(0) : ninf;
         continue;
       }
-      T sv = kd::dot(q, k + (j0 + j) * ldk, d) * rowscale;
+      T sv = kd::dot_chain(q, k + (j0 + j) * ldk, d) * rowscale;
       if (relu2) {
         sv = sv > T(0) ? sv * sv : T(0);
       } else {

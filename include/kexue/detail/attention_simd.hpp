@@ -446,27 +446,37 @@ inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
   }
 }
 
-/// q . k_u for the kLanes<T> keys k_u = k + u * ldk, as one batch, each with the bits of dot(q, k_u, d). d must be
-/// a multiple of kLanes<T> (dot's scalar tail is then empty): per key the same four accumulators over blocks of
-/// 4 registers, the same single-register tail into the first, the same (s0 + s1) + (s2 + s3); only the final
-/// horizontal sums are done for all keys together (reduce_add_lanes).
+/// q . k for one key in the one-row kernel's order: one accumulator over the whole registers of the row, in order,
+/// its lanes summed by reduce_add, then the scalar tail with madd. One chain per key instead of dot()'s four
+/// accumulators: the kernel runs kLanes keys side by side (dot_lanes), which already gives the FMA pipes enough
+/// independent chains, and at d = 64 with 16-float registers dot()'s three combining adds per key would cost
+/// three quarters as much as its four FMAs.
+template <class T>
+inline T dot_chain(const T* q, const T* k, Index d) {
+  constexpr Index L = kLanes<T>;
+  Index i = 0;
+  T s = T(0);
+  if (d >= L) {
+    Batch<T> acc = load(q) * load(k);
+    for (i = L; i + L <= d; i += L) acc = xsimd::fma(load(q + i), load(k + i), acc);
+    s = reduce_add<T>(acc);
+  }
+  for (; i < d; ++i) s = madd(q[i], k[i], s);
+  return s;
+}
+
+/// q . k_u for the kLanes<T> keys k_u = k + u * ldk, as one batch, each with the bits of dot_chain(q, k_u, d). d must
+/// be a multiple of kLanes<T> (no scalar tail): per key the same chain, only the final horizontal sums are done for
+/// all keys together (reduce_add_lanes).
 template <class T, Index kD = 0>
 inline Batch<T> dot_lanes(const T* q, const T* k, Index ldk, Index d_runtime) {
   constexpr Index L = kLanes<T>;
   const Index d = kD > 0 ? kD : d_runtime;  // kD > 0: the common head sizes, loops fully unrolled
   Batch<T> t[L];
-  for (Index u = 0; u < L; ++u) {
-    const T* b = k + u * ldk;
-    Batch<T> s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
-    Index i = 0;
-    for (; i + 4 * L <= d; i += 4 * L) {
-      s0 = xsimd::fma(load(q + i), load(b + i), s0);
-      s1 = xsimd::fma(load(q + i + L), load(b + i + L), s1);
-      s2 = xsimd::fma(load(q + i + 2 * L), load(b + i + 2 * L), s2);
-      s3 = xsimd::fma(load(q + i + 3 * L), load(b + i + 3 * L), s3);
-    }
-    for (; i + L <= d; i += L) s0 = xsimd::fma(load(q + i), load(b + i), s0);
-    t[u] = (s0 + s1) + (s2 + s3);
+  for (Index u = 0; u < L; ++u) t[u] = load(q) * load(k + u * ldk);
+  for (Index i = L; i < d; i += L) {
+    const Batch<T> qi = load(q + i);
+    for (Index u = 0; u < L; ++u) t[u] = xsimd::fma(qi, load(k + u * ldk + i), t[u]);
   }
   return reduce_add_lanes<T>(t);
 }
@@ -505,7 +515,7 @@ struct RowSet {
 ///
 /// The rows share one pass over the keys: each key chunk's K rows are read from memory once and dotted with
 /// every row's q while they sit in L1, and each V row once for the P V update of all rows (pv_rows). Each
-/// row's arithmetic is nevertheless exactly that of a set holding that row alone: the same dot() per key, the
+/// row's arithmetic is nevertheless exactly that of a set holding that row alone: the same dot_chain() per key, the
 /// same chunk boundaries (multiples of kChunk from key 0), the same online-softmax update per chunk and the same
 /// per-element fma sequence for O, only interleaved across rows. So the grouped decode of a GQA/MQA step gives
 /// each head the bits it gets when run alone, and they do not depend on how the heads are grouped.
@@ -554,7 +564,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
       const T rs = set.rowscale[r];
       T cm = ninf;
       // Whole registers of keys that are all visible take the vector path (dot_lanes); the others, key by key,
-      // the scalar one. Both give every key the bits of dot(); the selects below are std::max / std::min /
+      // the scalar one. Both give every key the bits of dot_chain(); the selects below are std::max / std::min /
       // the relu2 ternary lane by lane (a NaN logit is kept, and never becomes the max, as in the scalar code).
       const Batch<T> vrs(rs), vbig(big), vnbig(-big), vzero(T(0));
       Batch<T> vcm(ninf);
@@ -591,7 +601,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
             sb[u] = relu2 ? T(0) : ninf;
             continue;
           }
-          T sv = dot(q, k + (j0 + u) * ldk, d) * rs;
+          T sv = dot_chain(q, k + (j0 + u) * ldk, d) * rs;
           if (relu2) {
             sv = sv > T(0) ? sv * sv : T(0);
           } else {
