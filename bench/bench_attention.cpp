@@ -91,6 +91,27 @@ void attention_args(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_attention)->Apply(attention_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// Causal prefill with grouped-query attention: 8 query heads sharing kv_heads K/V heads, n = m, d = 64, 1 thread
+// (the shape of ONNX Runtime's GroupQueryAttention prefill and of a LLaMA-style prompt).
+void BM_attention_gqa_prefill(benchmark::State& state) {
+  const Index kv_heads = state.range(0), n = state.range(1);
+  set_threads(1);
+  Inputs in(kHeads, kv_heads, n, n);
+  kexue::AttentionOptions opt;
+  opt.causal = true;
+  for (auto _ : state) {
+    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 2.0 * double(n) * double(n) * kDim * kHeads, 1);
+}
+BENCHMARK(BM_attention_gqa_prefill)
+    ->ArgNames({"kv_heads", "n"})
+    ->Args({2, 2048})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // A key mask (every 7th key hidden, as scattered padding tokens are), 1 thread, n = m = 2048, softmax. Arg 1: the
 // hidden keys' v rows hold NaN, so every partially masked key tile runs the masked P V product (select instead
 // of multiply) that keeps them out of the rows; arg 0: finite garbage there, the plain product. The gap is the
