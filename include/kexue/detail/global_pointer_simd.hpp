@@ -296,9 +296,11 @@ inline void gp_strip(const GpParams<T>& p, const T* qpack, const T* kpack, Index
           const Index i = i0 + r;
           T* row = o.out + i * o.ld;
           const T rb = o.row_bias ? o.row_bias[i] : T(0);
+          // madd, not std::fma: the same rounding as the vector tiles' xsimd::fma on every target (one rounding
+          // only where the hardware fuses; on SSE2 std::fma would also be a slow software call).
           for (Index j = j0; j < j_end; ++j) {
             const bool keep = j < len && (!p.tril || j >= i);
-            row[j] = keep ? std::fma(tile[r * NR + (j - j0)], p.scale, rb + (o.col_bias ? o.col_bias[j] : T(0)))
+            row[j] = keep ? madd(tile[r * NR + (j - j0)], p.scale, rb + (o.col_bias ? o.col_bias[j] : T(0)))
                           : p.fill;
           }
         }
