@@ -157,7 +157,7 @@ TEST_CASE("TorchGenerator double output matches torch.randn(dtype=float64)", "[r
   }
 }
 
-TEST_CASE("torch's AVX2 Box-Muller: the vector kernel equals its one-lane port", "[random][torch]") {
+TEST_CASE("torch's AVX2 Box-Muller: the vector kernel (any width) equals its one-lane port", "[random][torch]") {
   // Uniforms across the whole range, including 0 (u1 = 1, log 0 = 0) and the largest (u1 = 2^-24).
   std::vector<float> u(16 * 64);
   std::mt19937 e(3);
@@ -172,6 +172,13 @@ TEST_CASE("torch's AVX2 Box-Muller: the vector kernel equals its one-lane port",
     kexue::detail::torch_normal_fill_16_scalar(b.data() + i);
   }
   CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  // Many chunks in one call (16 lanes take two chunks per register pair), an odd count included.
+  for (Index chunks : {Index(64), Index(63), Index(3)}) {
+    std::vector<float> c = u;
+    kexue::detail::torch_normal_fill_chunks(c.data(), chunks);
+    CHECK(std::memcmp(c.data(), b.data(), std::size_t(16 * chunks) * sizeof(float)) == 0);
+    CHECK(std::equal(c.begin() + 16 * chunks, c.end(), u.begin() + 16 * chunks));  // nothing past the chunks
+  }
   CHECK(std::all_of(a.begin(), a.end(), [](float v) { return std::isfinite(v); }));
   CHECK(a[0] == 0.0f);  // u1 = 1 gives radius 0
   // The Cephes log is accurate to ~1 ulp of the true value.

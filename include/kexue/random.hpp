@@ -4,10 +4,9 @@
 /// counter-based Philox 4x32-10 generator whose output does not depend on the thread count (the fast
 /// default for DDPM noise).
 
-
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <algorithm>
 #include <vector>
 
 #include "kexue/core.hpp"
@@ -31,8 +30,8 @@ scalar_of<Derived>* random_output(const char* function, const Eigen::DenseBase<D
 ///   (detail::Mt19937: std::mt19937's sequence, twisted and tempered 8 words at a time);
 /// - n >= 16: n uniforms u = (r & 0xFFFFFF) 2^-24 from one 32-bit draw each (53 bits from two draws for
 ///   double), Box-Muller on chunks of 16 (u1 = 1 - u[j], u2 = u[j + 8], j < 8); when 16 does not divide n, 16
-///   fresh uniforms replace the last 16 values; float uses torch's AVX2 Cephes log/sincos bit for bit, double
-///   uses libm as torch does;
+///   fresh uniforms replace the last 16 values; float uses torch's AVX2 Cephes log/sincos bit for bit (at any register
+///   width), double uses libm as torch does;
 /// - n < 16: one double Box-Muller pair per two values from 53-bit uniforms, the sine half cached in the
 ///   generator for the next value (also across calls), as at::normal_distribution<double> does.
 /// The float n >= 16 path matches torch builds that dispatch to AVX2 or AVX512 (any x86-64 CPU with AVX2);
@@ -89,6 +88,10 @@ class TorchGenerator {
   }
 
   static void fill16(float* data) { detail::torch_normal_fill_16(data); }
+  static void fill_chunks(float* data, Index chunks) { detail::torch_normal_fill_chunks(data, chunks); }
+  static void fill_chunks(double* data, Index chunks) {
+    for (Index c = 0; c < chunks; ++c) fill16(data + 16 * c);
+  }
   static void fill16(double* data) {
     for (int j = 0; j < 8; ++j) {
       const double u1 = 1.0 - data[j], u2 = data[j + 8];
@@ -106,7 +109,7 @@ class TorchGenerator {
       return;
     }
     uniforms(out, n);
-    for (Index i = 0; i + 16 <= n; i += 16) fill16(out + i);
+    fill_chunks(out, n / 16);
     if (n % 16 != 0) {
       T* tail = out + n - 16;
       uniforms(tail, 16);

@@ -2,18 +2,15 @@
 #pragma once
 // MT19937 with a bulk interface: the same sequence as std::mt19937 (and as PyTorch's CPU generator, which is
 // MT19937 seeded the standard way), but the twist of the 624-word state and the tempering of a run of draws
-// are done 8 words at a time with AVX2. std::mt19937 tempers one draw per call, which made it most of the
-// cost of a torch.randn-compatible fill. This is a SIMD helper file (it talks to the intrinsics directly,
-// like random_philox.hpp) with a portable fallback that performs the same integer operations.
+// are done a register of words at a time (4, 8 or 16 words: xsimd integer operations, any width), with the
+// scalar word operations for the remainders. std::mt19937 tempers one draw per call, which made it most of the
+// cost of a torch.randn-compatible fill.
 
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 #include "kexue/core.hpp"
+#include "kexue/detail/simd.hpp"
 
 namespace kexue::detail {
 
@@ -59,21 +56,22 @@ class Mt19937 {
     return y ^ (y >> 18);
   }
 
+  using U32 = Batch<std::uint32_t>;
+  static constexpr int kL = int(U32::size);
+  static_assert(kL <= kStateWords - kShift, "kexue: a register of words must not reach its own new words");
+
   // x[k] = x[k + kShift (mod 624)] ^ twisted(x[k] upper bit, x[k + 1] lower bits), for k = 0 .. 623 in order:
-  // x[k + 1] is always the old word and x[k + kShift - 624] (k >= 227) is already the new one. A block of 8
-  // consecutive k keeps both properties: it reads x[k + 8] before the next block writes it, and the new words
-  // it reads are at least 227 positions back.
+  // x[k + 1] is always the old word and x[k + kShift - 624] (k >= 227) is already the new one. A block of kL
+  // consecutive k (up to 227) keeps both properties: it reads x[k + kL] before the next block writes it, and
+  // the new words it reads are at least 227 positions back.
   void twist() {
     constexpr int kFirst = kStateWords - kShift;  // 227: words whose partner is still old
-    int k = 0;
-#if defined(__AVX2__)
-    for (; k + 8 <= kFirst; k += 8) twist8(k, k + kShift);
-#endif
-    for (; k < kFirst; ++k) twist1(k, k + kShift);
-#if defined(__AVX2__)
-    for (; k + 8 <= kStateWords - 1; k += 8) twist8(k, k - kFirst);
-#endif
-    for (; k < kStateWords - 1; ++k) twist1(k, k - kFirst);
+    // Compile-time loop bounds (GCC 12 otherwise warns that a tail loop could run past the state).
+    constexpr int kEnd1 = kFirst / kL * kL, kEnd2 = kFirst + (kStateWords - 1 - kFirst) / kL * kL;
+    for (int k = 0; k < kEnd1; k += kL) twist_vec(k, k + kShift);
+    for (int k = kEnd1; k < kFirst; ++k) twist1(k, k + kShift);
+    for (int k = kFirst; k < kEnd2; k += kL) twist_vec(k, k - kFirst);
+    for (int k = kEnd2; k < kStateWords - 1; ++k) twist1(k, k - kFirst);
     const std::uint32_t y = (x_[kStateWords - 1] & kUpper) | (x_[0] & kLower);
     x_[kStateWords - 1] = x_[kShift - 1] ^ (y >> 1) ^ ((y & 1u) ? kMatrixA : 0u);
     next_ = 0;
@@ -84,30 +82,23 @@ class Mt19937 {
     x_[k] = x_[partner] ^ (y >> 1) ^ ((y & 1u) ? kMatrixA : 0u);
   }
 
-#if defined(__AVX2__)
-  void twist8(int k, int partner) {
-    const auto ld = [&](int i) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_ + i)); };
-    const __m256i y = _mm256_or_si256(_mm256_and_si256(ld(k), _mm256_set1_epi32(static_cast<int>(kUpper))),
-                                      _mm256_and_si256(ld(k + 1), _mm256_set1_epi32(static_cast<int>(kLower))));
-    const __m256i odd = _mm256_srai_epi32(_mm256_slli_epi32(y, 31), 31);  // all ones where y is odd
-    const __m256i mag = _mm256_and_si256(odd, _mm256_set1_epi32(static_cast<int>(kMatrixA)));
-    const __m256i r = _mm256_xor_si256(_mm256_xor_si256(ld(partner), _mm256_srli_epi32(y, 1)), mag);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(x_ + k), r);
+  void twist_vec(int k, int partner) {
+    const U32 y = (U32::load_unaligned(x_ + k) & U32(kUpper)) | (U32::load_unaligned(x_ + k + 1) & U32(kLower));
+    const U32 mag = (U32(0u) - (y & U32(1u))) & U32(kMatrixA);  // kMatrixA where y is odd: 0 - 1 is all ones
+    (U32::load_unaligned(x_ + partner) ^ (y >> 1) ^ mag).store_unaligned(x_ + k);
   }
-#endif
 
   static void temper_run(const std::uint32_t* in, std::uint32_t* out, int n) {
     int i = 0;
-#if defined(__AVX2__)
-    for (; i + 8 <= n; i += 8) {
-      __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
-      y = _mm256_xor_si256(y, _mm256_srli_epi32(y, 11));
-      y = _mm256_xor_si256(y, _mm256_and_si256(_mm256_slli_epi32(y, 7), _mm256_set1_epi32(0x9d2c5680)));
-      y = _mm256_xor_si256(y, _mm256_and_si256(_mm256_slli_epi32(y, 15), _mm256_set1_epi32(static_cast<int>(0xefc60000u))));
-      y = _mm256_xor_si256(y, _mm256_srli_epi32(y, 18));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), y);
+    const U32 b(0x9d2c5680u), c(0xefc60000u);
+    for (; i + kL <= n; i += kL) {
+      U32 y = U32::load_unaligned(in + i);
+      y ^= y >> 11;
+      y ^= (y << 7) & b;
+      y ^= (y << 15) & c;
+      y ^= y >> 18;
+      y.store_unaligned(out + i);
     }
-#endif
     for (; i < n; ++i) out[i] = temper(in[i]);
   }
 

@@ -9,17 +9,16 @@
 // _mm256_mul_ps + _mm256_add_ps into vfmadd at -O2). The fusion pattern below was identified by comparing
 // against torch 1.13's output over 100k values: every fused step is an explicit fma here, and every product
 // that torch rounded separately goes through opaque() so that our own compiler cannot fuse it either.
-// This is a SIMD helper file: it talks to the intrinsics directly because it must mirror intrinsics code.
+// The vector version is written once over xsimd (any register width; 16 lanes take two chunks at a time) and
+// performs the same operations as the scalar lane, so its output is the same whatever the width.
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
-
 #include "kexue/core.hpp"
+#include "kexue/detail/arch/ops.hpp"
+#include "kexue/detail/simd.hpp"
 
 namespace kexue::detail {
 
@@ -133,98 +132,128 @@ inline void torch_normal_fill_16_scalar(float* data) {
   }
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
-inline __m256 opaque(__m256 v) {
-#if defined(__GNUC__)
-  __asm__("" : "+x"(v));
-#endif
-  return v;
+namespace torch_vec {
+using F = Batch<float>;
+using I = Batch<std::int32_t>;
+using U = Batch<std::uint32_t>;
+
+inline F from_bits(std::uint32_t u) { return reinterpret<float>(U(u)); }
+
+/// log256_ps on every lane (torch_log_lane's operations; the NaN for x <= 0 is all ones, as _mm256_or_ps makes it).
+inline F log(F x) {
+  const F one(1.0f);
+  const auto invalid = x <= F(0.0f);
+  x = xsimd::max(x, from_bits(0x00800000u));
+  const U xb = reinterpret<std::uint32_t>(x);
+  const I imm0 = reinterpret<std::int32_t>(xb >> 23) - I(0x7f);
+  x = reinterpret<float>((xb & U(~0x7f800000u)) | U(float_bits(0.5f)));
+  F e = xsimd::batch_cast<float>(imm0) + one;
+  const auto mask = x < F(kCephesSqrtHf);
+  const F tmp = xsimd::select(mask, x, F(0.0f));
+  x = x - one;
+  e = e - xsimd::select(mask, one, F(0.0f));
+  x = x + tmp;
+  const F z = x * x;
+  F y(kCephesLogP[0]);
+  for (int k = 1; k < 9; ++k) y = fmadd(y, x, F(kCephesLogP[k]));
+  y = y * x;
+  y = fmadd(y, z, opaque(e * F(kCephesLogQ1)));
+  y = y - opaque(z * F(0.5f));
+  x = x + y;
+  x = x + opaque(e * F(kCephesLogQ2));
+  return xsimd::select(invalid, from_bits(0xFFFFFFFFu), x);
 }
 
-inline __m256 torch_log256(__m256 x) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 invalid = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LE_OS);
-  x = _mm256_max_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x00800000)));
-  __m256i imm0 = _mm256_srli_epi32(_mm256_castps_si256(x), 23);
-  x = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(~0x7f800000)));
-  x = _mm256_or_ps(x, _mm256_set1_ps(0.5f));
-  imm0 = _mm256_sub_epi32(imm0, _mm256_set1_epi32(0x7f));
-  __m256 e = _mm256_add_ps(_mm256_cvtepi32_ps(imm0), one);
-  const __m256 mask = _mm256_cmp_ps(x, _mm256_set1_ps(kCephesSqrtHf), _CMP_LT_OS);
-  const __m256 tmp = _mm256_and_ps(x, mask);
-  x = _mm256_sub_ps(x, one);
-  e = _mm256_sub_ps(e, _mm256_and_ps(one, mask));
-  x = _mm256_add_ps(x, tmp);
-  const __m256 z = _mm256_mul_ps(x, x);
-  __m256 y = _mm256_set1_ps(kCephesLogP[0]);
-  for (int k = 1; k < 9; ++k) y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(kCephesLogP[k]));
-  y = _mm256_mul_ps(y, x);
-  y = _mm256_fmadd_ps(y, z, opaque(_mm256_mul_ps(e, _mm256_set1_ps(kCephesLogQ1))));
-  y = _mm256_sub_ps(y, opaque(_mm256_mul_ps(z, _mm256_set1_ps(0.5f))));
-  x = _mm256_add_ps(x, y);
-  x = _mm256_add_ps(x, opaque(_mm256_mul_ps(e, _mm256_set1_ps(kCephesLogQ2))));
-  return _mm256_or_ps(x, invalid);
+/// sincos256_ps on every lane (torch_sincos_lane's operations).
+inline void sincos(F x, F* s, F* c) {
+  const U sign(0x80000000u);
+  U sign_sin = reinterpret<std::uint32_t>(x) & sign;
+  x = reinterpret<float>(reinterpret<std::uint32_t>(x) & U(0x7fffffffu));
+  F y = x * F(kCephesFopi);
+  I j = xsimd::batch_cast<std::int32_t>(y);  // truncation, as _mm256_cvttps_epi32
+  j = (j + I(1)) & I(~1);
+  y = xsimd::batch_cast<float>(j);
+  const U swap_sign = reinterpret<std::uint32_t>((j & I(4)) << 29);
+  const auto sin_poly = (j & I(2)) == I(0);
+  x = x + opaque(y * F(kCephesDp1));
+  x = x + opaque(y * F(kCephesDp2));
+  x = x + opaque(y * F(kCephesDp3));
+  const U sign_cos = reinterpret<std::uint32_t>((~(j - I(2)) & I(4)) << 29);
+  sign_sin = sign_sin ^ swap_sign;
+  const F z = x * x;
+  F yc = fmadd(F(kCoscofP0), z, F(kCoscofP1));
+  yc = fmadd(yc, z, F(kCoscofP2));
+  yc = yc * z;
+  yc = fmsub(yc, z, opaque(z * F(0.5f)));
+  yc = yc + F(1.0f);
+  F ys = fmadd(F(kSincofP0), z, F(kSincofP1));
+  ys = fmadd(ys, z, F(kSincofP2));
+  ys = ys * z;
+  ys = fmadd(ys, x, x);
+  // The polynomial selection with masks (and, andnot) as in avx_mathfun, on the bits.
+  const I ysi = reinterpret<std::int32_t>(ys), yci = reinterpret<std::int32_t>(yc), zero(0);
+  const F ysin2 = reinterpret<float>(xsimd::select(sin_poly, ysi, zero));
+  const F ysin1 = reinterpret<float>(xsimd::select(sin_poly, zero, yci));
+  const F sin_v = ysin1 + ysin2, cos_v = (yc - ysin1) + (ys - ysin2);
+  *s = reinterpret<float>(reinterpret<std::uint32_t>(sin_v) ^ sign_sin);
+  *c = reinterpret<float>(reinterpret<std::uint32_t>(cos_v) ^ sign_cos);
 }
 
-inline void torch_sincos256(__m256 x, __m256* s, __m256* c) {
-  const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
-  __m256 sign_bit_sin = _mm256_and_ps(x, sign_mask);
-  x = _mm256_andnot_ps(sign_mask, x);
-  __m256 y = _mm256_mul_ps(x, _mm256_set1_ps(kCephesFopi));
-  __m256i imm2 = _mm256_cvttps_epi32(y);
-  imm2 = _mm256_add_epi32(imm2, _mm256_set1_epi32(1));
-  imm2 = _mm256_and_si256(imm2, _mm256_set1_epi32(~1));
-  y = _mm256_cvtepi32_ps(imm2);
-  __m256i imm4 = imm2;
-  __m256i imm0 = _mm256_slli_epi32(_mm256_and_si256(imm2, _mm256_set1_epi32(4)), 29);
-  imm2 = _mm256_cmpeq_epi32(_mm256_and_si256(imm2, _mm256_set1_epi32(2)), _mm256_setzero_si256());
-  const __m256 swap_sign_bit_sin = _mm256_castsi256_ps(imm0);
-  const __m256 poly_mask = _mm256_castsi256_ps(imm2);
-  x = _mm256_add_ps(x, opaque(_mm256_mul_ps(y, _mm256_set1_ps(kCephesDp1))));
-  x = _mm256_add_ps(x, opaque(_mm256_mul_ps(y, _mm256_set1_ps(kCephesDp2))));
-  x = _mm256_add_ps(x, opaque(_mm256_mul_ps(y, _mm256_set1_ps(kCephesDp3))));
-  imm4 = _mm256_sub_epi32(imm4, _mm256_set1_epi32(2));
-  imm4 = _mm256_andnot_si256(imm4, _mm256_set1_epi32(4));
-  imm4 = _mm256_slli_epi32(imm4, 29);
-  const __m256 sign_bit_cos = _mm256_castsi256_ps(imm4);
-  sign_bit_sin = _mm256_xor_ps(sign_bit_sin, swap_sign_bit_sin);
-  const __m256 z = _mm256_mul_ps(x, x);
-  __m256 yc = _mm256_fmadd_ps(_mm256_set1_ps(kCoscofP0), z, _mm256_set1_ps(kCoscofP1));
-  yc = _mm256_fmadd_ps(yc, z, _mm256_set1_ps(kCoscofP2));
-  yc = _mm256_mul_ps(yc, z);
-  yc = _mm256_fmsub_ps(yc, z, opaque(_mm256_mul_ps(z, _mm256_set1_ps(0.5f))));
-  yc = _mm256_add_ps(yc, _mm256_set1_ps(1.0f));
-  __m256 ys = _mm256_fmadd_ps(_mm256_set1_ps(kSincofP0), z, _mm256_set1_ps(kSincofP1));
-  ys = _mm256_fmadd_ps(ys, z, _mm256_set1_ps(kSincofP2));
-  ys = _mm256_mul_ps(ys, z);
-  ys = _mm256_fmadd_ps(ys, x, x);
-  const __m256 ysin2 = _mm256_and_ps(poly_mask, ys);
-  const __m256 ysin1 = _mm256_andnot_ps(poly_mask, yc);
-  const __m256 sin_v = _mm256_add_ps(ysin1, ysin2);
-  const __m256 cos_v = _mm256_add_ps(_mm256_sub_ps(yc, ysin1), _mm256_sub_ps(ys, ysin2));
-  *s = _mm256_xor_ps(sin_v, sign_bit_sin);
-  *c = _mm256_xor_ps(cos_v, sign_bit_cos);
+/// normal_fill_16 on the lanes: u1 = 1 - a, u2 = b -> a = r cos, b = r sin.
+inline void box_muller(F* a, F* b) {
+  const F u1 = F(1.0f) - *a;
+  const F radius = xsimd::sqrt(F(-2.0f) * log(u1));
+  const F theta = F(kTorchTwoPi) * *b;
+  F s, c;
+  sincos(theta, &s, &c);
+  *a = radius * c;
+  *b = radius * s;
+}
+}  // namespace torch_vec
+
+/// torch's normal_fill_16 on `chunks` consecutive chunks of 16 floats (data[16 c .. 16 c + 16) each), in order.
+/// Vector lanes where xsimd's multiply-add rounds as the scalar std::fma does (kFusedFma), else the scalar port.
+inline void torch_normal_fill_chunks(float* data, Index chunks) {
+  using F = torch_vec::F;
+  constexpr Index L = kLanes<float>;
+  static_assert(L <= 8 ? 8 % L == 0 : L == 16, "kexue: torch_normal_fill_chunks handles 1, 2, 4, 8 or 16 lanes");
+  if constexpr (!kFusedFma) {
+    for (Index c = 0; c < chunks; ++c) torch_normal_fill_16_scalar(data + 16 * c);
+  } else if constexpr (L <= 8) {
+    // A chunk is 8 / L register pairs (u1 from the first 8 values, u2 from the next 8).
+    for (Index c = 0; c < chunks; ++c) {
+      float* d = data + 16 * c;
+      for (Index h = 0; h < 8; h += L) {
+        F a = F::load_unaligned(d + h), b = F::load_unaligned(d + 8 + h);
+        torch_vec::box_muller(&a, &b);
+        a.store_unaligned(d + h);
+        b.store_unaligned(d + 8 + h);
+      }
+    }
+  } else {
+    // Two chunks per register pair: lanes [0, 8) from chunk c, [8, 16) from chunk c + 1.
+    Index c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+      float* d = data + 16 * c;
+      F a = load_halves(d, d + 16), b = load_halves(d + 8, d + 24);
+      torch_vec::box_muller(&a, &b);
+      store_halves(d, d + 16, a);
+      store_halves(d + 8, d + 24, b);
+    }
+    if (c < chunks) {  // an odd last chunk: its lanes padded with a copy of itself
+      float* d = data + 16 * c;
+      F a = load_halves(d, d), b = load_halves(d + 8, d + 8);
+      torch_vec::box_muller(&a, &b);
+      alignas(64) float ra[16], rb[16];
+      a.store_aligned(ra);
+      b.store_aligned(rb);
+      std::memcpy(d, ra, 8 * sizeof(float));
+      std::memcpy(d + 8, rb, 8 * sizeof(float));
+    }
+  }
 }
 
-inline void torch_normal_fill_16_avx2(float* data) {
-  const __m256 u1 = _mm256_sub_ps(_mm256_set1_ps(1.0f), _mm256_loadu_ps(data));
-  const __m256 u2 = _mm256_loadu_ps(data + 8);
-  const __m256 radius = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), torch_log256(u1)));
-  const __m256 theta = _mm256_mul_ps(_mm256_set1_ps(kTorchTwoPi), u2);
-  __m256 s, c;
-  torch_sincos256(theta, &s, &c);
-  _mm256_storeu_ps(data, _mm256_mul_ps(radius, c));
-  _mm256_storeu_ps(data + 8, _mm256_mul_ps(radius, s));
-}
-#endif
-
-/// torch's normal_fill_16 for one chunk of 16 floats, vectorised when compiled for AVX2+FMA.
-inline void torch_normal_fill_16(float* data) {
-#if defined(__AVX2__) && defined(__FMA__)
-  torch_normal_fill_16_avx2(data);
-#else
-  torch_normal_fill_16_scalar(data);
-#endif
-}
+/// torch's normal_fill_16 for one chunk of 16 floats (vector lanes where kFusedFma).
+inline void torch_normal_fill_16(float* data) { torch_normal_fill_chunks(data, 1); }
 
 }  // namespace kexue::detail
