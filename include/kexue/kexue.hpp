@@ -12,3 +12,4 @@
 #include "kexue/global_pointer.hpp"     // SPEC 2: GlobalPointer, Efficient GlobalPointer, losses, decoding
 #include "kexue/ddpm.hpp"               // SPEC 6: DDPM schedules and steps
 #include "kexue/random.hpp"             // torch-compatible and Philox normal generators
+#include "kexue/norm.hpp"               // SPEC 7.1: layer_norm, rms_norm, fused residual (Pre-/Post-Norm) forms

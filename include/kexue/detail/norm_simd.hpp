@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Row kernels of kexue/norm.hpp over Batch<T>: the reductions (sum, sum of squares, squared deviations, with
+// the residual add fused into the first pass) and the apply pass y = (x - shift) * inv [* gamma] [+ beta].
+// Each row is one pass over memory and then passes over the same row while it sits in L1/L2 (a 4096-float row
+// is 16 KiB), so a norm costs one read and one write of each element of DRAM traffic.
+
+#include <utility>
+
+#include "kexue/detail/simd.hpp"
+
+namespace kexue::detail {
+
+/// Independent accumulators of the reductions: a vector add has 3-4 cycles of latency and two ports, so
+/// four chains keep both busy (and four partial sums also shorten the float rounding chains by 4x).
+constexpr Index kNormChains = 4;
+
+/// sum_i x[i].
+template <class T>
+inline T norm_sum(const T* x, Index n) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
+  Index i = 0;
+  for (; i + kNormChains * L <= n; i += kNormChains * L) {
+    s0 += load(x + i);
+    s1 += load(x + i + L);
+    s2 += load(x + i + 2 * L);
+    s3 += load(x + i + 3 * L);
+  }
+  for (; i + L <= n; i += L) s0 += load(x + i);
+  T s = reduce_add<T>((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+/// sum_i x[i]^2.
+template <class T>
+inline T norm_sum_sq(const T* x, Index n) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
+  Index i = 0;
+  for (; i + kNormChains * L <= n; i += kNormChains * L) {
+    const Batch<T> a = load(x + i), b = load(x + i + L), c = load(x + i + 2 * L), d = load(x + i + 3 * L);
+    s0 = xsimd::fma(a, a, s0);
+    s1 = xsimd::fma(b, b, s1);
+    s2 = xsimd::fma(c, c, s2);
+    s3 = xsimd::fma(d, d, s3);
+  }
+  for (; i + L <= n; i += L) {
+    const Batch<T> a = load(x + i);
+    s0 = xsimd::fma(a, a, s0);
+  }
+  T s = reduce_add<T>((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i) s = madd(x[i], x[i], s);
+  return s;
+}
+
+/// {sum_i (x[i] - shift), sum_i (x[i] - shift)^2}: the second pass of the corrected two-pass variance (Chan,
+/// Golub & LeVeque). With shift the rounded mean, x[i] - shift is exact for x[i] near it (Sterbenz), so the first
+/// sum measures the error of the mean and var = sq / n - (sum / n)^2 loses nothing to a large row mean.
+template <class T>
+inline std::pair<T, T> norm_sum_dev(const T* x, T shift, Index n) {
+  constexpr Index L = kLanes<T>;
+  const Batch<T> vs(shift);
+  Batch<T> s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
+  Index i = 0;
+  // Two chains of each sum: four accumulators in flight, as in the other reductions.
+  for (; i + 2 * L <= n; i += 2 * L) {
+    const Batch<T> a = load(x + i) - vs, b = load(x + i + L) - vs;
+    s0 += a;
+    s1 += b;
+    q0 = xsimd::fma(a, a, q0);
+    q1 = xsimd::fma(b, b, q1);
+  }
+  for (; i + L <= n; i += L) {
+    const Batch<T> a = load(x + i) - vs;
+    s0 += a;
+    q0 = xsimd::fma(a, a, q0);
+  }
+  T s = reduce_add<T>(s0 + s1), q = reduce_add<T>(q0 + q1);
+  for (; i < n; ++i) {
+    const T a = x[i] - shift;
+    s += a;
+    q = madd(a, a, q);
+  }
+  return {s, q};
+}
+
+/// s[i] = x[i] + r[i]; returns sum_i s[i] (kSquares = false) or sum_i s[i]^2 (true). s may be x or r itself
+/// (element i is read before it is written), but no other overlap.
+template <bool kSquares, class T>
+inline T norm_add_reduce(const T* x, const T* r, T* s, Index n) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> acc[kNormChains] = {Batch<T>(T(0)), Batch<T>(T(0)), Batch<T>(T(0)), Batch<T>(T(0))};
+  Index i = 0;
+  for (; i + kNormChains * L <= n; i += kNormChains * L) {
+    for (Index c = 0; c < kNormChains; ++c) {
+      const Batch<T> v = load(x + i + c * L) + load(r + i + c * L);
+      store(s + i + c * L, v);
+      if constexpr (kSquares) {
+        acc[c] = xsimd::fma(v, v, acc[c]);
+      } else {
+        acc[c] += v;
+      }
+    }
+  }
+  for (; i + L <= n; i += L) {
+    const Batch<T> v = load(x + i) + load(r + i);
+    store(s + i, v);
+    if constexpr (kSquares) {
+      acc[0] = xsimd::fma(v, v, acc[0]);
+    } else {
+      acc[0] += v;
+    }
+  }
+  T total = reduce_add<T>((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  for (; i < n; ++i) {
+    const T v = x[i] + r[i];
+    s[i] = v;
+    total = kSquares ? madd(v, v, total) : total + v;
+  }
+  return total;
+}
+
+/// out[i] = ((x[i] - shift) - correction) * inv [* gamma[i]] [+ beta[i]]; out may be x itself. The mean is
+/// subtracted in two parts (the rounded mean, then the small error norm_sum_dev measured): a mean rounded to T
+/// alone would be off by up to half an ulp of the mean, a large error when the mean is large against the spread.
+template <bool kGamma, bool kBeta, class T>
+inline void norm_apply_impl(const T* x, T shift, T correction, T inv, const T* gamma, const T* beta, T* out,
+                            Index n) {
+  constexpr Index L = kLanes<T>;
+  const Batch<T> vs(shift), vc(correction), vi(inv);
+  auto lane = [&](Index i) {
+    Batch<T> y = ((load(x + i) - vs) - vc) * vi;
+    if constexpr (kGamma && kBeta) {
+      y = xsimd::fma(y, load(gamma + i), load(beta + i));
+    } else if constexpr (kGamma) {
+      y = y * load(gamma + i);
+    } else if constexpr (kBeta) {
+      y = y + load(beta + i);
+    }
+    store(out + i, y);
+  };
+  Index i = 0;
+  // Two registers per step: the loop is bound by loads and stores, and the unroll halves its branch overhead.
+  for (; i + 2 * L <= n; i += 2 * L) {
+    lane(i);
+    lane(i + L);
+  }
+  for (; i + L <= n; i += L) lane(i);
+  for (; i < n; ++i) {
+    T y = ((x[i] - shift) - correction) * inv;
+    if constexpr (kGamma && kBeta) {
+      y = madd(y, gamma[i], beta[i]);
+    } else if constexpr (kGamma) {
+      y = y * gamma[i];
+    } else if constexpr (kBeta) {
+      y = y + beta[i];
+    }
+    out[i] = y;
+  }
+}
+
+/// norm_apply_impl with gamma / beta chosen at run time (nullptr: absent), outside the loop.
+template <class T>
+inline void norm_apply(const T* x, T shift, T correction, T inv, const T* gamma, const T* beta, T* out, Index n) {
+  if (gamma && beta) {
+    norm_apply_impl<true, true>(x, shift, correction, inv, gamma, beta, out, n);
+  } else if (gamma) {
+    norm_apply_impl<true, false>(x, shift, correction, inv, gamma, beta, out, n);
+  } else if (beta) {
+    norm_apply_impl<false, true>(x, shift, correction, inv, gamma, beta, out, n);
+  } else {
+    norm_apply_impl<false, false>(x, shift, correction, inv, gamma, beta, out, n);
+  }
+}
+
+/// 1 / sqrt(mean_square + eps), or 0 where mean_square + eps is 0 (bert4keras' divide_no_nan: a constant row
+/// with eps = 0 becomes zeros rather than 0 / 0).
+template <class T>
+inline T norm_inverse_rms(T mean_square, T eps) {
+  const T v = mean_square + eps;
+  return v == T(0) ? T(0) : T(1) / std::sqrt(v);
+}
+
+}  // namespace kexue::detail

@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// Layer and RMS normalisation over the last dimension (SPEC.md section 7.1), with the residual add fused in.
+///
+///     layer_norm: y = (x - mean(x)) / sqrt(var(x) + eps) * gamma + beta    (biased variance, 1/d)
+///     rms_norm:   y = x / sqrt(mean(x^2) + eps) * gamma
+/// over each row of x ([n, d]); gamma and beta are vectors of d entries, or of 0 entries for "no scale" /
+/// "no offset". The fused forms read x and residual once:
+///     Post-Norm (x_{t+1} = Norm(x_t + F(x_t))):  out = norm(x + residual)
+///     Pre-Norm  (x_{t+1} = x_t + F(Norm(x_t))):   sum = x + residual, out = norm(sum)
+///
+/// Epsilon defaults differ between peers; each is a named constant below. The API defaults are PyTorch's
+/// (1e-5 for layer_norm, as torch.nn.LayerNorm) and T5 / LLaMA's RMSNorm (1e-6). bert4keras models use
+/// K.epsilon() = 1e-7 (kKerasEpsilon), BERT checkpoints 1e-12 (kBertEpsilon).
+///
+/// Where mean(x^2) + eps (or var + eps) is exactly 0 (a constant row with eps = 0) the row becomes 0 *
+/// gamma + beta rather than NaN, as bert4keras' divide_no_nan does (PyTorch gives NaN there).
+/// Accumulation is in T with several vector partial sums per row; the variance is the corrected two-pass one
+/// (the mean's rounding error is measured and subtracted too), so a large row mean costs no accuracy. Every row
+/// is computed by the same code whatever the thread count: results are bitwise identical for any number of
+/// OpenMP threads.
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+
+#include "kexue/core.hpp"
+#include "kexue/detail/check.hpp"
+#include "kexue/detail/norm_simd.hpp"
+#include "kexue/detail/parallel.hpp"
+#include "kexue/detail/view.hpp"
+
+namespace kexue {
+
+/// torch.nn.LayerNorm / F.layer_norm's default epsilon; the default of layer_norm and add_layer_norm.
+inline constexpr double kLayerNormEps = 1e-5;
+/// T5 / LLaMA RMSNorm's epsilon (HF LlamaRMSNorm default); the default of rms_norm and add_rms_norm.
+inline constexpr double kRmsNormEps = 1e-6;
+/// Keras' K.epsilon(): bert4keras LayerNormalization's default since 2022-04-28 (RoFormerV2, GAU-alpha).
+inline constexpr double kKerasEpsilon = 1e-7;
+/// BERT checkpoints' layer_norm_eps, and bert4keras' default before 2022-04-28.
+inline constexpr double kBertEpsilon = 1e-12;
+
+/// The switches of bert4keras' LayerNormalization (SPEC 7.1), for normalize():
+///     y = c(x) * s(c(x)) [* gamma] [+ beta],  c(x) = x - mean(x) if zero_mean else x,
+///     s(v) = 1 / sqrt(mean(v^2) + epsilon) if unit_variance else 1.
+/// zero_mean + unit_variance is layer_norm, unit_variance alone is rms_norm.
+struct NormOptions {
+  bool zero_mean = true;           ///< subtract the row mean (false: RMSNorm)
+  bool unit_variance = true;       ///< divide by the root mean square of the (centred) row
+  bool scale = true;               ///< multiply by gamma (d entries); false: gamma must be empty
+  bool offset = true;              ///< add beta (d entries); false: beta must be empty
+  double epsilon = kKerasEpsilon;  ///< bert4keras' default K.epsilon(); BERT configs pass kBertEpsilon
+
+  /// RoFormerV2 and GAU-alpha: zero_mean=False, scale=False, offset=False, i.e. x / sqrt(mean(x^2) + 1e-7).
+  static NormOptions roformer_v2() { return {false, true, false, false, kKerasEpsilon}; }
+  /// Keras-DDPM's ddpm-gau.py (patch diffusion GAU): zero_mean=False, offset=False (RMSNorm with gamma).
+  static NormOptions ddpm_gau() { return {false, true, true, false, kKerasEpsilon}; }
+  /// BERT: a full LayerNorm with epsilon 1e-12.
+  static NormOptions bert() { return {true, true, true, true, kBertEpsilon}; }
+};
+
+namespace detail {
+
+/// One call's arguments as raw views; residual.data == nullptr: no residual, sum.data == nullptr: not written
+/// (Post-Norm stages x + residual in out itself), gamma / beta nullptr: absent.
+template <class T>
+struct NormCall {
+  View<const T> x, residual;
+  View<T> out, sum;
+  const T* gamma = nullptr;
+  const T* beta = nullptr;
+  T eps = T(0);
+  bool zero_mean = true, unit_variance = true;
+};
+
+/// Rows per parallel work item: at least 16K elements (64 KiB of floats), so the scheduling cost of an item is
+/// negligible next to its memory traffic. Items never share state, so the split does not affect results.
+constexpr Index kNormItemElements = Index(1) << 14;
+/// Below this many elements the call stays on the calling thread: a parallel region costs a few microseconds.
+constexpr Index kNormParallelElements = Index(1) << 16;
+
+template <class T>
+inline void norm_row(const NormCall<T>& a, Index r) {
+  const Index d = a.x.cols;
+  const T* x = a.x.row(r);
+  T* out = a.out.row(r);
+  const T* src = x;
+  T total = T(0);
+  // Without centring the first pass already yields sum(x^2); with it, the squares of the deviations need the
+  // mean first, so they take a second pass over the (cache-resident) row.
+  const bool squares_first = !a.zero_mean && a.unit_variance;
+  if (a.residual.data) {
+    T* s = a.sum.data ? a.sum.row(r) : out;
+    total = squares_first ? norm_add_reduce<true>(x, a.residual.row(r), s, d)
+                          : norm_add_reduce<false>(x, a.residual.row(r), s, d);
+    src = s;
+  } else if (squares_first) {
+    total = norm_sum_sq(x, d);
+  } else if (a.zero_mean) {
+    total = norm_sum(x, d);
+  }
+  const T inv_d = T(1) / T(d);
+  const T shift = a.zero_mean ? total * inv_d : T(0);
+  T correction = T(0), mean_square = total * inv_d;
+  if (a.zero_mean) {
+    const std::pair<T, T> dev = norm_sum_dev(src, shift, d);
+    correction = dev.first * inv_d;
+    mean_square = std::max(T(0), dev.second * inv_d - correction * correction);
+  }
+  const T inv = a.unit_variance ? norm_inverse_rms(mean_square, a.eps) : T(1);
+  norm_apply(src, shift, correction, inv, a.gamma, a.beta, out, d);
+}
+
+template <class T>
+inline void norm_run(const NormCall<T>& a) {
+  const Index n = a.x.rows, d = a.x.cols;
+  if (n == 0 || d == 0) return;
+  if (n * d < kNormParallelElements || max_threads() == 1) {
+    for (Index r = 0; r < n; ++r) norm_row(a, r);
+    return;
+  }
+  const Index rows_per_item = std::max<Index>(1, kNormItemElements / d);
+  const Index items = (n + rows_per_item - 1) / rows_per_item;
+  parallel_for(items, [&](Index item) {
+    const Index end = std::min(n, (item + 1) * rows_per_item);
+    for (Index r = item * rows_per_item; r < end; ++r) norm_row(a, r);
+  });
+}
+
+/// True when two views are the same memory (same start and row stride) or do not overlap at all: the only
+/// aliasing the row kernels support (element i of a row is read before it is written).
+template <class A, class B>
+inline bool same_or_disjoint(const View<A>& a, const View<B>& b) {
+  return (static_cast<const void*>(a.data) == static_cast<const void*>(b.data) && a.stride == b.stride) ||
+         !overlaps(a, b);
+}
+
+/// A parameter vector: nullptr if empty, else its contiguous data after checking it has d entries.
+template <class T, class D>
+inline const T* norm_param(const char* fn, const char* name, const Eigen::DenseBase<D>& v, Index d, bool wanted,
+                           bool required, const char* switch_name) {
+  static_assert(std::is_same<typename D::Scalar, T>::value, "kexue norms: gamma / beta must have x's scalar type");
+  const Index size = static_cast<Index>(v.size());
+  if (!wanted) {
+    require(size == 0, fn, name, " has ", size, " entries but options.", switch_name,
+            " is false (pass an empty vector)");
+    return nullptr;
+  }
+  if (size == 0 && !required) return nullptr;
+  require(size == d, fn, name, " has ", size, " entries but x has ", d, " columns (shape [n x ", d,
+          "]); pass ", d, " entries", required ? "" : " or none");
+  return flat_data(fn, name, v);
+}
+
+/// Validates everything and fills a NormCall; throws before anything is written.
+template <class X, class R, class G, class B, class O, class S>
+NormCall<typename X::Scalar> norm_setup(const char* fn, const Eigen::DenseBase<X>& x, const Eigen::DenseBase<R>* residual,
+                                        const Eigen::DenseBase<G>& gamma, const Eigen::DenseBase<B>& beta,
+                                        const Eigen::DenseBase<O>& out, const Eigen::DenseBase<S>* sum, double eps,
+                                        const NormOptions& o, bool params_required = false) {
+  using T = typename X::Scalar;
+  static_assert(std::is_same<typename O::Scalar, T>::value, "kexue norms: out must have x's scalar type");
+  NormCall<T> a;
+  a.x = make_view(fn, "x", x);
+  a.out = make_mut_view(fn, "out", out);
+  require_shape(fn, "out", a.out, a.x.rows, a.x.cols, "x has shape ");
+  if (residual) {
+    static_assert(std::is_same<typename R::Scalar, T>::value, "kexue norms: residual must have x's scalar type");
+    a.residual = make_view(fn, "residual", *residual);
+    require_shape(fn, "residual", a.residual, a.x.rows, a.x.cols, "x has shape ");
+    require(same_or_disjoint(a.out, a.residual), fn, "out partly overlaps residual (in place means the same matrix)");
+  }
+  if (sum) {
+    static_assert(std::is_same<typename S::Scalar, T>::value, "kexue norms: sum must have x's scalar type");
+    a.sum = make_mut_view(fn, "sum", *sum);
+    require_shape(fn, "sum", a.sum, a.x.rows, a.x.cols, "x has shape ");
+    require(!overlaps(a.sum, a.out), fn, "sum and out overlap; they must be different memory");
+    require(same_or_disjoint(a.sum, a.x), fn, "sum partly overlaps x (in place means the same matrix)");
+    require(same_or_disjoint(a.sum, a.residual), fn, "sum partly overlaps residual (in place means the same matrix)");
+  }
+  require(same_or_disjoint(a.out, a.x), fn, "out partly overlaps x (in place means the same matrix)");
+  require(std::isfinite(eps) && eps >= 0, fn, "eps must be finite and >= 0, got ", eps);
+  a.gamma = norm_param<T>(fn, "gamma", gamma, a.x.cols, o.scale, params_required, "scale");
+  a.beta = norm_param<T>(fn, "beta", beta, a.x.cols, o.offset, params_required, "offset");
+  for (const T* p : {a.gamma, a.beta}) {
+    if (!p) continue;
+    const View<const T> pv{p, 1, a.x.cols, a.x.cols};
+    require(!overlaps(pv, a.out) && !overlaps(pv, a.sum), fn, "gamma / beta overlap an output");
+  }
+  a.eps = static_cast<T>(eps);
+  a.zero_mean = o.zero_mean;
+  a.unit_variance = o.unit_variance;
+  return a;
+}
+
+/// The type of a missing residual / sum argument.
+template <class T>
+using NoMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+}  // namespace detail
+
+/// LayerNorm over rows (SPEC 7.1): out = (x - mean) / sqrt(var + eps) * gamma + beta, biased (1/d) variance.
+/// x, out: [n, d], any row-major Eigen dense objects of float or double; gamma, beta: d entries or none.
+/// out may be x itself (in place). Matches torch.nn.functional.layer_norm(x, (d,), gamma, beta, eps).
+template <class X, class G, class B, class O>
+void layer_norm(const Eigen::DenseBase<X>& x, const Eigen::DenseBase<G>& gamma, const Eigen::DenseBase<B>& beta,
+                const Eigen::DenseBase<O>& out, double eps = kLayerNormEps) {
+  detail::norm_run(detail::norm_setup<X, X, G, B, O, O>("layer_norm", x, nullptr, gamma, beta, out, nullptr, eps,
+                                                       NormOptions{true, true, true, true, eps}));
+}
+
+/// RMSNorm over rows (SPEC 7.1): out = x / sqrt(mean(x^2) + eps) * gamma. x, out: [n, d]; gamma: d entries or
+/// none. out may be x itself (in place).
+template <class X, class G, class O>
+void rms_norm(const Eigen::DenseBase<X>& x, const Eigen::DenseBase<G>& gamma, const Eigen::DenseBase<O>& out,
+              double eps = kRmsNormEps) {
+  const detail::NoMatrix<typename X::Scalar> none;
+  detail::norm_run(detail::norm_setup<X, X, G, detail::NoMatrix<typename X::Scalar>, O, O>(
+      "rms_norm", x, nullptr, gamma, none, out, nullptr, eps, NormOptions{false, true, true, true, eps}));
+}
+
+/// Pre-Norm residual step in one pass: sum = x + residual, out = rms_norm(sum, gamma). x, residual, out, sum:
+/// [n, d]; sum may be x or residual itself (x += residual in place), out may be x or residual, but out and sum
+/// must be different memory.
+template <class X, class R, class G, class O, class S>
+void add_rms_norm(const Eigen::DenseBase<X>& x, const Eigen::DenseBase<R>& residual, const Eigen::DenseBase<G>& gamma,
+                  const Eigen::DenseBase<O>& out, const Eigen::DenseBase<S>& sum, double eps = kRmsNormEps) {
+  const detail::NoMatrix<typename X::Scalar> none;
+  detail::norm_run(detail::norm_setup<X, R, G, detail::NoMatrix<typename X::Scalar>, O, S>(
+      "add_rms_norm", x, &residual, gamma, none, out, &sum, eps, NormOptions{false, true, true, true, eps}));
+}
+
+/// Post-Norm residual step in one pass: out = rms_norm(x + residual, gamma), x + residual not kept.
+/// out may be x or residual itself.
+template <class X, class R, class G, class O>
+void add_rms_norm(const Eigen::DenseBase<X>& x, const Eigen::DenseBase<R>& residual, const Eigen::DenseBase<G>& gamma,
+                  const Eigen::DenseBase<O>& out, double eps = kRmsNormEps) {
+  const detail::NoMatrix<typename X::Scalar> none;
+  detail::norm_run(detail::norm_setup<X, R, G, detail::NoMatrix<typename X::Scalar>, O, O>(
+      "add_rms_norm", x, &residual, gamma, none, out, nullptr, eps, NormOptions{false, true, true, true, eps}));
+}
+
+/// Pre-Norm residual step in one pass: sum = x + residual, out = layer_norm(sum, gamma, beta). Aliasing as
+/// add_rms_norm.
+template <class X, class R, class G, class B, class O, class S>
+void add_layer_norm(const Eigen::DenseBase<X>& x, const Eigen::DenseBase<R>& residual,
+                    const Eigen::DenseBase<G>& gamma, const Eigen::DenseBase<B>& beta, const Eigen::DenseBase<O>& out,
+                    const Eigen::DenseBase<S>& sum, double eps = kLayerNormEps) {
+  detail::norm_run(detail::norm_setup<X, R, G, B, O, S>("add_layer_norm", x, &residual, gamma, beta, out, &sum, eps,
+                                                        NormOptions{true, true, true, true, eps}));
+}
+
+/// Post-Norm residual step in one pass: out = layer_norm(x + residual, gamma, beta) (BERT's
+/// LayerNorm(x + Sublayer(x))). out may be x or residual itself.
+template <class X, class R, class G, class B, class O>
+void add_layer_norm(const Eigen::DenseBase<X>& x, const Eigen::DenseBase<R>& residual,
+                    const Eigen::DenseBase<G>& gamma, const Eigen::DenseBase<B>& beta, const Eigen::DenseBase<O>& out,
+                    double eps = kLayerNormEps) {
+  detail::norm_run(detail::norm_setup<X, R, G, B, O, O>("add_layer_norm", x, &residual, gamma, beta, out, nullptr, eps,
+                                                        NormOptions{true, true, true, true, eps}));
+}
+
+/// bert4keras' LayerNormalization with its switches (NormOptions): out = c(x) * s(c(x)) [* gamma] [+ beta].
+/// gamma / beta have d entries when options.scale / options.offset are set and none otherwise. In place allowed.
+template <class X, class G, class B, class O>
+void normalize(const Eigen::DenseBase<X>& x, const Eigen::DenseBase<G>& gamma, const Eigen::DenseBase<B>& beta,
+               const Eigen::DenseBase<O>& out, const NormOptions& options) {
+  detail::norm_run(detail::norm_setup<X, X, G, B, O, O>("normalize", x, nullptr, gamma, beta, out, nullptr,
+                                                       options.epsilon, options, true));
+}
+
+}  // namespace kexue
