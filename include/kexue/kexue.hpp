@@ -13,3 +13,4 @@
 #include "kexue/ddpm.hpp"               // SPEC 6: DDPM schedules and steps
 #include "kexue/random.hpp"             // torch-compatible and Philox normal generators
 #include "kexue/norm.hpp"               // SPEC 7.1: layer_norm, rms_norm, fused residual (Pre-/Post-Norm) forms
+#include "kexue/init.hpp"               // SPEC 7.2: LeCun / He / Xavier, truncated normal, RoFormerV2 initialisers
