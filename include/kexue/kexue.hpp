@@ -14,3 +14,4 @@
 #include "kexue/random.hpp"             // torch-compatible and Philox normal generators
 #include "kexue/norm.hpp"               // SPEC 7.1: layer_norm, rms_norm, fused residual (Pre-/Post-Norm) forms
 #include "kexue/init.hpp"               // SPEC 7.2: LeCun / He / Xavier, truncated normal, RoFormerV2 initialisers
+#include "kexue/patch.hpp"              // SPEC 8: patchify / unpatchify (Keras-DDPM order), patch coordinates
