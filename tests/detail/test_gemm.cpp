@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 // Tests of kexue's packed GEMM (detail/gemm.hpp): against a double-accumulating scalar reference and,
-// bit for bit, against the float/double std::fma chain the kernel promises, over odd shapes around the
-// register tile (kMr, kNr), the k block (kKc) and the row block (kMc); strided, Block and Map operands in
+// bit for bit, against the float/double multiply-add chain the kernel promises (kd::madd: fused where
+// xsimd::fma is, as on FMA3, AVX-512 and NEON; a multiply then an add on baseline SSE2), over odd shapes
+// around the register tile (kMr, kNr), the k block (kKc) and the row block (kMc); strided, Block and Map operands in
 // NaN-guarded buffers; B given transposed; the fused epilogue (bias, swish, gate); prefixes of a packed B;
 // 1 vs 2 threads bitwise.
+
+#include "kexue/detail/gemm.hpp"  // before Eigen: see simd.hpp on GCC 12's AVX-512 warnings
 
 #include <Eigen/Core>
 
@@ -60,12 +63,13 @@ struct Epi {
   bool bias = false, swish = false, gate = false;
 };
 
-/// The promise of the kernel: C(i, j) is acc = fma(A(i, p), B(p, j), acc) for p = 0..k-1 from acc = 0, then
-/// the epilogue. Without an epilogue the kernel must match this bit for bit.
+/// The promise of the kernel: C(i, j) is acc = madd(A(i, p), B(p, j), acc) for p = 0..k-1 from acc = 0, then
+/// the epilogue, with madd rounding as xsimd::fma does on this target (once where it is fused, twice on SSE2).
+/// Without an epilogue the kernel must match this bit for bit.
 template <class T>
 T fma_chain(Guarded<T>& a, Guarded<T>& b, bool bt, Index i, Index j) {
   T acc = T(0);
-  for (Index p = 0; p < a.cols; ++p) acc = std::fma(a.at(i, p), bt ? b.at(j, p) : b.at(p, j), acc);
+  for (Index p = 0; p < a.cols; ++p) acc = kd::madd(a.at(i, p), bt ? b.at(j, p) : b.at(p, j), acc);
   return acc;
 }
 
