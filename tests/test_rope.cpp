@@ -317,6 +317,8 @@ TEMPLATE_TEST_CASE("rope_2d matches PyTorch (SPEC 1.3: base 1000, row then colum
   for (int threads : {1, 2}) {
 #if defined(_OPENMP)
     omp_set_num_threads(threads);
+#else
+    (void)threads;
 #endif
     std::vector<T> buf;
     for (Index i = 0; i < B * H; ++i) buf.insert(buf.end(), x0.data(), x0.data() + x0.size());
@@ -681,6 +683,8 @@ TEST_CASE("batched rope over several position tiles equals the 2-D form", "[rope
   for (int threads : {1, 2}) {
 #if defined(_OPENMP)
     omp_set_num_threads(threads);
+#else
+    (void)threads;
 #endif
     std::vector<double> q(qv), k(kv), qb(qv);
     kexue::rope(table, TensorView<double>::contiguous(q.data(), B, H, S, D),
@@ -726,6 +730,8 @@ void for_one_and_two_threads(F&& f) {
   for (int threads : {1, 2}) {
 #if defined(_OPENMP)
     omp_set_num_threads(threads);
+#else
+    (void)threads;
 #endif
     f(threads);
   }

@@ -107,6 +107,14 @@ TEMPLATE_TEST_CASE("arch fmadd / fnmadd / fmsub round as madd() in every lane", 
   }
   CHECK(bad == 0);
   CHECK(generic_bad == 0);
+  // sqrt is correctly rounded in every lane.
+  int sqrt_bad = 0;
+  for (Index i = 0; i + L <= n; i += L) {
+    alignas(64) T r[L];
+    kd::sqrt_ieee<T>(xsimd::abs(B::load_unaligned(&a[std::size_t(i)]))).store_aligned(r);
+    for (Index l = 0; l < L; ++l) sqrt_bad += r[l] != std::sqrt(std::abs(a[std::size_t(i + l)]));
+  }
+  CHECK(sqrt_bad == 0);
 }
 
 TEST_CASE("arch mulhilo_u32 equals the 64-bit product", "[detail][arch]") {

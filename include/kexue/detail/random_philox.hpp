@@ -255,7 +255,7 @@ inline void box_muller_regs(const U32* a, const U32* b, F32* n_cos, F32* n_sin) 
     for (int i = 1; i < 9; ++i) p = fmadd(p, x, F32(kM2LogP[i]));
     const F32 y2 = fmadd(x * z, p, z);
     const F32 rr = fmadd(ef, F32(kM2Ln2HiF), fmadd(ef, F32(kM2Ln2LoF), fmadd(x, F32(-2.0f), y2)));
-    const F32 r = xsimd::sqrt(rr);
+    const F32 r = detail::sqrt_ieee(rr);
     // angle: (b << 2) >> 10 (arithmetic) is the low 22 bits of b >> 8, sign-extended
     const F32 ang = xsimd::batch_cast<float>(reinterpret<std::int32_t>(b[k] << 2) >> 10) * F32(kPiOver2Pow23);
     const U32 q = b[k] + quarter;

@@ -202,7 +202,7 @@ inline void sincos(F x, F* s, F* c) {
 /// normal_fill_16 on the lanes: u1 = 1 - a, u2 = b -> a = r cos, b = r sin.
 inline void box_muller(F* a, F* b) {
   const F u1 = F(1.0f) - *a;
-  const F radius = xsimd::sqrt(F(-2.0f) * log(u1));
+  const F radius = detail::sqrt_ieee(F(-2.0f) * log(u1));
   const F theta = F(kTorchTwoPi) * *b;
   F s, c;
   sincos(theta, &s, &c);

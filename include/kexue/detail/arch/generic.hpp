@@ -6,6 +6,7 @@
 // (tests/detail/test_arch_lanes.cpp compares the two on the same inputs). Kernels do not call these directly:
 // they call the dispatching names in arch/ops.hpp.
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -69,6 +70,17 @@ inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c
   alignas(64) T sign[L];
   for (std::size_t i = 0; i < L; ++i) sign[i] = i % 2 == 0 ? T(-1) : T(1);
   return fmadd<T>(a, b, c * Batch<T>::load_aligned(sign));
+}
+
+/// The correctly rounded square root of every lane (std::sqrt lane by lane). Not xsimd::sqrt: on ARM64, xsimd 8.1's
+/// float sqrt is a reciprocal estimate with two Newton steps, off by an ulp or two.
+template <class T>
+inline Batch<T> sqrt_ieee(const Batch<T>& v) {
+  constexpr std::size_t L = Batch<T>::size;
+  alignas(64) T x[L];
+  v.store_aligned(x);
+  for (std::size_t i = 0; i < L; ++i) x[i] = std::sqrt(x[i]);
+  return Batch<T>::load_aligned(x);
 }
 
 /// The high and low 32 bits of the 64-bit products a[l] * m[l] (Philox's mulhilo).

@@ -69,6 +69,18 @@ inline Batch<T> fmsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
   return fmadd<T>(a, b, -c);
 }
 
+/// fsqrt on every lane (xsimd 8.1's float sqrt on ARM64 is a reciprocal estimate refined twice: not IEEE).
+template <class T>
+inline Batch<T> sqrt_ieee(const Batch<T>& v) {
+  if constexpr (kRegBytes<T> == 16 && std::is_same<T, float>::value) {
+    return Batch<T>(vsqrtq_f32(v));
+  } else if constexpr (kRegBytes<T> == 16 && std::is_same<T, double>::value) {
+    return Batch<T>(vsqrtq_f64(v));
+  } else {
+    return generic::sqrt_ieee<T>(v);
+  }
+}
+
 template <class T>
 inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
   // No fmaddsub instruction: negate the even lanes of c (exact) and use one fused multiply-add, which is

@@ -9,6 +9,7 @@
 //   fmadd(a, b, c)            a b + c rounded as madd(): once where kFusedFma (xsimd 8.1's fma on AVX-512 is a
 //                             multiply and an add; use these, not xsimd::fma, where the rounding matters)
 //   fnmadd(a, b, c)           c - a b;  fmsub(a, b, c): a b - c (same rounding rule)
+//   sqrt_ieee(v)              correctly rounded (xsimd 8.1's float sqrt on ARM64 is an approximation)
 //   fmaddsub(a, b, c)         a b - c in even lanes, a b + c in odd lanes (same rounding rule)
 //   mulhilo_u32(a, m, hi, lo) high and low words of the 32x32->64 products
 //   reinterpret<To>(v)        the same bits as another 32-bit lane type
@@ -50,6 +51,10 @@ inline Batch<T> fnmadd(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) 
 template <class T>
 inline Batch<T> fmsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
   return arch::fmsub<T>(a, b, c);
+}
+template <class T>
+inline Batch<T> sqrt_ieee(const Batch<T>& v) {
+  return arch::sqrt_ieee<T>(v);
 }
 template <class T>
 inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {

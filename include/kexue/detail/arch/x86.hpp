@@ -143,6 +143,12 @@ inline Batch<T> fmsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
   }
 }
 
+/// sqrtps / sqrtpd through xsimd: IEEE, correctly rounded on every x86 width.
+template <class T>
+inline Batch<T> sqrt_ieee(const Batch<T>& v) {
+  return xsimd::sqrt(v);
+}
+
 template <class T>
 inline Batch<T> fmaddsub(const Batch<T>& a, const Batch<T>& b, const Batch<T>& c) {
   constexpr std::size_t kBytes = kRegBytes<T>;
