@@ -46,6 +46,15 @@ struct Inputs {
   kexue::TensorView<float> to() { return kexue::TensorView<float>::contiguous(out.data(), 1, heads, n, kDim); }
 };
 
+/// The timed loop every attention row shares: one call of the batched attention per iteration.
+void time_attention(benchmark::State& state, Inputs& in, const kexue::AttentionOptions& opt) {
+  for (auto _ : state) {
+    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
+    benchmark::DoNotOptimize(in.out.data());
+    benchmark::ClobberMemory();
+  }
+}
+
 long max_rss_kib() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -69,11 +78,7 @@ void BM_attention(benchmark::State& state) {
   const long rss0 = max_rss_kib();
   kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
   const long rss1 = max_rss_kib();
-  for (auto _ : state) {
-    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
-    benchmark::DoNotOptimize(in.out.data());
-    benchmark::ClobberMemory();
-  }
+  time_attention(state, in, opt);
   const double flops = 4.0 * double(n) * double(n) * kDim * kHeads * (causal ? 0.5 : 1.0);
   report_flops(state, flops, threads);
   state.counters["call_extra_MiB"] = double(rss1 - rss0) / 1024.0;
@@ -99,11 +104,7 @@ void BM_attention_gqa_prefill(benchmark::State& state) {
   Inputs in(kHeads, kv_heads, n, n);
   kexue::AttentionOptions opt;
   opt.causal = true;
-  for (auto _ : state) {
-    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
-    benchmark::DoNotOptimize(in.out.data());
-    benchmark::ClobberMemory();
-  }
+  time_attention(state, in, opt);
   report_flops(state, 2.0 * double(n) * double(n) * kDim * kHeads, 1);
 }
 BENCHMARK(BM_attention_gqa_prefill)
@@ -149,11 +150,7 @@ void BM_attention_decode(benchmark::State& state) {
   Inputs in(kHeads, 2, 1, m);
   kexue::AttentionOptions opt;
   opt.causal = true;
-  for (auto _ : state) {
-    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
-    benchmark::DoNotOptimize(in.out.data());
-    benchmark::ClobberMemory();
-  }
+  time_attention(state, in, opt);
   report_flops(state, 4.0 * double(m) * kDim * kHeads, 1);
   report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
 }
@@ -168,11 +165,7 @@ void BM_attention_decode_heads(benchmark::State& state) {
   Inputs in(kHeads, kv_heads, 1, m);
   kexue::AttentionOptions opt;
   opt.causal = true;
-  for (auto _ : state) {
-    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
-    benchmark::DoNotOptimize(in.out.data());
-    benchmark::ClobberMemory();
-  }
+  time_attention(state, in, opt);
   report_flops(state, 4.0 * double(m) * kDim * kHeads, 1);
   report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
 }
@@ -196,11 +189,7 @@ void BM_attention_long(benchmark::State& state) {
   set_threads(1);
   Inputs in(1, 1, n, n);
   const long rss0 = max_rss_kib();
-  for (auto _ : state) {
-    kexue::attention(in.tq(), in.tk(), in.tv(), in.to());
-    benchmark::DoNotOptimize(in.out.data());
-    benchmark::ClobberMemory();
-  }
+  time_attention(state, in, kexue::AttentionOptions());
   const long rss1 = max_rss_kib();
   report_flops(state, 4.0 * double(n) * double(n) * kDim, 1);
   state.counters["call_extra_MiB"] = double(rss1 - rss0) / 1024.0;
@@ -217,11 +206,7 @@ void BM_attention_decode_long(benchmark::State& state) {
   kexue::AttentionOptions opt;
   opt.causal = true;
   const long rss0 = max_rss_kib();
-  for (auto _ : state) {
-    kexue::attention(in.tq(), in.tk(), in.tv(), in.to(), opt);
-    benchmark::DoNotOptimize(in.out.data());
-    benchmark::ClobberMemory();
-  }
+  time_attention(state, in, opt);
   const long rss1 = max_rss_kib();
   report_flops(state, 4.0 * double(m) * kDim * kHeads, 1);
   report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
