@@ -340,6 +340,28 @@ TEST_CASE("norms: constant rows with eps = 0 give 0 * gamma + beta (divide_no_na
   const RefNorm want = ref_norm<float>(big.data(), 77, static_cast<const float*>(nullptr), 77, 1, 77, nullptr, nullptr,
                                        0.0, true, true);
   for (Index j = 0; j < 77; ++j) CHECK(std::abs(big_out(0, j) - want.out[std::size_t(j)]) <= 2e-6);
+  // The first value far from the mean (an outlier): one shifted pass would lose log2(d) bits of the variance
+  // (1e-4 relative at d = 1000), layer_norm's second pass from the mean (kNormRefine) keeps it within a few
+  // ulps; for the plain and the residual forms.
+  for (Index d : {Index(5), Index(1000)}) {
+    Matrix<float> o(2, d), zero = Matrix<float>::Zero(2, d), o_out(2, d);
+    const auto v = random_values<float>(2 * d, 6, -1.f, 1.f);
+    std::copy(v.begin(), v.end(), o.data());
+    o(0, 0) = 5e3f;
+    o(1, 0) = -3e4f;
+    const RefNorm w = ref_norm<float>(o.data(), d, static_cast<const float*>(nullptr), d, 2, d, nullptr, nullptr,
+                                      1e-5, true, true);
+    for (bool residual : {false, true}) {
+      if (residual) {
+        kexue::add_layer_norm(o, zero, Vector<float>(), Vector<float>(), o_out);
+      } else {
+        kexue::layer_norm(o, Vector<float>(), Vector<float>(), o_out);
+      }
+      for (Index j = 0; j < 2 * d; ++j)
+        REQUIRE(std::abs(o_out.data()[j] - w.out[std::size_t(j)]) <=
+                16 * std::numeric_limits<float>::epsilon() * std::max(1.0, std::abs(w.out[std::size_t(j)])));
+    }
+  }
   // Empty inputs: nothing to do, no error.
   Matrix<float> none(0, 19), none_out(0, 19), narrow(3, 0);
   kexue::layer_norm(none, g, b, none_out);

@@ -15,8 +15,9 @@
 ///
 /// Where mean(x^2) + eps (or var + eps) is exactly 0 (a constant row with eps = 0) the row becomes 0 *
 /// gamma + beta rather than NaN, as bert4keras' divide_no_nan does (PyTorch gives NaN there).
-/// Accumulation is in T with several vector partial sums per row; the variance is the corrected two-pass one
-/// (the mean's rounding error is measured and subtracted too), so a large row mean costs no accuracy. Every row
+/// Accumulation is in T with several vector partial sums per row; the variance is the shifted-data one (shift:
+/// the row's first value, with a second pass from the mean when that shift was far off), and the mean is
+/// subtracted as shift + small correction, so a large row mean costs no accuracy. Every row
 /// is computed by the same code whatever the thread count: results are bitwise identical for any number of
 /// OpenMP threads.
 
@@ -81,33 +82,47 @@ constexpr Index kNormItemElements = Index(1) << 14;
 /// Below this many elements the call stays on the calling thread: a parallel region costs a few microseconds.
 constexpr Index kNormParallelElements = Index(1) << 16;
 
+/// Refine the variance in a second pass when (mean - shift)^2 > kNormRefine var, shift being the row's first
+/// value: one pass then loses at most log2(1 + 2 kNormRefine) ~ 3 bits of the variance. For rows of i.i.d.
+/// values the first value is that far out about 5% of the time, so layer_norm stays at one pass over memory and
+/// one over the cached row for nearly every row.
+constexpr double kNormRefine = 4.0;
+
 template <class T>
 inline void norm_row(const NormCall<T>& a, Index r) {
   const Index d = a.x.cols;
   const T* x = a.x.row(r);
   T* out = a.out.row(r);
   const T* src = x;
-  T total = T(0);
-  // Without centring the first pass already yields sum(x^2); with it, the squares of the deviations need the
-  // mean first, so they take a second pass over the (cache-resident) row.
-  const bool squares_first = !a.zero_mean && a.unit_variance;
+  // Centred forms accumulate sum(x - K) and sum((x - K)^2) with K = x[0] in the one pass over memory (the mean
+  // is then K + sum / d, subtracted in those two parts); RMS forms need only sum(x^2).
+  ShiftedSums<T> sums{T(0), T(0), T(0)};
   if (a.residual.data) {
     T* s = a.sum.data ? a.sum.row(r) : out;
-    total = squares_first ? norm_add_reduce<true>(x, a.residual.row(r), s, d)
-                          : norm_add_reduce<false>(x, a.residual.row(r), s, d);
+    sums = norm_add_reduce(x, a.residual.row(r), s, a.zero_mean, d);
     src = s;
-  } else if (squares_first) {
-    total = norm_sum_sq(x, d);
   } else if (a.zero_mean) {
-    total = norm_sum(x, d);
+    sums.shift = x[0];
+    const std::pair<T, T> dev = norm_sum_dev(x, sums.shift, d);
+    sums.sum = dev.first;
+    sums.squares = dev.second;
+  } else if (a.unit_variance) {
+    sums.squares = norm_sum_sq(x, d);
   }
   const T inv_d = T(1) / T(d);
-  const T shift = a.zero_mean ? total * inv_d : T(0);
-  T correction = T(0), mean_square = total * inv_d;
+  T shift = T(0), correction = T(0), mean_square = sums.squares * inv_d;
   if (a.zero_mean) {
-    const std::pair<T, T> dev = norm_sum_dev(src, shift, d);
-    correction = dev.first * inv_d;
-    mean_square = std::max(T(0), dev.second * inv_d - correction * correction);
+    shift = sums.shift;
+    correction = sums.sum * inv_d;
+    mean_square -= correction * correction;
+    if (a.unit_variance && correction * correction > T(kNormRefine) * mean_square) {
+      // x[0] was far from the mean: again from the rounded mean, where the cancellation is gone.
+      shift += correction;
+      const std::pair<T, T> dev = norm_sum_dev(src, shift, d);
+      correction = dev.first * inv_d;
+      mean_square = dev.second * inv_d - correction * correction;
+    }
+    if (mean_square < T(0)) mean_square = T(0);  // rounding; a NaN passes through
   }
   const T inv = a.unit_variance ? norm_inverse_rms(mean_square, a.eps) : T(1);
   norm_apply(src, shift, correction, inv, a.gamma, a.beta, out, d);

@@ -15,24 +15,6 @@ namespace kexue::detail {
 /// four chains keep both busy (and four partial sums also shorten the float rounding chains by 4x).
 constexpr Index kNormChains = 4;
 
-/// sum_i x[i].
-template <class T>
-inline T norm_sum(const T* x, Index n) {
-  constexpr Index L = kLanes<T>;
-  Batch<T> s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
-  Index i = 0;
-  for (; i + kNormChains * L <= n; i += kNormChains * L) {
-    s0 += load(x + i);
-    s1 += load(x + i + L);
-    s2 += load(x + i + 2 * L);
-    s3 += load(x + i + 3 * L);
-  }
-  for (; i + L <= n; i += L) s0 += load(x + i);
-  T s = reduce_add<T>((s0 + s1) + (s2 + s3));
-  for (; i < n; ++i) s += x[i];
-  return s;
-}
-
 /// sum_i x[i]^2.
 template <class T>
 inline T norm_sum_sq(const T* x, Index n) {
@@ -55,9 +37,9 @@ inline T norm_sum_sq(const T* x, Index n) {
   return s;
 }
 
-/// {sum_i (x[i] - shift), sum_i (x[i] - shift)^2}: the second pass of the corrected two-pass variance (Chan,
-/// Golub & LeVeque). With shift the rounded mean, x[i] - shift is exact for x[i] near it (Sterbenz), so the first
-/// sum measures the error of the mean and var = sq / n - (sum / n)^2 loses nothing to a large row mean.
+/// {sum_i (x[i] - shift), sum_i (x[i] - shift)^2}: the shifted-data variance, var = sq / n - (sum / n)^2
+/// (Chan, Golub & LeVeque). It loses about log2(1 + (mean - shift)^2 / var) bits to cancellation, none at all
+/// for a shift near the mean; a large row mean costs nothing, since x[i] - shift is then exact (Sterbenz).
 template <class T>
 inline std::pair<T, T> norm_sum_dev(const T* x, T shift, Index n) {
   constexpr Index L = kLanes<T>;
@@ -86,40 +68,47 @@ inline std::pair<T, T> norm_sum_dev(const T* x, T shift, Index n) {
   return {s, q};
 }
 
-/// s[i] = x[i] + r[i]; returns sum_i s[i] (kSquares = false) or sum_i s[i]^2 (true). s may be x or r itself
-/// (element i is read before it is written), but no other overlap.
-template <bool kSquares, class T>
-inline T norm_add_reduce(const T* x, const T* r, T* s, Index n) {
+/// The first pass of a residual form: s[i] = x[i] + r[i], and with K = s[0] if shifted (else 0) returns
+/// {K, sum_i (s[i] - K), sum_i (s[i] - K)^2}. s may be x or r itself (element i is read before it is written),
+/// but no other overlap.
+template <class T>
+struct ShiftedSums {
+  T shift, sum, squares;
+};
+template <class T>
+inline ShiftedSums<T> norm_add_reduce(const T* x, const T* r, T* s, bool shifted, Index n) {
   constexpr Index L = kLanes<T>;
-  Batch<T> acc[kNormChains] = {Batch<T>(T(0)), Batch<T>(T(0)), Batch<T>(T(0)), Batch<T>(T(0))};
+  const T shift = shifted && n > 0 ? x[0] + r[0] : T(0);
+  const Batch<T> vk(shift);
+  Batch<T> s0(T(0)), s1(T(0)), q0(T(0)), q1(T(0));
   Index i = 0;
-  for (; i + kNormChains * L <= n; i += kNormChains * L) {
-    for (Index c = 0; c < kNormChains; ++c) {
-      const Batch<T> v = load(x + i + c * L) + load(r + i + c * L);
-      store(s + i + c * L, v);
-      if constexpr (kSquares) {
-        acc[c] = xsimd::fma(v, v, acc[c]);
-      } else {
-        acc[c] += v;
-      }
-    }
+  // Two chains of each sum: four accumulators in flight, as in the other reductions.
+  for (; i + 2 * L <= n; i += 2 * L) {
+    const Batch<T> u = load(x + i) + load(r + i), v = load(x + i + L) + load(r + i + L);
+    store(s + i, u);
+    store(s + i + L, v);
+    const Batch<T> a = u - vk, b = v - vk;
+    s0 += a;
+    s1 += b;
+    q0 = xsimd::fma(a, a, q0);
+    q1 = xsimd::fma(b, b, q1);
   }
   for (; i + L <= n; i += L) {
-    const Batch<T> v = load(x + i) + load(r + i);
-    store(s + i, v);
-    if constexpr (kSquares) {
-      acc[0] = xsimd::fma(v, v, acc[0]);
-    } else {
-      acc[0] += v;
-    }
+    const Batch<T> u = load(x + i) + load(r + i);
+    store(s + i, u);
+    const Batch<T> a = u - vk;
+    s0 += a;
+    q0 = xsimd::fma(a, a, q0);
   }
-  T total = reduce_add<T>((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  T sum = reduce_add<T>(s0 + s1), sq = reduce_add<T>(q0 + q1);
   for (; i < n; ++i) {
-    const T v = x[i] + r[i];
-    s[i] = v;
-    total = kSquares ? madd(v, v, total) : total + v;
+    const T u = x[i] + r[i];
+    s[i] = u;
+    const T a = u - shift;
+    sum += a;
+    sq = madd(a, a, sq);
   }
-  return total;
+  return {shift, sum, sq};
 }
 
 /// out[i] = ((x[i] - shift) - correction) * inv [* gamma[i]] [+ beta[i]]; out may be x itself. The mean is
@@ -163,7 +152,8 @@ inline void norm_apply_impl(const T* x, T shift, T correction, T inv, const T* g
 
 /// norm_apply_impl with gamma / beta chosen at run time (nullptr: absent), outside the loop.
 template <class T>
-inline void norm_apply(const T* x, T shift, T correction, T inv, const T* gamma, const T* beta, T* out, Index n) {
+inline void norm_apply(const T* x, T shift, T correction, T inv, const T* gamma, const T* beta, T* out,
+                       Index n) {
   if (gamma && beta) {
     norm_apply_impl<true, true>(x, shift, correction, inv, gamma, beta, out, n);
   } else if (gamma) {
