@@ -3,6 +3,9 @@
 /// DDPM (SPEC.md section 6): beta schedules, forward noising, the velocity target and diffusers'
 /// DDPMScheduler reverse step, with 0-based timesteps as in diffusers (betas[t] is the paper's beta_{t+1}).
 /// Every schedule coefficient is computed and kept in double; data may be float or double.
+/// Each output element is the same sequence of fused multiply-adds at every register width and thread count, so
+/// results are bitwise identical across AVX2, AVX-512 and NEON builds; an SSE2 build (no fused multiply-add)
+/// rounds each product separately and agrees within the tests' tolerances.
 
 
 #include <cmath>

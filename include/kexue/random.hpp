@@ -35,7 +35,8 @@ scalar_of<Derived>* random_output(const char* function, const Eigen::DenseBase<D
 /// - n < 16: one double Box-Muller pair per two values from 53-bit uniforms, the sine half cached in the
 ///   generator for the next value (also across calls), as at::normal_distribution<double> does.
 /// The float n >= 16 path matches torch builds that dispatch to AVX2 or AVX512 (any x86-64 CPU with AVX2);
-/// torch's DEFAULT-capability path (CPUs without AVX2) uses libm there instead.
+/// torch's DEFAULT-capability path (CPUs without AVX2) uses libm there instead. kexue's values are the same bits
+/// in every build of kexue (any register width, SSE2 and ARM64 included).
 class TorchGenerator {
  public:
   /// torch.manual_seed(seed).
@@ -150,7 +151,8 @@ class TorchGenerator {
 /// Counter-based normal generator: Philox 4x32-10 (key = seed, counter = block index) and a Box-Muller
 /// transform of 24-bit uniforms. Value number p of a stream is a pure function of (seed, p), so a fill is
 /// reproducible for any thread count and any split into calls: normal(a) then normal(b) gives the same
-/// numbers as one call over a and b concatenated. Large fills run in parallel (OpenMP).
+/// numbers as one call over a and b concatenated. Large fills run in parallel (OpenMP). The stream is also the
+/// same bits for every build: any register width (SSE2, AVX2, AVX-512, NEON) and any thread count.
 class PhiloxGenerator {
  public:
   /// The stream `seed`, positioned at value number `offset`.

@@ -2,7 +2,7 @@
 #pragma once
 // Philox 4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11) and a vectorised
 // Box-Muller transform. Normal number p of stream `seed` is a pure function of (seed, p) (the block and word
-// are given at philox_normal_group). That is what makes the output independent of how the work is split
+// are given at philox_normal_serial). That is what makes the output independent of how the work is split
 // among threads.
 
 #include <algorithm>
@@ -310,22 +310,24 @@ inline void store_block_normals(float* out, Index bo, int j, const F32& v) {
   }
 }
 
-/// The 4 kPhiloxCallBlocks normals of the blocks [first_block, first_block + kPhiloxCallBlocks) (first_block a
-/// multiple of 8), at their stream positions relative to out: kPhiloxRegs registers of blocks with their Philox
-/// rounds interleaved, then Box-Muller straight from the registers.
+/// The 4 G L normals of the blocks [first_block, first_block + G L) (first_block a multiple of 8, G L a multiple
+/// of 8), at their stream positions relative to out: G registers of blocks with their Philox rounds interleaved,
+/// then Box-Muller straight from the registers.
+template <int G>
 inline void philox_normal_call(std::uint64_t seed, std::uint64_t first_block, float* out) {
-  U32 c[4][kPhiloxRegs];
-  philox_rounds<kPhiloxRegs>(seed, first_block, c);
+  static_assert((G * kU32Lanes) % kPhiloxBlocksPerGroup == 0, "kexue: Philox calls cover whole groups");
+  U32 c[4][G];
+  philox_rounds<G>(seed, first_block, c);
   if constexpr (kFusedFma) {
-    F32 n[4][kPhiloxRegs];
-    box_muller_regs<kPhiloxRegs>(c[0], c[1], n[0], n[1]);
-    box_muller_regs<kPhiloxRegs>(c[2], c[3], n[2], n[3]);
-    for (int g = 0; g < kPhiloxRegs; ++g)
+    F32 n[4][G];
+    box_muller_regs<G>(c[0], c[1], n[0], n[1]);
+    box_muller_regs<G>(c[2], c[3], n[2], n[3]);
+    for (int g = 0; g < G; ++g)
       for (int j = 0; j < 4; ++j) store_block_normals(out, g * kU32Lanes, j, n[j][g]);
   } else {
     alignas(64) std::uint32_t w[4][kU32Lanes];
     alignas(64) float n[4][kU32Lanes];
-    for (int g = 0; g < kPhiloxRegs; ++g) {
+    for (int g = 0; g < G; ++g) {
       for (int j = 0; j < 4; ++j) c[j][g].store_aligned(w[j]);
       box_muller_lanes<int(kU32Lanes)>(w[0], w[1], n[0], n[1]);
       box_muller_lanes<int(kU32Lanes)>(w[2], w[3], n[2], n[3]);
@@ -334,43 +336,38 @@ inline void philox_normal_call(std::uint64_t seed, std::uint64_t first_block, fl
   }
 }
 
-/// Normals at positions [32 g, 32 g + 32) of stream seed. Position 32 g + 8 j + l is normal j of block
-/// 8 g + l (word-major inside a group, so the four result registers are stored without a transpose);
-/// normals 0 and 1 are the cosine and sine halves of the Box-Muller pair (words 0, 1), normals 2 and 3 of
-/// the pair (words 2, 3).
-inline void philox_normal_group(std::uint64_t seed, std::uint64_t g, float* out) {
-  alignas(64) std::uint32_t w[4][8];
-  philox_group_words(seed, g * kPhiloxBlocksPerGroup, w);
-  box_muller_lanes<8>(w[0], w[1], out, out + 8);
-  box_muller_lanes<8>(w[2], w[3], out + 16, out + 24);
-}
-
-/// Normals per philox_normal_call.
+/// Normals per philox_normal_call<kPhiloxRegs> (the bulk of a long fill).
 constexpr Index kPhiloxCallNormals = 4 * kPhiloxCallBlocks;
+/// The smallest whole call: one register of blocks, or one group where a register holds less than 8 blocks
+/// (32 normals up to 8 lanes, 64 with 16). Shorter and unaligned pieces are cut from one such call.
+constexpr int kPhiloxUnitRegs = int((kPhiloxBlocksPerGroup + kU32Lanes - 1) / kU32Lanes);
+constexpr Index kPhiloxUnit = 4 * kPhiloxUnitRegs * kU32Lanes;
 
-/// out[i] = normal number (position + i) of stream seed, i in [0, n). Serial.
+/// out[i] = normal number (position + i) of stream seed, i in [0, n). Serial. Position 32 g + 8 j + l is normal j
+/// of block 8 g + l (word-major inside a group, so result registers are stored without a transpose); normals 0
+/// and 1 are the cosine and sine halves of the Box-Muller pair of words 0, 1, normals 2 and 3 of words 2, 3.
 template <class T>
 inline void philox_normal_serial(std::uint64_t seed, std::uint64_t position, T* out, Index n) {
-  alignas(64) float tmp[kPhiloxGroup];
+  alignas(64) float tmp[kPhiloxUnit];
   Index i = 0;
   while (i < n) {
     const std::uint64_t p = position + std::uint64_t(i);
-    const std::uint64_t g = p / kPhiloxGroup;
-    const Index skip = static_cast<Index>(p % kPhiloxGroup);
-    const Index take = std::min<Index>(kPhiloxGroup - skip, n - i);
+    const std::uint64_t first_block = p / kPhiloxUnit * std::uint64_t(kPhiloxUnit / 4);
+    const Index skip = static_cast<Index>(p % kPhiloxUnit);
+    const Index take = std::min<Index>(kPhiloxUnit - skip, n - i);
     if constexpr (std::is_same<T, float>::value) {
       if (skip == 0 && n - i >= kPhiloxCallNormals) {
-        philox_normal_call(seed, g * kPhiloxBlocksPerGroup, out + i);
+        philox_normal_call<kPhiloxRegs>(seed, first_block, out + i);
         i += kPhiloxCallNormals;
         continue;
       }
-      if (skip == 0 && take == kPhiloxGroup) {
-        philox_normal_group(seed, g, out + i);
+      if (skip == 0 && take == kPhiloxUnit) {
+        philox_normal_call<kPhiloxUnitRegs>(seed, first_block, out + i);
         i += take;
         continue;
       }
     }
-    philox_normal_group(seed, g, tmp);
+    philox_normal_call<kPhiloxUnitRegs>(seed, first_block, tmp);
     for (Index k = 0; k < take; ++k) out[i + k] = static_cast<T>(tmp[skip + k]);
     i += take;
   }

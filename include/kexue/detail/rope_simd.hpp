@@ -28,6 +28,11 @@ inline T mul_add(T a, T b, T c) {
   return madd(a, b, c);
 }
 
+/// Vectors of one row in flight in the interleaved kernel: two independent chains cover the permute + FMA
+/// latency. It is not scaled with the width: a head of 64 floats is only 4 AVX-512 vectors, so a larger unroll
+/// would mostly move work into the remainder loop.
+constexpr Index kRopeUnroll = 2;
+
 // ---- Interleaved: pairs (2i, 2i+1) ------------------------------------------------------------------------
 // `bias` may be null (no bias). Vectors start at multiples of L (even), so no pair straddles two vectors.
 
@@ -44,16 +49,16 @@ inline void rope_row_interleaved(const T* src, T* dst, const T* cp, const T* sp,
       store(dst + j, fmaddsub<T>(x, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + j / 2)));
     }
   } else {
-    // Two vectors per iteration: the work per vector is a short dependency chain (permutes, mul, fmaddsub),
-    // and two independent chains hide its latency behind the loads.
-    for (; j + 2 * L <= r; j += 2 * L) {
-      const Batch<T> x0 = load(src + j), x1 = load(src + j + L);
-      const Batch<T> y0 =
-          fmaddsub<T>(x0, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x0) * load_dup_pairs(sp + j / 2));
-      const Batch<T> y1 =
-          fmaddsub<T>(x1, load_dup_pairs(cp + (j + L) / 2), swap_adjacent<T>(x1) * load_dup_pairs(sp + (j + L) / 2));
-      store(dst + j, y0);
-      store(dst + j + L, y1);
+    // kRopeUnroll vectors per iteration: the work per vector is a short dependency chain (permutes, mul,
+    // fmaddsub), and independent chains hide its latency behind the loads.
+    for (; j + kRopeUnroll * L <= r; j += kRopeUnroll * L) {
+      Batch<T> y[kRopeUnroll];
+      for (Index u = 0; u < kRopeUnroll; ++u) {
+        const Index o = j + u * L;
+        const Batch<T> x = load(src + o);
+        y[u] = fmaddsub<T>(x, load_dup_pairs(cp + o / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + o / 2));
+      }
+      for (Index u = 0; u < kRopeUnroll; ++u) store(dst + j + u * L, y[u]);
     }
     for (; j + L <= r; j += L) {
       const Batch<T> x = load(src + j);
