@@ -19,7 +19,6 @@ bench_attention rows. Inputs are the rows' own values (bench_attention's fill: q
 import math
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 
 from _ort_case import OrtCase, bench_fill
