@@ -50,9 +50,11 @@ constexpr Index kU32Lanes = kLanes<std::uint32_t>;
 
 /// Registers of blocks whose Philox rounds run interleaved: one register's ten rounds are a dependency chain of
 /// ~6 cycles per round (multiply latency 3, then shift, blend, xor), so independent registers keep the vector
-/// ports busy. Four sets of the four counter words plus temporaries fit AVX2's 16 registers; with 32 (AVX-512,
-/// ARM64) six sets fit. At least one group (8 blocks) per call.
-constexpr int kPhiloxRegs = std::max<int>(kVectorRegisters >= 32 ? 6 : 4, int((8 + kU32Lanes - 1) / kU32Lanes));
+/// ports busy. Four sets of the four counter words plus temporaries fit AVX2's 16 registers. AVX-512's 32 would
+/// hold six, but six measured no faster on Zen4 (16K normals: 12.1 vs 12.3 us) and would make a bulk call 384
+/// normals, which does not divide DDPM's 1024-value noise tiles (the remainder then runs one register at a time).
+/// At least one group (8 blocks) per call.
+constexpr int kPhiloxRegs = std::max<int>(4, int((8 + kU32Lanes - 1) / kU32Lanes));
 /// Blocks and normals one call of the interleaved kernel produces (a whole number of groups).
 constexpr Index kPhiloxCallBlocks = kPhiloxRegs * kU32Lanes;
 static_assert(kPhiloxCallBlocks % kPhiloxBlocksPerGroup == 0, "kexue: Philox calls cover whole groups");
