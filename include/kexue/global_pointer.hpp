@@ -9,8 +9,8 @@
 ///
 /// Scratch: the rotated, packed q and k (about 2 * batch * heads * n * head_size values, plus the projection
 /// y = h w of the layer forms) live in thread-local buffers of the calling thread that grow to the largest
-/// call and are reused; nothing else is allocated per call, except Eigen's GEMM packing buffers in the
-/// layer projection and the returned span vectors. Only the kept region (end >= start, both < length) is
+/// call and are reused, as are the packing buffers of the layer projection's GEMM; nothing else is allocated
+/// per call, except the returned span vectors. Only the kept region (end >= start, both < length) is
 /// multiplied under MaskConvention::Current.
 
 
