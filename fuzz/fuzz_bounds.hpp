@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <optional>
 
 #include "kexue/core.hpp"
 
@@ -22,8 +21,8 @@ inline double la_feature(int map, double x) {
   return x;
 }
 
-/// Bound on |got - ref| for one output row i of linear attention computed in T, or nothing when T promises no
-/// accuracy for that row (the caller then checks finiteness only, or nothing).
+/// Bound on |got - ref| for the outputs of one row i of linear attention computed in T (promised = false when T
+/// promises no accuracy for that row: the caller then checks nothing there).
 ///   q_row(p), key(j, p): the inputs in double; keys j in [0, visible) are the ones row i sees; vmax = max |v|.
 /// Model (u = eps(T), mu = smallest normal of T): every phi value carries a relative error of a few u and an
 /// absolute one of up to mu (xsimd's exp flushes results below mu to 0 and kexue clamps its argument at -110
@@ -36,27 +35,38 @@ inline double la_feature(int map, double x) {
 /// 8e-54, below float's range: den is 1e-53 in double but exactly 0 in float, and the kernel's zero row for a
 /// zero denominator (linear_attention.hpp) is all float can say. The earlier bound had no U term, so it promised
 /// a float result for a denominator far below float's smallest normal.
+struct LaRowBound {
+  bool promised = false;  ///< false: T promises no accuracy for this row
+  double u = 0, mu = 0, terms = 0, mass = 0, den = 0, under = 0, vmax = 0;
+  /// The bound for an output of this row whose reference value is ref.
+  double operator()(double ref) const {
+    return 8 * u * terms * mass * (vmax + std::abs(ref)) / std::abs(den) +
+           8 * under * (vmax + std::abs(ref) + 1) / std::abs(den) + 16 * u * std::abs(ref) + 1024 * mu;
+  }
+};
+
 template <class T, class QRow, class Key>
-std::optional<double> la_row_bound(int map, double eps, Index d, Index m, Index visible, QRow&& q_row, Key&& key,
-                                   double vmax, double ref) {
-  const double u = double(std::numeric_limits<T>::epsilon()), mu = double(std::numeric_limits<T>::min());
-  double mass = 0, den = eps, under = 0;
+LaRowBound la_row_bound(int map, double eps, Index d, Index m, Index visible, QRow&& q_row, Key&& key, double vmax) {
+  LaRowBound b;
+  b.u = double(std::numeric_limits<T>::epsilon());
+  b.mu = double(std::numeric_limits<T>::min());
+  b.terms = double(d + m + 16);
+  b.vmax = vmax;
+  b.den = eps;
   for (Index j = 0; j < visible; ++j)
     for (Index p = 0; p < d; ++p) {
       const double fq = la_feature(map, q_row(p)), fk = la_feature(map, key(j, p));
-      mass += std::abs(fq * fk);
-      den += fq * fk;
-      under += std::abs(fq) + std::abs(fk) + 1;
+      b.mass += std::abs(fq * fk);
+      b.den += fq * fk;
+      b.under += std::abs(fq) + std::abs(fk) + 1;
     }
-  under *= mu;
+  b.under *= b.mu;
   const double tmax = double(std::numeric_limits<T>::max());
   // Finite promise: every partial sum fits in T and the denominator is well clear of both its rounding error and
   // its underflow error.
-  if (!std::isfinite(mass) || !(mass * (vmax + 1) < 1e-3 * tmax) || !std::isfinite(under) ||
-      !(std::abs(den) > 1e3 * (u * (mass + eps) + under)))
-    return std::nullopt;
-  return 8 * u * double(d + m + 16) * mass * (vmax + std::abs(ref)) / std::abs(den) +
-         8 * under * (vmax + std::abs(ref) + 1) / std::abs(den) + 16 * u * std::abs(ref) + 1024 * mu;
+  b.promised = std::isfinite(b.mass) && b.mass * (vmax + 1) < 1e-3 * tmax && std::isfinite(b.under) &&
+               std::abs(b.den) > 1e3 * (b.u * (b.mass + eps) + b.under);
+  return b;
 }
 
 /// Magnitude of one GlobalPointer dot product RoPE_i(q) . RoPE_j(k) before scaling, for the error bound
