@@ -412,10 +412,10 @@ inline __m256d hadd_lanes_avx(const __m256d* t) {
 /// tests/detail/test_simd.cpp compares them with).
 template <class T>
 inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
-  constexpr Index L = kLanes<T>;
   using Reg = typename Batch<T>::register_type;
   constexpr bool kFloat = std::is_same<T, float>::value;
   (void)kFloat;
+  (void)sizeof(Reg);  // only the x86 branches name it
 #if defined(__AVX512F__) && XSIMD_VERSION_MAJOR < 9
   if constexpr (sizeof(Reg) == 64 && kFloat) {
     __m256 h[16];
@@ -436,8 +436,8 @@ inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
 #endif
 #if defined(__AVX__) && XSIMD_VERSION_MAJOR < 9
   if constexpr (sizeof(Reg) == 32) {
-    Reg r[L];
-    for (Index u = 0; u < L; ++u) r[u] = t[u];
+    Reg r[kLanes<T>];
+    for (Index u = 0; u < kLanes<T>; ++u) r[u] = t[u];
     return Batch<T>(hadd_lanes_avx(r));
   } else
 #endif

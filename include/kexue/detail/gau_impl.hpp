@@ -213,7 +213,7 @@ void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const 
         for (Index j = 0; j < limit; ++j)
           if (!p.key_mask || p.key_mask[j]) {
             const T a = scores[r * keys + j], *vj = vrows + j * width;
-            for (Index c = 0; c < e; ++c) g[c] = std::fma(a, vj[c], g[c]);
+            for (Index c = 0; c < e; ++c) g[c] = madd(a, vj[c], g[c]);  // xsimd::fma's rounding: the GEMM's
           }
         const T* u = hidden + (r0 + r) * width;
         for (Index c = 0; c < e; ++c) g[c] *= u[c];
