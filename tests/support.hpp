@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "catch_compat.hpp"
@@ -87,6 +88,19 @@ struct PaddedBuffer {
 /// The sizes every SIMD helper is swept over: around 0, one register, and several registers.
 inline std::vector<Index> lane_sizes(Index lanes) {
   return {0, 1, 3, 7, lanes - 1, lanes, lanes + 1, 2 * lanes + 1, 3 * lanes, 8 * lanes + 2};
+}
+
+/// Calls f and checks that it throws kexue::Error whose message contains part (a test failure otherwise).
+template <class F>
+void throws_with(F&& f, const std::string& part) {
+  try {
+    f();
+  } catch (const kexue::Error& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find(part) != std::string::npos);
+    return;
+  }
+  FAIL("no kexue::Error thrown; expected one mentioning " << part);
 }
 
 }  // namespace kexue_test

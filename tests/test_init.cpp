@@ -24,6 +24,7 @@ using kexue::InitDistribution;
 using kexue::Matrix;
 using kexue::PhiloxGenerator;
 using kexue::Vector;
+using kexue_test::throws_with;
 
 namespace {
 
@@ -252,16 +253,6 @@ TEST_CASE("RoFormerV2 / GAU-alpha initialiser: bert4keras' fan rule, stddev and 
 }
 
 TEST_CASE("initialisers: bad input throws kexue::Error before anything is written", "[init][errors]") {
-  auto throws_with = [](auto&& f, const std::string& part) {
-    try {
-      f();
-    } catch (const kexue::Error& e) {
-      INFO(e.what());
-      CHECK(std::string(e.what()).find(part) != std::string::npos);
-      return;
-    }
-    FAIL("no kexue::Error thrown; expected one mentioning " << part);
-  };
   Matrix<float> w = Matrix<float>::Constant(4, 6, 3.f);
   PhiloxGenerator gen(1);
   throws_with([&] { kexue::init_normal(w, -1.0, gen); }, "init_normal: stddev must be finite and >= 0, got -1");
