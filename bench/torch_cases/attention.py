@@ -74,8 +74,8 @@ CASES = [
     Case("attention softmax_plus n=2048", "bench_attention", row(2048, 1, 0, 1), setup(2048, "softmax_plus")),
     Case("attention squared_relu n=2048", "bench_attention", row(2048, 2, 0, 1), setup(2048, "squared_relu")),
     Case("attention softmax causal n=2048", "bench_attention", row(2048, 0, 1, 1), setup(2048, causal=True)),
-    # GQA prefill 8/2 (ORT's GroupQueryAttention sits beside it with compare_torch.py --ort). The kexue row is
-    # not in bench_attention yet: until it is, the kexue columns print "-".
+    # GQA prefill 8/2 (ORT's GroupQueryAttention sits beside it with compare_torch.py --ort; a build from before
+    # bench_attention had this row prints "-" for kexue).
     Case("attention softmax causal n=2048 GQA 8/2 prefill", "bench_attention",
          "BM_attention_gqa_prefill/kv_heads:2/n:2048/real_time$", setup(2048, causal=True, kv_heads=2)),
     Case("attention softmax n=8192 (torch per head)", "bench_attention", row(8192, 0, 0, 1),
