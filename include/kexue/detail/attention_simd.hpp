@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kexue/detail/arch/ops.hpp"  // fmadd: one rounding wherever kFusedFma (xsimd 8.1's AVX-512 fma is two)
 #include "kexue/detail/simd.hpp"
 
 namespace kexue::detail {
@@ -32,15 +33,15 @@ inline Batch<T> fast_exp(Batch<T> x) {
     B v = xsimd::min(xsimd::max(x, B(-88.0f)), B(88.0f));
     const B fx = xsimd::nearbyint(v * B(1.44269504088896341f));
     // Two-part ln2: the high part has few mantissa bits, so fx * C1 is exact.
-    v = xsimd::fnma(fx, B(0.693359375f), v);
-    v = xsimd::fnma(fx, B(-2.12194440e-4f), v);
+    v = fnmadd(fx, B(0.693359375f), v);
+    v = fnmadd(fx, B(-2.12194440e-4f), v);
     B p(1.9875691500e-4f);
-    p = xsimd::fma(p, v, B(1.3981999507e-3f));
-    p = xsimd::fma(p, v, B(8.3334519073e-3f));
-    p = xsimd::fma(p, v, B(4.1665795894e-2f));
-    p = xsimd::fma(p, v, B(1.6666665459e-1f));
-    p = xsimd::fma(p, v, B(5.0000001201e-1f));
-    p = xsimd::fma(p, v * v, v + B(1.0f));
+    p = fmadd(p, v, B(1.3981999507e-3f));
+    p = fmadd(p, v, B(8.3334519073e-3f));
+    p = fmadd(p, v, B(4.1665795894e-2f));
+    p = fmadd(p, v, B(1.6666665459e-1f));
+    p = fmadd(p, v, B(5.0000001201e-1f));
+    p = fmadd(p, v * v, v + B(1.0f));
     // p * 2^fx with 2^fx built in the exponent bits ((fx + 127) << 23): fx = -127 gives +0.0.
     const Batch<std::int32_t> e = (xsimd::batch_cast<std::int32_t>(fx) + Batch<std::int32_t>(127)) << 23;
     return p * bits_as_float(e);
@@ -84,7 +85,7 @@ inline void bcast_fma_block(const T* A, Index lda, const T* B, Index bx, Index b
     const T* bp = B + t * bt;
     for (int x = 0; x < NX; ++x) {
       const Batch<T> b(bp[x * bx]);
-      for (int r = 0; r < NR; ++r) acc[x][r] = xsimd::fma(b, a[r], acc[x][r]);
+      for (int r = 0; r < NR; ++r) acc[x][r] = fmadd(b, a[r], acc[x][r]);
     }
   }
   for (int x = 0; x < NX; ++x) {
@@ -93,7 +94,7 @@ inline void bcast_fma_block(const T* A, Index lda, const T* B, Index bx, Index b
       if constexpr (C == Combine::Store) {
         store(cp, acc[x][r]);
       } else {
-        store(cp, xsimd::fma(load(cp), load(alpha + r * L), acc[x][r]));
+        store(cp, fmadd(load(cp), load(alpha + r * L), acc[x][r]));
       }
     }
   }
@@ -171,13 +172,13 @@ inline void bcast_fma_masked_block(const T* A, Index lda, const T* B, Index bt, 
     const T* bp = B + t * bt;
     for (int x = 0; x < NX; ++x) {
       const Batch<T> b(bp[x]);
-      for (int r = 0; r < NR; ++r) acc[x][r] = xsimd::fma(xsimd::select(vis[r], b, zero), a[r], acc[x][r]);
+      for (int r = 0; r < NR; ++r) acc[x][r] = fmadd(xsimd::select(vis[r], b, zero), a[r], acc[x][r]);
     }
   }
   for (int x = 0; x < NX; ++x) {
     for (int r = 0; r < NR; ++r) {
       T* cp = Cp + x * ldc + r * L;
-      store(cp, xsimd::fma(load(cp), load(alpha + r * L), acc[x][r]));
+      store(cp, fmadd(load(cp), load(alpha + r * L), acc[x][r]));
     }
   }
 }
@@ -267,7 +268,7 @@ inline void softmax_tile_exp(T* st, Index nb, const T* tmax, T* m, T* l, T* alph
       store(sp + r * L, p);
     }
   }
-  for (int r = 0; r < NR; ++r) store(l + r * L, xsimd::fma(load(l + r * L), load(alpha + r * L), sum[r]));
+  for (int r = 0; r < NR; ++r) store(l + r * L, fmadd(load(l + r * L), load(alpha + r * L), sum[r]));
 }
 
 /// Squared-ReLU tile: S^T <- relu(scale * S^T)^2, masked keys 0. The 1/L normalisation is applied once at the end.
@@ -322,7 +323,7 @@ inline void pv_rows_block(const T* const* p, const T* v, Index ldv, Index nb, T*
       const T pr = p[r][j];
       if (kSkip && pr == T(0)) continue;
       const Batch<T> b(pr);
-      for (int c = 0; c < NC; ++c) acc[r][c] = xsimd::fma(b, vb[c], acc[r][c]);
+      for (int c = 0; c < NC; ++c) acc[r][c] = fmadd(b, vb[c], acc[r][c]);
     }
   }
   for (int r = 0; r < NW; ++r)
@@ -458,7 +459,7 @@ inline T dot_chain(const T* q, const T* k, Index d) {
   T s = T(0);
   if (d >= L) {
     Batch<T> acc = load(q) * load(k);
-    for (i = L; i + L <= d; i += L) acc = xsimd::fma(load(q + i), load(k + i), acc);
+    for (i = L; i + L <= d; i += L) acc = fmadd(load(q + i), load(k + i), acc);
     s = reduce_add<T>(acc);
   }
   for (; i < d; ++i) s = madd(q[i], k[i], s);
@@ -476,7 +477,7 @@ inline Batch<T> dot_lanes(const T* q, const T* k, Index ldk, Index d_runtime) {
   for (Index u = 0; u < L; ++u) t[u] = load(q) * load(k + u * ldk);
   for (Index i = L; i < d; i += L) {
     const Batch<T> qi = load(q + i);
-    for (Index u = 0; u < L; ++u) t[u] = xsimd::fma(qi, load(k + u * ldk + i), t[u]);
+    for (Index u = 0; u < L; ++u) t[u] = fmadd(qi, load(k + u * ldk + i), t[u]);
   }
   return reduce_add_lanes<T>(t);
 }

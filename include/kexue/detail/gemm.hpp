@@ -29,6 +29,7 @@
 
 #include "kexue/core.hpp"
 #include "kexue/detail/parallel.hpp"
+#include "kexue/detail/arch/ops.hpp"  // fmadd: one rounding wherever kFusedFma (xsimd 8.1's AVX-512 fma is two)
 #include "kexue/detail/simd.hpp"
 #include "kexue/detail/view.hpp"
 
@@ -214,8 +215,8 @@ inline void gemm_micro(Index kc, const T* a, const T* b, T* c, Index ldc, bool a
     const B b0 = B::load_aligned(b), b1 = B::load_aligned(b + L);
     gemm_unroll<kGemmMr>([&](auto i) {
       const B ai(a[i]);
-      acc[i][0] = xsimd::fma(ai, b0, acc[i][0]);
-      acc[i][1] = xsimd::fma(ai, b1, acc[i][1]);
+      acc[i][0] = fmadd(ai, b0, acc[i][0]);
+      acc[i][1] = fmadd(ai, b1, acc[i][1]);
     });
     a += kGemmMr;
     b += kGemmNr<T>;

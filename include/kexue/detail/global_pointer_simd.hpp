@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "kexue/detail/arch/ops.hpp"  // fmadd: one rounding wherever kFusedFma (xsimd 8.1's AVX-512 fma is two)
 #include "kexue/detail/simd.hpp"
 
 namespace kexue {
@@ -70,23 +71,23 @@ inline void gp_micro(const T* q, const T* panel, Index d, T* tile, Index ld, T s
   for (Index t = 0; t < d; ++t) {
     const B b0 = load(panel + t * NR), b1 = load(panel + t * NR + L);
     B a(q0[t]);
-    c00 = xsimd::fma(a, b0, c00);
-    c01 = xsimd::fma(a, b1, c01);
+    c00 = fmadd(a, b0, c00);
+    c01 = fmadd(a, b1, c01);
     a = B(q1[t]);
-    c10 = xsimd::fma(a, b0, c10);
-    c11 = xsimd::fma(a, b1, c11);
+    c10 = fmadd(a, b0, c10);
+    c11 = fmadd(a, b1, c11);
     a = B(q2[t]);
-    c20 = xsimd::fma(a, b0, c20);
-    c21 = xsimd::fma(a, b1, c21);
+    c20 = fmadd(a, b0, c20);
+    c21 = fmadd(a, b1, c21);
     a = B(q3[t]);
-    c30 = xsimd::fma(a, b0, c30);
-    c31 = xsimd::fma(a, b1, c31);
+    c30 = fmadd(a, b0, c30);
+    c31 = fmadd(a, b1, c31);
     a = B(q4[t]);
-    c40 = xsimd::fma(a, b0, c40);
-    c41 = xsimd::fma(a, b1, c41);
+    c40 = fmadd(a, b0, c40);
+    c41 = fmadd(a, b1, c41);
     a = B(q5[t]);
-    c50 = xsimd::fma(a, b0, c50);
-    c51 = xsimd::fma(a, b1, c51);
+    c50 = fmadd(a, b0, c50);
+    c51 = fmadd(a, b1, c51);
   }
   const B vs(scale);
   store(tile + 0 * ld, c00 * vs);
@@ -267,8 +268,8 @@ inline void gp_strip(const GpParams<T>& p, const T* qpack, const T* kpack, Index
         for (Index r = 0; r < kGpRows; ++r) {
           T* dst = o.out + (i0 + r) * o.ld + j0;
           const B rb(o.row_bias ? o.row_bias[i0 + r] : T(0));
-          store(dst, xsimd::fma(load(tile + r * NR), vscale, cb0 + rb));
-          store(dst + L, xsimd::fma(load(tile + r * NR + L), vscale, cb1 + rb));
+          store(dst, fmadd(load(tile + r * NR), vscale, cb0 + rb));
+          store(dst + L, fmadd(load(tile + r * NR + L), vscale, cb1 + rb));
         }
       } else if (j0 + NR <= n) {
         // Diagonal and length-crossing tiles, vectorised with a keep mask per register: there is one of
@@ -286,9 +287,9 @@ inline void gp_strip(const GpParams<T>& p, const T* qpack, const T* kpack, Index
           T* dst = o.out + i * o.ld + j0;
           const B rb(o.row_bias ? o.row_bias[i] : T(0));
           const B vi(p.tril ? T(i) : T(0));
-          store(dst, xsimd::select((j_lo >= vi) & (j_lo < vlen), xsimd::fma(load(tile + r * NR), vscale, cb0 + rb), vfill));
+          store(dst, xsimd::select((j_lo >= vi) & (j_lo < vlen), fmadd(load(tile + r * NR), vscale, cb0 + rb), vfill));
           store(dst + L,
-                xsimd::select((j_hi >= vi) & (j_hi < vlen), xsimd::fma(load(tile + r * NR + L), vscale, cb1 + rb), vfill));
+                xsimd::select((j_hi >= vi) & (j_hi < vlen), fmadd(load(tile + r * NR + L), vscale, cb1 + rb), vfill));
         }
       } else {
         const Index j_end = std::min(j0 + NR, n);

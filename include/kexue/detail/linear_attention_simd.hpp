@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kexue/detail/arch/ops.hpp"  // fmadd: one rounding wherever kFusedFma (xsimd 8.1's AVX-512 fma is two)
 #include "kexue/detail/simd.hpp"
 
 namespace kexue::detail {
@@ -50,8 +51,8 @@ inline void gemm_tile(Index K, const T* a, Index ars, Index aps, const T* b, Ind
     const T* ap = a + p * aps;
     for (int r = 0; r < MR; ++r) {
       const B ar(ap[r * ars]);
-      acc0[r] = xsimd::fma(ar, b0, acc0[r]);
-      acc1[r] = xsimd::fma(ar, b1, acc1[r]);
+      acc0[r] = fmadd(ar, b0, acc0[r]);
+      acc1[r] = fmadd(ar, b1, acc1[r]);
     }
   }
   for (int r = 0; r < MR; ++r) {

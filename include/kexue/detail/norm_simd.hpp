@@ -7,6 +7,7 @@
 
 #include <utility>
 
+#include "kexue/detail/arch/ops.hpp"  // fmadd: one rounding wherever kFusedFma (xsimd 8.1's AVX-512 fma is two)
 #include "kexue/detail/simd.hpp"
 
 namespace kexue::detail {
@@ -23,14 +24,14 @@ inline T norm_sum_sq(const T* x, Index n) {
   Index i = 0;
   for (; i + kNormChains * L <= n; i += kNormChains * L) {
     const Batch<T> a = load(x + i), b = load(x + i + L), c = load(x + i + 2 * L), d = load(x + i + 3 * L);
-    s0 = xsimd::fma(a, a, s0);
-    s1 = xsimd::fma(b, b, s1);
-    s2 = xsimd::fma(c, c, s2);
-    s3 = xsimd::fma(d, d, s3);
+    s0 = fmadd(a, a, s0);
+    s1 = fmadd(b, b, s1);
+    s2 = fmadd(c, c, s2);
+    s3 = fmadd(d, d, s3);
   }
   for (; i + L <= n; i += L) {
     const Batch<T> a = load(x + i);
-    s0 = xsimd::fma(a, a, s0);
+    s0 = fmadd(a, a, s0);
   }
   T s = reduce_add<T>((s0 + s1) + (s2 + s3));
   for (; i < n; ++i) s = madd(x[i], x[i], s);
@@ -51,13 +52,13 @@ inline std::pair<T, T> norm_sum_dev(const T* x, T shift, Index n) {
     const Batch<T> a = load(x + i) - vs, b = load(x + i + L) - vs;
     s0 += a;
     s1 += b;
-    q0 = xsimd::fma(a, a, q0);
-    q1 = xsimd::fma(b, b, q1);
+    q0 = fmadd(a, a, q0);
+    q1 = fmadd(b, b, q1);
   }
   for (; i + L <= n; i += L) {
     const Batch<T> a = load(x + i) - vs;
     s0 += a;
-    q0 = xsimd::fma(a, a, q0);
+    q0 = fmadd(a, a, q0);
   }
   T s = reduce_add<T>(s0 + s1), q = reduce_add<T>(q0 + q1);
   for (; i < n; ++i) {
@@ -90,15 +91,15 @@ inline ShiftedSums<T> norm_add_reduce(const T* x, const T* r, T* s, bool shifted
     const Batch<T> a = u - vk, b = v - vk;
     s0 += a;
     s1 += b;
-    q0 = xsimd::fma(a, a, q0);
-    q1 = xsimd::fma(b, b, q1);
+    q0 = fmadd(a, a, q0);
+    q1 = fmadd(b, b, q1);
   }
   for (; i + L <= n; i += L) {
     const Batch<T> u = load(x + i) + load(r + i);
     store(s + i, u);
     const Batch<T> a = u - vk;
     s0 += a;
-    q0 = xsimd::fma(a, a, q0);
+    q0 = fmadd(a, a, q0);
   }
   T sum = reduce_add<T>(s0 + s1), sq = reduce_add<T>(q0 + q1);
   for (; i < n; ++i) {
@@ -122,7 +123,7 @@ inline void norm_apply_impl(const T* x, T shift, T correction, T inv, const T* g
   auto lane = [&](Index i) {
     Batch<T> y = ((load(x + i) - vs) - vc) * vi;
     if constexpr (kGamma && kBeta) {
-      y = xsimd::fma(y, load(gamma + i), load(beta + i));
+      y = fmadd(y, load(gamma + i), load(beta + i));
     } else if constexpr (kGamma) {
       y = y * load(gamma + i);
     } else if constexpr (kBeta) {

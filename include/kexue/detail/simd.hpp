@@ -61,9 +61,11 @@ constexpr int kVectorRegisters =
 template <class T>
 using AlignedVector = std::vector<T, xsimd::aligned_allocator<T, 64>>;
 
-/// True when xsimd::fma on Batch<T> rounds once (FMA3, AVX-512, ARM64 NEON), false when it is a multiply and
-/// then an add (x86-64 baseline SSE2, AVX without FMA). Bitwise references and scalar tails that must match a
-/// vector lane use madd(), which follows the same rule.
+/// True when the target has a fused multiply-add (FMA3, AVX-512, ARM64 NEON), false otherwise (x86-64 baseline
+/// SSE2, AVX without FMA). Then detail::fmadd (arch/ops.hpp), which the kernels use, rounds once, and madd() below
+/// (bitwise references, scalar tails that must match a vector lane) follows the same rule. xsimd 8.1's own fma is
+/// fused on FMA3 and NEON but is a multiply and an add on AVX-512, fused there only where the compiler contracts
+/// it (GCC at -O1 and above); dot() and axpy() below still use it.
 constexpr bool kFusedFma =
 #if defined(__FMA__) || defined(__AVX512F__) || defined(__ARM_FEATURE_FMA)
     true;
