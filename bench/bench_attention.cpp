@@ -21,14 +21,14 @@ constexpr Index kHeads = 8;
 constexpr Index kDim = 64;
 
 struct Inputs {
-  std::vector<float> q, k, v, out;
+  kd::AlignedVector<float> q, k, v, out;  // 64-byte aligned, as torch's allocator and Eigen's (under AVX-512) give
   Index heads, kv_heads, n, m;
   Inputs(Index heads_, Index kv_heads_, Index n_, Index m_) : heads(heads_), kv_heads(kv_heads_), n(n_), m(m_) {
     q.resize(static_cast<std::size_t>(heads * n * kDim));
     k.resize(static_cast<std::size_t>(kv_heads * m * kDim));
     v.resize(k.size());
     out.resize(q.size());
-    auto fill = [](std::vector<float>& x, unsigned seed) {
+    auto fill = [](kd::AlignedVector<float>& x, unsigned seed) {
       for (std::size_t i = 0; i < x.size(); ++i)
         x[i] = float(((i + seed) * 2654435761u) % 2001) * 1e-3f - 1.f;  // uniform-ish in [-1, 1]
     };
