@@ -5,7 +5,7 @@
 #include <cstring>
 #include <vector>
 
-#include "kexue/detail/attention_simd.hpp"
+#include "kexue/detail/arch/ops.hpp"
 #include "kexue/detail/simd.hpp"
 #include "reference/reference_data.hpp"
 #include "support.hpp"
@@ -90,25 +90,6 @@ TEMPLATE_TEST_CASE("softmax_row matches torch.softmax", "[detail][simd][torch]",
 
 // ---- per-architecture helpers against their generic definitions (bitwise), on whatever width this build has ----
 
-TEST_CASE("bits_as_float reinterprets each lane like memcpy", "[detail][simd]") {
-  constexpr Index L = kd::kLanes<float>;
-  const std::vector<std::uint32_t> patterns = {0u,          0x80000000u, 0x3f800000u, 0x7f800000u, 0xff800000u,
-                                               0x7fc00000u, 0x00000001u, 0x807fffffu, 0x12345678u, 0xdeadbeefu};
-  std::vector<std::int32_t> bits;
-  for (std::uint32_t k = 0; k < 4; ++k)
-    for (std::uint32_t p : patterns) bits.push_back(static_cast<std::int32_t>(p ^ (k * 0x01010101u)));
-  while (Index(bits.size()) % L) bits.push_back(0x40490fdb);
-  for (std::size_t i = 0; i < bits.size(); i += std::size_t(L)) {
-    alignas(64) float got[L];
-    kd::store(got, kd::bits_as_float(kd::Batch<std::int32_t>::load_unaligned(bits.data() + i)));
-    for (Index l = 0; l < L; ++l) {
-      std::int32_t back;
-      std::memcpy(&back, &got[l], sizeof back);
-      CHECK(back == bits[i + std::size_t(l)]);
-    }
-  }
-}
-
 TEMPLATE_TEST_CASE("reduce_add_lanes equals reduce_add lane by lane, bit for bit", "[detail][simd]", float, double) {
   using T = TestType;
   constexpr Index L = kd::kLanes<T>;
@@ -120,7 +101,7 @@ TEMPLATE_TEST_CASE("reduce_add_lanes equals reduce_add lane by lane, bit for bit
     for (Index u = 0; u < L; ++u) t.push_back(kd::load(v.data() + u * L));
     alignas(64) T fast[L], generic[L];
     kd::store(fast, kd::reduce_add_lanes<T>(t.data()));
-    kd::store(generic, kd::reduce_add_lanes_generic<T>(t.data()));
+    kd::store(generic, kd::generic::reduce_add_lanes<T>(t.data()));
     CAPTURE(seed);
     CHECK(std::memcmp(fast, generic, sizeof fast) == 0);
   }

@@ -4,7 +4,7 @@
 // compiler was told it may use, e.g. fma3<avx2> under -march=native or -mavx2 -mfma) and shims the few
 // calls that differ between xsimd 8.1 (Debian 12) and 9.x-14.x (what FetchContent users get).
 
-// GCC 12's AVX-512 intrinsics (vmaxps, extracts) pass _mm512_undefined_*() as the masked-off source, which its
+// GCC 12's AVX-512 intrinsics (vmaxps, extracts) pass an undefined register as the masked-off source, which its
 // -Wmaybe-uninitialized flags wherever xsimd's AVX-512 kernels are inlined (a GCC false positive). Silenced for
 // these headers only: the intrinsics header is included here first, so the pragma's range covers its lines, and
 // warnings in kexue's own code stay on.
@@ -106,41 +106,6 @@ inline T reduce_max(const Batch<T>& b) {
   for (std::size_t i = 1; i < Batch<T>::size; ++i) m = lanes[i] > m ? lanes[i] : m;
   return m;
 #endif
-}
-
-/// The float whose bits are each lane of i (a reinterpretation, not a conversion). xsimd spells this
-/// bitwise_cast<batch<float>>(i) in 8.x and differently later, so it is done on the native registers here,
-/// with a store-and-reload fallback for any other register type.
-/// (A template only so that the branches for other register widths are discarded unchecked.)
-template <class IntBatch = Batch<std::int32_t>>
-inline Batch<float> bits_as_float(const IntBatch& i) {
-  using Reg = typename IntBatch::register_type;
-  constexpr std::size_t kBytes = sizeof(Reg);
-  (void)kBytes;
-#if defined(__AVX512F__)
-  if constexpr (kBytes == 64) return Batch<float>(_mm512_castsi512_ps(static_cast<Reg>(i)));
-  else
-#endif
-#if defined(__AVX__)
-  if constexpr (kBytes == 32) return Batch<float>(_mm256_castsi256_ps(static_cast<Reg>(i)));
-  else
-#endif
-#if defined(__SSE2__)
-  if constexpr (kBytes == 16) return Batch<float>(_mm_castsi128_ps(static_cast<Reg>(i)));
-  else
-#endif
-#if defined(__aarch64__) || defined(__ARM_NEON)
-  if constexpr (kBytes == 16) return Batch<float>(vreinterpretq_f32_s32(static_cast<Reg>(i)));
-  else
-#endif
-  {
-    constexpr std::size_t L = Batch<float>::size;
-    alignas(64) std::int32_t bits[L];
-    alignas(64) float f[L];
-    i.store_aligned(bits);
-    std::memcpy(f, bits, sizeof(f));
-    return Batch<float>::load_aligned(f);
-  }
 }
 
 template <class T>

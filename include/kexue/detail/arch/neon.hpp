@@ -160,4 +160,9 @@ inline Batch<T> opaque(const Batch<T>& v) {
 #endif
 }
 
+template <class T>
+inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
+  return generic::reduce_add_lanes<T>(t);
+}
+
 }  // namespace kexue::detail::neon

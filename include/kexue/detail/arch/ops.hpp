@@ -15,6 +15,7 @@
 //   reinterpret<To>(v)        the same bits as another 32-bit lane type
 //   store_halves(lo, hi, v)   lanes [0, L/2) at lo, [L/2, L) at hi; load_halves the reverse
 //   opaque(v)                 v, but a product feeding it cannot be contracted into an FMA
+//   reduce_add_lanes(t)       lane u = reduce_add(t[u]) for the kLanes batches t[0..L), bit for bit
 
 #include "kexue/detail/arch/generic.hpp"
 
@@ -79,6 +80,11 @@ inline Batch<T> load_halves(const T* lo, const T* hi) {
 template <class T>
 inline Batch<T> opaque(const Batch<T>& v) {
   return arch::opaque<T>(v);
+}
+
+template <class T>
+inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
+  return arch::reduce_add_lanes<T>(t);
 }
 
 }  // namespace kexue::detail

@@ -8,6 +8,8 @@
 //   memory (xsimd 8.1 has no portable lane permute; 14.x spells it with batch_constant).
 // - mulhilo_u32: vpmuludq twice + a blend (+ vpmulld for the low half); xsimd has no 32x32->64 multiply.
 // - reinterpret, store_halves, load_halves, opaque: register casts, 256-bit halves of a zmm, an empty asm.
+// - reduce_add_lanes: the horizontal sums of L registers at once, transposed (a third of the shuffles of L
+//   separate reductions), bitwise equal to xsimd 8's reduce_add of each (the decode path's q.k of L keys).
 
 #include <cstdint>
 #include <type_traits>
@@ -296,6 +298,70 @@ inline Batch<T> opaque(const Batch<T>& v) {
 #else
   return generic::opaque<T>(v);
 #endif
+}
+
+#if defined(__AVX__) && XSIMD_VERSION_MAJOR < 9
+/// The eight hadd sums of eight ymm float registers, lane u = hadd(w[u]) bit for bit (see reduce_add_lanes).
+inline __m256 hadd_lanes_avx(const __m256* t) {
+  __m256 w[4];
+  for (int u = 0; u < 4; ++u) {
+    const __m256 a = t[u], b = t[u + 4];
+    w[u] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+  }
+  return _mm256_hadd_ps(_mm256_hadd_ps(w[0], w[1]), _mm256_hadd_ps(w[2], w[3]));
+}
+/// The four hadd sums of four ymm double registers.
+inline __m256d hadd_lanes_avx(const __m256d* t) {
+  __m256d w[2];
+  for (int u = 0; u < 2; ++u) {
+    const __m256d a = t[u], b = t[u + 2];
+    w[u] = _mm256_add_pd(_mm256_permute2f128_pd(a, b, 0x20), _mm256_permute2f128_pd(a, b, 0x31));
+  }
+  return _mm256_hadd_pd(w[0], w[1]);
+}
+#endif
+
+/// The kLanes<T> sums of kLanes<T> batches t[0..L) as one batch (lane u = the sum of t[u]), each with the bits
+/// of reduce_add<T>(t[u]). With xsimd 8 on AVX, reduce_add is hadd: x + (x with its 128-bit halves swapped),
+/// then two horizontal adds, i.e. ((x0 + x4) + (x1 + x5)) + ((x2 + x6) + (x3 + x7)) for float and
+/// (x0 + x2) + (x1 + x3) for double; on AVX-512 it first adds the two 256-bit halves, then does the same. The
+/// transposed forms below make exactly those sums for L batches at once (a third of the shuffles); any other
+/// version or instruction set reduces each batch with reduce_add itself (the generic path, which
+/// tests/detail/test_simd.cpp compares them with).
+template <class T>
+inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
+  using Reg = typename Batch<T>::register_type;
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  (void)kFloat;
+  (void)sizeof(Reg);  // only the x86 branches name it
+#if defined(__AVX512F__) && XSIMD_VERSION_MAJOR < 9
+  if constexpr (sizeof(Reg) == 64 && kFloat) {
+    __m256 h[16];
+    for (int u = 0; u < 16; ++u) {
+      const __m512 x = static_cast<Reg>(t[u]);
+      h[u] = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x));
+    }
+    const __m256d lo = _mm256_castps_pd(hadd_lanes_avx(h)), hi = _mm256_castps_pd(hadd_lanes_avx(h + 8));
+    return Batch<T>(_mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1)));
+  } else if constexpr (sizeof(Reg) == 64 && !kFloat) {
+    __m256d h[8];
+    for (int u = 0; u < 8; ++u) {
+      const __m512d x = static_cast<Reg>(t[u]);
+      h[u] = _mm256_add_pd(_mm512_extractf64x4_pd(x, 1), _mm512_castpd512_pd256(x));
+    }
+    return Batch<T>(_mm512_insertf64x4(_mm512_castpd256_pd512(hadd_lanes_avx(h)), hadd_lanes_avx(h + 4), 1));
+  } else
+#endif
+#if defined(__AVX__) && XSIMD_VERSION_MAJOR < 9
+  if constexpr (sizeof(Reg) == 32) {
+    Reg r[kLanes<T>];
+    for (Index u = 0; u < kLanes<T>; ++u) r[u] = t[u];
+    return Batch<T>(hadd_lanes_avx(r));
+  } else
+#endif
+  {
+    return generic::reduce_add_lanes<T>(t);
+  }
 }
 
 }  // namespace kexue::detail::x86
