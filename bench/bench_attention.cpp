@@ -3,7 +3,7 @@
 // normalisations, causal and not, 1 and 2 threads; a KV-cache decode step (n = 1 against m cached keys: GQA 8/2,
 // MQA 8/1, MHA 8/8); a key mask with finite vs NaN values in the hidden keys' v rows; and the naive baseline in
 // the same binary: plain Eigen materialising S = q k^T, a row softmax, then S v. Long context: one head at
-// n = 32768 and 131072, and a decode step against 1,048,576 cached keys (BM_attention_long, _decode_long).
+// n = 32768 and 131072, and a decode step against 1,048,576 cached keys (BM_attention_long, BM_attention_decode/1048576).
 // Flops: 4 n m d per head (two GEMM-like products), halved for causal (n = m).
 #include <sys/resource.h>
 
@@ -143,18 +143,22 @@ BENCHMARK(BM_attention_keymask)
     ->UseRealTime();
 
 // One decoding step: a single new query per head against m cached keys, 8 query heads sharing 2 KV heads
-// (grouped-query attention). Memory-bound: it reads the whole cache once.
+// (grouped-query attention). Memory-bound: it reads the whole cache once (bw_frac: against bench_peak's triad).
+// m = 1,048,576 is the long-context case (1 GiB of K and V); call_extra_MiB is the call's memory growth.
 void BM_attention_decode(benchmark::State& state) {
   const Index m = state.range(0);
   set_threads(1);
   Inputs in(kHeads, 2, 1, m);
   kexue::AttentionOptions opt;
   opt.causal = true;
+  const long rss0 = max_rss_kib();
   time_attention(state, in, opt);
+  const long rss1 = max_rss_kib();
   report_flops(state, 4.0 * double(m) * kDim * kHeads, 1);
   report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
+  state.counters["call_extra_MiB"] = double(rss1 - rss0) / 1024.0;
 }
-BENCHMARK(BM_attention_decode)->Arg(4096)->Arg(16384)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_attention_decode)->Arg(4096)->Arg(16384)->Arg(1 << 20)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // One decoding step for the three ways 8 query heads share the cache: GQA 8/2, MQA 8/1 and MHA 8/8 (kv_heads),
 // m = 4096 and 32768 cached keys, 1 thread. The grouped decode path reads each K and V row once per KV head
@@ -196,23 +200,6 @@ void BM_attention_long(benchmark::State& state) {
 }
 BENCHMARK(BM_attention_long)->ArgName("n")->Arg(32768)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_attention_long)->ArgName("n")->Arg(131072)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
-
-// A decoding step against a 1,048,576-key cache, GQA 8/2 (1 GiB of K and V), 1 thread: the grouped decode path
-// reads each K and V row once per KV head, so it runs at memory bandwidth (bw_frac: against bench_peak's triad).
-void BM_attention_decode_long(benchmark::State& state) {
-  const Index m = state.range(0);
-  set_threads(1);
-  Inputs in(kHeads, 2, 1, m);
-  kexue::AttentionOptions opt;
-  opt.causal = true;
-  const long rss0 = max_rss_kib();
-  time_attention(state, in, opt);
-  const long rss1 = max_rss_kib();
-  report_flops(state, 4.0 * double(m) * kDim * kHeads, 1);
-  report_bytes(state, double(in.k.size() + in.v.size()) * sizeof(float));
-  state.counters["call_extra_MiB"] = double(rss1 - rss0) / 1024.0;
-}
-BENCHMARK(BM_attention_decode_long)->ArgName("m")->Arg(1 << 20)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Naive baseline: per head, S = scale q k^T with Eigen's GEMM (materialised n x n), row softmax, O = S v.
 void BM_attention_naive_eigen(benchmark::State& state) {
