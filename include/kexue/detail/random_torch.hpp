@@ -6,7 +6,7 @@
 // log256_ps / sincos256_ps (ATen's avx_mathfun.h).
 //
 // Bit-exactness also depends on which multiply-adds GCC 12 fused when it compiled libtorch (it contracts
-// _mm256_mul_ps + _mm256_add_ps into vfmadd at -O2). The fusion pattern below was identified by comparing
+// vmulps + vaddps into vfmadd at -O2). The fusion pattern below was identified by comparing
 // against torch 1.13's output over 100k values: every fused step is an explicit fma here, and every product
 // that torch rounded separately goes through opaque() so that our own compiler cannot fuse it either.
 // The vector version is written once over xsimd (any register width; 16 lanes take two chunks at a time) and
@@ -59,13 +59,13 @@ constexpr float kCephesDp3 = -3.77489497744594108e-8f;
 constexpr float kSincofP0 = -1.9515295891E-4f, kSincofP1 = 8.3321608736E-3f, kSincofP2 = -1.6666654611E-1f;
 constexpr float kCoscofP0 = 2.443315711809948E-005f, kCoscofP1 = -1.388731625493765E-003f,
                 kCoscofP2 = 4.166664568298827E-002f;
-// 2.0f * c10::pi<double>, rounded to float as _mm256_set1_ps does.
+// 2.0f * c10::pi<double>, rounded to float as torch's AVX2 broadcast (vbroadcastss) does.
 constexpr float kTorchTwoPi = static_cast<float>(2.0f * 3.14159265358979323846);
 
 /// One lane of log256_ps, with torch's fusion pattern (scalar fallback and test oracle).
 inline float torch_log_lane(float x) {
   const bool invalid = x <= 0.0f;
-  x = x > bits_float(0x00800000u) ? x : bits_float(0x00800000u);  // _mm256_max_ps(x, min_norm_pos)
+  x = x > bits_float(0x00800000u) ? x : bits_float(0x00800000u);  // vmaxps(x, min_norm_pos) in torch
   const std::int32_t exponent = static_cast<std::int32_t>(float_bits(x) >> 23) - 0x7f;
   x = bits_float((float_bits(x) & ~0x7f800000u) | float_bits(0.5f));
   float e = static_cast<float>(exponent) + 1.0f;
@@ -90,7 +90,7 @@ inline void torch_sincos_lane(float x, float* s, float* c) {
   std::uint32_t sign_sin = float_bits(x) & 0x80000000u;
   x = std::fabs(x);
   float y = x * kCephesFopi;
-  std::int32_t j = static_cast<std::int32_t>(y);  // truncation, as _mm256_cvttps_epi32
+  std::int32_t j = static_cast<std::int32_t>(y);  // truncation, as vcvttps2dq
   j = (j + 1) & ~1;
   y = static_cast<float>(j);
   const std::uint32_t swap_sign = static_cast<std::uint32_t>(j & 4) << 29;
@@ -139,7 +139,7 @@ using U = Batch<std::uint32_t>;
 
 inline F from_bits(std::uint32_t u) { return reinterpret<float>(U(u)); }
 
-/// log256_ps on every lane (torch_log_lane's operations; the NaN for x <= 0 is all ones, as _mm256_or_ps makes it).
+/// log256_ps on every lane (torch_log_lane's operations; the NaN for x <= 0 is all ones, as torch's vorps makes it).
 inline F log(F x) {
   const F one(1.0f);
   const auto invalid = x <= F(0.0f);
@@ -170,7 +170,7 @@ inline void sincos(F x, F* s, F* c) {
   U sign_sin = reinterpret<std::uint32_t>(x) & sign;
   x = reinterpret<float>(reinterpret<std::uint32_t>(x) & U(0x7fffffffu));
   F y = x * F(kCephesFopi);
-  I j = xsimd::batch_cast<std::int32_t>(y);  // truncation, as _mm256_cvttps_epi32
+  I j = xsimd::batch_cast<std::int32_t>(y);  // truncation, as vcvttps2dq
   j = (j + I(1)) & I(~1);
   y = xsimd::batch_cast<float>(j);
   const U swap_sign = reinterpret<std::uint32_t>((j & I(4)) << 29);
