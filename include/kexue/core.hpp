@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Types shared by every kernel family: index type, row-major matrices, the error type and
 /// the strided 4-D view used by the batched [batch, heads, seq, dim] forms.
 
@@ -39,11 +40,13 @@ struct Error : std::invalid_argument {
 /// T may be const-qualified for inputs. Strides are in elements, not bytes.
 template <class T>
 struct TensorView {
-  T* data = nullptr;
+  T* data = nullptr;                          ///< element (0, 0, 0, 0)
   std::array<Index, 4> shape{0, 0, 0, 0};    ///< batch, heads, seq, dim
   std::array<Index, 3> strides{0, 0, 0};     ///< elements between consecutive batch, head, seq entries
 
+  /// An empty view (null data, all shapes 0).
   TensorView() = default;
+  /// A view of data with the given [batch, heads, seq, dim] shape and batch, head, seq strides in elements.
   TensorView(T* data_, std::array<Index, 4> shape_, std::array<Index, 3> strides_)
       : data(data_), shape(shape_), strides(strides_) {}
   /// Converts a mutable view to a const one.
@@ -60,9 +63,13 @@ struct TensorView {
     return TensorView(data_, {batch, heads, seq, dim}, {seq * heads * dim, dim, heads * dim});
   }
 
+  /// shape[0]: number of batch entries.
   Index batch() const { return shape[0]; }
+  /// shape[1]: number of heads.
   Index heads() const { return shape[1]; }
+  /// shape[2]: sequence length (rows per head).
   Index seq() const { return shape[2]; }
+  /// shape[3]: features per row (unit stride).
   Index dim() const { return shape[3]; }
   /// Pointer to the first element of row (b, h, s).
   T* row(Index b, Index h, Index s) const { return data + b * strides[0] + h * strides[1] + s * strides[2]; }

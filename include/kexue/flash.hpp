@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// FLASH mixed-chunk attention (SPEC 3.5; Hua et al. 2022 "Transformer Quality in Linear Time",
 /// kexue.fm/archives/8934): squared-ReLU quadratic attention inside non-overlapping chunks plus linear attention across
 /// chunks. Not to be confused with FlashAttention (an exact softmax-attention algorithm): this is a different model.
@@ -42,7 +43,7 @@ enum class FlashLinearNorm {
 /// relu(q.k / c)^2 is scale = 1/c, quad_norm = 1.
 struct FlashOptions {
   Index chunk_size = 256;  ///< c (the paper uses 256)
-  bool causal = false;
+  bool causal = false;  ///< mask keys after the query row (upper triangle inside the chunk, later chunks outside)
   std::optional<double> scale;  ///< logits = scale * q.k inside the relu; default 1/sqrt(s)
   /// The quadratic weights are divided by this; default chunk_size, also for a last chunk shorter than c (as if the
   /// sequence were padded to a multiple of c with masked keys, which is what FLASH-pytorch does).

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Weight initialisers (SPEC.md section 7.2): LeCun / He / Xavier (Glorot) normal and uniform, TensorFlow's
 /// truncated normal and bert4keras' RoFormerV2 / GAU-alpha initialiser.
 ///

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Umbrella header: every kernel family of kexue. Each family also has its own header.
 
 #include "kexue/version.hpp"

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Patches (SPEC.md section 8): an image [H, W, C] as rows of p x p patches, the "lossless input" of a patch
 /// diffusion transformer (Su's Keras-DDPM ddpm-gau.py: Reshape(H/p, p, W/p, p, C) -> Permute(1, 3, 2, 4, 5) ->
 /// Reshape(L, p*p*C)).

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Random numbers for sampling: a generator bit-compatible with PyTorch's CPU torch.randn, and a
 /// counter-based Philox 4x32-10 generator whose output does not depend on the thread count (the fast
 /// default for DDPM noise).
@@ -158,9 +159,11 @@ class PhiloxGenerator {
   /// The stream `seed`, positioned at value number `offset`.
   explicit PhiloxGenerator(std::uint64_t seed, std::uint64_t offset = 0) : seed_(seed), offset_(offset) {}
 
+  /// The seed (Philox key) of this stream.
   std::uint64_t seed() const { return seed_; }
   /// Position of the next value in the stream.
   std::uint64_t offset() const { return offset_; }
+  /// Moves to value number `offset` of the stream (forwards or backwards; nothing is drawn).
   void set_offset(std::uint64_t offset) { offset_ = offset; }
 
   /// Fills out (any contiguous Eigen dense object, float or double) with the next out.size() values.
