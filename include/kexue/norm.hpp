@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Layer and RMS normalisation over the last dimension (SPEC.md section 7.1), with the residual add fused in.
 ///
 ///     layer_norm: y = (x - mean(x)) / sqrt(var(x) + eps) * gamma + beta    (biased variance, 1/d)
@@ -89,31 +90,26 @@ constexpr Index kNormParallelElements = Index(1) << 16;
 constexpr double kNormRefine = 4.0;
 
 template <class T>
-inline NormReduce norm_reduce_kind(const NormCall<T>& a) {
-  if (a.zero_mean) return NormReduce::ShiftedDeviations;
-  return a.unit_variance ? NormReduce::Squares : NormReduce::None;
-}
-
-/// Row r's first pass. Centred forms accumulate sum(x - K) and sum((x - K)^2) with K = x[0] in the one pass
-/// over memory (the mean is then K + sum / d, subtracted in those two parts); RMS forms need only sum(x^2).
-/// Returns the row the apply pass reads (x, or the staged x + residual).
-template <class T>
-inline const T* norm_first_pass(const NormCall<T>& a, Index r, ShiftedSums<T>& sums) {
+inline void norm_row(const NormCall<T>& a, Index r) {
   const Index d = a.x.cols;
-  if (!a.residual.data) {
-    sums = norm_reduce(a.x.row(r), norm_reduce_kind(a), d);
-    return a.x.row(r);
+  const T* x = a.x.row(r);
+  T* out = a.out.row(r);
+  const T* src = x;
+  // Centred forms accumulate sum(x - K) and sum((x - K)^2) with K = x[0] in the one pass over memory (the mean
+  // is then K + sum / d, subtracted in those two parts); RMS forms need only sum(x^2).
+  ShiftedSums<T> sums{T(0), T(0), T(0)};
+  if (a.residual.data) {
+    T* s = a.sum.data ? a.sum.row(r) : out;
+    sums = norm_add_reduce(x, a.residual.row(r), s, a.zero_mean, d);
+    src = s;
+  } else if (a.zero_mean) {
+    sums.shift = x[0];
+    const std::pair<T, T> dev = norm_sum_dev(x, sums.shift, d);
+    sums.sum = dev.first;
+    sums.squares = dev.second;
+  } else if (a.unit_variance) {
+    sums.squares = norm_sum_sq(x, d);
   }
-  T* s = a.sum.data ? a.sum.row(r) : a.out.row(r);
-  sums = norm_add_reduce(a.x.row(r), a.residual.row(r), s, a.zero_mean, d);
-  return s;
-}
-
-/// The row's statistics from its first-pass sums; src is the row the sums were taken over (read again, from
-/// cache, only for the rare second pass).
-template <class T>
-inline NormRowStats<T> norm_stats(const NormCall<T>& a, const T* src, const ShiftedSums<T>& sums) {
-  const Index d = a.x.cols;
   const T inv_d = T(1) / T(d);
   T shift = T(0), correction = T(0), mean_square = sums.squares * inv_d;
   if (a.zero_mean) {
@@ -129,31 +125,8 @@ inline NormRowStats<T> norm_stats(const NormCall<T>& a, const T* src, const Shif
     }
     if (mean_square < T(0)) mean_square = T(0);  // rounding; a NaN passes through
   }
-  return {shift, correction, a.unit_variance ? norm_inverse_rms(mean_square, a.eps) : T(1)};
-}
-
-/// Rows [begin, end). Without a residual, each row's apply pass runs in the same loop as the next row's
-/// first pass (norm_apply_reduce, bitwise equal to the separate passes, so results do not depend on where a
-/// thread's range starts); the residual forms' first pass already reads and writes.
-template <class T>
-inline void norm_rows(const NormCall<T>& a, Index begin, Index end) {
-  const Index d = a.x.cols;
-  const bool pipelined = !a.residual.data && norm_reduce_kind(a) != NormReduce::None;
-  ShiftedSums<T> sums{T(0), T(0), T(0)};
-  const T* src = norm_first_pass(a, begin, sums);
-  for (Index r = begin; r < end; ++r) {
-    const NormRowStats<T> st = norm_stats(a, src, sums);
-    T* out = a.out.row(r);
-    if (r + 1 == end) {
-      norm_apply(src, st, a.gamma, a.beta, out, d);
-    } else if (pipelined) {
-      sums = norm_apply_reduce(src, st, a.gamma, a.beta, out, a.x.row(r + 1), norm_reduce_kind(a), d);
-      src = a.x.row(r + 1);
-    } else {
-      norm_apply(src, st, a.gamma, a.beta, out, d);
-      src = norm_first_pass(a, r + 1, sums);
-    }
-  }
+  const T inv = a.unit_variance ? norm_inverse_rms(mean_square, a.eps) : T(1);
+  norm_apply(src, shift, correction, inv, a.gamma, a.beta, out, d);
 }
 
 template <class T>
@@ -161,13 +134,14 @@ inline void norm_run(const NormCall<T>& a) {
   const Index n = a.x.rows, d = a.x.cols;
   if (n == 0 || d == 0) return;
   if (n * d < kNormParallelElements || max_threads() == 1) {
-    norm_rows(a, 0, n);
+    for (Index r = 0; r < n; ++r) norm_row(a, r);
     return;
   }
   const Index rows_per_item = std::max<Index>(1, kNormItemElements / d);
   const Index items = (n + rows_per_item - 1) / rows_per_item;
   parallel_for(items, [&](Index item) {
-    norm_rows(a, item * rows_per_item, std::min(n, (item + 1) * rows_per_item));
+    const Index end = std::min(n, (item + 1) * rows_per_item);
+    for (Index r = item * rows_per_item; r < end; ++r) norm_row(a, r);
   });
 }
 
