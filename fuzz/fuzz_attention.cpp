@@ -16,6 +16,7 @@
 #include <cstring>
 #include <optional>
 
+#include "fuzz_bounds.hpp"
 #include "fuzz_input.hpp"
 #include "kexue/attention.hpp"
 #include "reference/attention_reference.hpp"
@@ -94,38 +95,17 @@ kexue_test::RefAttentionArgs ref_args(const Case& c, const unsigned char* mask) 
   return a;
 }
 
-/// Row i's bound (see the header comment).
-/// The largest scale * sum_c |q_ic k_jc| of row i over the keys: how large a logit can be, and the error
-/// a rounded dot product can make in it (in units of eps).
+/// Row i's bound: fuzz_bounds.hpp (attention_row_l1, attention_row_bound), shared with the unit suite's regression
+/// case of input 2f0000000000021a.
 inline double row_l1(const std::vector<double>& q, const std::vector<double>& k, Index i, Index m, Index d,
                      double scale) {
-  double l1 = 0;
-  for (Index j = 0; j < m; ++j) {
-    double s = 0;
-    for (Index t = 0; t < d; ++t) s += std::abs(q[std::size_t(i * d + t)] * k[std::size_t(j * d + t)]);
-    l1 = std::max(l1, s * std::abs(scale));
-  }
-  return l1;
+  return kexue_fuzz_bounds::attention_row_l1(q.data(), k.data(), i, m, d, scale);
 }
 
-/// Row i's bound (see the header comment). A logit is a d-term dot product summed as one FMA chain and then scaled,
-/// so its rounding error is at most about (d + 2) eps L1 (Higham's gamma_d for the chain, one more rounding for the
-/// scale); it was 2 eps L1 here until fuzz input 2f0000000000021a (SquaredRelu, m = 1, d = 14, L1 = 580) showed a
-/// logit off by 1.9 eps L1: relu^2 doubles the relative error of a logit and its weight multiplies v directly, so
-/// that case needs the d-dependent term. Softmax's weights are exp of logit differences: the same (d + 2) eps L1
-/// logit error moves them by at most that much relatively.
 template <class T>
 double row_bound(const Case& c, double l1, Index m, Index d, double vmax) {
-  const double logit_err = double(d) + 2;  // in units of eps * L1
-  double factor = 1;
-  if (c.o.normalization == kexue::Normalization::SoftmaxPlus)
-    factor = std::max(1.0, std::log(double(std::max<Index>(m, c.o.min_length))) / std::log(double(c.o.train_length)));
-  double growth = 2 * logit_err * factor * l1;
-  if (c.o.normalization == kexue::Normalization::SquaredRelu) {
-    const double L = c.o.relu2_length ? double(*c.o.relu2_length) : 1.0;
-    growth = 2 * logit_err * (l1 + 1) * (l1 + 1) * double(m) / L;
-  }
-  return eps_of<T>() * vmax * (16 + 2 * double(m) + growth) + tiny<T>();
+  return kexue_fuzz_bounds::attention_row_bound<T>(int(c.o.normalization), l1, m, d, vmax, c.o.min_length,
+                                                   c.o.train_length, c.o.relu2_length ? *c.o.relu2_length : 0);
 }
 
 template <class T>

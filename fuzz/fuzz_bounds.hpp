@@ -90,4 +90,43 @@ double rotated_dot_magnitude(Index d, QA&& q, KA&& k) {
   return s;
 }
 
+/// fuzz_attention's bound (see fuzz/fuzz_attention.cpp's header comment): the largest scale * sum_c |q_ic k_jc| of
+/// query row i over the keys (row-major q [n, d], k [m, d] in double), i.e. how large a logit can be and the error a
+/// rounded dot product can make in it (in units of eps).
+inline double attention_row_l1(const double* q, const double* k, Index i, Index m, Index d, double scale) {
+  double l1 = 0;
+  for (Index j = 0; j < m; ++j) {
+    double s = 0;
+    for (Index t = 0; t < d; ++t) s += std::abs(q[i * d + t] * k[j * d + t]);
+    l1 = std::max(l1, s * std::abs(scale));
+  }
+  return l1;
+}
+
+/// fuzz_attention's bound on |got - ref| for every output of one row (T = float or double):
+///   eps(T) max|v| (16 + 2 m + 2 (d + 2) c L1) + 1024 min(T)
+/// with L1 = attention_row_l1 and c the SoftmaxPlus factor max(1, ln max(m, min_length) / ln train_length);
+/// SquaredRelu (norm 2): 2 (d + 2) (L1 + 1)^2 m / L instead of the last term, L = relu2_length or 1.
+/// A logit is a d-term dot product summed as one FMA chain and then scaled, so its rounding error is at most about
+/// (d + 2) eps L1 (Higham's gamma_d for the chain, one more rounding for the scale); it was 2 eps L1 until fuzz
+/// input 2f0000000000021a (SquaredRelu, m = 1, d = 14, L1 = 580) showed a logit off by 1.9 eps L1: relu^2 doubles
+/// the relative error of a logit and its weight multiplies v directly, so that case needs the d-dependent term.
+/// Softmax's weights are exp of logit differences: the same (d + 2) eps L1 logit error moves them by at most that
+/// much relatively. norm: 0 Softmax, 1 SoftmaxPlus, 2 SquaredRelu (kexue::Normalization's order).
+template <class T>
+double attention_row_bound(int norm, double l1, Index m, Index d, double vmax, Index min_length, Index train_length,
+                           Index relu2_length) {
+  const double eps = double(std::numeric_limits<T>::epsilon());
+  const double logit_err = double(d) + 2;  // in units of eps * L1
+  double factor = 1;
+  if (norm == 1)
+    factor = std::max(1.0, std::log(double(std::max<Index>(m, min_length))) / std::log(double(train_length)));
+  double growth = 2 * logit_err * factor * l1;
+  if (norm == 2) {
+    const double L = relu2_length > 0 ? double(relu2_length) : 1.0;
+    growth = 2 * logit_err * (l1 + 1) * (l1 + 1) * double(m) / L;
+  }
+  return eps * vmax * (16 + 2 * double(m) + growth) + 1024 * double(std::numeric_limits<T>::min());
+}
+
 }  // namespace kexue_fuzz_bounds
