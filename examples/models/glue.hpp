@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// The glue between kexue's kernels that every model of examples/models needs: embedding lookup, SiLU and
+// argmax. Plain Eigen on purpose: these are the few lines a user writes around the library, not kernels.
+#include <kexue/core.hpp>
+#include <kexue/gau.hpp>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace kexue_models {
+
+using kexue::Index;
+using kexue::Matrix;
+using kexue::Vector;
+
+/// out.row(r) = table.row(ids[r]) (+ add.row(extra[r]) when `add` is given): token (+ segment) embeddings.
+template <class T>
+void embed(const Matrix<T>& table, const std::vector<int>& ids, Matrix<T>& out, const Matrix<T>* add = nullptr,
+           const std::vector<int>* extra = nullptr) {
+  out.resize(Index(ids.size()), table.cols());
+  for (Index r = 0; r < Index(ids.size()); ++r) {
+    const int id = ids[std::size_t(r)];
+    if (id < 0 || id >= table.rows())
+      throw std::out_of_range("embed: id " + std::to_string(id) + " outside the table of " +
+                              std::to_string(table.rows()) + " rows");
+    out.row(r) = table.row(id);
+    if (add) out.row(r) += add->row((*extra)[std::size_t(r)]);
+  }
+}
+
+/// x <- x * sigmoid(x), elementwise (SiLU / swish), written as x / (1 + exp(-x)) as torch's silu does.
+template <class Derived>
+void silu(Eigen::MatrixBase<Derived>& x) {
+  using T = typename Derived::Scalar;
+  x = x.unaryExpr([](T v) { return v / (T(1) + std::exp(-v)); });
+}
+
+/// Index of the largest entry of row r (the first one on ties), as torch.argmax.
+template <class T>
+Index argmax_row(const Matrix<T>& m, Index r) {
+  Index best = 0;
+  for (Index j = 1; j < m.cols(); ++j)
+    if (m(r, j) > m(r, best)) best = j;
+  return best;
+}
+
+/// A GAU layer's weights in another scalar type.
+template <class U, class T>
+kexue::GauWeights<U> cast_gau(const kexue::GauWeights<T>& g) {
+  kexue::GauWeights<U> o;
+  o.w_in = g.w_in.template cast<U>();
+  o.b_in = g.b_in.template cast<U>();
+  o.gamma_q = g.gamma_q.template cast<U>();
+  o.beta_q = g.beta_q.template cast<U>();
+  o.gamma_k = g.gamma_k.template cast<U>();
+  o.beta_k = g.beta_k.template cast<U>();
+  o.w_out = g.w_out.template cast<U>();
+  o.b_out = g.b_out.template cast<U>();
+  return o;
+}
+
+}  // namespace kexue_models
