@@ -24,11 +24,19 @@ else()
   set(KEXUE_PC_OPENMP_FLAGS "")
 endif()
 
-# " -I<dir>" for every include directory of the dependency targets, evaluated at generate time
-# (a fetched xsimd's directories are generator expressions).
+# " -I<dir>" for every include directory of the dependency targets, evaluated at generate time (a fetched
+# xsimd's directories are generator expressions), except the compiler's own search directories: Debian's xsimd
+# is in /usr/include, and an explicit -I/usr/include breaks libstdc++'s #include_next (pkg-config drops it by
+# default, but not with PKG_CONFIG_ALLOW_SYSTEM_CFLAGS) and would put host headers first in a cross build.
+set(_kexue_implicit "")
+foreach(_dir IN LISTS CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES)
+  string(REGEX REPLACE "([][+.*()^$?|\\\\])" "\\\\\\1" _dir "${_dir}")
+  list(APPEND _kexue_implicit "${_dir}")
+endforeach()
+list(JOIN _kexue_implicit "|" _kexue_implicit)
 set(KEXUE_PC_DEP_CFLAGS "")
 foreach(_kexue_dep Eigen3::Eigen xsimd)
-  set(_dirs "$<TARGET_PROPERTY:${_kexue_dep},INTERFACE_INCLUDE_DIRECTORIES>")
+  set(_dirs "$<FILTER:$<TARGET_PROPERTY:${_kexue_dep},INTERFACE_INCLUDE_DIRECTORIES>,EXCLUDE,^(${_kexue_implicit})$>")
   string(APPEND KEXUE_PC_DEP_CFLAGS "$<$<BOOL:${_dirs}>: -I$<JOIN:${_dirs}, -I>>")
 endforeach()
 
