@@ -30,6 +30,14 @@ using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
 template <class T>
 using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 
+namespace detail {
+/// True for the 16-bit storage types (Eigen 3.4's Eigen::half and Eigen::bfloat16; kexue has none of its own):
+/// kernels that accept them widen to float in registers and round once when they store (kexue/half.hpp).
+template <class T>
+constexpr bool kIs16Bit = std::is_same<std::remove_const_t<T>, Eigen::half>::value ||
+                          std::is_same<std::remove_const_t<T>, Eigen::bfloat16>::value;
+}  // namespace detail
+
 /// Thrown for bad input before any output is written; the message names the function,
 /// the argument and the shapes involved.
 struct Error : std::invalid_argument {

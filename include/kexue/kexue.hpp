@@ -5,6 +5,7 @@
 
 #include "kexue/version.hpp"
 #include "kexue/core.hpp"
+#include "kexue/half.hpp"               // Eigen::half / Eigen::bfloat16 storage: convert(src, dst)
 #include "kexue/rope.hpp"               // SPEC 1, 4: RoPE, RoPE + bias, 2-D RoPE, frequency scaling
 #include "kexue/attention.hpp"          // SPEC 3.3-3.4, 5.1: softmax / softmax_plus / squared-ReLU attention
 #include "kexue/gau.hpp"                // SPEC 3.1-3.2: the gated attention unit

@@ -187,3 +187,48 @@ TEST_CASE("arch reinterpret, halves and opaque move bits unchanged", "[detail][a
   CHECK(same_bits<float>(kd::opaque<float>(v), v));
   CHECK(same_bits<float>(gen::opaque<float>(v), v));
 }
+
+TEMPLATE_TEST_CASE("arch load_widen / store_narrow equal their generic versions bit for bit", "[detail][arch][half]",
+                   Eigen::half, Eigen::bfloat16) {
+  // Every 16-bit pattern widened; floats of every class (random bits, ties, NaNs with payloads, subnormals,
+  // fp16 overflow) narrowed; at every offset, so unaligned loads and stores run too. The generic versions are
+  // themselves checked against torch's bits in tests/test_half.cpp.
+  using H = TestType;
+  using F = kd::Batch<float>;
+  constexpr std::size_t L = F::size;
+  INFO("arch " << kd::simd_arch_name() << ", " << L << " lanes");
+  std::vector<H> h(65536 + L);
+  for (std::size_t i = 0; i < h.size(); ++i) h[i] = gen::from_bits16<H>(std::uint16_t(i));
+  int widen_bad = 0;
+  for (std::size_t i = 0; i + L <= h.size(); i += L - 1) {  // stride L - 1: every offset mod L
+    widen_bad += !same_bits<float>(kd::load_widen<H>(&h[i]), gen::load_widen<H>(&h[i]));
+  }
+  CHECK(widen_bad == 0);
+  std::mt19937 e(13);
+  std::vector<float> f(1 << 15);
+  const std::uint32_t specials[] = {0x7FC00000u, 0xFFC00000u, 0x7F800001u, 0xFFFFFFFFu, 0x7FBFE000u, 0x7F800000u,
+                                    0xFF800000u, 0x477FF000u, 0x477FEFFFu, 0x477FE000u, 0x33000000u, 0x33000001u,
+                                    0x00018000u, 0x00008000u, 0x3F808000u, 0x3F818000u, 0x7F7FFFFFu, 0x80000000u};
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    const std::uint32_t r = e();
+    // Random bits; and bits with the low 13 or 16 bits forced to a tie.
+    const std::uint32_t u = i < 18 ? specials[i] : i % 3 == 0 ? r : i % 3 == 1 ? (r & ~0x1FFFu) | 0x1000u : (r & ~0xFFFFu) | 0x8000u;
+    std::memcpy(&f[i], &u, 4);
+  }
+  int narrow_bad = 0;
+  std::vector<H> a(L + 1), b(L + 1);
+  for (std::size_t i = 0; i + L <= f.size(); i += L - 1) {
+    const F v = F::load_unaligned(&f[i]);
+    const std::size_t off = (i / (L > 1 ? L - 1 : 1)) % 2;  // odd and even output addresses
+    kd::store_narrow<H>(&a[off], v);
+    gen::store_narrow<H>(&b[off], v);
+    for (std::size_t l = 0; l < L; ++l) narrow_bad += gen::bits16(a[off + l]) != gen::bits16(b[off + l]);
+  }
+  CHECK(narrow_bad == 0);
+  // The generic versions do what they say: the scalar conversion in every lane.
+  alignas(64) float w[L];
+  gen::load_widen<H>(&h[0x3C00]).store_aligned(w);
+  for (std::size_t l = 0; l < L; ++l) CHECK(gen::bits_float(gen::float_bits(w[l])) == gen::to_float(h[0x3C00 + l]));
+  gen::store_narrow<H>(&a[0], F::load_unaligned(&f[0]));
+  for (std::size_t l = 0; l < L; ++l) CHECK(gen::bits16(a[l]) == gen::bits16(gen::from_float<H>(f[l])));
+}

@@ -31,13 +31,16 @@ constexpr bool is_row_major_or_vector() {
 template <class Derived>
 using scalar_of = typename Derived::Scalar;
 
-template <class Derived>
+/// kAllow16Bit: the kernel also takes Eigen::half / Eigen::bfloat16 (the 16-bit storage forms); every other
+/// kernel keeps the float-or-double check.
+template <class Derived, bool kAllow16Bit = false>
 View<const scalar_of<Derived>> make_view(const char* function, const char* name,
                                          const Eigen::DenseBase<Derived>& m) {
   static_assert(is_row_major_or_vector<Derived>(),
                 "kexue kernels take row-major matrices (kexue::Matrix<T> or a RowMajor Map/Block)");
-  static_assert(std::is_same<scalar_of<Derived>, float>::value || std::is_same<scalar_of<Derived>, double>::value,
-                "kexue kernels take float or double");
+  static_assert(std::is_same<scalar_of<Derived>, float>::value || std::is_same<scalar_of<Derived>, double>::value ||
+                    (kAllow16Bit && kIs16Bit<scalar_of<Derived>>),
+                "kexue kernels take float or double (the 16-bit forms also Eigen::half / Eigen::bfloat16)");
   const auto& d = m.derived();
   // A column vector is viewed as one row of length size(): flat data.
   const bool column_vector = Derived::ColsAtCompileTime == 1 && (Derived::Flags & Eigen::RowMajorBit) == 0;
@@ -52,10 +55,10 @@ View<const scalar_of<Derived>> make_view(const char* function, const char* name,
 
 /// Mutable view of an output argument. Outputs are taken as const references so that temporaries such
 /// as Eigen::Map or a Block can be passed directly (the idiom the Eigen documentation recommends).
-template <class Derived>
+template <class Derived, bool kAllow16Bit = false>
 View<scalar_of<Derived>> make_mut_view(const char* function, const char* name, const Eigen::DenseBase<Derived>& m) {
   static_assert(bool(Derived::Flags & Eigen::LvalueBit), "kexue: an output argument must be writable");
-  View<const scalar_of<Derived>> v = make_view(function, name, m);
+  View<const scalar_of<Derived>> v = make_view<Derived, kAllow16Bit>(function, name, m);
   return {const_cast<scalar_of<Derived>*>(v.data), v.rows, v.cols, v.stride};
 }
 

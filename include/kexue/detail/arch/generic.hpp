@@ -13,7 +13,113 @@
 
 #include "kexue/detail/simd.hpp"
 
+#include "kexue/core.hpp"  // Eigen::half, Eigen::bfloat16 and kIs16Bit (Eigen after simd.hpp's intrinsics)
+
+namespace kexue::detail {
+
+/// NaN as torch 1.13's CPU `.to(torch.bfloat16)` writes it, whatever the sign or payload of the float NaN: its
+/// vectorised conversion (ATen's cvtfp32_bf16, which every tensor length reaches) puts 0xFFFF, a quiet NaN.
+/// (c10's scalar BFloat16 constructor would write 0x7FC0; what `.to()` produced is what tests/reference pins.)
+constexpr std::uint16_t kBf16NaN = 0xFFFF;
+/// NaN as torch writes it for float16: the sign kept, the payload dropped (c10's fp16_ieee_from_fp32_value).
+constexpr std::uint16_t kHalfQuietNaN = 0x7E00;
+
+}  // namespace kexue::detail
+
 namespace kexue::detail::generic {
+
+// ---- 16-bit storage: scalar conversions on the raw bits (the oracle for every vector form) ---------------------
+
+inline std::uint32_t float_bits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+inline float bits_float(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/// float -> IEEE binary16 bits, round to nearest even: subnormal results exact, |x| >= 65520 (the midpoint
+/// between 65504 and 2^16, which ties up to the even 2^16) -> inf, NaN -> sign | 0x7E00 (torch's bits).
+inline std::uint16_t float_to_half_bits(float f) {
+  const std::uint32_t x = float_bits(f);
+  const std::uint32_t sign = (x >> 16) & 0x8000u, a = x & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return std::uint16_t(sign | kHalfQuietNaN);
+  if (a >= 0x477FF000u) return std::uint16_t(sign | 0x7C00u);
+  if (a < 0x38800000u) {  // below 2^-14: a half subnormal (unit 2^-24) or zero
+    const std::uint32_t e = a >> 23;
+    if (e < 102) return std::uint16_t(sign);  // below 2^-25 (float subnormals too): rounds to zero
+    const std::uint32_t m = (a & 0x7FFFFFu) | 0x800000u, shift = 126 - e;  // value = m 2^(e-150) = (m >> shift) 2^-24
+    std::uint32_t q = m >> shift;
+    const std::uint32_t r = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    q += (r > half || (r == half && (q & 1u))) ? 1u : 0u;  // may carry into 0x400, the smallest normal: right
+    return std::uint16_t(sign | q);
+  }
+  std::uint32_t b = a - ((127u - 15u) << 23);
+  b += 0xFFFu + ((b >> 13) & 1u);
+  return std::uint16_t(sign | (b >> 13));
+}
+
+/// IEEE binary16 bits -> float, exact (subnormals normalised); a NaN keeps sign and payload and becomes quiet,
+/// as F16C's vcvtph2ps, NEON's fcvtl and torch do.
+inline float half_bits_to_float(std::uint16_t h) {
+  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  if (e == 0x1F) return bits_float(sign | 0x7F800000u | (m << 13) | (m != 0 ? 0x400000u : 0u));
+  if (e == 0) {
+    const float v = std::ldexp(float(m), -24);  // exact: m < 2^10
+    return sign != 0 ? -v : v;
+  }
+  return bits_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+/// float -> bfloat16 bits, round to nearest even on the bits (subnormals exact; overflow carries into inf),
+/// NaN -> kBf16NaN.
+inline std::uint16_t float_to_bf16_bits(float f) {
+  const std::uint32_t x = float_bits(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return kBf16NaN;
+  return std::uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
+/// bfloat16 bits -> float: the upper half of the float's bits (exact, NaNs unchanged, as torch).
+inline float bf16_bits_to_float(std::uint16_t h) { return bits_float(std::uint32_t(h) << 16); }
+
+template <class H>
+inline std::uint16_t bits16(H h) {
+  static_assert(kIs16Bit<H>, "kexue: a 16-bit storage type");
+  std::uint16_t u;
+  std::memcpy(&u, static_cast<const void*>(&h), sizeof u);
+  return u;
+}
+template <class H>
+inline H from_bits16(std::uint16_t u) {
+  static_assert(kIs16Bit<H>, "kexue: a 16-bit storage type");
+  H h;
+  std::memcpy(static_cast<void*>(&h), &u, sizeof u);
+  return h;
+}
+
+/// The float value of a 16-bit element (exact).
+template <class H>
+inline float to_float(H h) {
+  if constexpr (std::is_same<H, Eigen::half>::value) {
+    return half_bits_to_float(bits16(h));
+  } else {
+    return bf16_bits_to_float(bits16(h));
+  }
+}
+
+/// x rounded to the 16-bit type H, to nearest even, as torch's `.to()`. Not Eigen's constructors: Eigen::half(x)
+/// keeps a NaN's payload where F16C is enabled, and neither NaN matches torch's bits.
+template <class H>
+inline H from_float(float x) {
+  if constexpr (std::is_same<H, Eigen::half>::value) {
+    return from_bits16<H>(float_to_half_bits(x));
+  } else {
+    return from_bits16<H>(float_to_bf16_bits(x));
+  }
+}
 
 /// [v0, v1, v2, v3, ...] -> [v1, v0, v3, v2, ...] (an even lane count).
 template <class T>
@@ -153,6 +259,57 @@ inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
   alignas(64) T lanes[L];
   for (std::size_t u = 0; u < L; ++u) lanes[u] = reduce_add<T>(t[u]);
   return Batch<T>::load_aligned(lanes);
+}
+
+/// x rounded to the 16-bit type H once (to nearest even): x is first rounded to float with round-to-odd (the
+/// truncation, with the lowest bit set when inexact), which keeps a float-to-H rounding exact because float has
+/// more than two bits beyond H's precision in every range (the classic double-rounding fix).
+template <class H>
+inline H from_double(double x) {
+  float f = static_cast<float>(x);
+  if (std::isfinite(f) && static_cast<double>(f) != x) {
+    std::uint32_t u = float_bits(f);
+    if (std::abs(static_cast<double>(f)) > std::abs(x)) --u;  // rounded away from zero: step back to the truncation
+    f = bits_float(u | 1u);
+  }
+  return from_float<H>(f);
+}
+
+/// kLanes<float> 16-bit values at p (any alignment) widened to floats (exact).
+template <class H>
+inline Batch<float> load_widen(const H* p) {
+  constexpr std::size_t L = Batch<float>::size;
+  if constexpr (std::is_same<H, Eigen::bfloat16>::value) {
+    // bf16 is the upper half of a float: a zero-extension and a shift, in 32-bit integer lanes.
+    alignas(64) std::uint32_t w[L];
+    for (std::size_t i = 0; i < L; ++i) w[i] = bits16(p[i]);
+    return reinterpret<float>(Batch<std::uint32_t>::load_aligned(w) << 16);
+  } else {
+    alignas(64) float f[L];
+    for (std::size_t i = 0; i < L; ++i) f[i] = to_float(p[i]);
+    return Batch<float>::load_aligned(f);
+  }
+}
+
+/// The kLanes<float> lanes of v rounded to H (to nearest even, torch's NaN) and stored at p (any alignment).
+template <class H>
+inline void store_narrow(H* p, const Batch<float>& v) {
+  constexpr std::size_t L = Batch<float>::size;
+  if constexpr (std::is_same<H, Eigen::bfloat16>::value) {
+    // Round to nearest even on the bits: add 0x7FFF plus the lowest kept bit, keep the upper half. A NaN is
+    // replaced (the addition could carry its payload into the sign or turn it into inf).
+    using U = Batch<std::uint32_t>;
+    const U x = reinterpret<std::uint32_t>(v);
+    const U r = (x + U(0x7FFFu) + ((x >> 16) & U(1u))) >> 16;
+    const U out = xsimd::select((x & U(0x7FFFFFFFu)) > U(0x7F800000u), U(std::uint32_t(kBf16NaN)), r);
+    alignas(64) std::uint32_t w[L];
+    out.store_aligned(w);
+    for (std::size_t i = 0; i < L; ++i) p[i] = from_bits16<H>(std::uint16_t(w[i]));
+  } else {
+    alignas(64) float f[L];
+    v.store_aligned(f);
+    for (std::size_t i = 0; i < L; ++i) p[i] = from_float<H>(f[i]);
+  }
 }
 
 }  // namespace kexue::detail::generic

@@ -4,7 +4,9 @@
 // arch/generic.hpp, each falling back to the generic version for a register it does not know (an SVE build of a
 // later xsimd, for example). tests/detail/test_arch_lanes.cpp compares every one with the generic version, bit for
 // bit (cross-compiled and run under qemu-aarch64 here). Why each exists: vrev64q / vzip1q / vmull_u32 are one
-// instruction where the generic version goes through memory.
+// instruction where the generic version goes through memory; load_widen / store_narrow convert fp16 with
+// fcvtl / fcvtn (ARMv8's base NEON, exact and round to nearest even under Linux's default FPCR) and bf16 with
+// shifts (vshll / vshrn), where the generic version converts lane by lane.
 
 #include <arm_neon.h>
 
@@ -163,6 +165,39 @@ inline Batch<T> opaque(const Batch<T>& v) {
 template <class T>
 inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
   return generic::reduce_add_lanes<T>(t);
+}
+
+/// kLanes<float> halves or bfloat16s at p as floats, exact.
+template <class H>
+inline Batch<float> load_widen(const H* p) {
+  if constexpr (kRegBytes<float> == 16 && std::is_same<H, Eigen::half>::value) {
+    return Batch<float>(vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(p)))));
+  } else if constexpr (kRegBytes<float> == 16) {
+    return Batch<float>(vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(p)), 16)));
+  } else {
+    return generic::load_widen<H>(p);
+  }
+}
+
+/// The lanes of v rounded to H (nearest even, torch's NaN bits) and stored at p.
+template <class H>
+inline void store_narrow(H* p, const Batch<float>& v) {
+  std::uint16_t* out = reinterpret_cast<std::uint16_t*>(p);
+  if constexpr (kRegBytes<float> == 16 && std::is_same<H, Eigen::half>::value) {
+    // fcvtn keeps a NaN's sign and the top 9 bits of its payload: clear those in the NaN lanes (torch: 0x7E00).
+    const uint16x4_t h = vreinterpret_u16_f16(vcvt_f16_f32(v));
+    const uint16x4_t nan = vcgt_u16(vand_u16(h, vdup_n_u16(0x7FFF)), vdup_n_u16(0x7C00));
+    vst1_u16(out, vbic_u16(h, vand_u16(nan, vdup_n_u16(0x01FF))));
+  } else if constexpr (kRegBytes<float> == 16) {
+    // Round to nearest even on the bits; a NaN lane becomes all ones (kBf16NaN) before the narrowing shift.
+    const uint32x4_t x = vreinterpretq_u32_f32(v);
+    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(x, 16), vdupq_n_u32(1));
+    uint32x4_t t = vaddq_u32(vaddq_u32(x, vdupq_n_u32(0x7FFF)), lsb);
+    t = vorrq_u32(t, vmvnq_u32(vceqq_f32(v, v)));
+    vst1_u16(out, vshrn_n_u32(t, 16));
+  } else {
+    generic::store_narrow<H>(p, v);
+  }
 }
 
 }  // namespace kexue::detail::neon

@@ -16,6 +16,14 @@
 //   store_halves(lo, hi, v)   lanes [0, L/2) at lo, [L/2, L) at hi; load_halves the reverse
 //   opaque(v)                 v, but a product feeding it cannot be contracted into an FMA
 //   reduce_add_lanes(t)       lane u = reduce_add(t[u]) for the kLanes batches t[0..L), bit for bit
+//   load_widen(p)             kLanes<float> Eigen::half / Eigen::bfloat16 values at p as a Batch<float> (exact)
+//   store_narrow(p, v)        a Batch<float> rounded to nearest even into kLanes<float> 16-bit values at p, NaN
+//                             as torch writes it (arch/generic.hpp: kBf16NaN, kHalfQuietNaN)
+//   to_float(h), from_float<H>(x)   the same conversions for one value (tails, scalar references)
+//   load_as<T>(p), store_as(p, v), as_compute<T>(s), round_to<S>(x)
+//                             kernels over a compute type T (float, double) whose data are stored as S (T itself,
+//                             or a 16-bit type): plain loads / stores when S == T, else widen on load and round
+//                             once on store (double lanes convert one by one: the float table is the fast path)
 
 #include "kexue/detail/arch/generic.hpp"
 
@@ -85,6 +93,71 @@ inline Batch<T> opaque(const Batch<T>& v) {
 template <class T>
 inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
   return arch::reduce_add_lanes<T>(t);
+}
+
+template <class H>
+inline Batch<float> load_widen(const H* p) {
+  static_assert(kIs16Bit<H>, "kexue: load_widen reads Eigen::half or Eigen::bfloat16");
+  return arch::load_widen<std::remove_const_t<H>>(p);
+}
+template <class H>
+inline void store_narrow(H* p, const Batch<float>& v) {
+  static_assert(kIs16Bit<H>, "kexue: store_narrow writes Eigen::half or Eigen::bfloat16");
+  arch::store_narrow<H>(p, v);
+}
+template <class H>
+inline float to_float(H h) {
+  return generic::to_float<H>(h);
+}
+template <class H>
+inline H from_float(float x) {
+  return generic::from_float<H>(x);
+}
+
+
+template <class T, class S>
+inline Batch<T> load_as(const S* p) {
+  if constexpr (std::is_same<S, T>::value) {
+    return load(p);
+  } else if constexpr (std::is_same<T, float>::value) {
+    return load_widen<S>(p);
+  } else {
+    static_assert(kIs16Bit<S>, "kexue: load_as reads T or a 16-bit type");
+    alignas(64) T lanes[Batch<T>::size];
+    for (std::size_t i = 0; i < Batch<T>::size; ++i) lanes[i] = T(to_float<S>(p[i]));
+    return Batch<T>::load_aligned(lanes);
+  }
+}
+template <class S, class T>
+inline void store_as(S* p, const Batch<T>& v) {
+  if constexpr (std::is_same<S, T>::value) {
+    store(p, v);
+  } else if constexpr (std::is_same<T, float>::value) {
+    store_narrow<S>(p, v);
+  } else {
+    static_assert(kIs16Bit<S>, "kexue: store_as writes T or a 16-bit type");
+    alignas(64) T lanes[Batch<T>::size];
+    v.store_aligned(lanes);
+    for (std::size_t i = 0; i < Batch<T>::size; ++i) p[i] = generic::from_double<S>(double(lanes[i]));
+  }
+}
+template <class T, class S>
+inline T as_compute(S x) {
+  if constexpr (std::is_same<S, T>::value) {
+    return x;
+  } else {
+    return T(to_float<S>(x));
+  }
+}
+template <class S, class T>
+inline S round_to(T x) {
+  if constexpr (std::is_same<S, T>::value) {
+    return x;
+  } else if constexpr (std::is_same<T, float>::value) {
+    return from_float<S>(x);
+  } else {
+    return generic::from_double<S>(double(x));
+  }
 }
 
 }  // namespace kexue::detail

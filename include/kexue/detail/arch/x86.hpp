@@ -8,6 +8,11 @@
 //   memory (xsimd 8.1 has no portable lane permute; 14.x spells it with batch_constant).
 // - mulhilo_u32: vpmuludq twice + a blend (+ vpmulld for the low half); xsimd has no 32x32->64 multiply.
 // - reinterpret, store_halves, load_halves, opaque: register casts, 256-bit halves of a zmm, an empty asm.
+// - load_widen, store_narrow (16-bit storage): fp16 with F16C's vcvtph2ps / vcvtps2ph (the 512-bit forms under
+//   AVX-512F), bf16 with integer shifts and packs (a load and two instructions, where the generic one converts
+//   lane by lane through memory). vcvtneps2bf16 (AVX512-BF16) is NOT used: it flushes subnormal inputs and
+//   outputs to zero and keeps a NaN's sign and payload, where torch rounds subnormals exactly and writes 0xFFFF.
+//   Without -mf16c (the project's "-mavx2;-mfma" default) fp16 takes the generic version.
 // - reduce_add_lanes: the horizontal sums of L registers at once, transposed (a third of the shuffles of L
 //   separate reductions), bitwise equal to xsimd 8's reduce_add of each (the decode path's q.k of L keys).
 
@@ -361,6 +366,123 @@ inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
 #endif
   {
     return generic::reduce_add_lanes<T>(t);
+  }
+}
+
+// ---- 16-bit storage ---------------------------------------------------------------------------------------------
+
+/// kLanes<float> halves or bfloat16s at p (any alignment) as floats, exact (see generic::load_widen).
+template <class H, class F = std::conditional_t<kIs16Bit<H>, Batch<float>, void>>  // F: branches stay unchecked
+inline F load_widen(const H* p) {
+  constexpr std::size_t kBytes = kRegBytes<float>;
+  constexpr bool kHalf = std::is_same<H, Eigen::half>::value;
+  (void)kBytes, (void)kHalf;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kHalf) {
+    return F(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+  } else if constexpr (kBytes == 64) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return F(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  } else
+#endif
+#if defined(__AVX__) && defined(__F16C__)
+      if constexpr (kBytes == 32 && kHalf) {
+    return F(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  } else
+#endif
+#if defined(__AVX2__)
+      if constexpr (kBytes == 32 && !kHalf) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return F(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  } else
+#endif
+#if defined(__F16C__)
+      if constexpr (kBytes == 16 && kHalf) {
+    return F(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  } else
+#endif
+#if defined(__SSE2__)
+      if constexpr (kBytes == 16 && !kHalf) {
+    // Interleaving zeros below each 16-bit value is the shift by 16.
+    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return F(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+  } else
+#endif
+  {
+    return generic::load_widen<H>(p);
+  }
+}
+
+#if defined(__SSE2__)
+/// vcvtps2ph keeps a NaN's sign and the top 9 bits of its payload (and sets the quiet bit): clearing those
+/// 9 bits in the NaN lanes (|h| > 0x7C00) gives torch's sign | 0x7E00.
+inline __m128i half_nan_fixup(__m128i h) {
+  const __m128i nan = _mm_cmpgt_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7FFF)), _mm_set1_epi16(0x7C00));
+  return _mm_andnot_si128(_mm_and_si128(nan, _mm_set1_epi16(0x01FF)), h);
+}
+#endif
+#if defined(__AVX2__)
+inline __m256i half_nan_fixup(__m256i h) {
+  const __m256i nan = _mm256_cmpgt_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7FFF)), _mm256_set1_epi16(0x7C00));
+  return _mm256_andnot_si256(_mm256_and_si256(nan, _mm256_set1_epi16(0x01FF)), h);
+}
+#endif
+
+/// The lanes of v rounded to H (nearest even, torch's NaN bits) and stored at p (any alignment).
+template <class H, class F = std::conditional_t<kIs16Bit<H>, Batch<float>, void>>
+inline void store_narrow(H* p, const F& v) {
+  constexpr std::size_t kBytes = kRegBytes<float>;
+  constexpr bool kHalf = std::is_same<H, Eigen::half>::value;
+  (void)kBytes, (void)kHalf;
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  (void)kNearest;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kHalf) {
+    const __m256i h = half_nan_fixup(_mm512_cvtps_ph(v, kNearest));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+  } else if constexpr (kBytes == 64) {
+    // Round to nearest even on the bits (x + 0x7FFF + bit 16), keep the upper halves (vpmovdw), NaN -> 0xFFFF.
+    const __m512i x = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(kBf16NaN));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  } else
+#endif
+#if defined(__AVX__) && defined(__F16C__)
+      if constexpr (kBytes == 32 && kHalf) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), half_nan_fixup(_mm256_cvtps_ph(v, kNearest)));
+  } else
+#endif
+#if defined(__AVX2__)
+      if constexpr (kBytes == 32 && !kHalf) {
+    // The rounded value sits in the upper 16 bits; an arithmetic shift sign-extends it so that the signed
+    // saturating pack (vpackssdw) keeps it exactly. A NaN lane is all ones first: its shift is -1 = 0xFFFF.
+    const __m256i x = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+    __m256i t = _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7FFF)), lsb);
+    t = _mm256_or_si256(t, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    const __m256i packed = _mm256_packs_epi32(_mm256_srai_epi32(t, 16), _mm256_setzero_si256());
+    // vpackssdw packs within each 128-bit half: quadwords 0 and 2 hold the eight results.
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
+  } else
+#endif
+#if defined(__F16C__)
+      if constexpr (kBytes == 16 && kHalf) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), half_nan_fixup(_mm_cvtps_ph(v, kNearest)));
+  } else
+#endif
+#if defined(__SSE2__)
+      if constexpr (kBytes == 16 && !kHalf) {
+    const __m128i x = _mm_castps_si128(v);
+    const __m128i lsb = _mm_and_si128(_mm_srli_epi32(x, 16), _mm_set1_epi32(1));
+    __m128i t = _mm_add_epi32(_mm_add_epi32(x, _mm_set1_epi32(0x7FFF)), lsb);
+    t = _mm_or_si128(t, _mm_castps_si128(_mm_cmpunord_ps(v, v)));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(_mm_srai_epi32(t, 16), _mm_setzero_si128()));
+  } else
+#endif
+  {
+    generic::store_narrow<H>(p, v);
   }
 }
 
