@@ -6,6 +6,7 @@
 #include <kexue/ddpm.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -27,6 +28,7 @@ using kexue::DdpmSchedule;
 using kexue::DdpmStepOptions;
 using kexue::Index;
 using kexue::Prediction;
+using kexue::ScheduleArithmetic;
 using kexue::Variance;
 using kexue_test::RefData;
 
@@ -34,6 +36,11 @@ namespace {
 
 const RefData& ref() {
   static const RefData r("ddpm");
+  return r;
+}
+
+const RefData& ref_diffusers() {
+  static const RefData r("ddpm_diffusers");
   return r;
 }
 
@@ -160,7 +167,26 @@ TEST_CASE("DdpmSchedule: custom timestep lists and bad input", "[ddpm][errors]")
   CHECK_THROWS_AS(s.variance(5, 5), kexue::Error);
   CHECK_THROWS_AS(s.variance(5, 7), kexue::Error);
   CHECK_THROWS_AS(s.variance(5, -2), kexue::Error);
-  // beta range invalid
+  // beta range invalid, in either arithmetic
+  for (ScheduleArithmetic a : {ScheduleArithmetic::Exact, ScheduleArithmetic::DiffusersFloat32}) {
+    INFO("arithmetic " << int(a));
+    CHECK_THROWS_AS(DdpmSchedule(0, BetaSchedule::Linear, 1e-4, 0.02, a), kexue::Error);
+    CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 0.02, 1e-4, a), kexue::Error);
+    CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 0.0, 0.02, a), kexue::Error);
+    CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 1e-4, 1.0, a), kexue::Error);
+    CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::ScaledLinear, NAN, 0.02, a), kexue::Error);
+    CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Proportional, 0.0, 1.5, a), kexue::Error);
+    CHECK_NOTHROW(DdpmSchedule(10, BetaSchedule::Cosine, -5, -5, a));
+    kexue_test::throws_with([&] { DdpmSchedule(10, BetaSchedule::Linear, 0.02, 1e-4, a); },
+                            "DdpmSchedule: beta range invalid: need 0 < beta_start <= beta_end < 1");
+  }
+  // Only in float32: a beta so small that 1 - beta rounds to 1 (or so close to 1 that alpha rounds to 0).
+  CHECK_NOTHROW(DdpmSchedule(10, BetaSchedule::Linear, 1e-9, 0.02));
+  kexue_test::throws_with(
+      [] { DdpmSchedule(10, BetaSchedule::Linear, 1e-9, 0.02, ScheduleArithmetic::DiffusersFloat32); },
+      "DdpmSchedule: beta range invalid in float32: betas[0]");
+  CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 1e-4, 1 - 1e-9, ScheduleArithmetic::DiffusersFloat32),
+                  kexue::Error);
   CHECK_THROWS_AS(DdpmSchedule(0), kexue::Error);
   CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 0.02, 1e-4), kexue::Error);
   CHECK_THROWS_AS(DdpmSchedule(10, BetaSchedule::Linear, 0.0, 0.02), kexue::Error);
@@ -517,8 +543,8 @@ TEMPLATE_TEST_CASE("ddpm_step: batched per-sample t equals single steps; in plac
   CHECK(expect == f1);
 }
 
-TEST_CASE("ddpm_step and ddpm_add_noise: bad input throws before writing", "[ddpm][errors]") {
-  const DdpmSchedule s(100);
+// The same bad input, the same kexue::Error (and message), in either arithmetic.
+void check_bad_step_input(const DdpmSchedule& s) {
   kexue::Vector<float> m = kexue::Vector<float>::Ones(8), x = kexue::Vector<float>::Ones(8),
                        z = kexue::Vector<float>::Ones(8), out = kexue::Vector<float>::Constant(8, 42.0f),
                        short_v = kexue::Vector<float>::Ones(7);
@@ -583,6 +609,13 @@ TEST_CASE("ddpm_step and ddpm_add_noise: bad input throws before writing", "[ddp
   CHECK_NOTHROW(kexue::ddpm_step(s, e0, 5, e0, e0, e0));
 }
 
+TEST_CASE("ddpm_step and ddpm_add_noise: bad input throws before writing", "[ddpm][errors]") {
+  SECTION("Exact") { check_bad_step_input(DdpmSchedule(100)); }
+  SECTION("DiffusersFloat32") {
+    check_bad_step_input(DdpmSchedule(100, BetaSchedule::Linear, 1e-4, 0.02, ScheduleArithmetic::DiffusersFloat32));
+  }
+}
+
 TEST_CASE("DDPM mixture sampler: 1000 steps reproduce the mixture's statistics", "[ddpm][demo]") {
   // The demo's sampler (examples/ddpm_mixture.hpp) with 1500 samples instead of 10000. Each statistic must be
   // within 5 standard errors of the truth (+0.01 for the discretisation of 1000 DDPM steps, which is far
@@ -645,4 +678,313 @@ TEST_CASE("DDPM mixture sampler: 1000 steps reproduce the mixture's statistics",
   // Reproducible for a fixed seed.
   cfg.samples = 16;
   CHECK(kexue_demo::sample_ddpm(mixture, cfg, nullptr) == kexue_demo::sample_ddpm(mixture, cfg, nullptr));
+}
+
+// ---- ScheduleArithmetic::DiffusersFloat32 (issue 15): bit for bit with diffusers' DDPMScheduler ----------------
+
+namespace {
+
+template <class T>
+std::vector<T> ref_as(const std::string& name) {
+  const auto& v = ref_diffusers().get(name).values;
+  return std::vector<T>(v.begin(), v.end());
+}
+
+// Index of the first element whose bits differ, or -1.
+template <class T>
+Index first_mismatch(const T* got, const std::vector<T>& want) {
+  for (std::size_t i = 0; i < want.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0) return Index(i);
+  return -1;
+}
+
+DdpmSchedule diffusers_schedule(const std::vector<double>& cfg) {
+  return DdpmSchedule(Index(cfg[1]), kSchedules[std::size_t(cfg[0])], cfg[2], cfg[3],
+                      ScheduleArithmetic::DiffusersFloat32);
+}
+
+}  // namespace
+
+TEST_CASE("DiffusersFloat32: torch.linspace's float32 CPU kernels, bit for bit", "[ddpm][diffusers][schedule]") {
+  // detail::torch_linspace_f32 for torch's AVX2 (8 lanes, fused base), AVX-512 (16, fused) and DEFAULT (8, not
+  // fused) kernels; the data come from torch run under each ATEN_CPU_CAPABILITY.
+  struct Kernel {
+    const char* name;
+    Index lanes;
+    bool fused;
+  };
+  for (int i = 0; ref_diffusers().has("linspace/case" + std::to_string(i) + "/config"); ++i) {
+    const std::string base = "linspace/case" + std::to_string(i);
+    const auto cfg = ref_diffusers().get(base + "/config").values;
+    for (const Kernel& k : {Kernel{"avx2", 8, true}, Kernel{"avx512", 16, true}, Kernel{"default", 8, false}}) {
+      const auto want = ref_as<float>(base + "/" + k.name);
+      const auto got = kexue::detail::torch_linspace_f32(float(cfg[0]), float(cfg[1]), Index(cfg[2]), k.lanes, k.fused);
+      INFO(base << " " << k.name << " n " << cfg[2]);
+      REQUIRE(got.size() == want.size());
+      CHECK(first_mismatch(got.data(), want) == -1);
+    }
+  }
+}
+
+TEST_CASE("DiffusersFloat32: betas, alphas_cumprod and _get_variance equal diffusers' float32 values",
+          "[ddpm][diffusers][schedule]") {
+  CHECK(DdpmSchedule().arithmetic() == ScheduleArithmetic::Exact);
+  int cases = 0;
+  for (int i = 0; ref_diffusers().has("schedule/case" + std::to_string(i) + "/config"); ++i, ++cases) {
+    const std::string base = "schedule/case" + std::to_string(i);
+    const auto cfg = ref_diffusers().get(base + "/config").values;
+    const DdpmSchedule s = diffusers_schedule(cfg);
+    INFO(base << ": kind " << cfg[0] << " T " << cfg[1]);
+    CHECK(s.arithmetic() == ScheduleArithmetic::DiffusersFloat32);
+    CHECK(s.betas() == ref_diffusers().get(base + "/betas").values);
+    CHECK(s.alphas_cumprod() == ref_diffusers().get(base + "/alphas_cumprod").values);
+    for (Index t = 0; t < s.size(); ++t) CHECK(float(s.alpha(t)) == 1.0f - float(s.beta(t)));
+    const auto ts = ref_diffusers().get(base + "/variance_t").values;
+    const auto small = ref_diffusers().get(base + "/variance_fixed_small").values;
+    for (std::size_t j = 0; j < ts.size(); ++j) {
+      const double v = s.variance(Index(ts[j]));
+      CHECK((v == small[j] || (std::isnan(v) && std::isnan(small[j]))));  // case 7 underflows alphas_cumprod
+    }
+  }
+  CHECK(cases >= 8);
+  // The float32 schedule is not the double one (diffusers' 3e-4 relative loss in 1 - alphas_cumprod[1]).
+  const DdpmSchedule exact, f32(1000, BetaSchedule::Linear, 1e-4, 0.02, ScheduleArithmetic::DiffusersFloat32);
+  CHECK(exact.alpha_bar(1) != f32.alpha_bar(1));
+  CHECK(std::abs((1 - f32.alpha_bar(1)) / (1 - exact.alpha_bar(1)) - 1) > 1e-5);
+}
+
+namespace {
+
+// One trajectory of the transcription: add_noise at ts[0], then ddpm_step with diffusers' dummy model, noise
+// from TorchGenerator(seed) as the transcription's torch.Generator draws it. Each step is taken three ways
+// (flat, batched with one t per row, in place) unless thresholding, which is per row: batched only.
+template <class T>
+void check_trajectory(const std::string& base) {
+  const auto cfg = ref_diffusers().get(base + "/config").values;
+  const DdpmSchedule s = diffusers_schedule(cfg);
+  DdpmStepOptions o;
+  o.prediction = std::array<Prediction, 3>{Prediction::Epsilon, Prediction::Sample, Prediction::Velocity}[std::size_t(cfg[4])];
+  o.variance = cfg[5] == 0 ? Variance::FixedSmall : Variance::FixedLarge;
+  o.clip_sample = cfg[6] != 0;
+  o.clip_range = cfg[7];
+  o.thresholding = cfg[8] != 0;
+  o.dynamic_thresholding_ratio = cfg[9];
+  o.sample_max_value = cfg[10];
+  const auto tsd = ref_diffusers().get(base + "/timesteps").values;
+  const std::vector<Index> ts(tsd.begin(), tsd.end());
+  const auto samples = ref_as<T>(base + "/samples");
+  const Index rows = 2, n = 37, size = rows * n;
+  using Mat = kexue::Matrix<T>;
+  kexue::TorchGenerator gen{static_cast<std::uint64_t>(cfg[12])};
+  Mat x0(rows, n), noise(rows, n), x(rows, n), v(rows, n);
+  gen.normal(x0);
+  gen.normal(noise);
+  kexue::ddpm_add_noise(s, x0, noise, ts[0], x);
+  REQUIRE(first_mismatch(x.data(), std::vector<T>(samples.begin(), samples.begin() + size)) == -1);
+  Mat xb(rows, n);
+  kexue::ddpm_add_noise(s, x0, noise, std::vector<Index>{ts[0], ts[0]}, xb);
+  CHECK(xb == x);
+  kexue::ddpm_velocity(s, x0, noise, ts[0], v);
+  CHECK(first_mismatch(v.data(), ref_as<T>(base + "/velocity")) == -1);
+  for (std::size_t k = 0; k < ts.size(); ++k) {
+    const Index t = ts[k];
+    o.prev_t = kexue::previous_timestep(ts, k);
+    Mat m(rows, n), z = Mat::Zero(rows, n), out(rows, n);
+    for (Index i = 0; i < size; ++i) m.data()[i] = x.data()[i] * T(t) / T(t + 1);  // dummy_model
+    if (t > 0) gen.normal(z);
+    const std::vector<T> want(samples.begin() + Index(k + 1) * size, samples.begin() + Index(k + 2) * size);
+    INFO(base << " step " << k << " t " << t);
+    if (!o.thresholding) {
+      kexue::ddpm_step(s, m, t, x, z, out, o);
+      const Index bad = first_mismatch(out.data(), want);
+      INFO("flat: first mismatch at " << bad << (bad >= 0 ? ": " + std::to_string(double(out.data()[bad])) + " vs " +
+                                                                std::to_string(double(want[std::size_t(bad)]))
+                                                          : std::string()));
+      CHECK(bad == -1);
+      Mat inplace = x;
+      kexue::ddpm_step(s, m, t, inplace, z, inplace, o);
+      CHECK(inplace == out);
+    }
+    DdpmStepOptions ob = o;
+    ob.prev_t.reset();
+    Mat outb(rows, n);
+    kexue::ddpm_step(s, m, std::vector<Index>(2, t), x, z, outb, ob, std::vector<Index>(2, *o.prev_t));
+    CHECK(first_mismatch(outb.data(), want) == -1);
+    x = outb;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("DiffusersFloat32: whole trajectories equal diffusers' (float32 transcription) bit for bit",
+          "[ddpm][diffusers][step]") {
+  int n32 = 0, n64 = 0;
+  for (int i = 0; ref_diffusers().has("traj/case" + std::to_string(i) + "/config"); ++i) {
+    const std::string base = "traj/case" + std::to_string(i);
+    if (ref_diffusers().get(base + "/config").values[11] == 32) {
+      check_trajectory<float>(base);
+      ++n32;
+    } else {
+      check_trajectory<double>(base);
+      ++n64;
+    }
+  }
+  CHECK(n32 >= 48);
+  CHECK(n64 >= 3);
+}
+
+namespace {
+
+// diffusers' SchedulerCommonTest.dummy_sample_deter / dummy_noise_deter ([4, 3, 8, 8], element (b, c, h, w) =
+// arange(768) reshaped to [3, 8, 8, 4] and permuted) and dummy_model (sample * t / (t + 1)).
+kexue::Vector<float> dummy_deter(bool flip) {
+  const int B = 4, C = 3, H = 8, W = 8, N = B * C * H * W;
+  kexue::Vector<float> v(N);
+  for (int b = 0; b < B; ++b)
+    for (int c = 0; c < C; ++c)
+      for (int h = 0; h < H; ++h)
+        for (int w = 0; w < W; ++w) {
+          const int k = ((c * H + h) * W + w) * B + b;
+          v[((b * C + c) * H + h) * W + w] = float(flip ? N - 1 - k : k) / float(N);
+        }
+  return v;
+}
+
+kexue::Vector<float> dummy_model(const kexue::Vector<float>& sample, Index t) {
+  return (sample.array() * float(t) / float(t + 1)).matrix();
+}
+
+// test_full_loop_no_noise / test_full_loop_with_v_prediction: every t of 999..0, noise from torch.manual_seed(0).
+kexue::Vector<float> full_loop(const DdpmSchedule& s, Prediction prediction) {
+  kexue::TorchGenerator gen(0);
+  DdpmStepOptions o;
+  o.prediction = prediction;
+  kexue::Vector<float> sample = dummy_deter(false), z(sample.size());
+  for (Index t = s.size() - 1; t >= 0; --t) {
+    if (t > 0) gen.normal(z);
+    kexue::ddpm_step(s, dummy_model(sample, t), t, sample, z, sample, o);
+  }
+  return sample;
+}
+
+// test_full_loop_with_noise: add_noise(dummy_sample_deter, dummy_noise_deter, t = 1), then t = 1, 0.
+kexue::Vector<float> loop_with_noise(const DdpmSchedule& s) {
+  kexue::TorchGenerator gen(0);
+  kexue::Vector<float> sample(768), z(768);
+  kexue::ddpm_add_noise(s, dummy_deter(false), dummy_deter(true), 1, sample);
+  for (Index t : {Index(1), Index(0)}) {
+    if (t > 0) gen.normal(z);
+    kexue::ddpm_step(s, dummy_model(sample, t), t, sample, z, sample);
+  }
+  return sample;
+}
+
+}  // namespace
+
+TEST_CASE("DiffusersFloat32: diffusers' own DDPMScheduler test values (test_scheduler_ddpm.py, 58eb52c)",
+          "[ddpm][diffusers][published]") {
+  const DdpmSchedule s(1000, BetaSchedule::Linear, 1e-4, 0.02, ScheduleArithmetic::DiffusersFloat32);
+  // test_variance
+  CHECK(std::abs(s.variance(0) - 0.0) < 1e-5);
+  CHECK(std::abs(s.variance(487) - 0.00979) < 1e-5);
+  CHECK(std::abs(s.variance(999) - 0.02) < 1e-5);
+  struct Case {
+    const char* name;
+    kexue::Vector<float> final;
+    double sum, mean;
+  };
+  const Case cases[] = {{"no_noise", full_loop(s, Prediction::Epsilon), 258.9606, 0.3372},
+                        {"v_prediction", full_loop(s, Prediction::Velocity), 202.0296, 0.2631},
+                        {"with_noise", loop_with_noise(s), 387.9466, 0.5051}};
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const double sum = c.final.cast<double>().array().abs().sum(), mean = sum / double(c.final.size());
+    CHECK(std::abs(sum - c.sum) < 1e-2);  // diffusers' tolerances
+    CHECK(std::abs(mean - c.mean) < 1e-3);
+    // and bit for bit the transcription's final sample
+    CHECK(first_mismatch(c.final.data(), ref_as<float>(std::string("published/") + c.name + "/final")) == -1);
+  }
+  // The double schedule is the more exact one, and misses diffusers' tolerance on test_full_loop_with_noise
+  // (387.967 vs 387.9466): the reason DiffusersFloat32 exists.
+  const double exact_sum = loop_with_noise(DdpmSchedule()).cast<double>().array().abs().sum();
+  CHECK(std::abs(exact_sum - 387.9466) > 1e-2);
+}
+
+TEMPLATE_TEST_CASE("DiffusersFloat32: SIMD step vs the scalar diffusers reference over odd sizes and offsets",
+                   "[ddpm][diffusers][step]", float, double) {
+  using T = TestType;
+  const Index L = kexue::detail::kLanes<T>;
+  const DdpmSchedule s(1000, BetaSchedule::Cosine, 1e-4, 0.02, ScheduleArithmetic::DiffusersFloat32);
+  for (Index n : kexue_test::lane_sizes(L)) {
+    for (Index off : {Index(0), Index(1), L / 4}) {
+      auto mv = kexue_test::random_values<T>(n, 1 + std::uint32_t(n), T(-3), T(3));
+      const auto xv = kexue_test::random_values<T>(n, 2 + std::uint32_t(n), T(-3), T(3));
+      const auto zv = kexue_test::random_values<T>(n, 3 + std::uint32_t(n), T(-3), T(3));
+      if (n > 2) mv[std::size_t(n / 2)] = std::numeric_limits<T>::quiet_NaN();  // NaN stays NaN through the clamp
+      kexue_test::PaddedBuffer<T> pm(n, off), px(n, off), pz(n, off), po(n, off);
+      std::copy(mv.begin(), mv.end(), pm.data());
+      std::copy(xv.begin(), xv.end(), px.data());
+      std::copy(zv.begin(), zv.end(), pz.data());
+      using Map = Eigen::Map<kexue::Vector<T>>;
+      for (Prediction p : {Prediction::Epsilon, Prediction::Sample, Prediction::Velocity})
+        for (Variance v : {Variance::FixedSmall, Variance::FixedLarge})
+          for (bool clip : {false, true})
+            for (Index t : {Index(0), Index(3), Index(700), Index(999)}) {
+              INFO("n " << n << " off " << off << " t " << t << " clip " << clip << " p " << int(p));
+              DdpmStepOptions o;
+              o.prediction = p;
+              o.variance = v;
+              o.clip_sample = clip;
+              o.clip_range = 1.5;
+              kexue::ddpm_step(s, Map(pm.data(), n), t, Map(px.data(), n), Map(pz.data(), n), Map(po.data(), n), o);
+              const auto r = kexue_ref::diffusers_step<T>(s, mv, t, xv, zv, p, v, clip, 1.5, t - 1);
+              for (Index i = 0; i < n; ++i) {
+                const T got = po.data()[i];
+                if (std::isnan(r[std::size_t(i)])) {
+                  CHECK(std::isnan(got));
+                } else if (std::memcmp(&got, &r[std::size_t(i)], sizeof(T)) != 0) {
+                  FAIL_CHECK("element " << i << ": " << got << " vs " << r[std::size_t(i)]);
+                }
+              }
+              CHECK(po.guards_intact(n));
+            }
+    }
+  }
+}
+
+TEST_CASE("DiffusersFloat32: the Philox step equals the buffered step; final_step_noise; coefficients",
+          "[ddpm][diffusers][step]") {
+  const DdpmSchedule s(1000, BetaSchedule::ScaledLinear, 0.00085, 0.012, ScheduleArithmetic::DiffusersFloat32);
+  const Index n = 3 * kexue::detail::kDdpmChunk + 77;  // several chunks and tiles, a ragged tail
+  const auto m = kexue_test::random_values<float>(n, 5, -2.0f, 2.0f);
+  const auto x = kexue_test::random_values<float>(n, 6, -2.0f, 2.0f);
+  using CMap = Eigen::Map<const kexue::Vector<float>>;
+  for (bool thresholding : {false, true}) {
+    DdpmStepOptions o;
+    o.thresholding = thresholding;
+    o.sample_max_value = 1.7;
+    kexue::PhiloxGenerator g1(42, 1000), g2(42, 1000);
+    kexue::Vector<float> z(n), a(n), b(n);
+    g1.normal(z);
+    kexue::ddpm_step(s, CMap(m.data(), n), 500, CMap(x.data(), n), z, a, o);
+    kexue::ddpm_step(s, CMap(m.data(), n), 500, CMap(x.data(), n), g2, b, o);
+    CHECK(a == b);
+    CHECK(g1.offset() == g2.offset());
+  }
+  // A list ending above t = 0: diffusers adds noise at its last step (t > 0), kexue with final_step_noise.
+  DdpmStepOptions o;
+  o.prev_t = -1;
+  kexue::Vector<float> z = kexue::Vector<float>::Constant(n, 1.0f), with(n), without(n);
+  kexue::ddpm_step(s, CMap(m.data(), n), 3, CMap(x.data(), n), z, without, o);
+  o.final_step_noise = true;
+  kexue::ddpm_step(s, CMap(m.data(), n), 3, CMap(x.data(), n), z, with, o);
+  const auto r = kexue_ref::diffusers_step<float>(s, m, 3, x, std::vector<float>(std::size_t(n), 1.0f),
+                                                  Prediction::Epsilon, Variance::FixedSmall, true, 1.0, 0);
+  CHECK(with != without);
+  // ddpm_step_coefficients reports diffusers' float32 scalars.
+  const auto k = kexue::ddpm_step_coefficients(s, 500);
+  CHECK(k.alpha_bar == s.alpha_bar(500));
+  CHECK(float(k.current_beta) == 1.0f - float(s.alpha_bar(500)) / float(s.alpha_bar(499)));
+  CHECK(k.noise_std == double(std::sqrt(float(s.variance(500)))));
+  (void)r;
 }

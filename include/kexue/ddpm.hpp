@@ -2,7 +2,8 @@
 #pragma once
 /// DDPM (SPEC.md section 6): beta schedules, forward noising, the velocity target and diffusers'
 /// DDPMScheduler reverse step, with 0-based timesteps as in diffusers (betas[t] is the paper's beta_{t+1}).
-/// Every schedule coefficient is computed and kept in double; data may be float or double.
+/// Every schedule coefficient is computed and kept in double (ScheduleArithmetic::Exact, the default), or in float32
+/// exactly as diffusers computes it (ScheduleArithmetic::DiffusersFloat32); data may be float or double.
 /// Each output element is the same sequence of fused multiply-adds at every register width and thread count, so
 /// results are bitwise identical across AVX2, AVX-512 and NEON builds; an SSE2 build (no fused multiply-add)
 /// rounds each product separately and agrees within the tests' tolerances.
@@ -49,14 +50,77 @@ enum class TimestepSpacing {
   Linspace,  ///< round(linspace(0, T - 1, k)) reversed
 };
 
-/// A DDPM noise schedule with T training timesteps t = 0..T-1; all coefficients in double.
+/// How a DdpmSchedule computes its coefficients, and how ddpm_add_noise / ddpm_velocity / ddpm_step evaluate
+/// the step with them.
+enum class ScheduleArithmetic {
+  /// Double throughout (the default): the schedule in float64, the step's scalar coefficients in double, and
+  /// the elementwise step as fused multiply-adds (bitwise the same at every register width).
+  Exact,
+  /// diffusers' DDPMScheduler (huggingface/diffusers 58eb52c, scheduling_ddpm.py) bit for bit: betas, alphas and
+  /// alphas_cumprod in float32 as its __init__ computes them (torch.linspace in float32 as torch's AVX2 CPU
+  /// kernel evaluates it; scaled_linear squared in float32; squaredcos_cap_v2 in Python float64 through libm,
+  /// then rounded; torch.cumprod with its double accumulator), the step's scalars as float32 0-dim tensor ops,
+  /// and every elementwise operation as a separate, rounded torch op in the data type (no fused multiply-add).
+  /// With TorchGenerator for the noise, a sampling loop reproduces diffusers' trajectory on the CPU.
+  DiffusersFloat32,
+};
+
+namespace detail {
+
+/// torch.linspace(start, end, n, dtype=torch.float32) as torch's CPU kernel computes it (RangeFactoriesKernel):
+/// step = (end - start) / (n - 1) in float; element i of the scalar path is start + step i below n / 2 and
+/// end - step (n - 1 - i) from there on. Whole vectors of `lanes` elements (two per loop trip, the scalar path
+/// for the rest) take base = that formula at their first index and lane k = base + k step. The result depends on
+/// the kernel torch dispatched to: lanes = 8 with fused = true is its AVX2 build (GCC contracted the base into
+/// an FMA but not the lanes), 16 / true its AVX-512 build, 8 / false the DEFAULT build. Verified bit for bit
+/// against torch 1.13 under ATEN_CPU_CAPABILITY=avx2, avx512 and default.
+inline std::vector<float> torch_linspace_f32(float start, float end, Index n, Index lanes = 8, bool fused = true) {
+  std::vector<float> out(static_cast<std::size_t>(n));
+  if (n <= 0) return out;
+  if (n == 1) {
+    out[0] = start;
+    return out;
+  }
+  const float step = (end - start) / static_cast<float>(n - 1);
+  const Index half = n / 2;
+  auto scalar = [&](Index i) -> float {
+    if (i < half)
+      return fused ? std::fma(step, static_cast<float>(i), start) : start + rounded(step * static_cast<float>(i));
+    const float k = static_cast<float>(n - 1 - i);
+    return fused ? std::fma(-step, k, end) : end - rounded(step * k);
+  };
+  Index i = 0;
+  for (; i + 2 * lanes <= n; i += 2 * lanes) {
+    for (Index v = i; v < i + 2 * lanes; v += lanes) {
+      const float base = scalar(v);
+      for (Index k = 0; k < lanes; ++k) out[std::size_t(v + k)] = base + rounded(static_cast<float>(k) * step);
+    }
+  }
+  for (; i < n; ++i) out[std::size_t(i)] = scalar(i);
+  return out;
+}
+
+/// Python's float ** y (libm pow), which for y = 2 or 0.5 differs from x * x or sqrt(x) in a few results in
+/// ten thousand: the exponent is hidden from the compiler so that it calls pow instead of folding it.
+inline double python_pow(double x, double y) { return std::pow(x, rounded(y)); }
+
+}  // namespace detail
+
+/// A DDPM noise schedule with T training timesteps t = 0..T-1, coefficients in double (Exact) or diffusers'
+/// float32 values (DiffusersFloat32), kept as doubles.
 class DdpmSchedule {
  public:
   /// T = num_train_timesteps >= 1; 0 < beta_start <= beta_end < 1 for the linear schedules,
   /// 0 < beta_end < 1 for Proportional.
   /// (Not explicit: API.md declares it without, so `DdpmSchedule s = {};` keeps compiling.)
+  /// DiffusersFloat32 (see ScheduleArithmetic): the betas of diffusers' DDPMScheduler(num_train_timesteps,
+  /// beta_start, beta_end, "linear" | "scaled_linear" | "squaredcos_cap_v2"); Proportional, which diffusers lacks,
+  /// gives the float32 rounding of its double betas (diffusers' trained_betas). The same argument checks as
+  /// Exact, plus: every float32 alpha = 1 - beta must lie strictly between 0 and 1.
   DdpmSchedule(Index num_train_timesteps = 1000, BetaSchedule schedule = BetaSchedule::Linear,
-               double beta_start = 1e-4, double beta_end = 0.02) {
+               double beta_start = 1e-4, double beta_end = 0.02,
+               ScheduleArithmetic arithmetic = ScheduleArithmetic::Exact)
+      : arithmetic_(arithmetic) {
     const char* fn = "DdpmSchedule";
     const Index T = num_train_timesteps;
     detail::require(T >= 1, fn, "num_train_timesteps must be >= 1, got ", T);
@@ -69,6 +133,10 @@ class DdpmSchedule {
     if (uses_end)
       detail::require(std::isfinite(beta_end) && beta_end > 0 && beta_end < 1, fn,
                       "beta range invalid: need 0 < beta_end < 1, got beta_end = ", beta_end);
+    if (arithmetic == ScheduleArithmetic::DiffusersFloat32) {
+      init_diffusers(schedule, T, beta_start, beta_end);
+      return;
+    }
     std::vector<double> b(static_cast<std::size_t>(T));
     switch (schedule) {
       case BetaSchedule::Linear:
@@ -106,19 +174,31 @@ class DdpmSchedule {
 
   /// Number of training timesteps T.
   Index size() const { return static_cast<Index>(betas_.size()); }
+  /// How the coefficients are computed (and how the step functions evaluate the step).
+  ScheduleArithmetic arithmetic() const { return arithmetic_; }
   /// beta_t (the paper's beta_{t+1}), t in [0, T).
   double beta(Index t) const { return betas_[checked(t, "DdpmSchedule::beta")]; }
-  /// alpha_t = 1 - beta_t.
-  double alpha(Index t) const { return 1.0 - beta(t); }
+  /// alpha_t = 1 - beta_t (in float32 under DiffusersFloat32).
+  double alpha(Index t) const {
+    if (arithmetic_ == ScheduleArithmetic::DiffusersFloat32) return 1.0f - static_cast<float>(beta(t));
+    return 1.0 - beta(t);
+  }
   /// alpha_bar_t = prod_{s <= t} (1 - beta_s), t in [0, T); alpha_bar(-1) = 1 (the clean data).
   double alpha_bar(Index t) const {
     if (t == -1) return 1.0;
     return alpha_bar_[checked(t, "DdpmSchedule::alpha_bar")];
   }
   /// Posterior variance of x_prev given x_t and x0 (SPEC 6.4):
-  /// max((1 - ab_prev) / (1 - ab_t) (1 - ab_t / ab_prev), 1e-20); -1 <= prev_t < t.
+  /// max((1 - ab_prev) / (1 - ab_t) (1 - ab_t / ab_prev), 1e-20); -1 <= prev_t < t. Under DiffusersFloat32,
+  /// diffusers' _get_variance in float32 (the floor is 1e-20 rounded to float).
   double variance(Index t, Index prev_t) const {
     check_pair("DdpmSchedule::variance", t, prev_t);
+    if (arithmetic_ == ScheduleArithmetic::DiffusersFloat32) {
+      const float ab = static_cast<float>(alpha_bar_[std::size_t(t)]);
+      const float ab_prev = static_cast<float>(alpha_bar(prev_t));
+      const float current_beta = 1.0f - ab / ab_prev;
+      return std::max((1.0f - ab_prev) / (1.0f - ab) * current_beta, 1e-20f);
+    }
     const double ab = alpha_bar_[std::size_t(t)], ab_prev = alpha_bar(prev_t);
     const double current_beta = 1.0 - ab / ab_prev;
     return std::max((1.0 - ab_prev) / (1.0 - ab) * current_beta, 1e-20);
@@ -196,6 +276,48 @@ class DdpmSchedule {
     for (Index i = 0; i < n; ++i)
       out[std::size_t(i)] = i < n / 2 ? a + step * double(i) : b - step * double(n - 1 - i);
   }
+  // diffusers' DDPMScheduler.__init__ (58eb52c): betas in float32, alphas = 1.0 - betas in float32,
+  // alphas_cumprod = torch.cumprod(alphas), whose CPU kernel accumulates in double (acc_type<float, false>) and
+  // rounds each prefix product to float.
+  void init_diffusers(BetaSchedule schedule, Index T, double beta_start, double beta_end) {
+    std::vector<float> b;
+    switch (schedule) {
+      case BetaSchedule::Linear:  // torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+        b = detail::torch_linspace_f32(static_cast<float>(beta_start), static_cast<float>(beta_end), T);
+        break;
+      case BetaSchedule::ScaledLinear:  // torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, float32) ** 2
+        b = detail::torch_linspace_f32(static_cast<float>(detail::python_pow(beta_start, 0.5)),
+                                       static_cast<float>(detail::python_pow(beta_end, 0.5)), T);
+        for (float& v : b) v = v * v;
+        break;
+      case BetaSchedule::Cosine: {  // betas_for_alpha_bar: Python floats, then torch.tensor(..., float32)
+        constexpr double kPi = 3.141592653589793;  // math.pi
+        auto alpha_bar_fn = [&](double u) { return detail::python_pow(std::cos((u + 0.008) / 1.008 * kPi / 2), 2.0); };
+        b.resize(static_cast<std::size_t>(T));
+        for (Index i = 0; i < T; ++i) {
+          const double t1 = double(i) / double(T), t2 = double(i + 1) / double(T);
+          b[std::size_t(i)] = static_cast<float>(std::min(1 - alpha_bar_fn(t2) / alpha_bar_fn(t1), 0.999));
+        }
+        break;
+      }
+      case BetaSchedule::Proportional:  // not in diffusers: its double betas as trained_betas
+        b.resize(static_cast<std::size_t>(T));
+        for (Index i = 0; i < T; ++i) b[std::size_t(i)] = static_cast<float>(beta_end * double(i + 1) / double(T));
+        break;
+    }
+    betas_.resize(b.size());
+    alpha_bar_.resize(b.size());
+    double p = 1.0;
+    for (std::size_t i = 0; i < b.size(); ++i) {
+      const float alpha = 1.0f - b[i];
+      detail::require(alpha > 0.0f && alpha < 1.0f, "DdpmSchedule", "beta range invalid in float32: betas[", i,
+                      "] = ", double(b[i]), " gives alpha = 1 - beta = ", double(alpha),
+                      " (DiffusersFloat32 needs 0 < alpha < 1)");
+      betas_[i] = b[i];
+      p *= double(alpha);
+      alpha_bar_[i] = static_cast<float>(p);
+    }
+  }
   void init(std::vector<double> b) {
     betas_ = std::move(b);
     alpha_bar_.resize(betas_.size());
@@ -206,6 +328,7 @@ class DdpmSchedule {
     detail::require(t >= 0 && t < size(), fn, "t = ", t, " is outside the schedule [0, ", size(), ")");
     return static_cast<std::size_t>(t);
   }
+  ScheduleArithmetic arithmetic_ = ScheduleArithmetic::Exact;
   std::vector<double> betas_, alpha_bar_;
 };
 
@@ -240,12 +363,48 @@ struct DdpmStepOptions {
 };
 
 /// Step coefficients in double (SPEC 6.4), exposed for callers who fuse the step into their own kernels:
-/// x0_hat = ax x + am m; clamp; mean = c0 x0_hat + c1 x; out = mean + noise_std z.
+/// x0_hat = ax x + am m; clamp; mean = c0 x0_hat + c1 x; out = mean + noise_std z. Under DiffusersFloat32,
+/// alpha_bar .. current_beta, c0, c1 and noise_std are diffusers' float32 values and ax, am their double
+/// combination; ddpm_step then evaluates x0_hat in diffusers' order, not as ax x + am m.
 struct DdpmStepCoefficients {
   double alpha_bar = 0, alpha_bar_prev = 1, current_alpha = 0, current_beta = 0;
   double ax = 0, am = 0, c0 = 0, c1 = 0;
   double noise_std = 0;  ///< 0 when prev_t < 0 (no noise at the final step) unless final_step_noise
 };
+
+namespace detail {
+
+/// The scalars of diffusers' DDPMScheduler.step / _get_variance (58eb52c), float32 0-dim tensor ops in its order.
+/// No product here feeds an addition, so contraction cannot change them.
+struct DiffusersScalars {
+  float alpha_prod_t, alpha_prod_t_prev, beta_prod_t, beta_prod_t_prev, current_alpha_t, current_beta_t;
+  float sqrt_alpha_prod, sqrt_beta_prod;  // alpha_prod_t ** 0.5, beta_prod_t ** 0.5
+  float c0, c1;                           // pred_original_sample_coeff, current_sample_coeff
+  float std_dev;                          // _get_variance(t) ** 0.5 (fixed_small) or current_beta_t ** 0.5
+  bool noise;                             // prev_t >= 0 or final_step_noise
+};
+
+inline DiffusersScalars diffusers_scalars(const DdpmSchedule& schedule, Index t, Index prev_t,
+                                          const DdpmStepOptions& options) {
+  DiffusersScalars d;
+  d.alpha_prod_t = static_cast<float>(schedule.alpha_bar(t));
+  d.alpha_prod_t_prev = static_cast<float>(schedule.alpha_bar(prev_t));  // self.one when prev_t < 0
+  d.beta_prod_t = 1.0f - d.alpha_prod_t;
+  d.beta_prod_t_prev = 1.0f - d.alpha_prod_t_prev;
+  d.current_alpha_t = d.alpha_prod_t / d.alpha_prod_t_prev;
+  d.current_beta_t = 1.0f - d.current_alpha_t;
+  d.sqrt_alpha_prod = std::sqrt(d.alpha_prod_t);
+  d.sqrt_beta_prod = std::sqrt(d.beta_prod_t);
+  d.c0 = (std::sqrt(d.alpha_prod_t_prev) * d.current_beta_t) / d.beta_prod_t;
+  d.c1 = std::sqrt(d.current_alpha_t) * d.beta_prod_t_prev / d.beta_prod_t;
+  const float variance = std::max((1.0f - d.alpha_prod_t_prev) / (1.0f - d.alpha_prod_t) * d.current_beta_t,
+                                  1e-20f);  // torch.clamp(variance, min=1e-20)
+  d.std_dev = std::sqrt(options.variance == Variance::FixedSmall ? variance : d.current_beta_t);
+  d.noise = prev_t >= 0 || options.final_step_noise;
+  return d;
+}
+
+}  // namespace detail
 
 /// The coefficients of the step t -> prev_t (validates t, prev_t and the clip range).
 inline DdpmStepCoefficients ddpm_step_coefficients(const DdpmSchedule& schedule, Index t,
@@ -263,6 +422,31 @@ inline DdpmStepCoefficients ddpm_step_coefficients(const DdpmSchedule& schedule,
                     "sample_max_value must be finite and >= 1, got ", options.sample_max_value);
   }
   DdpmStepCoefficients k;
+  if (schedule.arithmetic() == ScheduleArithmetic::DiffusersFloat32) {
+    const detail::DiffusersScalars d = detail::diffusers_scalars(schedule, t, prev_t, options);
+    k.alpha_bar = d.alpha_prod_t;
+    k.alpha_bar_prev = d.alpha_prod_t_prev;
+    k.current_alpha = d.current_alpha_t;
+    k.current_beta = d.current_beta_t;
+    switch (options.prediction) {
+      case Prediction::Epsilon:
+        k.ax = 1.0 / double(d.sqrt_alpha_prod);
+        k.am = -double(d.sqrt_beta_prod) / double(d.sqrt_alpha_prod);
+        break;
+      case Prediction::Sample:
+        k.ax = 0.0;
+        k.am = 1.0;
+        break;
+      case Prediction::Velocity:
+        k.ax = d.sqrt_alpha_prod;
+        k.am = -double(d.sqrt_beta_prod);
+        break;
+    }
+    k.c0 = d.c0;
+    k.c1 = d.c1;
+    k.noise_std = d.noise ? d.std_dev : 0.0f;
+    return k;
+  }
   k.alpha_bar = schedule.alpha_bar(t);
   k.alpha_bar_prev = schedule.alpha_bar(prev_t);
   k.current_alpha = k.alpha_bar / k.alpha_bar_prev;
@@ -375,6 +559,73 @@ void axpby_flat(T a, const T* u, T b, const T* v, T* out, Index n) {
   });
 }
 
+template <class T>
+void axpby_rounded_flat(T a, const T* u, T b, const T* v, T* out, Index n) {
+  for_chunks(n, [&](Index ci) {
+    const Index s = ci * kDdpmChunk;
+    axpby_rounded_range(a, u + s, b, v + s, out + s, std::min(kDdpmChunk, n - s));
+  });
+}
+
+inline bool is_diffusers(const DdpmSchedule& schedule) {
+  return schedule.arithmetic() == ScheduleArithmetic::DiffusersFloat32;
+}
+
+/// add_noise's coefficients {sqrt(ab), sqrt(1 - ab)} in T: diffusers converts alphas_cumprod to the data type
+/// first (alphas_cumprod.to(dtype=original_samples.dtype)), then takes ** 0.5 and 1 - ab there.
+template <class T>
+std::pair<T, T> diffusers_noise_coef(const DdpmSchedule& schedule, Index t) {
+  const T ab = static_cast<T>(schedule.alpha_bar(t));
+  return {std::sqrt(ab), std::sqrt(T(1) - ab)};
+}
+
+/// Whether the step adds noise (and so reads the noise argument).
+inline bool step_uses_noise(const DdpmSchedule& schedule, const DdpmStepCoefficients& k, Index t,
+                            const DdpmStepOptions& o) {
+  if (is_diffusers(schedule)) return (o.prev_t ? *o.prev_t : t - 1) >= 0 || o.final_step_noise;
+  return k.noise_std != 0.0;
+}
+
+/// The diffusers-order kernel coefficients of the step (DiffusersFloat32), for data of type T.
+template <class T>
+DiffusersStepCoef<T> diffusers_kernel_coef(const DdpmSchedule& schedule, Index t, const DdpmStepOptions& o) {
+  const DiffusersScalars d = diffusers_scalars(schedule, t, o.prev_t ? *o.prev_t : t - 1, o);
+  DiffusersStepCoef<T> c;
+  c.prediction = o.prediction == Prediction::Epsilon ? 0 : o.prediction == Prediction::Sample ? 1 : 2;
+  c.sa = T(d.sqrt_alpha_prod);
+  c.sb = T(d.sqrt_beta_prod);
+  c.c0 = T(d.c0);
+  c.c1 = T(d.c1);
+  c.s = T(d.std_dev);
+  c.noise = d.noise;
+  c.clip = o.clip_sample && !o.thresholding;
+  c.lo = T(-o.clip_range);
+  c.hi = T(o.clip_range);
+  return c;
+}
+
+/// diffusers' _threshold_sample on one sample (n values): s = clamp(quantile(|x0|, ratio), 1, sample_max_value)
+/// in T, then x0 = clamp(x0, -s, s) / s. A NaN quantile makes every x0 NaN, as in torch.
+template <class T>
+void apply_threshold(DiffusersStepCoef<T>& c, const DdpmStepOptions& o, const T* m, const T* x, Index n) {
+  if (!o.thresholding || n == 0) return;
+  const T q = torch_quantile_abs_x0(c, m, x, n, o.dynamic_thresholding_ratio);
+  const T s = q != q ? q : std::min(std::max(q, T(1)), T(o.sample_max_value));
+  c.clip = true;
+  c.lo = -s;
+  c.hi = s;
+  c.divide = true;
+  c.div = s;
+}
+
+template <class T>
+void diffusers_step_flat(const DiffusersStepCoef<T>& c, const T* m, const T* x, const T* z, T* out, Index n) {
+  for_chunks(n, [&](Index ci) {
+    const Index b = ci * kDdpmChunk, len = std::min(kDdpmChunk, n - b);
+    diffusers_step_range(c, m + b, x + b, z ? z + b : nullptr, out + b, len);
+  });
+}
+
 }  // namespace detail
 
 namespace detail {
@@ -383,7 +634,8 @@ namespace detail {
 /// taken from alpha_bar(t). x0, noise, out: same size, contiguous; out may be x0 or noise itself.
 template <class D1, class D2, class D3, class Coefficients>
 void ddpm_mix(const char* fn, const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0,
-              const Eigen::DenseBase<D2>& noise, Index t, const Eigen::DenseBase<D3>& out, Coefficients coefficients) {
+              const Eigen::DenseBase<D2>& noise, Index t, const Eigen::DenseBase<D3>& out, Coefficients coefficients,
+              bool velocity) {
   using T = scalar_of<D1>;
   static_assert(std::is_same<T, scalar_of<D2>>::value && std::is_same<T, scalar_of<D3>>::value,
                 "ddpm_add_noise / ddpm_velocity: x0, noise and out must have the same scalar type");
@@ -395,6 +647,16 @@ void ddpm_mix(const char* fn, const DdpmSchedule& schedule, const Eigen::DenseBa
   const T* pz = flat_data(fn, "noise", noise);
   T* po = flat_mut(fn, "out", out);
   require(same_or_disjoint(po, px, n) && same_or_disjoint(po, pz, n), fn, "out partially overlaps x0 or noise");
+  if (is_diffusers(schedule)) {
+    // add_noise: sqrt_alpha_prod * x0 + sqrt_one_minus_alpha_prod * noise;
+    // get_velocity: sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * x0 (a - b == a + (-b) exactly).
+    const auto sq = diffusers_noise_coef<T>(schedule, t);
+    if (velocity)
+      axpby_rounded_flat(T(-sq.second), px, sq.first, pz, po, n);
+    else
+      axpby_rounded_flat(sq.first, px, sq.second, pz, po, n);
+    return;
+  }
   const auto ab = coefficients(schedule.alpha_bar(t));  // {coefficient of x0, coefficient of noise}
   axpby_flat(T(ab.first), px, T(ab.second), pz, po, n);
 }
@@ -407,7 +669,7 @@ template <class D1, class D2, class D3>
 void ddpm_add_noise(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0, const Eigen::DenseBase<D2>& noise,
                     Index t, const Eigen::DenseBase<D3>& out) {
   detail::ddpm_mix("ddpm_add_noise", schedule, x0, noise, t, out,
-                   [](double ab) { return std::make_pair(std::sqrt(ab), std::sqrt(1.0 - ab)); });
+                   [](double ab) { return std::make_pair(std::sqrt(ab), std::sqrt(1.0 - ab)); }, false);
 }
 
 /// Batched forward noising with one timestep per row: x0, noise, out are [batch, n] row-major (any row
@@ -424,8 +686,13 @@ void ddpm_add_noise(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0
   detail::require_shape(fn, "out", vo, vx.rows, vx.cols, "x0 has shape ");
   for (Index t_b : t) schedule.check_pair(fn, t_b, -1);
   detail::parallel_for(vx.rows, [&](Index r) {
-    const double ab = schedule.alpha_bar(t[std::size_t(r)]);
     using T = std::remove_const_t<std::remove_pointer_t<decltype(vx.data)>>;
+    if (detail::is_diffusers(schedule)) {
+      const auto sq = detail::diffusers_noise_coef<T>(schedule, t[std::size_t(r)]);
+      detail::axpby_rounded_range(sq.first, vx.row(r), sq.second, vz.row(r), vo.row(r), vx.cols);
+      return;
+    }
+    const double ab = schedule.alpha_bar(t[std::size_t(r)]);
     detail::axpby_range(T(std::sqrt(ab)), vx.row(r), T(std::sqrt(1.0 - ab)), vz.row(r), vo.row(r), vx.cols);
   });
 }
@@ -435,7 +702,7 @@ template <class D1, class D2, class D3>
 void ddpm_velocity(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0, const Eigen::DenseBase<D2>& noise,
                    Index t, const Eigen::DenseBase<D3>& out) {
   detail::ddpm_mix("ddpm_velocity", schedule, x0, noise, t, out,
-                   [](double ab) { return std::make_pair(-std::sqrt(1.0 - ab), std::sqrt(ab)); });
+                   [](double ab) { return std::make_pair(-std::sqrt(1.0 - ab), std::sqrt(ab)); }, true);
 }
 
 /// One reverse step of diffusers' DDPMScheduler (SPEC 6.4) from t to prev_t (default t - 1):
@@ -461,7 +728,7 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
   detail::require(model_output.size() == n, fn, "model_output has ", model_output.size(), " elements but sample has ",
                   n);
   detail::require(out.size() == n, fn, "out has ", out.size(), " elements but sample has ", n);
-  const bool uses_noise = k.noise_std != 0.0;
+  const bool uses_noise = detail::step_uses_noise(schedule, k, t, options);
   detail::require(noise.size() == n || (!uses_noise && noise.size() == 0), fn, "noise has ", noise.size(),
                   " elements but sample has ", n);
   const T* pm = detail::flat_data(fn, "model_output", model_output);
@@ -472,6 +739,12 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
                       (!pz || detail::same_or_disjoint(po, pz, n)),
                   fn, "out partially overlaps an input");
   detail::require(!pz || pz != po, fn, "out must not be the noise buffer");
+  if (detail::is_diffusers(schedule)) {
+    auto c = detail::diffusers_kernel_coef<T>(schedule, t, options);
+    detail::apply_threshold(c, options, pm, px, n);
+    detail::diffusers_step_flat(c, pm, px, pz, po, n);
+    return;
+  }
   auto c = detail::to_kernel_coef<T>(k, options);
   detail::apply_threshold(c, k, options, pm, px, n);
   detail::ddpm_step_flat(c, pm, px, pz, po, n);
@@ -499,6 +772,27 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
   T* po = detail::flat_mut(fn, "out", out);
   detail::require(detail::same_or_disjoint(po, pm, n) && detail::same_or_disjoint(po, px, n), fn,
                   "out partially overlaps an input");
+  constexpr Index kTile = 1024;
+  const std::uint64_t seed = gen.seed(), base = gen.offset();
+  if (detail::is_diffusers(schedule)) {
+    auto c = detail::diffusers_kernel_coef<T>(schedule, t, options);
+    detail::apply_threshold(c, options, pm, px, n);
+    if (!c.noise) {
+      detail::diffusers_step_flat(c, pm, px, static_cast<const T*>(nullptr), po, n);
+      return;
+    }
+    detail::for_chunks(n, [&](Index ci) {
+      alignas(64) T z[kTile];
+      const Index end = std::min(n, (ci + 1) * detail::kDdpmChunk);
+      for (Index b = ci * detail::kDdpmChunk; b < end; b += kTile) {
+        const Index len = std::min(kTile, end - b);
+        detail::philox_normal_serial(seed, base + std::uint64_t(b), z, len);
+        detail::diffusers_step_range(c, pm + b, px + b, z, po + b, len);
+      }
+    });
+    gen.set_offset(base + std::uint64_t(n));
+    return;
+  }
   auto c = detail::to_kernel_coef<T>(k, options);
   detail::apply_threshold(c, k, options, pm, px, n);
   if (k.noise_std == 0.0) {
@@ -506,8 +800,6 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
     return;
   }
   // Noise is produced per tile into a stack buffer (L1-resident), so the step streams m, x and out only.
-  constexpr Index kTile = 1024;
-  const std::uint64_t seed = gen.seed(), base = gen.offset();
   detail::for_chunks(n, [&](Index ci) {
     alignas(64) T z[kTile];
     const Index end = std::min(n, (ci + 1) * detail::kDdpmChunk);
@@ -557,6 +849,14 @@ void ddpm_step(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& model_o
                         detail::same_or_disjoint(vo.row(r), vx.row(r), cols),
                     fn, "out row ", r, " partially overlaps an input row");
   detail::parallel_for(rows, [&](Index r) {
+    if (detail::is_diffusers(schedule)) {
+      DdpmStepOptions o = options;
+      o.prev_t = prev_t.empty() ? t[std::size_t(r)] - 1 : prev_t[std::size_t(r)];
+      auto c = detail::diffusers_kernel_coef<T>(schedule, t[std::size_t(r)], o);
+      detail::apply_threshold(c, o, vm.row(r), vx.row(r), cols);
+      detail::diffusers_step_range(c, vm.row(r), vx.row(r), c.noise ? vz.row(r) : nullptr, vo.row(r), cols);
+      return;
+    }
     const DdpmStepCoefficients& k = coef[std::size_t(r)];
     auto c = detail::to_kernel_coef<T>(k, options);
     detail::apply_threshold(c, k, options, vm.row(r), vx.row(r), cols);  // per sample, before its row is written

@@ -63,3 +63,40 @@ inline std::vector<double> algorithm2_step(const std::vector<double>& betas, con
 }
 
 }  // namespace kexue_ref
+
+namespace kexue_ref {
+
+/// diffusers' DDPMScheduler.step (58eb52c) for one element stream in the data type T, each torch op rounded on
+/// its own (kexue::detail::rounded keeps the compiler from contracting a product into an FMA, as torch's separate
+/// kernels never do). The scalars (float32 0-dim tensors in diffusers) come from the schedule's float32 values.
+/// noise is added when prev_t >= 0; no thresholding (the tests compare that against the transcription's data).
+template <class T>
+std::vector<T> diffusers_step(const kexue::DdpmSchedule& s, const std::vector<T>& m, Index t, const std::vector<T>& x,
+                              const std::vector<T>& z, kexue::Prediction prediction, kexue::Variance variance,
+                              bool clip, double clip_range, Index prev_t) {
+  using kexue::detail::rounded;
+  const float alpha_prod_t = float(s.alpha_bar(t));
+  const float alpha_prod_t_prev = prev_t >= 0 ? float(s.alpha_bar(prev_t)) : 1.0f;
+  const float beta_prod_t = 1 - alpha_prod_t;
+  const float beta_prod_t_prev = 1 - alpha_prod_t_prev;
+  const float current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
+  const float current_beta_t = 1 - current_alpha_t;
+  const T sa = T(std::sqrt(alpha_prod_t)), sb = T(std::sqrt(beta_prod_t));
+  const T coef0 = T((std::sqrt(alpha_prod_t_prev) * current_beta_t) / beta_prod_t);
+  const T coef1 = T(std::sqrt(current_alpha_t) * beta_prod_t_prev / beta_prod_t);
+  const float var = std::max((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, 1e-20f);
+  const T std_dev = T(std::sqrt(variance == kexue::Variance::FixedSmall ? var : current_beta_t));
+  std::vector<T> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    T x0 = m[i];
+    if (prediction == kexue::Prediction::Epsilon) x0 = (x[i] - rounded(sb * m[i])) / sa;
+    if (prediction == kexue::Prediction::Velocity) x0 = rounded(sa * x[i]) - rounded(sb * m[i]);
+    if (clip && !std::isnan(x0)) x0 = std::min(std::max(x0, T(-clip_range)), T(clip_range));
+    T r = rounded(coef0 * x0) + rounded(coef1 * x[i]);
+    r = prev_t >= 0 ? r + rounded(std_dev * z[i]) : r + T(0);  // diffusers adds the int 0: -0 becomes +0
+    out[i] = r;
+  }
+  return out;
+}
+
+}  // namespace kexue_ref
