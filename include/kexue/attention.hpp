@@ -5,7 +5,12 @@
 /// concentration diagnostics of SPEC 5.1 (row entropy, l1/l2 sparsity).
 ///
 /// For query row i (0-based) of n and keys j of m, key j is *visible* to row i when
-///   j < key_length  and  key_mask[j] != 0 (if a mask is given)  and  (not causal or j <= i + m - n).
+///   j < key_length  and  key_mask[j] != 0 (if a mask is given)  and  (not causal or j <= i + m - n)
+///   and  (not reverse_causal or j >= i)  and  (no segments or c[j] <= c[i], c = cumsum of the segment ids),
+/// the last two being the masks of post 9529 (SPEC 7.3): reverse causal and UniLM / prefix LM, both for n = m.
+/// Every mask but the per-key one is a per-row key window [lo_i, hi_i) that never moves left as i grows, so the
+/// fused kernel skips the key tiles a row tile cannot see: causal, reverse causal and UniLM cost about half of
+/// bidirectional attention at n = m, and no n x m mask is ever built.
 /// l_i is the number of keys visible to row i, and a_ij = scale * q_i . k_j (scale defaults to 1/sqrt(d)).
 ///   Softmax:      A_ij = softmax_j over visible keys of a_ij
 ///   SoftmaxPlus:  A_ij = softmax_j of a_ij * ln(max(l_i, min_length)) / ln(train_length)
@@ -20,6 +25,7 @@
 /// relu(a)^2 * |v| / L is (|a| below ~1e19 in float), and beyond that it overflows like the math does.
 
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -28,7 +34,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "kexue/core.hpp"
+#include "kexue/core.hpp"  // before Eigen/SVD: it sets up the intrinsics and includes Eigen/Core
+#include <Eigen/SVD>
 #include "kexue/detail/attention_kernel.hpp"
 #include "kexue/detail/check.hpp"
 #include "kexue/detail/view.hpp"
@@ -42,6 +49,72 @@ enum class Normalization {
   SquaredRelu,  ///< relu(logits)^2 / L with L = relu2_length or the row's visible-key count l (GAU)
 };
 
+/// UniLM / prefix-LM segment ids (SPEC 7.3, bert4keras' UniLM_Mask): a view of the caller's contiguous int32 or
+/// int64 buffer of length m (or batch x m in the batched form), e.g. 0 for the source tokens and 1 for the target
+/// tokens. With c = cumsum(ids), query i sees key j when c[j] <= c[i]: the source sees all of the source, each
+/// target token the source and the targets up to itself. Ids must be >= 0 (kexue::Error otherwise); only whether
+/// an id is 0 matters, so ids of any size never overflow a sum. The buffer must outlive the call.
+class SegmentIds {
+ public:
+  /// Pointer + length over int32.
+  SegmentIds(const std::int32_t* data, Index size) : data32_(data), size_(size) {}
+  /// Pointer + length over int64.
+  SegmentIds(const std::int64_t* data, Index size) : data64_(data), size_(size) {}
+  /// Any contiguous container with data() and size() of 32- or 64-bit integers (std::vector<int>, std::array,
+  /// an Eigen vector of int32 / int64).
+  template <class C, class E = std::remove_cv_t<std::remove_pointer_t<decltype(std::declval<const C&>().data())>>,
+            class = std::enable_if_t<std::is_integral<E>::value && std::is_signed<E>::value &&
+                                     (sizeof(E) == 4 || sizeof(E) == 8)>>
+  SegmentIds(const C& container)  // NOLINT: implicit on purpose, so a vector can be passed directly
+      : size_(Index(container.size())) {
+    if constexpr (sizeof(E) == 4)
+      data32_ = reinterpret_cast<const std::int32_t*>(container.data());
+    else
+      data64_ = reinterpret_cast<const std::int64_t*>(container.data());
+  }
+
+  /// The ids when they are int32 (else null).
+  const std::int32_t* data32() const { return data32_; }
+  /// The ids when they are int64 (else null).
+  const std::int64_t* data64() const { return data64_; }
+  /// Number of ids.
+  Index size() const { return size_; }
+  /// Id j as int64.
+  std::int64_t operator[](Index j) const { return data32_ ? std::int64_t(data32_[j]) : data64_[j]; }
+
+ private:
+  const std::int32_t* data32_ = nullptr;
+  const std::int64_t* data64_ = nullptr;
+  Index size_ = 0;
+};
+
+/// Mask direction of one head in the mixed forward/backward attention of post 9529 (SPEC 7.3).
+enum class HeadDirection : unsigned char {
+  Bidirectional = 0,  ///< no direction mask
+  Causal = 1,         ///< forward: query i sees keys j <= i + m - n
+  ReverseCausal = 2,  ///< backward: query i sees keys j >= i (n == m)
+};
+
+/// One HeadDirection per query head of a batched call (a view of the caller's contiguous buffer, which must
+/// outlive the call): Su's mixed attention is causal on half of the heads and reverse causal on the other half.
+class HeadDirections {
+ public:
+  /// Pointer + length.
+  HeadDirections(const HeadDirection* data, Index size) : data_(data), size_(size) {}
+  /// Any contiguous container of HeadDirection (std::vector, std::array).
+  template <class C, class = std::enable_if_t<std::is_same<
+                         std::remove_cv_t<std::remove_pointer_t<decltype(std::declval<const C&>().data())>>,
+                         HeadDirection>::value>>
+  HeadDirections(const C& container)  // NOLINT: implicit on purpose
+      : data_(container.data()), size_(Index(container.size())) {}
+  const HeadDirection* data() const { return data_; }
+  Index size() const { return size_; }
+
+ private:
+  const HeadDirection* data_;
+  Index size_;
+};
+
 /// Options of attention(); the defaults are bert4keras' (min_length 16 since its commit 988e899, SPEC 3.3).
 struct AttentionOptions {
   Normalization normalization = Normalization::Softmax;
@@ -51,6 +124,12 @@ struct AttentionOptions {
   Index train_length = 512;            ///< SoftmaxPlus: logits *= ln(max(l, min_length)) / ln(train_length)
   Index min_length = 16;               ///<   l = number of keys visible to that query row
   std::optional<Index> relu2_length;   ///< SquaredRelu: A = relu(logits)^2 / L, L = this fixed n, default l
+  bool reverse_causal = false;         ///< query i sees keys j >= i (n == m); exclusive with causal (SPEC 7.3)
+  std::optional<SegmentIds> segments;  ///< UniLM / prefix LM: keep(i, j) = c[j] <= c[i], c = cumsum(ids), n == m
+  /// Mixed forward/backward attention: one direction per query head (batched form; 1 entry in the 2-D form),
+  /// replacing causal / reverse_causal, which must then both be false. Mixing by layer needs nothing: pass
+  /// causal on one call and reverse_causal on the next.
+  std::optional<HeadDirections> head_directions;
 };
 
 /// A per-key visibility mask of length m (nonzero / true = the key may be attended to). It refers to the
@@ -91,9 +170,11 @@ inline AttnNorm to_attn_norm(Normalization n) {
   }
 }
 
-/// Validates options against (d, m) and fills the scalar part of a plan.
+/// Validates options against (d, m) and fills the scalar part of a plan. The masks of post 9529 need the shapes
+/// too: n queries, batch (segments may hold batch x m ids) and the query heads (head_directions).
 template <class T>
-inline void plan_options(const char* fn, const AttentionOptions& o, Index d, Index m, AttentionPlan<T>& p) {
+inline void plan_options(const char* fn, const AttentionOptions& o, Index d, Index m, AttentionPlan<T>& p,
+                         Index n = -1, Index batch = 1, Index heads = 1) {
   require(!o.scale || std::isfinite(*o.scale), fn, "options.scale must be finite, got ", o.scale ? *o.scale : 0.0);
   require(!o.key_length || (*o.key_length >= 0 && *o.key_length <= m), fn, "options.key_length is ",
           o.key_length ? *o.key_length : 0, " but k has ", m, " rows (keys)");
@@ -101,8 +182,44 @@ inline void plan_options(const char* fn, const AttentionOptions& o, Index d, Ind
   require(o.min_length >= 1, fn, "options.min_length must be >= 1, got ", o.min_length);
   require(!o.relu2_length || *o.relu2_length >= 1, fn, "options.relu2_length must be >= 1, got ",
           o.relu2_length ? *o.relu2_length : 0);
+  require(!(o.causal && o.reverse_causal), fn,
+          "options.causal and options.reverse_causal are both set; a head is one or the other (head_directions "
+          "mixes them across heads)");
+  if (n < 0) n = m;
+  require(!o.reverse_causal || n == m, fn, "options.reverse_causal needs self-attention (n == m) but q has ", n,
+          " rows and k has ", m);
+  if (o.segments) {
+    const SegmentIds& sg = *o.segments;
+    require(n == m, fn, "options.segments needs self-attention (n == m) but q has ", n, " rows and k has ", m);
+    require(sg.size() == m || (batch > 1 && sg.size() == batch * m), fn, "options.segments has ", sg.size(),
+            " ids but needs m = ", m, batch > 1 ? " (shared) or batch x m = " : "",
+            batch > 1 ? std::to_string(batch * m) : std::string());
+    require(sg.data32() != nullptr || sg.data64() != nullptr || sg.size() == 0, fn, "options.segments has no data");
+    for (Index j = 0; j < sg.size(); ++j)
+      require(sg[j] >= 0, fn, "options.segments[", j, "] = ", sg[j],
+              " is negative; segment ids must be >= 0 (their cumulative sum must not decrease)");
+    p.seg32 = sg.data32();
+    p.seg64 = sg.data64();
+    p.seg_batch_stride = sg.size() == m ? 0 : m;
+  }
+  if (o.head_directions) {
+    const HeadDirections& hd = *o.head_directions;
+    require(!o.causal && !o.reverse_causal, fn,
+            "options.head_directions replaces options.causal and options.reverse_causal, which must be false");
+    require(hd.size() == heads, fn, "options.head_directions has ", hd.size(), " entries but q has ", heads,
+            " heads");
+    require(hd.data() != nullptr || heads == 0, fn, "options.head_directions has no data");
+    for (Index h = 0; h < hd.size(); ++h) {
+      const auto x = static_cast<unsigned>(hd.data()[h]);
+      require(x <= 2, fn, "options.head_directions[", h, "] has the invalid value ", x);
+      require(x != 2 || n == m, fn, "options.head_directions[", h, "] is ReverseCausal, which needs self-attention ",
+              "(n == m) but q has ", n, " rows and k has ", m);
+    }
+    p.head_dirs = reinterpret_cast<const unsigned char*>(hd.data());
+  }
   p.norm = to_attn_norm(o.normalization);
   p.causal = o.causal;
+  p.reverse = o.reverse_causal;
   p.scale = T(o.scale ? *o.scale : (d > 0 ? 1.0 / std::sqrt(double(d)) : 1.0));
   p.key_length = o.key_length ? *o.key_length : m;
   p.log_train = std::log(double(o.train_length));
@@ -139,7 +256,7 @@ void attention_2d(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, 
   require(qv.cols >= 1 || qv.rows == 0, fn, "q ", shape_str(qv.rows, qv.cols), " needs at least one column");
   require(!overlaps(ov, qv) && !overlaps(ov, kv) && !overlaps(ov, vv), fn, "out must not alias q, k or v");
   AttentionPlan<T> p;
-  plan_options(fn, options, qv.cols, kv.rows, p);
+  plan_options(fn, options, qv.cols, kv.rows, p, qv.rows);
   if (key_mask) {
     require(key_mask->size() == kv.rows, fn, "key_mask has ", key_mask->size(), " entries but k has ", kv.rows,
             " rows (keys)");
@@ -178,7 +295,7 @@ void attention_batched(const TensorView<const T>& q, const TensorView<const T>& 
           dims(v), " need [batch, heads, ", q.seq(), ", ", v.dim(), "]");
   require(q.dim() >= 1 || q.seq() == 0, fn, "q ", dims(q), " needs dim >= 1");
   AttentionPlan<T> p;
-  plan_options(fn, options, q.dim(), k.seq(), p);
+  plan_options(fn, options, q.dim(), k.seq(), p, q.seq(), q.batch(), q.heads());
   if (key_mask) {
     require(key_mask->size() == k.seq() || key_mask->size() == k.seq() * q.batch(), fn, "key_mask has ",
             key_mask->size(), " entries but needs m = ", k.seq(), " (shared) or batch x m = ", k.seq() * q.batch());
@@ -198,14 +315,18 @@ inline T& entry(const View<T>& v, Index i) {
   return v.rows == 1 ? v.data[i] : v.data[i * v.stride];
 }
 
-/// Visible-key count of each row under options (+ mask), for the diagnostics.
-inline Index row_visible_count(Index i, Index n, Index m, const AttentionOptions& o, const KeyMask* mask) {
-  const Index kl = o.key_length ? *o.key_length : m;
-  const Index lim = visible_limit(i, n, m, kl, o.causal);
-  if (!mask) return lim;
-  Index c = 0;
-  for (Index j = 0; j < lim; ++j) c += mask->data()[j] != 0;
-  return c;
+/// The row windows of a one-head [n, m] problem under a validated plan (diagnostics).
+template <class T>
+inline WindowRule diag_rule(const AttentionPlan<T>& p, Index n, Index m) {
+  WindowRule w;
+  w.n = n;
+  w.m = m;
+  w.key_length = p.key_length;
+  w.causal = p.causal || (p.head_dirs && static_cast<HeadDir>(p.head_dirs[0]) == HeadDir::Causal);
+  w.reverse = p.reverse || (p.head_dirs && static_cast<HeadDir>(p.head_dirs[0]) == HeadDir::ReverseCausal);
+  w.seg32 = p.seg32;
+  w.seg64 = p.seg64;
+  return w;
 }
 
 template <class QD, class KD, class AD>
@@ -220,19 +341,22 @@ void attention_weights_impl(const Eigen::DenseBase<QD>& q, const Eigen::DenseBas
   require_shape(fn, "weights", av, qv.rows, kv.rows, "[rows of q x rows of k] is ");
   require(!overlaps(av, qv) && !overlaps(av, kv), fn, "weights must not alias q or k");
   AttentionPlan<T> p;
-  plan_options(fn, options, qv.cols, kv.rows, p);
+  plan_options(fn, options, qv.cols, kv.rows, p, qv.rows);
   if (key_mask)
     require(key_mask->size() == kv.rows, fn, "key_mask has ", key_mask->size(), " entries but k has ", kv.rows,
             " rows");
   const Index n = qv.rows, m = kv.rows;
+  const unsigned char* mask = key_mask ? key_mask->data() : nullptr;
+  RowWindows win(diag_rule(p, n, m), mask);
   std::vector<double> a(static_cast<std::size_t>(m));
   std::vector<char> vis(static_cast<std::size_t>(m));
   for (Index i = 0; i < n; ++i) {
-    const Index lim = visible_limit(i, n, m, p.key_length, p.causal);
+    Index lo, hi, count;
+    win.at(i, lo, hi, count);
     Index l = 0;
     double mx = -std::numeric_limits<double>::infinity();
     for (Index j = 0; j < m; ++j) {
-      vis[j] = j < lim && (!key_mask || key_mask->data()[j] != 0);
+      vis[j] = j >= lo && j < hi && (!mask || mask[j] != 0);
       double s = 0;
       for (Index c = 0; c < qv.cols; ++c) s += double(qv(i, c)) * double(kv(j, c));
       a[j] = s * double(p.scale);
@@ -276,8 +400,12 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
   if (key_mask)
     require(key_mask->size() == av.cols, fn, "key_mask has ", key_mask->size(), " entries but a has ", av.cols,
             " columns");
+  AttentionPlan<double> p;
+  plan_options(fn, options, 1, av.cols, p, av.rows);
+  RowWindows win(diag_rule(p, av.rows, av.cols), key_mask ? key_mask->data() : nullptr);
   for (Index i = 0; i < av.rows; ++i) {
-    const Index ni = row_visible_count(i, av.rows, av.cols, options, key_mask);
+    Index lo, hi, ni;
+    win.at(i, lo, hi, ni);
     double l1 = 0, l2 = 0;
     for (Index j = 0; j < av.cols; ++j) {
       const double x = double(av(i, j));
@@ -399,6 +527,50 @@ template <class AD, class OD>
 void attention_sparsity(const Eigen::DenseBase<AD>& a, const KeyMask& key_mask, const Eigen::DenseBase<OD>& sparsity,
                         const AttentionOptions& options = {}) {
   detail::attention_sparsity_impl(a, &key_mask, sparsity, options);
+}
+
+/// Singular values of an attention matrix a: [n, m] (small: a dense SVD in double, O(n m min(n, m))), in
+/// decreasing order; sv: min(n, m) entries (a vector or an [k, 1] / [1, k] matrix). The diagnostic of post 9529's
+/// rank argument (SPEC 7.3): a causal softmax matrix is lower triangular with a positive diagonal, so it has full
+/// rank (det = prod_i a_ii > 0), while bidirectional softmax(q k^T) comes from a rank <= d product, so for n > d
+/// its singular values decay fast (softmax raises the rank only somewhat). Entries must be finite.
+template <class AD, class OD>
+void attention_singular_values(const Eigen::DenseBase<AD>& a, const Eigen::DenseBase<OD>& sv) {
+  using T = typename OD::Scalar;
+  constexpr const char* fn = "attention_singular_values";
+  const auto av = detail::make_view(fn, "a", a);
+  const auto ov = detail::make_mut_view(fn, "sv", sv);
+  const Index k = std::min(av.rows, av.cols);
+  detail::require(ov.size() == k && (ov.rows == 1 || ov.cols == 1 || k == 0), fn, "sv has shape ",
+                  detail::shape_str(ov.rows, ov.cols), " but a ", detail::shape_str(av.rows, av.cols), " has ", k,
+                  " singular values");
+  Eigen::MatrixXd x(av.rows, av.cols);
+  for (Index i = 0; i < av.rows; ++i)
+    for (Index j = 0; j < av.cols; ++j) {
+      x(i, j) = double(av(i, j));
+      detail::require(std::isfinite(x(i, j)), fn, "a(", i, ", ", j, ") = ", x(i, j), " is not finite");
+    }
+  if (k == 0) return;
+  const Eigen::BDCSVD<Eigen::MatrixXd> svd(x);
+  const Eigen::VectorXd s = svd.singularValues();
+  for (Index i = 0; i < k; ++i) detail::entry(ov, i) = T(s(i));
+}
+
+/// Numerical rank of an attention matrix a: [n, m]: the number of singular values above tol * sigma_max (tol is
+/// relative; the default, tol < 0, is max(n, m) * 2^-52, LAPACK's and numpy's matrix_rank rule). An all-zero or
+/// empty matrix has rank 0. See attention_singular_values.
+template <class AD>
+Index attention_rank(const Eigen::DenseBase<AD>& a, double tol = -1) {
+  constexpr const char* fn = "attention_rank";
+  const Index n = a.rows(), m = a.cols();
+  detail::require(std::isfinite(tol), fn, "tol must be finite, got ", tol);
+  Eigen::VectorXd s(std::min(n, m));
+  attention_singular_values(a, s);
+  if (s.size() == 0 || s(0) == 0) return 0;
+  const double rel = tol >= 0 ? tol : double(std::max(n, m)) * std::numeric_limits<double>::epsilon();
+  Index r = 0;
+  for (Index i = 0; i < s.size(); ++i) r += s(i) > rel * s(0);
+  return r;
 }
 
 }  // namespace kexue

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -26,6 +27,8 @@ struct RefAttentionArgs {
   long min_length = 16;
   long relu2_length = 0;   // 0: per-row l
   const unsigned char* mask = nullptr;
+  bool reverse_causal = false;                // keep j >= i (SPEC 7.3)
+  const std::int64_t* segments = nullptr;     // UniLM: keep c[j] <= c[i], c = cumsum(segments) (n == m)
 };
 
 /// out[n x dv] = A v with row-major q[n x d], k[m x d], v[m x dv]; also returns A [n x m] if wanted.
@@ -36,6 +39,9 @@ inline std::vector<double> reference_attention(const std::vector<double>& q, con
   const double scale = a.scale != 0 ? a.scale : 1.0 / std::sqrt(double(d));
   const long kl = a.key_length < 0 ? m : a.key_length;
   std::vector<double> A(static_cast<size_t>(n * m), 0.0), out(static_cast<size_t>(n * dv), 0.0);
+  // bert4keras' UniLM_Mask, literally: the cumulative sum of the ids, then c[j] <= c[i].
+  std::vector<std::int64_t> c(static_cast<size_t>(a.segments ? m : 0));
+  for (long j = 0; j < long(c.size()); ++j) c[j] = (j ? c[j - 1] : 0) + a.segments[j];
   for (long i = 0; i < n; ++i) {
     std::vector<double> logits(static_cast<size_t>(m));
     std::vector<char> visible(static_cast<size_t>(m));
@@ -44,6 +50,8 @@ inline std::vector<double> reference_attention(const std::vector<double>& q, con
       bool keep = j < kl;
       if (a.mask && !a.mask[j]) keep = false;
       if (a.causal && j > i + (m - n)) keep = false;
+      if (a.reverse_causal && j < i) keep = false;
+      if (a.segments && c[j] > c[i]) keep = false;
       visible[j] = keep;
       logits[j] = ninf;
       if (!keep) continue;

@@ -15,8 +15,11 @@
 // Within one (key tile, sub-tile) step the packed Q^T, the logits tile and the O^T block (6 or 12 KiB each)
 // are reused from L1 by every register block, and K and V are broadcast from their rows.
 //
-// Causal masking skips work: a sub-tile stops at the last key its last row can see, and only the key tiles
-// that cross its diagonal pay for the per-element mask, so causal attention costs about half of non-causal.
+// Masks skip work. Every structural mask is a per-row key window [lo_i, hi_i) (key_length, causal, reverse causal,
+// UniLM segments; see RowWindows), and both ends never decrease with the row, so a sub-tile's rows together see
+// the keys [lo of its first row, hi of its last row): it starts at the key tile holding the first and stops at the
+// last, and only the key tiles that cross some row's window edge pay for the per-element test. Causal, reverse
+// causal and UniLM attention at n = m therefore cost about half of bidirectional attention.
 //
 // Decoding (n <= 2 query rows per head) takes the one-row path instead (attention_rows in attention_simd.hpp):
 // the rows of all query heads that share a KV head form one row set, so a GQA/MQA step streams each K and V row
@@ -31,6 +34,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -53,6 +57,7 @@ struct AttentionPlan {
   TensorView<T> out;
   AttnNorm norm = AttnNorm::Softmax;
   bool causal = false;
+  bool reverse = false;        // reverse causal: query i sees keys j >= i (n == m)
   T scale = T(1);
   Index key_length = 0;        // keys [key_length, m) are invisible
   double log_train = 0;        // ln(train_length) (SoftmaxPlus)
@@ -60,6 +65,74 @@ struct AttentionPlan {
   Index relu2_length = 0;      // SquaredRelu fixed L; 0: per-row visible count
   const unsigned char* mask = nullptr;  // per-key visibility, nonzero = visible
   Index mask_batch_stride = 0;          // 0: one mask for every batch; m: one mask per batch
+  const std::int32_t* seg32 = nullptr;  // UniLM segment ids (one of seg32 / seg64, or neither), n == m
+  const std::int64_t* seg64 = nullptr;
+  Index seg_batch_stride = 0;           // 0: one segment row for every batch; m: one per batch
+  const unsigned char* head_dirs = nullptr;  // per query head: a HeadDir, overriding causal / reverse
+};
+
+/// Mask direction of one head (kexue::HeadDirection's values).
+enum class HeadDir : unsigned char { Bidirectional = 0, Causal = 1, ReverseCausal = 2 };
+
+/// The structural mask of one (batch, head): the row windows of RowWindows.
+struct WindowRule {
+  Index n = 0, m = 0, key_length = 0;
+  bool causal = false, reverse = false;
+  const std::int32_t* seg32 = nullptr;
+  const std::int64_t* seg64 = nullptr;
+};
+
+template <class T>
+inline WindowRule window_rule(const AttentionPlan<T>& p, Index b, Index h) {
+  WindowRule w;
+  w.n = p.q.seq();
+  w.m = p.k.seq();
+  w.key_length = p.key_length;
+  w.causal = p.causal;
+  w.reverse = p.reverse;
+  if (p.head_dirs) {
+    const auto dir = static_cast<HeadDir>(p.head_dirs[h]);
+    w.causal = dir == HeadDir::Causal;
+    w.reverse = dir == HeadDir::ReverseCausal;
+  }
+  if (p.seg32) w.seg32 = p.seg32 + b * p.seg_batch_stride;
+  if (p.seg64) w.seg64 = p.seg64 + b * p.seg_batch_stride;
+  return w;
+}
+
+/// The key window [lo, hi) of each query row and its visible-key count l (through the per-key mask too), for rows
+/// visited in nondecreasing order, in amortised O(1) per row (O(m) per cursor). The window is
+///   lo = i under reverse causal, else 0;
+///   hi = min(key_length, i + 1 + m - n under causal, first j > i with segment id != 0 under segments (UniLM:
+///        c[j] <= c[i] with c the cumulative sum of non-negative ids holds exactly for j below that), m).
+/// Both ends never decrease with i, which is what lets the kernel cut every sub-tile to one key range.
+/// A row with hi <= lo sees nothing (count 0).
+class RowWindows {
+ public:
+  RowWindows(const WindowRule& w, const unsigned char* mask) : w_(w), mask_(mask) {}
+  void at(Index i, Index& lo, Index& hi, Index& count) {
+    hi = w_.key_length;
+    if (w_.causal) hi = std::min(hi, std::max<Index>(0, i + (w_.m - w_.n) + 1));
+    if (w_.seg32 || w_.seg64) {
+      if (nz_ <= i) nz_ = i + 1;
+      while (nz_ < w_.m && !seg_nonzero(nz_)) ++nz_;
+      hi = std::min(hi, nz_);
+    }
+    lo = w_.reverse ? std::min(i, w_.m) : 0;
+    if (!mask_) {
+      count = std::max<Index>(0, hi - lo);
+      return;
+    }
+    for (; plo_ < lo; ++plo_) clo_ += mask_[plo_] != 0;
+    for (; phi_ < hi; ++phi_) chi_ += mask_[phi_] != 0;
+    count = hi > lo ? chi_ - clo_ : 0;
+  }
+
+ private:
+  bool seg_nonzero(Index j) const { return w_.seg32 ? w_.seg32[j] != 0 : w_.seg64[j] != 0; }
+  WindowRule w_;
+  const unsigned char* mask_;
+  Index nz_ = 0, plo_ = 0, clo_ = 0, phi_ = 0, chi_ = 0;
 };
 
 /// Rows of one query sub-tile, as SIMD registers of rows (the micro-kernels' register block).
@@ -99,8 +172,13 @@ constexpr Index kStats = 6;
 template <class T>
 struct AttentionScratch {
   AlignedVector<T> qt, st, ot, stats;  // 64-byte aligned: every micro-kernel load of them is a whole register
+  std::vector<Index> lo, hi;           // each row's key window [lo, hi)
   void ensure(Index d, Index dv, Index sub_tiles) {
     const Index W = kTileRows<T> * sub_tiles;
+    if (Index(lo.size()) < W) {
+      lo.resize(static_cast<std::size_t>(W));
+      hi.resize(static_cast<std::size_t>(W));
+    }
     if (Index(qt.size()) < d * W) qt.resize(static_cast<std::size_t>(d * W));
     if (Index(st.size()) < kTileKeys * kTileRows<T>) st.resize(static_cast<std::size_t>(kTileKeys * kTileRows<T>));
     if (Index(ot.size()) < dv * W) ot.resize(static_cast<std::size_t>(dv * W));
@@ -114,7 +192,7 @@ inline AttentionScratch<T>& attention_scratch() {
   return s;
 }
 
-/// Keys visible to query row i (0-based) before the arbitrary mask: [0, limit).
+/// Keys visible to query row i (0-based) under key_length and causal alone: [0, limit) (RowWindows has every mask).
 inline Index visible_limit(Index i, Index n, Index m, Index key_length, bool causal) {
   if (!causal) return key_length;
   return std::min(key_length, std::max<Index>(0, i + (m - n) + 1));
@@ -142,7 +220,7 @@ template <class T>
 struct SmallItemScratch {
   std::vector<const T*> q;
   std::vector<T*> out;
-  std::vector<Index> lim;
+  std::vector<Index> lo, lim;
   std::vector<T> rowscale, inv;
   RowSetScratch<T> rows;
   void ensure(Index r) {
@@ -150,6 +228,7 @@ struct SmallItemScratch {
     if (q.size() < n) {
       q.resize(n);
       out.resize(n);
+      lo.resize(n);
       lim.resize(n);
       rowscale.resize(n);
       inv.resize(n);
@@ -169,35 +248,43 @@ inline SmallItemScratch<T>& small_item_scratch() {
 template <class T>
 inline void attention_small_item(const AttentionPlan<T>& p, Index b, Index h0, Index h1, Index i0, Index rows) {
   const Index n = p.q.seq(), m = p.k.seq(), d = p.q.dim(), dv = p.v.dim();
+  (void)n;
+  (void)m;
   const Index hk = h0 / (p.q.heads() / p.k.heads());
   const unsigned char* mask = p.mask ? p.mask + b * p.mask_batch_stride : nullptr;
   SmallItemScratch<T>& s = small_item_scratch<T>();
   const Index R = (h1 - h0) * rows;
   s.ensure(R);
-  for (Index r = 0; r < rows; ++r) {
-    // The visible-key count and the factors depend on the row only, not on the head.
-    const Index i = i0 + r;
-    const Index lim = visible_limit(i, n, m, p.key_length, p.causal);
-    Index count = lim;
-    if (mask) {
-      count = 0;
-      for (Index j = 0; j < lim; ++j) count += mask[j] != 0;
+  // The windows, counts and factors depend on the row only, not on the head, unless heads have directions.
+  for (Index h = h0; h < h1; ++h) {
+    if (h == h0 || p.head_dirs) {
+      RowWindows win(window_rule(p, b, h), mask);
+      for (Index r = 0; r < rows; ++r) {
+        const Index x = (h - h0) * rows + r;
+        Index count;
+        win.at(i0 + r, s.lo[x], s.lim[x], count);
+        row_factors(p, count, s.rowscale[x], s.inv[x]);
+      }
+    } else {
+      for (Index r = 0; r < rows; ++r) {
+        const Index x = (h - h0) * rows + r;
+        s.lo[x] = s.lo[r];
+        s.lim[x] = s.lim[r];
+        s.rowscale[x] = s.rowscale[r];
+        s.inv[x] = s.inv[r];
+      }
     }
-    T rs, inv;
-    row_factors(p, count, rs, inv);
-    for (Index h = h0; h < h1; ++h) {
+    for (Index r = 0; r < rows; ++r) {
       const Index x = (h - h0) * rows + r;
-      s.q[x] = p.q.row(b, h, i);
-      s.out[x] = p.out.row(b, h, i);
-      s.lim[x] = lim;
-      s.rowscale[x] = rs;
-      s.inv[x] = inv;
+      s.q[x] = p.q.row(b, h, i0 + r);
+      s.out[x] = p.out.row(b, h, i0 + r);
     }
   }
   RowSet<T> set;
   set.rows = R;
   set.q = s.q.data();
   set.out = s.out.data();
+  set.lo = s.lo.data();
   set.lim = s.lim.data();
   set.rowscale = s.rowscale.data();
   set.relu2_inv = s.inv.data();
@@ -210,7 +297,7 @@ template <class T>
 inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0, Index item_rows) {
   constexpr Index W = kTileRows<T>;
   constexpr int NR = kRowRegs;
-  const Index n = p.q.seq(), m = p.k.seq(), d = p.q.dim(), dv = p.v.dim();
+  const Index n = p.q.seq(), d = p.q.dim(), dv = p.v.dim();
   const Index hk = h / (p.q.heads() / p.k.heads());
   const Index rows = std::min(item_rows, n - i0);
   const unsigned char* mask = p.mask ? p.mask + b * p.mask_batch_stride : nullptr;
@@ -228,15 +315,20 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
   }
 
   const Index nsub = (rows + W - 1) / W;
-  // Sub-tile g: rows [i0 + g W, i0 + g W + rows_g); its Q^T, O^T and statistics live at offset g in scratch.
+  // Sub-tile g: rows [i0 + g W, i0 + g W + rows_g); its Q^T, O^T, statistics and row windows live at offset g.
   auto qt_of = [&](Index g) { return s.qt.data() + g * d * W; };
   auto ot_of = [&](Index g) { return s.ot.data() + g * dv * W; };
   auto stats_of = [&](Index g) { return s.stats.data() + g * kStats * W; };
-  Index j_end_sub[kMaxSubTiles] = {};
+  auto lo_of = [&](Index g) { return s.lo.data() + g * W; };
+  auto hi_of = [&](Index g) { return s.hi.data() + g * W; };
+  // Per sub-tile: the keys some row sees [lo of the first row, hi of the last) and the keys every row sees
+  // [lo of the last row, hi of the first): tiles inside the latter need no per-element test.
+  Index lo_first[kMaxSubTiles] = {}, hi_last[kMaxSubTiles] = {}, lo_last[kMaxSubTiles] = {},
+        hi_first[kMaxSubTiles] = {};
 
   {
-    // Visible-key counts incrementally: the limit never decreases with the row index.
-    Index pos = 0, count = 0;
+    RowWindows win(window_rule(p, b, h), mask);
+    Index lo = 0, hi = 0, count = 0;
     for (Index g = 0; g < nsub; ++g) {
       const Index r0 = g * W;
       const Index rows_g = std::min(W, rows - r0);
@@ -246,36 +338,43 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
       T* lrow = mrow + W;
       T* alpha = lrow + W;
       T* fin = alpha + 2 * W;
-      // Q^T sub-tile; rows past n are zero (their results are computed and dropped).
+      Index* lo_g = lo_of(g);
+      Index* hi_g = hi_of(g);
+      // Q^T sub-tile; rows past n are zero (their results are computed and dropped) and take the window of the
+      // last real row, so they never widen the sub-tile's key range or force a per-element test.
       for (Index r = 0; r < W; ++r) {
         if (r < rows_g) {
           const T* qr = p.q.row(b, h, i0 + r0 + r);
           for (Index c = 0; c < d; ++c) qt[c * W + r] = qr[c];
+          win.at(i0 + r0 + r, lo, hi, count);
         } else {
           for (Index c = 0; c < d; ++c) qt[c * W + r] = T(0);
         }
-        const Index lim = r < rows_g ? visible_limit(i0 + r0 + r, n, m, p.key_length, p.causal) : pos;
-        if (mask) {
-          for (; pos < lim; ++pos) count += mask[pos] != 0;
-        } else {
-          pos = lim;
-          count = lim;
-        }
+        lo_g[r] = lo;
+        hi_g[r] = hi;  // may be below lo: an empty window
         row_factors(p, count, rowscale[r], fin[r]);
         mrow[r] = -std::numeric_limits<T>::infinity();
         lrow[r] = T(0);
         alpha[r] = T(1);
       }
-      j_end_sub[g] = visible_limit(i0 + r0 + rows_g - 1, n, m, p.key_length, p.causal);
+      lo_first[g] = lo_g[0];
+      hi_last[g] = hi_g[rows_g - 1];
+      lo_last[g] = lo_g[rows_g - 1];
+      hi_first[g] = hi_g[0];
       std::fill(ot_of(g), ot_of(g) + dv * W, T(0));
     }
   }
 
-  const Index off = m - n;
-  const Index j_end = j_end_sub[nsub - 1];
+  // The item's key range, from the key tile holding its first visible key: tiles are aligned to multiples of
+  // kTileKeys from key 0 whatever the item, so a row's softmax updates do not depend on which item holds it (a
+  // tile a row cannot see at all leaves its state bit for bit unchanged).
+  const Index j_begin = lo_first[0] / kTileKeys * kTileKeys;
+  const Index j_end = hi_last[nsub - 1];
+  const Index item_lo_max = lo_last[nsub - 1], item_hi_min = hi_first[0];
   const bool relu2 = p.norm == AttnNorm::SquaredRelu;
+  alignas(64) T rlo[W], rhi[W];
 
-  for (Index j0 = 0; j0 < j_end; j0 += kTileKeys) {
+  for (Index j0 = j_begin; j0 < j_end; j0 += kTileKeys) {
     const Index nb_all = std::min(kTileKeys, j_end - j0);
     const unsigned char* tile_keys = nullptr;
     if (mask) {
@@ -289,41 +388,49 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
     }
     // A hidden key's weight is an exact 0, but the P V product would still form 0 * v, which is NaN when v is
     // inf or NaN (an uninitialised padding row, a masked garbage key, a future position). Keys past key_length
-    // are never read; the keys of this tile that some row of the item cannot see (masked ones, and under causal
-    // those past the first row's diagonal) are checked here, and only if one of their V rows is not finite do
-    // the sub-tiles that mask this tile take the masked product. Finite V keeps the plain kernel and its bits.
+    // are never read; the keys of this tile that some row of the item cannot see (masked ones, and those outside
+    // some row's window) are checked here, and only if one of their V rows is not finite do the sub-tiles that
+    // mask this tile take the masked product. Finite V keeps the plain kernel and its bits.
     bool hidden_v_nonfinite = false;
-    if (tile_keys || (p.causal && j0 + nb_all - 1 > i0 + off)) {
+    if (tile_keys || j0 < item_lo_max || j0 + nb_all > item_hi_min) {
       for (Index j = 0; j < nb_all && !hidden_v_nonfinite; ++j) {
-        const bool hidden = (tile_keys && !tile_keys[j]) || (p.causal && j0 + j > i0 + off);
-        if (hidden && !all_finite(vbase + (j0 + j) * ldv, dv)) hidden_v_nonfinite = true;
+        const Index jj = j0 + j;
+        const bool hidden = (tile_keys && !tile_keys[j]) || jj < item_lo_max || jj >= item_hi_min;
+        if (hidden && !all_finite(vbase + jj * ldv, dv)) hidden_v_nonfinite = true;
       }
     }
     for (Index g = 0; g < nsub; ++g) {
-      if (j0 >= j_end_sub[g]) continue;  // causal: this sub-tile's rows see none of these keys
-      const Index nb = std::min(kTileKeys, j_end_sub[g] - j0);
-      const Index row0 = i0 + g * W;
+      if (j0 >= hi_last[g] || j0 + kTileKeys <= lo_first[g]) continue;  // no row of this sub-tile sees these keys
+      const Index nb = std::min(kTileKeys, hi_last[g] - j0);
       T* rowscale = stats_of(g);
       T* mrow = rowscale + W;
       T* lrow = mrow + W;
       T* alpha = lrow + W;
       T* tmax = alpha + W;
-      TileMask tm;
+      TileMask<T> tm;
       tm.keys = tile_keys;
-      // Causal: the per-element rule is needed only if the tile's last key is past the first row's limit.
-      if (p.causal && j0 + nb - 1 > row0 + off) {
-        tm.causal = true;
-        tm.first_key_shift = j0 - off;
+      // The per-element window test only where the tile crosses some row's window edge, with the edges relative
+      // to the tile (exact in T for any m) and clamped to [0, kTileKeys].
+      const bool need_lo = j0 < lo_last[g], need_hi = j0 + nb > hi_first[g];
+      if (need_lo || need_hi) {
+        const Index* lo_g = lo_of(g);
+        const Index* hi_g = hi_of(g);
+        for (Index r = 0; r < W; ++r) {
+          rlo[r] = T(std::min(kTileKeys, std::max<Index>(0, lo_g[r] - j0)));
+          rhi[r] = T(std::min(kTileKeys, std::max<Index>(0, hi_g[r] - j0)));
+        }
+        if (need_lo) tm.lo = rlo;
+        if (need_hi) tm.hi = rhi;
       }
       bcast_fma<T, NR, Combine::Store>(qt_of(g), W, kbase + j0 * ldk, ldk, 1, d, nb, st, W, nullptr);
       if (relu2) {
-        relu2_tile<T, NR>(st, nb, p.scale, tm, row0);
+        relu2_tile<T, NR>(st, nb, p.scale, tm);
       } else {
-        softmax_tile_logits<T, NR>(st, nb, rowscale, tm, row0, tmax);
+        softmax_tile_logits<T, NR>(st, nb, rowscale, tm, tmax);
         softmax_tile_exp<T, NR>(st, nb, tmax, mrow, lrow, alpha);
       }
-      if (hidden_v_nonfinite && (tm.keys || tm.causal))
-        bcast_fma_masked<T, NR>(st, W, vbase + j0 * ldv, ldv, nb, dv, ot_of(g), W, alpha, tm, row0);
+      if (hidden_v_nonfinite && tm.masked())
+        bcast_fma_masked<T, NR>(st, W, vbase + j0 * ldv, ldv, nb, dv, ot_of(g), W, alpha, tm);
       else
         bcast_fma<T, NR, Combine::ScaleAdd>(st, W, vbase + j0 * ldv, 1, ldv, nb, dv, ot_of(g), W, alpha);
     }

@@ -124,12 +124,44 @@ inline void bcast_fma(const T* A, Index lda, const T* B, Index bx, Index bt, Ind
   }
 }
 
-/// Which keys of a key tile a row tile may see, beyond the key range the caller already cut to.
+/// Which keys of a key tile a row tile may see, beyond the key range the caller already cut to: key j of the tile
+/// (0-based within it) is visible to row r when keys[j] != 0 (if keys), j >= lo[r] (if lo) and j < hi[r] (if hi).
+/// lo and hi are each row's key window relative to the tile start, in T (exact: they lie in [0, kTileKeys]), so
+/// one broadcast of j and one compare per register of rows tests an element; a null bound costs nothing.
+template <class T>
 struct TileMask {
   const unsigned char* keys = nullptr;  ///< per-key visibility for this tile (nonzero = visible), or null
-  bool causal = false;                  ///< apply the causal rule row >= first_key_shift + j (j within the tile)
-  Index first_key_shift = 0;            ///< j0 - (m - n): bottom-right alignment, query i sees keys <= i + m - n
+  const T* lo = nullptr;                ///< per row: first visible key of the tile, or null (no lower edge here)
+  const T* hi = nullptr;                ///< per row: keys from here on are hidden, or null (no upper edge here)
+  bool masked() const { return keys != nullptr || lo != nullptr || hi != nullptr; }
 };
+
+/// Visibility of tile key j for the NR registers of rows under tm's window edges (all true when it has none).
+template <class T, int NR>
+inline void window_visibility(const TileMask<T>& tm, const Batch<T>* lo, const Batch<T>* hi, Index j,
+                              BatchBool<T>* vis) {
+  const Batch<T> jj = Batch<T>(static_cast<T>(j));
+  for (int r = 0; r < NR; ++r) {
+    if (tm.lo && tm.hi)
+      vis[r] = (jj >= lo[r]) & (jj < hi[r]);
+    else if (tm.lo)
+      vis[r] = jj >= lo[r];
+    else if (tm.hi)
+      vis[r] = jj < hi[r];
+    else
+      vis[r] = jj == jj;
+  }
+}
+
+/// Loads tm's per-row window edges into registers (unused when absent).
+template <class T, int NR>
+inline void load_window(const TileMask<T>& tm, Batch<T>* lo, Batch<T>* hi) {
+  constexpr Index L = kLanes<T>;
+  for (int r = 0; r < NR; ++r) {
+    lo[r] = tm.lo ? load(tm.lo + r * L) : Batch<T>(T(0));
+    hi[r] = tm.hi ? load(tm.hi + r * L) : Batch<T>(T(0));
+  }
+}
 
 /// True when x[0, n) holds no inf and no NaN: x - x is 0 for every finite x and NaN otherwise.
 template <class T>
@@ -154,7 +186,7 @@ inline bool all_finite(const T* x, Index n) {
 /// accumulator that is never -0, so wherever V is finite the two kernels give the same bits.
 template <class T, int NX, int NR>
 inline void bcast_fma_masked_block(const T* A, Index lda, const T* B, Index bt, Index nt, T* Cp, Index ldc,
-                                   const T* alpha, const TileMask& mask, const Batch<T>* rowidx) {
+                                   const T* alpha, const TileMask<T>& mask, const Batch<T>* lo, const Batch<T>* hi) {
   constexpr Index L = kLanes<T>;
   const Batch<T> zero(T(0));
   Batch<T> acc[NX][NR];
@@ -164,11 +196,8 @@ inline void bcast_fma_masked_block(const T* A, Index lda, const T* B, Index bt, 
     if (mask.keys && !mask.keys[t]) continue;  // no row sees this key
     Batch<T> a[NR];
     BatchBool<T> vis[NR];
-    const Batch<T> need(T(mask.first_key_shift + t));
-    for (int r = 0; r < NR; ++r) {
-      a[r] = load(A + t * lda + r * L);
-      vis[r] = mask.causal ? rowidx[r] >= need : zero == zero;
-    }
+    window_visibility<T, NR>(mask, lo, hi, t, vis);
+    for (int r = 0; r < NR; ++r) a[r] = load(A + t * lda + r * L);
     const T* bp = B + t * bt;
     for (int x = 0; x < NX; ++x) {
       const Batch<T> b(bp[x]);
@@ -184,42 +213,41 @@ inline void bcast_fma_masked_block(const T* A, Index lda, const T* B, Index bt, 
 }
 
 /// The masked O^T update for any number nx of value columns (blocks of 2: the visibility masks take registers
-/// the 4-column block of the plain kernel uses for accumulators). row0: the tile's first query row.
+/// the 4-column block of the plain kernel uses for accumulators).
 template <class T, int NR>
 inline void bcast_fma_masked(const T* A, Index lda, const T* B, Index bt, Index nt, Index nx, T* Cp, Index ldc,
-                             const T* alpha, const TileMask& mask, Index row0) {
-  constexpr Index L = kLanes<T>;
-  alignas(64) T idx[NR * L];
-  for (Index i = 0; i < NR * L; ++i) idx[i] = T(row0 + i);
-  Batch<T> rowidx[NR];
-  for (int r = 0; r < NR; ++r) rowidx[r] = load(idx + r * L);
+                             const T* alpha, const TileMask<T>& mask) {
+  Batch<T> lo[NR], hi[NR];
+  load_window<T, NR>(mask, lo, hi);
   Index x = 0;
   for (; x + 2 <= nx; x += 2)
-    bcast_fma_masked_block<T, 2, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, rowidx);
-  if (x < nx) bcast_fma_masked_block<T, 1, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, rowidx);
+    bcast_fma_masked_block<T, 2, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, lo, hi);
+  if (x < nx) bcast_fma_masked_block<T, 1, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, lo, hi);
 }
 
 /// Online-softmax step 1 on a key tile S^T [nb][NR * L] (rows as lanes): logits *= rowscale, clamped to the
 /// finite range (a +-inf or overflowing logit must not turn s - max into inf - inf), masked keys set to -inf.
-/// Returns the tile's row maxima in tmax. row0: index of the tile's first query row.
+/// Returns the tile's row maxima in tmax.
 template <class T, int NR>
-inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMask& mask, Index row0, T* tmax) {
+inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMask<T>& mask, T* tmax) {
   constexpr Index L = kLanes<T>;
   constexpr Index W = NR * L;
   const Batch<T> big(std::numeric_limits<T>::max()), nbig(-std::numeric_limits<T>::max());
   const Batch<T> ninf(-std::numeric_limits<T>::infinity());
-  Batch<T> rs[NR], mx[NR], rowidx[NR];
-  alignas(64) T idx[W];
-  for (Index i = 0; i < W; ++i) idx[i] = T(row0 + i);
+  Batch<T> rs[NR], mx[NR], lo[NR], hi[NR];
+  load_window<T, NR>(mask, lo, hi);
   for (int r = 0; r < NR; ++r) {
     rs[r] = load(rowscale + r * L);
     mx[r] = ninf;
-    rowidx[r] = load(idx + r * L);
   }
-  const bool masked = mask.keys != nullptr || mask.causal;
+  const bool window = mask.lo != nullptr || mask.hi != nullptr;
   for (Index j = 0; j < nb; ++j) {
     T* sp = st + j * W;
-    if (!masked) {
+    if (mask.keys && !mask.keys[j]) {
+      for (int r = 0; r < NR; ++r) store(sp + r * L, ninf);
+      continue;
+    }
+    if (!window) {
       for (int r = 0; r < NR; ++r) {
         const Batch<T> s = xsimd::min(xsimd::max(load(sp + r * L) * rs[r], nbig), big);
         mx[r] = xsimd::max(mx[r], s);
@@ -227,14 +255,11 @@ inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMa
       }
       continue;
     }
-    if (mask.keys && !mask.keys[j]) {
-      for (int r = 0; r < NR; ++r) store(sp + r * L, ninf);
-      continue;
-    }
-    const Batch<T> need(T(mask.first_key_shift + j));
+    BatchBool<T> vis[NR];
+    window_visibility<T, NR>(mask, lo, hi, j, vis);
     for (int r = 0; r < NR; ++r) {
       Batch<T> s = xsimd::min(xsimd::max(load(sp + r * L) * rs[r], nbig), big);
-      if (mask.causal) s = xsimd::select(rowidx[r] >= need, s, ninf);
+      s = xsimd::select(vis[r], s, ninf);
       mx[r] = xsimd::max(mx[r], s);
       store(sp + r * L, s);
     }
@@ -273,25 +298,25 @@ inline void softmax_tile_exp(T* st, Index nb, const T* tmax, T* m, T* l, T* alph
 
 /// Squared-ReLU tile: S^T <- relu(scale * S^T)^2, masked keys 0. The 1/L normalisation is applied once at the end.
 template <class T, int NR>
-inline void relu2_tile(T* st, Index nb, T scale, const TileMask& mask, Index row0) {
+inline void relu2_tile(T* st, Index nb, T scale, const TileMask<T>& mask) {
   constexpr Index L = kLanes<T>;
   constexpr Index W = NR * L;
   const Batch<T> vs(scale), zero(T(0));
-  Batch<T> rowidx[NR];
-  alignas(64) T idx[W];
-  for (Index i = 0; i < W; ++i) idx[i] = T(row0 + i);
-  for (int r = 0; r < NR; ++r) rowidx[r] = load(idx + r * L);
+  Batch<T> lo[NR], hi[NR];
+  load_window<T, NR>(mask, lo, hi);
+  const bool window = mask.lo != nullptr || mask.hi != nullptr;
   for (Index j = 0; j < nb; ++j) {
     T* sp = st + j * W;
     if (mask.keys && !mask.keys[j]) {
       for (int r = 0; r < NR; ++r) store(sp + r * L, zero);
       continue;
     }
-    const Batch<T> need(T(mask.first_key_shift + j));
+    BatchBool<T> vis[NR];
+    if (window) window_visibility<T, NR>(mask, lo, hi, j, vis);
     for (int r = 0; r < NR; ++r) {
       const Batch<T> a = xsimd::max(load(sp + r * L) * vs, zero);
       Batch<T> p = a * a;
-      if (mask.causal) p = xsimd::select(rowidx[r] >= need, p, zero);
+      if (window) p = xsimd::select(vis[r], p, zero);
       store(sp + r * L, p);
     }
   }
@@ -425,19 +450,20 @@ struct RowSetScratch {
 
 /// A set of query rows that attend to the same keys k/v (and the same key mask): the rows of one decoding step
 /// for every query head of a KV group (grouped-query / multi-query attention), or the one or two rows of a
-/// small work item. Row r: q[r] (d values), out[r] (dv values), visible keys [0, lim[r]) before the mask,
-/// logit factor rowscale[r] and SquaredRelu 1/L relu2_inv[r].
+/// small work item. Row r: q[r] (d values), out[r] (dv values), visible keys [lo[r], lim[r]) before the mask
+/// (lo null: 0), logit factor rowscale[r] and SquaredRelu 1/L relu2_inv[r].
 template <class T>
 struct RowSet {
   Index rows = 0;
   const T* const* q = nullptr;
   T* const* out = nullptr;
+  const Index* lo = nullptr;
   const Index* lim = nullptr;
   const T* rowscale = nullptr;
   const T* relu2_inv = nullptr;
 };
 
-/// The one-row kernel: every row of the set against keys [0, lim[r]) with online softmax (or squared ReLU),
+/// The one-row kernel: every row of the set against keys [lo[r], lim[r]) with online softmax (or squared ReLU),
 /// for work items of very few rows per head, where the rows-as-lanes tile would waste all but one or two lanes
 /// (the KV-cache decoding step, n = 1). Vectorised along d for q.k, along dv for P V, exp over the key chunk.
 ///
@@ -447,7 +473,8 @@ struct RowSet {
 /// same chunk boundaries (multiples of kChunk from key 0), the same online-softmax update per chunk and the same
 /// per-element fma sequence for O, only interleaved across rows. So the grouped decode of a GQA/MQA step gives
 /// each head the bits it gets when run alone, and they do not depend on how the heads are grouped.
-/// A row stops at its own lim: chunks past it give it weight 0 and no rescale. Keys it cannot see (masked,
+/// A row starts at the chunk holding its own lo and stops at its own lim: chunks outside give it weight 0 and no
+/// rescale (so a row's bits do not depend on the other rows of the set). Keys it cannot see (masked, before lo,
 /// past lim) get weight exactly 0 and their V rows are skipped, so inf or NaN there never reaches it.
 template <class T, Index kChunk>
 inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk, const T* v, Index ldv, Index dv,
@@ -463,24 +490,29 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
   T* alpha = lrow + R;
   T* cmax = alpha + R;
   unsigned char* active = s.active.data();
-  Index jmax = 0;
+  Index jmax = 0, jmin = std::numeric_limits<Index>::max();
+  auto lo_of = [&](Index r) { return set.lo ? set.lo[r] : Index(0); };
   for (Index r = 0; r < R; ++r) {
     std::fill(s.o.data() + r * dv, s.o.data() + (r + 1) * dv, T(0));
     mrow[r] = ninf;
     lrow[r] = T(0);
     jmax = std::max(jmax, set.lim[r]);
+    if (set.lim[r] > lo_of(r)) jmin = std::min(jmin, lo_of(r));
   }
+  // Chunks are aligned to multiples of kChunk from key 0 whatever the rows: a row's chunks are the same alone.
+  const Index jstart = jmin < jmax ? jmin / kChunk * kChunk : jmax;
   auto prow = [&](Index r) { return s.p.data() + r * kChunk; };
   const bool vec_dot = d % L == 0;
   auto orow = [&](Index r) { return s.o.data() + r * dv; };
 
-  for (Index j0 = 0; j0 < jmax; j0 += kChunk) {
+  for (Index j0 = jstart; j0 < jmax; j0 += kChunk) {
     const Index nb_all = std::min(kChunk, jmax - j0);
     // Logits, row by row over the chunk: the chunk's K rows (kChunk x d, 16 KiB at d = 64) come from memory for
     // the first row and from L1 for the others.
     bool all_active = true;
     for (Index r = 0; r < R; ++r) {
-      active[r] = j0 < set.lim[r];
+      const Index lo = lo_of(r) - j0;  // first visible key of the chunk (may be <= 0)
+      active[r] = j0 < set.lim[r] && lo < kChunk && lo < set.lim[r] - j0;
       all_active &= active[r] != 0;
       T* sb = prow(r);
       if (!active[r]) {
@@ -505,7 +537,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
             if (j0 + kChunk + u < jmax) prefetch_row(k + (j0 + kChunk + u) * ldk, d);
           }
         }
-        bool whole = vec_dot && j + L <= nb;
+        bool whole = vec_dot && j + L <= nb && j >= lo;
         if (whole && mask)
           for (Index u = j; u < j + L; ++u) whole &= mask[j0 + u] != 0;
         if (whole) {
@@ -525,7 +557,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
           continue;
         }
         for (Index u = j; u < j + L; ++u) {
-          if (u >= nb || (mask && !mask[j0 + u])) {
+          if (u >= nb || u < lo || (mask && !mask[j0 + u])) {
             sb[u] = relu2 ? T(0) : ninf;
             continue;
           }
