@@ -56,6 +56,35 @@ void BM_rope_qk(benchmark::State& state) {
   report_bytes(state, double(n) * sizeof(float) * 4);
 }
 
+// The same q and k stored as fp16 / bf16 (issue 13): widened in registers, rotated with the float table, rounded
+// once. Bytes counted as above at 2 bytes per value: the row is bandwidth-bound out of cache (batch 8), so it
+// should take about half the float row's time there.
+template <class S>
+void BM_rope_qk_16(benchmark::State& state) {
+  const Index batch = state.range(1);
+  const int threads = static_cast<int>(state.range(2));
+  set_threads(threads);
+  kexue::RopeOptions o;
+  o.layout = layout_of(state);
+  const kexue::RopeTable<float> table(kSeq, kDim, o);
+  const Index n = batch * kHeads * kSeq * kDim;
+  const auto qf = data(n, 1), kf = data(n, 2);
+  kexue::detail::AlignedVector<S> q(qf.size()), k(kf.size());
+  for (std::size_t i = 0; i < q.size(); ++i) {
+    q[i] = kd::from_float<S>(qf[i]);
+    k[i] = kd::from_float<S>(kf[i]);
+  }
+  const auto qv = kexue::TensorView<S>::contiguous(q.data(), batch, kHeads, kSeq, kDim);
+  const auto kv = kexue::TensorView<S>::contiguous(k.data(), batch, kHeads, kSeq, kDim);
+  for (auto _ : state) {
+    kexue::rope(table, qv, kv);
+    benchmark::ClobberMemory();
+  }
+  set_threads(kd::max_threads());
+  set_labels(state, threads);
+  report_bytes(state, double(n) * sizeof(S) * 4);
+}
+
 // RoPE + bias (SPEC 4) of q and k in one call: q <- RoPE(q + q_bias) with one bias per head ([heads, dim], as a
 // fused projection's bias), k <- RoPE(k + k_bias) with one shared bias [dim]. Same bytes as BM_rope_qk (the
 // biases are 2 KiB and stay in L1).
@@ -129,6 +158,8 @@ void BM_rope_qk_naive(benchmark::State& state) {
 
 // Args: layout (0 interleaved, 1 half), batch, threads.
 BENCHMARK(BM_rope_qk)->ArgsProduct({{0, 1}, {1, 8}, {1, 2}})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_rope_qk_16, Eigen::half)->ArgsProduct({{0, 1}, {1, 8}, {1, 2}})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_rope_qk_16, Eigen::bfloat16)->ArgsProduct({{0, 1}, {1, 8}, {1, 2}})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_rope_qk_bias)->ArgsProduct({{0, 1}, {1, 8}, {1, 2}})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_rope_qk_naive)->ArgsProduct({{0, 1}, {1, 8}})->Unit(benchmark::kMicrosecond)->UseRealTime();
 

@@ -7,6 +7,7 @@
 #include "kexue/rope.hpp"
 
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -1055,4 +1056,150 @@ TEST_CASE("batched rope_with_bias and rope_2d: bad input throws before anything 
   for (float v : qbuf) REQUIRE(v == 1.f);
   for (float v : kbuf) REQUIRE(v == 1.f);
   for (float v : x2d) REQUIRE(v == 1.f);
+}
+
+// ---- 16-bit storage: Eigen::half / Eigen::bfloat16 rows with a float or double table ---------------------------
+
+namespace {
+
+void use_threads(int threads) {
+#if defined(_OPENMP)
+  omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+}
+
+template <class S>
+std::uint16_t bits_of(S x) {
+  std::uint16_t u;
+  std::memcpy(&u, static_cast<const void*>(&x), 2);
+  return u;
+}
+
+/// The T kernel's result on the widened 16-bit values, rounded once: what every 16-bit form must equal bitwise.
+template <class T, class S>
+std::vector<std::uint16_t> widened_then_rounded(const std::vector<S>& x, const std::function<void(std::vector<T>&)>& kernel) {
+  std::vector<T> w(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) w[i] = kexue::detail::as_compute<T>(x[i]);
+  kernel(w);
+  std::vector<std::uint16_t> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) out[i] = bits_of(kexue::detail::round_to<S>(w[i]));
+  return out;
+}
+
+template <class S>
+std::vector<std::uint16_t> bits_vec(const std::vector<S>& x) {
+  std::vector<std::uint16_t> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) out[i] = bits_of(x[i]);
+  return out;
+}
+
+template <class S>
+std::vector<S> random_16(std::size_t n, std::uint32_t seed) {
+  const auto v = random_values<float>(Index(n), seed, -3.0f, 3.0f);
+  std::vector<S> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = kexue::detail::from_float<S>(v[i]);
+  return out;
+}
+
+template <class T, class S>
+void check_rope_16bit() {
+  const Index L = kexue::detail::kLanes<float>;
+  const int saved_threads = kexue::detail::max_threads();
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::Half}) {
+    for (Index dim : {Index(2), Index(6), 2 * L - 2, 2 * L, 2 * L + 2, 4 * L + 6, Index(64), Index(130)}) {
+      for (Index rot : {Index(0), dim - 2}) {
+        if (rot == 0 && dim == 2) continue;
+        RopeOptions o;
+        o.layout = layout;
+        o.rotary_dim = rot;
+        RopeTable<T> table(64, dim, o);
+        INFO("layout " << int(layout) << " dim " << dim << " rotary_dim " << rot);
+        const Index n = 5, pad = 3, stride = dim + pad;  // strided rows; the padding must stay untouched
+        std::vector<S> buf = random_16<S>(std::size_t(n * stride), 7 + std::uint32_t(dim));
+        const auto bias_f = random_values<T>(dim, 9, T(-1), T(1));
+        const Eigen::Map<const kexue::Vector<T>> bias(bias_f.data(), dim);
+        const std::vector<Index> pos = {5, 0, 63, 17, 17};
+        using Strided = Eigen::Map<Matrix<S>, 0, Eigen::OuterStride<>>;
+        using StridedT = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+        // The four [n, dim] forms, each against the T form on the widened rows.
+        for (int form = 0; form < 4; ++form) {
+          std::vector<S> x(buf);
+          Strided xm(x.data(), n, dim, Eigen::OuterStride<>(stride));
+          const auto want = widened_then_rounded<T, S>(buf, [&](std::vector<T>& w) {
+            StridedT wm(w.data(), n, dim, Eigen::OuterStride<>(stride));
+            if (form == 0) kexue::rope(table, wm, 11);
+            if (form == 1) kexue::rope(table, wm, pos);
+            if (form == 2) kexue::rope_with_bias(table, wm, bias, 11);
+            if (form == 3) kexue::rope_with_bias(table, wm, bias, pos);
+          });
+          if (form == 0) kexue::rope(table, xm, 11);
+          if (form == 1) kexue::rope(table, xm, pos);
+          if (form == 2) kexue::rope_with_bias(table, xm, bias, 11);
+          if (form == 3) kexue::rope_with_bias(table, xm, bias, pos);
+          INFO("form " << form);
+          CHECK(bits_vec(x) == want);  // padding included: the kernel leaves it as it was (and the T form too)
+        }
+        // Batched: q [2, 4, 7, dim], k [2, 2, 7, dim] (GQA), both thread counts, with and without biases.
+        const Index B = 2, HQ = 4, HK = 2, SQ = 7;
+        const auto qv = random_16<S>(std::size_t(B * HQ * SQ * dim), 31), kv = random_16<S>(std::size_t(B * HK * SQ * dim), 32);
+        const auto qb_f = random_values<T>(HQ * dim, 33, T(-1), T(1));
+        const Eigen::Map<const kexue::Vector<T>> qb(qb_f.data(), HQ * dim), kb(bias_f.data(), dim);
+        for (int form = 0; form < 3; ++form) {
+          std::vector<T> wq(qv.size()), wk(kv.size());
+          for (std::size_t i = 0; i < qv.size(); ++i) wq[i] = kexue::detail::as_compute<T>(qv[i]);
+          for (std::size_t i = 0; i < kv.size(); ++i) wk[i] = kexue::detail::as_compute<T>(kv[i]);
+          auto tq = TensorView<T>::contiguous(wq.data(), B, HQ, SQ, dim);
+          auto tk = TensorView<T>::contiguous(wk.data(), B, HK, SQ, dim);
+          if (form == 0) kexue::rope(table, tq, tk, 40);
+          if (form == 1) kexue::rope_with_bias(table, tq, tk, qb, kb, 40);
+          if (form == 2) kexue::rope_with_bias(table, tq, qb, 40);
+          std::vector<std::uint16_t> want_q(qv.size()), want_k(kv.size());
+          for (std::size_t i = 0; i < qv.size(); ++i) want_q[i] = bits_of(kexue::detail::round_to<S>(wq[i]));
+          for (std::size_t i = 0; i < kv.size(); ++i)
+            want_k[i] = form == 2 ? bits_of(kv[i]) : bits_of(kexue::detail::round_to<S>(wk[i]));
+          for (int threads : {1, 2}) {
+            use_threads(threads);
+            std::vector<S> q(qv), k(kv);
+            auto sq = TensorView<S>::contiguous(q.data(), B, HQ, SQ, dim);
+            auto sk = TensorView<S>::contiguous(k.data(), B, HK, SQ, dim);
+            if (form == 0) kexue::rope(table, sq, sk, 40);
+            if (form == 1) kexue::rope_with_bias(table, sq, sk, qb, kb, 40);
+            if (form == 2) kexue::rope_with_bias(table, sq, qb, 40);
+            INFO("batched form " << form << " threads " << threads);
+            CHECK(bits_vec(q) == want_q);
+            CHECK(bits_vec(k) == want_k);
+          }
+        }
+      }
+    }
+  }
+  use_threads(saved_threads);
+}
+
+}  // namespace
+
+TEST_CASE("rope on fp16 / bf16 rows equals the float or double kernel on the widened rows, rounded once",
+          "[rope][half]") {
+  check_rope_16bit<float, Eigen::half>();
+  check_rope_16bit<float, Eigen::bfloat16>();
+  check_rope_16bit<double, Eigen::half>();
+  check_rope_16bit<double, Eigen::bfloat16>();
+}
+
+TEST_CASE("rope on 16-bit rows: a single rounding (not the float then the 16-bit rounding) and bad input",
+          "[rope][half][errors]") {
+  // from_double rounds once: a double just above a bf16 tie whose float rounding lands on the tie.
+  const double x = 1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40);  // 1 + half a bf16 ulp + a little
+  CHECK(float(kexue::detail::round_to<Eigen::bfloat16>(x)) == float(1.0 + std::ldexp(1.0, -7)));
+  CHECK(float(kexue::detail::from_float<Eigen::bfloat16>(float(x))) == 1.0f);  // float first: the tie, to even
+  RopeTable<float> table(8, 4);
+  Matrix<Eigen::half> x3(2, 6);
+  x3.setConstant(Eigen::half(1.0f));
+  throws_with([&] { kexue::rope(table, x3, 0); }, "x has 6 columns");
+  Matrix<Eigen::half> x4(3, 4);
+  x4.setConstant(Eigen::half(1.0f));
+  throws_with([&] { kexue::rope(table, x4, 6); }, "rope: rows at positions [6, 9)");
+  CHECK(float(x4(0, 0)) == 1.0f);
 }

@@ -277,8 +277,8 @@ namespace detail {
 
 /// dst = RoPE_position(src (+ bias)) for one row of table.dim() values; src == dst is allowed. No checks:
 /// the kernels of other families call this after validating their arguments.
-template <class T>
-inline void rope_row(const RopeTable<T>& table, const T* src, T* dst, const T* bias, Index position) {
+template <class T, class S>
+inline void rope_row(const RopeTable<T>& table, const S* src, S* dst, const T* bias, Index position) {
   const Index r = table.rotary_dim();
   if (table.layout() == RopeLayout::Interleaved) {
     rope_row_interleaved(src, dst, table.cos_pairs(position), table.sin_pairs(position), bias, r);
@@ -289,8 +289,8 @@ inline void rope_row(const RopeTable<T>& table, const T* src, T* dst, const T* b
 }
 
 /// q and k rows (in place) at the same position: one read of the table row for both.
-template <class T>
-inline void rope_rows2(const RopeTable<T>& table, T* q, T* k, Index position) {
+template <class T, class S>
+inline void rope_rows2(const RopeTable<T>& table, S* q, S* k, Index position) {
   const Index r = table.rotary_dim();
   if (table.layout() == RopeLayout::Interleaved) {
     rope_rows2_interleaved(q, k, table.cos_pairs(position), table.sin_pairs(position), r);
@@ -301,8 +301,8 @@ inline void rope_rows2(const RopeTable<T>& table, T* q, T* k, Index position) {
 
 /// q <- RoPE(q + qb), k <- RoPE(k + kb) (rows in place) at the same position, with one read of the table row
 /// for both; each row's bits are rope_row's with its bias.
-template <class T>
-inline void rope_rows2_bias(const RopeTable<T>& table, T* q, T* k, const T* qb, const T* kb, Index position) {
+template <class T, class S>
+inline void rope_rows2_bias(const RopeTable<T>& table, S* q, S* k, const T* qb, const T* kb, Index position) {
   const Index r = table.rotary_dim();
   if (table.layout() == RopeLayout::Interleaved) {
     rope_rows2_bias_interleaved(q, k, qb, kb, table.cos_pairs(position), table.sin_pairs(position), r);
@@ -330,18 +330,23 @@ inline void check_positions(const char* fn, const char* name, const P& positions
   }
 }
 
+/// x's storage S may be the table's T, or Eigen::half / Eigen::bfloat16 (computed in T, rounded once per value).
+template <class T, class S>
+constexpr bool kRopeStorage = std::is_same<S, T>::value || kIs16Bit<S>;
+
 template <class T, class D>
-inline View<T> rope_view(const char* fn, const RopeTable<T>& table, const Eigen::DenseBase<D>& x) {
-  static_assert(std::is_same<typename D::Scalar, T>::value, "rope: x and the table must have the same scalar type");
-  View<T> v = make_mut_view(fn, "x", x);
+inline View<typename D::Scalar> rope_view(const char* fn, const RopeTable<T>& table, const Eigen::DenseBase<D>& x) {
+  static_assert(kRopeStorage<T, typename D::Scalar>,
+                "rope: x must have the table's scalar type, or be Eigen::half / Eigen::bfloat16");
+  View<typename D::Scalar> v = make_mut_view<D, true>(fn, "x", x);
   require(v.rows == 0 || v.cols == table.dim(), fn, "x has ", v.cols, " columns (shape ", shape_str(v.rows, v.cols),
           ") but the table has dim ", table.dim());
   return v;
 }
 
-template <class T, class D>
+template <class T, class D, class S>
 inline const T* rope_bias(const char* fn, const char* name, const RopeTable<T>& table, const Eigen::DenseBase<D>& b,
-                          const View<T>& x) {
+                          const View<S>& x) {
   static_assert(std::is_same<typename D::Scalar, T>::value, "rope: bias and the table must have the same scalar type");
   const T* data = flat_data(fn, name, b);
   require(b.size() == table.dim(), fn, name, " has ", b.size(), " values but the table has dim ", table.dim());
@@ -364,16 +369,16 @@ inline std::pair<const char*, const char*> tensor_span(const TensorView<T>& x) {
 /// Validates a batched bias: `size` values at b, [dim] or [heads, dim] of x (named `xname`), outside x's memory
 /// and outside `other`'s (the second tensor of the q + k forms, which is rotated in place as well). Returns the
 /// per-head stride of the bias: 0 for one bias shared by every head, dim for one per head.
-template <class T>
+template <class T, class S>
 inline Index check_tensor_bias(const char* fn, const char* name, const T* b, Index size, const RopeTable<T>& table,
-                               const char* xname, const TensorView<T>& x, const char* other_name = nullptr,
-                               const TensorView<T>* other = nullptr) {
+                               const char* xname, const TensorView<S>& x, const char* other_name = nullptr,
+                               const TensorView<S>* other = nullptr) {
   const Index d = table.dim();
   require(size == d || size == x.heads() * d, fn, name, " has ", size, " values but needs ", d, " (dim) or ",
           x.heads() * d, " (", xname, " heads x dim = ", x.heads(), " x ", d, ")");
   const char* b0 = reinterpret_cast<const char*>(b);
   const char* b1 = reinterpret_cast<const char*>(b + size);
-  for (const TensorView<T>* t : {&x, other}) {
+  for (const TensorView<S>* t : {&x, other}) {
     if (t == nullptr || size == 0) continue;
     const auto span = tensor_span(*t);
     require(!(span.first < b1 && b0 < span.second), fn, name, " shares memory with ", t == &x ? xname : other_name,
@@ -382,8 +387,9 @@ inline Index check_tensor_bias(const char* fn, const char* name, const T* b, Ind
   return size == d ? 0 : d;
 }
 
-template <class T>
-inline void check_tensor(const char* fn, const char* name, const RopeTable<T>& table, const TensorView<T>& x) {
+template <class T, class S>
+inline void check_tensor(const char* fn, const char* name, const RopeTable<T>& table, const TensorView<S>& x) {
+  static_assert(kRopeStorage<T, S>, "rope: x must have the table's scalar type, or be Eigen::half / Eigen::bfloat16");
   require(x.batch() >= 0 && x.heads() >= 0 && x.seq() >= 0, fn, name, " has a negative extent");
   require(x.dim() == table.dim() || x.batch() * x.heads() * x.seq() == 0, fn, name, " has dim ", x.dim(),
           " but the table has dim ", table.dim());
@@ -404,8 +410,8 @@ inline Index rope_tile_positions(const RopeTable<T>& table) {
   return std::max<Index>(16, kRopeTileTableBytes / std::max<Index>(row_bytes, 1));
 }
 
-template <class T, class Pos>
-inline void rope_tensor(const RopeTable<T>& table, const TensorView<T>& x, const T* bias, Index bias_head_stride,
+template <class T, class S, class Pos>
+inline void rope_tensor(const RopeTable<T>& table, const TensorView<S>& x, const T* bias, Index bias_head_stride,
                         Pos&& pos) {
   const Index heads = x.heads(), seq = x.seq();
   const Index tile = rope_tile_positions(table), tiles = (seq + tile - 1) / tile;
@@ -415,14 +421,14 @@ inline void rope_tensor(const RopeTable<T>& table, const TensorView<T>& x, const
     const Index s0 = t * tile, s1 = std::min(seq, s0 + tile);
     const T* bh = bias ? bias + h * bias_head_stride : nullptr;
     for (Index s = s0; s < s1; ++s) {
-      T* row = x.row(b, h, s);
+      S* row = x.row(b, h, s);
       rope_row(table, row, row, bh, pos(b, s));
     }
   });
 }
 
-template <class T, class Pos>
-inline void rope_tensor2(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k, Pos&& pos) {
+template <class T, class S, class Pos>
+inline void rope_tensor2(const RopeTable<T>& table, const TensorView<S>& q, const TensorView<S>& k, Pos&& pos) {
   const Index seq = q.seq(), hq = q.heads(), hk = k.heads(), heads = std::max(hq, hk);
   const Index tile = rope_tile_positions(table), tiles = (seq + tile - 1) / tile;
   if (heads == 0) return;
@@ -434,7 +440,7 @@ inline void rope_tensor2(const RopeTable<T>& table, const TensorView<T>& q, cons
       if (h < hq && h < hk) {
         rope_rows2(table, q.row(b, h, s), k.row(b, h, s), p);
       } else {
-        T* row = h < hq ? q.row(b, h, s) : k.row(b, h, s);
+        S* row = h < hq ? q.row(b, h, s) : k.row(b, h, s);
         rope_row(table, row, row, static_cast<const T*>(nullptr), p);
       }
     }
@@ -444,8 +450,8 @@ inline void rope_tensor2(const RopeTable<T>& table, const TensorView<T>& q, cons
 /// rope_tensor2 with a bias for q and one for k (per-head strides 0 or dim). Heads present in both tensors go
 /// through rope_rows2_bias (one read of the table row for the q and k rows of a position), the others through
 /// rope_row; both give the bits of the [n, dim] form's rope_row.
-template <class T, class Pos>
-inline void rope_tensor2_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k, const T* qb,
+template <class T, class S, class Pos>
+inline void rope_tensor2_bias(const RopeTable<T>& table, const TensorView<S>& q, const TensorView<S>& k, const T* qb,
                               Index qb_stride, const T* kb, Index kb_stride, Pos&& pos) {
   const Index seq = q.seq(), hq = q.heads(), hk = k.heads(), heads = std::max(hq, hk);
   const Index tile = rope_tile_positions(table), tiles = (seq + tile - 1) / tile;
@@ -461,15 +467,15 @@ inline void rope_tensor2_bias(const RopeTable<T>& table, const TensorView<T>& q,
       if (h < hq && h < hk) {
         rope_rows2_bias(table, q.row(b, h, s), k.row(b, h, s), qbh, kbh, p);
       } else {
-        T* row = h < hq ? q.row(b, h, s) : k.row(b, h, s);
+        S* row = h < hq ? q.row(b, h, s) : k.row(b, h, s);
         rope_row(table, row, row, h < hq ? qbh : kbh, p);
       }
     }
   });
 }
 
-template <class T>
-inline void check_pair(const char* fn, const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k) {
+template <class T, class S>
+inline void check_pair(const char* fn, const RopeTable<T>& table, const TensorView<S>& q, const TensorView<S>& k) {
   check_tensor(fn, "q", table, q);
   check_tensor(fn, "k", table, k);
   require(q.batch() == k.batch() && q.seq() == k.seq(), fn, "q is [", q.batch(), ", ", q.heads(), ", ", q.seq(), ", ",
@@ -488,8 +494,8 @@ struct QkBiases {
   Index k_stride;
 };
 
-template <class T, class BQ, class BK>
-QkBiases<T> check_qk_biases(const char* fn, const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k,
+template <class T, class S, class BQ, class BK>
+QkBiases<T> check_qk_biases(const char* fn, const RopeTable<T>& table, const TensorView<S>& q, const TensorView<S>& k,
                             const Eigen::DenseBase<BQ>& q_bias, const Eigen::DenseBase<BK>& k_bias) {
   static_assert(std::is_same<typename BQ::Scalar, T>::value && std::is_same<typename BK::Scalar, T>::value,
                 "rope_with_bias: q_bias, k_bias and the table must have the same scalar type");
@@ -541,7 +547,7 @@ inline void rope_2d_row(const RopeTable<T>& table, T* row, Index patch, Index gr
 template <class T, class D>
 void rope(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, Index first_position = 0) {
   const char* fn = "rope";
-  detail::View<T> v = detail::rope_view(fn, table, x);
+  const auto v = detail::rope_view(fn, table, x);
   detail::check_first_position(fn, first_position, v.rows, table.max_positions());
   for (Index r = 0; r < v.rows; ++r) detail::rope_row(table, v.row(r), v.row(r), static_cast<const T*>(nullptr), first_position + r);
 }
@@ -551,7 +557,7 @@ void rope(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, Index first_p
 template <class T, class D, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
 void rope(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, const P& positions) {
   const char* fn = "rope";
-  detail::View<T> v = detail::rope_view(fn, table, x);
+  const auto v = detail::rope_view(fn, table, x);
   detail::require(static_cast<Index>(std::size(positions)) == v.rows, fn, "positions has ", std::size(positions),
                   " entries but x has ", v.rows, " rows");
   detail::check_positions(fn, "positions", positions, table.max_positions());
@@ -565,7 +571,7 @@ template <class T, class D, class B>
 void rope_with_bias(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, const Eigen::DenseBase<B>& bias,
                     Index first_position = 0) {
   const char* fn = "rope_with_bias";
-  detail::View<T> v = detail::rope_view(fn, table, x);
+  const auto v = detail::rope_view(fn, table, x);
   const T* b = detail::rope_bias(fn, "bias", table, bias, v);
   detail::check_first_position(fn, first_position, v.rows, table.max_positions());
   for (Index r = 0; r < v.rows; ++r) detail::rope_row(table, v.row(r), v.row(r), b, first_position + r);
@@ -576,7 +582,7 @@ template <class T, class D, class B, class P, std::enable_if_t<detail::is_positi
 void rope_with_bias(const RopeTable<T>& table, const Eigen::DenseBase<D>& x, const Eigen::DenseBase<B>& bias,
                     const P& positions) {
   const char* fn = "rope_with_bias";
-  detail::View<T> v = detail::rope_view(fn, table, x);
+  const auto v = detail::rope_view(fn, table, x);
   const T* b = detail::rope_bias(fn, "bias", table, bias, v);
   detail::require(static_cast<Index>(std::size(positions)) == v.rows, fn, "positions has ", std::size(positions),
                   " entries but x has ", v.rows, " rows");
@@ -674,8 +680,8 @@ void rope_2d(const RopeTable<T>& table, const TensorView<T>& x, const P& rows, c
 
 /// In place over a strided [batch, heads, seq, table.dim()] tensor: row (b, h, s) at position
 /// first_position + s. Parallel over batch x heads (x tiles of positions for long sequences).
-template <class T>
-void rope(const RopeTable<T>& table, const TensorView<T>& x, Index first_position = 0) {
+template <class T, class S>
+void rope(const RopeTable<T>& table, const TensorView<S>& x, Index first_position = 0) {
   const char* fn = "rope";
   detail::check_tensor(fn, "x", table, x);
   detail::check_first_position(fn, first_position, x.batch() * x.heads() == 0 ? 0 : x.seq(), table.max_positions());
@@ -684,8 +690,8 @@ void rope(const RopeTable<T>& table, const TensorView<T>& x, Index first_positio
 }
 
 /// In place, explicit positions: [seq] (shared by every batch entry) or [batch, seq] row-major.
-template <class T, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
-void rope(const RopeTable<T>& table, const TensorView<T>& x, const P& positions) {
+template <class T, class S, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
+void rope(const RopeTable<T>& table, const TensorView<S>& x, const P& positions) {
   const char* fn = "rope";
   detail::check_tensor(fn, "x", table, x);
   auto pos = detail::batched_positions(fn, "positions", x, positions, table.max_positions());
@@ -695,8 +701,8 @@ void rope(const RopeTable<T>& table, const TensorView<T>& x, const P& positions)
 /// q and k in one call (each row of the table is read once for both): q [batch, hq, seq, dim] and
 /// k [batch, hk, seq, dim] (hq and hk may differ: grouped-query attention), row s at first_position + s.
 /// q and k must not share elements. Parallel over batch x heads (x tiles of positions for long sequences).
-template <class T>
-void rope(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k, Index first_position = 0) {
+template <class T, class S>
+void rope(const RopeTable<T>& table, const TensorView<S>& q, const TensorView<S>& k, Index first_position = 0) {
   const char* fn = "rope";
   detail::check_pair(fn, table, q, k);
   detail::check_first_position(fn, first_position, q.batch() * q.heads() + k.batch() * k.heads() == 0 ? 0 : q.seq(),
@@ -705,8 +711,8 @@ void rope(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>
 }
 
 /// q and k in one call with explicit positions: [seq] or [batch, seq] row-major.
-template <class T, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
-void rope(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k, const P& positions) {
+template <class T, class S, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
+void rope(const RopeTable<T>& table, const TensorView<S>& q, const TensorView<S>& k, const P& positions) {
   const char* fn = "rope";
   detail::check_pair(fn, table, q, k);
   auto pos = detail::batched_positions(fn, "positions", q, positions, table.max_positions());
@@ -715,8 +721,8 @@ void rope(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>
 
 /// In place x <- RoPE(x + bias) over [batch, heads, seq, dim]; bias is [dim] (shared by every head) or
 /// [heads, dim] row-major (one bias per head, as a fused projection's bias is). SPEC 4.
-template <class T, class B>
-void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& x, const Eigen::DenseBase<B>& bias,
+template <class T, class S, class B>
+void rope_with_bias(const RopeTable<T>& table, const TensorView<S>& x, const Eigen::DenseBase<B>& bias,
                     Index first_position = 0) {
   static_assert(std::is_same<typename B::Scalar, T>::value, "rope_with_bias: bias and the table must match");
   const char* fn = "rope_with_bias";
@@ -729,8 +735,8 @@ void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& x, const Eig
 
 /// In place x <- RoPE(x + bias) over [batch, heads, seq, dim] with explicit positions: [seq] (shared by every
 /// batch entry) or [batch, seq] row-major; bias [dim] or [heads, dim] as above. SPEC 4.
-template <class T, class B, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
-void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& x, const Eigen::DenseBase<B>& bias,
+template <class T, class S, class B, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
+void rope_with_bias(const RopeTable<T>& table, const TensorView<S>& x, const Eigen::DenseBase<B>& bias,
                     const P& positions) {
   static_assert(std::is_same<typename B::Scalar, T>::value, "rope_with_bias: bias and the table must match");
   const char* fn = "rope_with_bias";
@@ -746,8 +752,8 @@ void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& x, const Eig
 /// first_position + s; q_bias [dim] or [hq, dim], k_bias [dim] or [hk, dim] row-major. Every row equals
 /// rope_with_bias of the [n, dim] form bit for bit. q and k must not be the same buffer, and neither bias may
 /// lie in q's or k's memory. Parallel over batch x heads (x tiles of positions for long sequences).
-template <class T, class BQ, class BK>
-void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k,
+template <class T, class S, class BQ, class BK>
+void rope_with_bias(const RopeTable<T>& table, const TensorView<S>& q, const TensorView<S>& k,
                     const Eigen::DenseBase<BQ>& q_bias, const Eigen::DenseBase<BK>& k_bias, Index first_position = 0) {
   const char* fn = "rope_with_bias";
   const auto b = detail::check_qk_biases(fn, table, q, k, q_bias, k_bias);
@@ -759,8 +765,8 @@ void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const Ten
 
 /// q and k with their biases in one call, explicit positions: [seq] (shared by every batch entry) or
 /// [batch, seq] row-major (see the first_position form).
-template <class T, class BQ, class BK, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
-void rope_with_bias(const RopeTable<T>& table, const TensorView<T>& q, const TensorView<T>& k,
+template <class T, class S, class BQ, class BK, class P, std::enable_if_t<detail::is_position_list<P>::value, int> = 0>
+void rope_with_bias(const RopeTable<T>& table, const TensorView<S>& q, const TensorView<S>& k,
                     const Eigen::DenseBase<BQ>& q_bias, const Eigen::DenseBase<BK>& k_bias, const P& positions) {
   const char* fn = "rope_with_bias";
   const auto b = detail::check_qk_biases(fn, table, q, k, q_bias, k_bias);

@@ -8,6 +8,10 @@
 // with vfmaddsub. Those shuffles are the operations xsimd 8.1 and 14 spell differently (batch_constant):
 // they are the named helpers of arch/ops.hpp (one or two instructions per architecture, a portable version
 // otherwise), and this file has no intrinsics, so every kernel here works for any register width.
+// x (src, dst, q, k) may be stored as S = Eigen::half / Eigen::bfloat16 with a float (or double) table T: each
+// vector is widened as it is loaded (arch/ops.hpp's load_as), computed in T exactly as the T kernel computes it,
+// and rounded once as it is stored (store_as), so a 16-bit row's result is the T kernel's on the widened row,
+// rounded. Biases are T. With S == T these are plain loads and stores: the T kernels are unchanged.
 // src and dst may be the same row (in place): every vector is loaded before the store that could overwrite
 // it, and pairs never straddle a vector.
 
@@ -39,14 +43,14 @@ constexpr Index kRopeUnroll = 2;
 // cp and sp are the compact per-pair cos and sin (r/2 values each, unsigned): half the table bytes of a
 // full-width row, which matters because the table streams from L2/L3 once per head.
 
-template <class T>
-inline void rope_row_interleaved(const T* src, T* dst, const T* cp, const T* sp, const T* bias, Index r) {
+template <class T, class S>
+inline void rope_row_interleaved(const S* src, S* dst, const T* cp, const T* sp, const T* bias, Index r) {
   constexpr Index L = kLanes<T>;
   Index j = 0;
   if (bias) {
     for (; j + L <= r; j += L) {
-      const Batch<T> x = load(src + j) + load(bias + j);
-      store(dst + j, fmaddsub<T>(x, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + j / 2)));
+      const Batch<T> x = load_as<T>(src + j) + load(bias + j);
+      store_as(dst + j, fmaddsub<T>(x, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + j / 2)));
     }
   } else {
     // kRopeUnroll vectors per iteration: the work per vector is a short dependency chain (permutes, mul,
@@ -55,154 +59,156 @@ inline void rope_row_interleaved(const T* src, T* dst, const T* cp, const T* sp,
       Batch<T> y[kRopeUnroll];
       for (Index u = 0; u < kRopeUnroll; ++u) {
         const Index o = j + u * L;
-        const Batch<T> x = load(src + o);
+        const Batch<T> x = load_as<T>(src + o);
         y[u] = fmaddsub<T>(x, load_dup_pairs(cp + o / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + o / 2));
       }
-      for (Index u = 0; u < kRopeUnroll; ++u) store(dst + j + u * L, y[u]);
+      for (Index u = 0; u < kRopeUnroll; ++u) store_as(dst + j + u * L, y[u]);
     }
     for (; j + L <= r; j += L) {
-      const Batch<T> x = load(src + j);
-      store(dst + j, fmaddsub<T>(x, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + j / 2)));
+      const Batch<T> x = load_as<T>(src + j);
+      store_as(dst + j, fmaddsub<T>(x, load_dup_pairs(cp + j / 2), swap_adjacent<T>(x) * load_dup_pairs(sp + j / 2)));
     }
   }
   for (; j < r; j += 2) {
-    const T a = src[j] + (bias ? bias[j] : T(0)), b = src[j + 1] + (bias ? bias[j + 1] : T(0));
+    const T a = as_compute<T>(src[j]) + (bias ? bias[j] : T(0)), b = as_compute<T>(src[j + 1]) + (bias ? bias[j + 1] : T(0));
     const T c = cp[j / 2], s = sp[j / 2];
-    dst[j] = mul_add(a, c, -(b * s));
-    dst[j + 1] = mul_add(b, c, a * s);
+    dst[j] = round_to<S>(mul_add(a, c, -(b * s)));
+    dst[j + 1] = round_to<S>(mul_add(b, c, a * s));
   }
 }
 
 /// q and k rows at the same position with one load of the table row (the batched q/k form).
-template <class T>
-inline void rope_rows2_interleaved(T* q, T* k, const T* cp, const T* sp, Index r) {
+template <class T, class S>
+inline void rope_rows2_interleaved(S* q, S* k, const T* cp, const T* sp, Index r) {
   constexpr Index L = kLanes<T>;
   Index j = 0;
   for (; j + L <= r; j += L) {
     const Batch<T> c = load_dup_pairs(cp + j / 2), s = load_dup_pairs(sp + j / 2);
-    const Batch<T> a = load(q + j), b = load(k + j);
-    store(q + j, fmaddsub<T>(a, c, swap_adjacent<T>(a) * s));
-    store(k + j, fmaddsub<T>(b, c, swap_adjacent<T>(b) * s));
+    const Batch<T> a = load_as<T>(q + j), b = load_as<T>(k + j);
+    store_as(q + j, fmaddsub<T>(a, c, swap_adjacent<T>(a) * s));
+    store_as(k + j, fmaddsub<T>(b, c, swap_adjacent<T>(b) * s));
   }
   for (; j < r; j += 2) {
     const T c = cp[j / 2], s = sp[j / 2];
-    const T a0 = q[j], a1 = q[j + 1], b0 = k[j], b1 = k[j + 1];
-    q[j] = mul_add(a0, c, -(a1 * s));
-    q[j + 1] = mul_add(a1, c, a0 * s);
-    k[j] = mul_add(b0, c, -(b1 * s));
-    k[j + 1] = mul_add(b1, c, b0 * s);
+    const T a0 = as_compute<T>(q[j]), a1 = as_compute<T>(q[j + 1]), b0 = as_compute<T>(k[j]), b1 = as_compute<T>(k[j + 1]);
+    q[j] = round_to<S>(mul_add(a0, c, -(a1 * s)));
+    q[j + 1] = round_to<S>(mul_add(a1, c, a0 * s));
+    k[j] = round_to<S>(mul_add(b0, c, -(b1 * s)));
+    k[j + 1] = round_to<S>(mul_add(b1, c, b0 * s));
   }
 }
 
 /// rope_rows2_interleaved with biases added before the rotation (the batched q/k RoPE + bias form): per row, the
 /// same operations in the same order as rope_row_interleaved's bias path, so the results are its bits.
-template <class T>
-inline void rope_rows2_bias_interleaved(T* q, T* k, const T* qb, const T* kb, const T* cp, const T* sp, Index r) {
+template <class T, class S>
+inline void rope_rows2_bias_interleaved(S* q, S* k, const T* qb, const T* kb, const T* cp, const T* sp, Index r) {
   constexpr Index L = kLanes<T>;
   Index j = 0;
   for (; j + L <= r; j += L) {
     const Batch<T> c = load_dup_pairs(cp + j / 2), s = load_dup_pairs(sp + j / 2);
-    const Batch<T> a = load(q + j) + load(qb + j), b = load(k + j) + load(kb + j);
-    store(q + j, fmaddsub<T>(a, c, swap_adjacent<T>(a) * s));
-    store(k + j, fmaddsub<T>(b, c, swap_adjacent<T>(b) * s));
+    const Batch<T> a = load_as<T>(q + j) + load(qb + j), b = load_as<T>(k + j) + load(kb + j);
+    store_as(q + j, fmaddsub<T>(a, c, swap_adjacent<T>(a) * s));
+    store_as(k + j, fmaddsub<T>(b, c, swap_adjacent<T>(b) * s));
   }
   for (; j < r; j += 2) {
     const T c = cp[j / 2], s = sp[j / 2];
-    const T a0 = q[j] + qb[j], a1 = q[j + 1] + qb[j + 1], b0 = k[j] + kb[j], b1 = k[j + 1] + kb[j + 1];
-    q[j] = mul_add(a0, c, -(a1 * s));
-    q[j + 1] = mul_add(a1, c, a0 * s);
-    k[j] = mul_add(b0, c, -(b1 * s));
-    k[j + 1] = mul_add(b1, c, b0 * s);
+    const T a0 = as_compute<T>(q[j]) + qb[j], a1 = as_compute<T>(q[j + 1]) + qb[j + 1];
+    const T b0 = as_compute<T>(k[j]) + kb[j], b1 = as_compute<T>(k[j + 1]) + kb[j + 1];
+    q[j] = round_to<S>(mul_add(a0, c, -(a1 * s)));
+    q[j + 1] = round_to<S>(mul_add(a1, c, a0 * s));
+    k[j] = round_to<S>(mul_add(b0, c, -(b1 * s)));
+    k[j + 1] = round_to<S>(mul_add(b1, c, b0 * s));
   }
 }
 
 // ---- Half: pairs (i, i + r/2) -----------------------------------------------------------------------------
 // cos and s_pos are the per-pair cos and (unsigned) sin, r/2 values each: lo' = lo c - hi s, hi' = hi c + lo s.
 
-template <class T>
-inline void rope_row_half(const T* src, T* dst, const T* cos, const T* s_pos, const T* bias, Index r) {
+template <class T, class S>
+inline void rope_row_half(const S* src, S* dst, const T* cos, const T* s_pos, const T* bias, Index r) {
   constexpr Index L = kLanes<T>;
   const Index h = r / 2;
   Index i = 0;
   if (bias) {
     for (; i + L <= h; i += L) {
-      const Batch<T> lo = load(src + i) + load(bias + i), hi = load(src + h + i) + load(bias + h + i);
+      const Batch<T> lo = load_as<T>(src + i) + load(bias + i), hi = load_as<T>(src + h + i) + load(bias + h + i);
       const Batch<T> c = load(cos + i), s = load(s_pos + i);
-      store(dst + i, fnmadd(hi, s, lo * c));
-      store(dst + h + i, fmadd(lo, s, hi * c));
+      store_as(dst + i, fnmadd(hi, s, lo * c));
+      store_as(dst + h + i, fmadd(lo, s, hi * c));
     }
   } else {
     for (; i + L <= h; i += L) {
-      const Batch<T> lo = load(src + i), hi = load(src + h + i);
+      const Batch<T> lo = load_as<T>(src + i), hi = load_as<T>(src + h + i);
       const Batch<T> c = load(cos + i), s = load(s_pos + i);
-      store(dst + i, fnmadd(hi, s, lo * c));
-      store(dst + h + i, fmadd(lo, s, hi * c));
+      store_as(dst + i, fnmadd(hi, s, lo * c));
+      store_as(dst + h + i, fmadd(lo, s, hi * c));
     }
   }
   for (; i < h; ++i) {
-    const T lo = src[i] + (bias ? bias[i] : T(0)), hi = src[h + i] + (bias ? bias[h + i] : T(0));
-    dst[i] = mul_add(-hi, s_pos[i], lo * cos[i]);
-    dst[h + i] = mul_add(lo, s_pos[i], hi * cos[i]);
+    const T lo = as_compute<T>(src[i]) + (bias ? bias[i] : T(0)), hi = as_compute<T>(src[h + i]) + (bias ? bias[h + i] : T(0));
+    dst[i] = round_to<S>(mul_add(-hi, s_pos[i], lo * cos[i]));
+    dst[h + i] = round_to<S>(mul_add(lo, s_pos[i], hi * cos[i]));
   }
 }
 
-template <class T>
-inline void rope_rows2_half(T* q, T* k, const T* cos, const T* s_pos, Index r) {
+template <class T, class S>
+inline void rope_rows2_half(S* q, S* k, const T* cos, const T* s_pos, Index r) {
   constexpr Index L = kLanes<T>;
   const Index h = r / 2;
   Index i = 0;
   for (; i + L <= h; i += L) {
     const Batch<T> c = load(cos + i), s = load(s_pos + i);
-    const Batch<T> qlo = load(q + i), qhi = load(q + h + i);
-    const Batch<T> klo = load(k + i), khi = load(k + h + i);
-    store(q + i, fnmadd(qhi, s, qlo * c));
-    store(q + h + i, fmadd(qlo, s, qhi * c));
-    store(k + i, fnmadd(khi, s, klo * c));
-    store(k + h + i, fmadd(klo, s, khi * c));
+    const Batch<T> qlo = load_as<T>(q + i), qhi = load_as<T>(q + h + i);
+    const Batch<T> klo = load_as<T>(k + i), khi = load_as<T>(k + h + i);
+    store_as(q + i, fnmadd(qhi, s, qlo * c));
+    store_as(q + h + i, fmadd(qlo, s, qhi * c));
+    store_as(k + i, fnmadd(khi, s, klo * c));
+    store_as(k + h + i, fmadd(klo, s, khi * c));
   }
   for (; i < h; ++i) {
-    const T ql = q[i], qh = q[h + i], kl = k[i], kh = k[h + i];
-    q[i] = mul_add(-qh, s_pos[i], ql * cos[i]);
-    q[h + i] = mul_add(ql, s_pos[i], qh * cos[i]);
-    k[i] = mul_add(-kh, s_pos[i], kl * cos[i]);
-    k[h + i] = mul_add(kl, s_pos[i], kh * cos[i]);
+    const T ql = as_compute<T>(q[i]), qh = as_compute<T>(q[h + i]), kl = as_compute<T>(k[i]), kh = as_compute<T>(k[h + i]);
+    q[i] = round_to<S>(mul_add(-qh, s_pos[i], ql * cos[i]));
+    q[h + i] = round_to<S>(mul_add(ql, s_pos[i], qh * cos[i]));
+    k[i] = round_to<S>(mul_add(-kh, s_pos[i], kl * cos[i]));
+    k[h + i] = round_to<S>(mul_add(kl, s_pos[i], kh * cos[i]));
   }
 }
 
 /// rope_rows2_half with biases added before the rotation: rope_row_half's bias path for both rows, bit for bit.
-template <class T>
-inline void rope_rows2_bias_half(T* q, T* k, const T* qb, const T* kb, const T* cos, const T* s_pos, Index r) {
+template <class T, class S>
+inline void rope_rows2_bias_half(S* q, S* k, const T* qb, const T* kb, const T* cos, const T* s_pos, Index r) {
   constexpr Index L = kLanes<T>;
   const Index h = r / 2;
   Index i = 0;
   for (; i + L <= h; i += L) {
     const Batch<T> c = load(cos + i), s = load(s_pos + i);
-    const Batch<T> qlo = load(q + i) + load(qb + i), qhi = load(q + h + i) + load(qb + h + i);
-    const Batch<T> klo = load(k + i) + load(kb + i), khi = load(k + h + i) + load(kb + h + i);
-    store(q + i, fnmadd(qhi, s, qlo * c));
-    store(q + h + i, fmadd(qlo, s, qhi * c));
-    store(k + i, fnmadd(khi, s, klo * c));
-    store(k + h + i, fmadd(klo, s, khi * c));
+    const Batch<T> qlo = load_as<T>(q + i) + load(qb + i), qhi = load_as<T>(q + h + i) + load(qb + h + i);
+    const Batch<T> klo = load_as<T>(k + i) + load(kb + i), khi = load_as<T>(k + h + i) + load(kb + h + i);
+    store_as(q + i, fnmadd(qhi, s, qlo * c));
+    store_as(q + h + i, fmadd(qlo, s, qhi * c));
+    store_as(k + i, fnmadd(khi, s, klo * c));
+    store_as(k + h + i, fmadd(klo, s, khi * c));
   }
   for (; i < h; ++i) {
-    const T ql = q[i] + qb[i], qh = q[h + i] + qb[h + i], kl = k[i] + kb[i], kh = k[h + i] + kb[h + i];
-    q[i] = mul_add(-qh, s_pos[i], ql * cos[i]);
-    q[h + i] = mul_add(ql, s_pos[i], qh * cos[i]);
-    k[i] = mul_add(-kh, s_pos[i], kl * cos[i]);
-    k[h + i] = mul_add(kl, s_pos[i], kh * cos[i]);
+    const T ql = as_compute<T>(q[i]) + qb[i], qh = as_compute<T>(q[h + i]) + qb[h + i];
+    const T kl = as_compute<T>(k[i]) + kb[i], kh = as_compute<T>(k[h + i]) + kb[h + i];
+    q[i] = round_to<S>(mul_add(-qh, s_pos[i], ql * cos[i]));
+    q[h + i] = round_to<S>(mul_add(ql, s_pos[i], qh * cos[i]));
+    k[i] = round_to<S>(mul_add(-kh, s_pos[i], kl * cos[i]));
+    k[h + i] = round_to<S>(mul_add(kl, s_pos[i], kh * cos[i]));
   }
 }
 
 /// dst[j] = src[j] (+ bias[j]) for the dims that pass through (j in [r, dim)).
-template <class T>
-inline void rope_pass_through(const T* src, T* dst, const T* bias, Index r, Index dim) {
+template <class T, class S>
+inline void rope_pass_through(const S* src, S* dst, const T* bias, Index r, Index dim) {
   if (bias) {
     constexpr Index L = kLanes<T>;
     Index j = r;
-    for (; j + L <= dim; j += L) store(dst + j, load(src + j) + load(bias + j));
-    for (; j < dim; ++j) dst[j] = src[j] + bias[j];
+    for (; j + L <= dim; j += L) store_as(dst + j, load_as<T>(src + j) + load(bias + j));
+    for (; j < dim; ++j) dst[j] = round_to<S>(as_compute<T>(src[j]) + bias[j]);
   } else if (src != dst && dim > r) {
-    std::memcpy(dst + r, src + r, static_cast<std::size_t>(dim - r) * sizeof(T));
+    std::memcpy(static_cast<void*>(dst + r), static_cast<const void*>(src + r), static_cast<std::size_t>(dim - r) * sizeof(S));
   }
 }
 
