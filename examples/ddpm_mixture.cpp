@@ -9,22 +9,12 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <string>
 
 #include "ddpm_mixture.hpp"
 
 namespace {
-
-void progress_bar(kexue::Index done, kexue::Index total) {
-  constexpr int kWidth = 40;
-  if (done != total && done % 10 != 0) return;
-  const int filled = static_cast<int>(kWidth * done / total);
-  std::printf("\r  sampling [%s%s] %4ld/%ld steps", std::string(std::size_t(filled), '#').c_str(),
-              std::string(std::size_t(kWidth - filled), '.').c_str(), static_cast<long>(done),
-              static_cast<long>(total));
-  if (done == total) std::printf("\n");
-  std::fflush(stdout);
-}
 
 // Writes the samples as dots over the true mixture (1-, 2- and 3-sigma ellipses of each component).
 void write_svg(const std::string& path, const std::vector<kexue_demo::Component>& mix, const kexue::Matrix<float>& x) {
@@ -73,7 +63,10 @@ int main() {
               mixture.size(), static_cast<long>(cfg.samples), static_cast<long>(cfg.num_train_timesteps),
               kexue::simd_arch());
   const auto t0 = std::chrono::steady_clock::now();
-  const auto samples = kexue_demo::sample_ddpm(mixture, cfg, progress_bar);
+  // Progress on stderr: a redrawn bar on a terminal, one line per 10% in a log or a pipe.
+  std::fflush(stdout);
+  kexue_demo::ProgressBar progress(stderr, kexue_demo::is_terminal(stderr));
+  const auto samples = kexue_demo::sample_ddpm(mixture, cfg, std::ref(progress));
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("  done in %.2f s\n\n", secs);
 

@@ -14,12 +14,62 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
+#include <string>
 #include <vector>
+
+#if defined(_WIN32)
+#include <io.h>
+#else
+#include <unistd.h>
+#endif
 
 namespace kexue_demo {
 
 using kexue::Index;
+
+/// True when f is a terminal (not a file or a pipe).
+inline bool is_terminal(std::FILE* f) {
+#if defined(_WIN32)
+  return _isatty(_fileno(f)) != 0;
+#else
+  return isatty(fileno(f)) != 0;
+#endif
+}
+
+/// A progress report for a loop of `total` steps, written to `out` (the demo passes stderr, so that stdout holds
+/// only results). On a terminal: one bar redrawn in place with carriage returns, every 10 steps. Elsewhere (a log
+/// file, a pipe, CI output): one plain line per 10% and no carriage return, so the log stays readable.
+class ProgressBar {
+ public:
+  ProgressBar(std::FILE* out, bool terminal) : out_(out), terminal_(terminal) {}
+
+  void operator()(Index done, Index total) {
+    if (total <= 0 || done < 0 || done > total) return;
+    if (terminal_) {
+      if (done != total && done % 10 != 0) return;
+      constexpr int kWidth = 40;
+      const int filled = static_cast<int>(kWidth * done / total);
+      std::fprintf(out_, "\r  sampling [%s%s] %4ld/%ld steps", std::string(std::size_t(filled), '#').c_str(),
+                   std::string(std::size_t(kWidth - filled), '.').c_str(), static_cast<long>(done),
+                   static_cast<long>(total));
+      if (done == total) std::fprintf(out_, "\n");
+    } else {
+      const Index tenth = 10 * done / total;  // the last decile reached
+      if (tenth <= last_tenth_) return;
+      last_tenth_ = tenth;
+      std::fprintf(out_, "  sampling: %3ld%% (%ld/%ld steps)\n", static_cast<long>(10 * tenth),
+                   static_cast<long>(done), static_cast<long>(total));
+    }
+    std::fflush(out_);
+  }
+
+ private:
+  std::FILE* out_;
+  bool terminal_;
+  Index last_tenth_ = 0;
+};
 
 /// One mixture component: weight, mean and covariance [sxx, sxy; sxy, syy].
 struct Component {

@@ -6,6 +6,9 @@
 // and the parallel chunk. Asserts kexue::Error exactly for invalid t / prev_t / sizes / clip range (out
 // untouched), finite output wherever the reference is finite, and |got - ref| <= 16 eps(T) (|c0| (|ax x| +
 // |am m|) + |c1 x| + |std z| + |ref|) per element (each coefficient rounded once to T, one rounding per term).
+// Both ScheduleArithmetic modes: under DiffusersFloat32 (a bit of the schedule byte) the single step, with
+// dynamic thresholding too, add_noise and velocity must equal the scalar diffusers-order reference bit for bit
+// (NaN where it is NaN), with the same error contract.
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_ddpm -max_total_time=600 -max_len=4096
 #include <optional>
@@ -20,11 +23,27 @@ namespace {
 
 kexue::DdpmSchedule random_schedule(FuzzInput& in) {
   const Index T = in.range(1, 300);
-  switch (in.byte() % 5) {
-    case 1: return kexue::DdpmSchedule(T, kexue::BetaSchedule::ScaledLinear, 0.00085, 0.012);
-    case 2: return kexue::DdpmSchedule(T, kexue::BetaSchedule::Cosine);
-    case 3: return kexue::DdpmSchedule(T, kexue::BetaSchedule::Proportional);
-    default: return kexue::DdpmSchedule(T, kexue::BetaSchedule::Linear, 1e-4, T == 1 ? 1e-4 : 0.02);
+  const std::uint8_t b = in.byte();
+  // Bit 7 picks the arithmetic, b % 5 the schedule as before (0 and 4 are both Linear).
+  const auto a = (b & 0x80) ? kexue::ScheduleArithmetic::DiffusersFloat32 : kexue::ScheduleArithmetic::Exact;
+  switch ((b & 0x7f) % 5) {
+    case 1: return kexue::DdpmSchedule(T, kexue::BetaSchedule::ScaledLinear, 0.00085, 0.012, a);
+    case 2: return kexue::DdpmSchedule(T, kexue::BetaSchedule::Cosine, 1e-4, 0.02, a);
+    case 3: return kexue::DdpmSchedule(T, kexue::BetaSchedule::Proportional, 1e-4, 0.02, a);
+    default: return kexue::DdpmSchedule(T, kexue::BetaSchedule::Linear, 1e-4, T == 1 ? 1e-4 : 0.02, a);
+  }
+}
+
+bool diffusers_mode(const kexue::DdpmSchedule& s) {
+  return s.arithmetic() == kexue::ScheduleArithmetic::DiffusersFloat32;
+}
+
+// Bitwise equality, any NaN matching any NaN.
+template <class T>
+void expect_same(const T* got, const std::vector<T>& want, const char* what) {
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (std::isnan(want[i]) && std::isnan(got[i])) continue;
+    expect(std::memcmp(&got[i], &want[i], sizeof(T)) == 0, what, double(got[i]), double(want[i]));
   }
 }
 
@@ -50,10 +69,17 @@ void fuzz_step(FuzzInput& in) {
   o.variance = in.flag() ? kexue::Variance::FixedLarge : kexue::Variance::FixedSmall;
   o.clip_sample = in.flag();
   o.clip_range = in.chance(8) ? -1.0 : double(in.range(1, 40)) / 8;
+  if (diffusers_mode(sched) && in.chance(64)) {  // thresholding, in the float32 mode only (Exact keeps its bytes)
+    o.thresholding = true;
+    o.dynamic_thresholding_ratio = in.chance(8) ? 1.5 : double(in.range(0, 1000)) / 1000;
+    o.sample_max_value = in.chance(8) ? 0.5 : 1 + double(in.range(0, 40)) / 8;
+  }
   const Index t = in.range(-1, sched.size());
   if (in.flag()) o.prev_t = in.range(-2, std::max<Index>(t, 0));
   const Index prev = o.prev_t.value_or(t - 1);
-  bool invalid = t < 0 || t >= sched.size() || prev < -1 || prev >= t || (o.clip_sample && o.clip_range <= 0);
+  bool invalid = t < 0 || t >= sched.size() || prev < -1 || prev >= t ||
+                 (o.clip_sample && !o.thresholding && o.clip_range <= 0) ||
+                 (o.thresholding && (o.dynamic_thresholding_ratio > 1 || o.sample_max_value < 1));
   const bool uses_noise = !invalid && prev >= 0;
   const Index zn = in.chance(8) ? n + 1 : (!uses_noise && in.flag() ? 0 : n);
   invalid = invalid || (zn != n && !(zn == 0 && !uses_noise));
@@ -69,11 +95,19 @@ void fuzz_step(FuzzInput& in) {
   };
   if (!run_checked(invalid, target, call, "ddpm_step error contract")) return;
   const auto k = kexue::ddpm_step_coefficients(sched, t, o);
-  std::vector<double> md(m0.begin(), m0.end()), xd(x0.begin(), x0.end()), zd(z.begin(), z.end());
-  if (zd.size() != md.size()) zd.assign(md.size(), 0.0);
-  const auto want = kexue_ref::ddpm_step(sched.alphas_cumprod(), md, t, xd, zd, o.prediction, o.variance,
-                                         o.clip_sample, o.clip_range, prev);
-  compare(k, want, m0, x0, &z, target.data(), !special);
+  if (diffusers_mode(sched)) {
+    const double th[2] = {o.dynamic_thresholding_ratio, o.sample_max_value};
+    const std::vector<T> zz = zn == n ? z : std::vector<T>(static_cast<std::size_t>(n), T(0));
+    const auto want = kexue_ref::diffusers_step<T>(sched, m0, t, x0, zz, o.prediction, o.variance, o.clip_sample,
+                                                   o.clip_range, prev, o.thresholding ? th : nullptr);
+    expect_same(target.data(), want, "DiffusersFloat32 ddpm_step vs the diffusers-order reference");
+  } else {
+    std::vector<double> md(m0.begin(), m0.end()), xd(x0.begin(), x0.end()), zd(z.begin(), z.end());
+    if (zd.size() != md.size()) zd.assign(md.size(), 0.0);
+    const auto want = kexue_ref::ddpm_step(sched.alphas_cumprod(), md, t, xd, zd, o.prediction, o.variance,
+                                           o.clip_sample, o.clip_range, prev);
+    compare(k, want, m0, x0, &z, target.data(), !special);
+  }
 
   // The Philox-fused step equals drawing the noise first, bit for bit, and advances the stream by n.
   if (uses_noise) {
@@ -143,6 +177,11 @@ void fuzz_noise(FuzzInput& in) {
       kexue::ddpm_add_noise(sched, MapC(x.data(), n), MapC(z.data(), n), t, Map(out.data(), n));
   };
   if (!run_checked(invalid, out, call, "ddpm_add_noise / ddpm_velocity error contract")) return;
+  if (diffusers_mode(sched)) {
+    expect_same(out.data(), kexue_ref::diffusers_mix<T>(sched, x, z, t, velocity),
+                "DiffusersFloat32 ddpm_add_noise / ddpm_velocity vs the diffusers-order reference");
+    return;
+  }
   const double a = std::sqrt(sched.alpha_bar(t)), b = std::sqrt(1 - sched.alpha_bar(t));
   for (Index i = 0; i < n; ++i) {
     const double xi = double(x[std::size_t(i)]), zi = double(z[std::size_t(i)]);

@@ -988,3 +988,34 @@ TEST_CASE("DiffusersFloat32: the Philox step equals the buffered step; final_ste
   CHECK(k.noise_std == double(std::sqrt(float(s.variance(500)))));
   (void)r;
 }
+
+TEST_CASE("DDPM demo progress: carriage-return frames only on a terminal, one line per 10% elsewhere",
+          "[ddpm][demo]") {
+  auto run = [](bool terminal, Index total) {
+    std::FILE* f = std::tmpfile();
+    REQUIRE(f != nullptr);
+    kexue_demo::ProgressBar bar(f, terminal);
+    for (Index i = 1; i <= total; ++i) bar(i, total);
+    std::rewind(f);
+    std::string text;
+    for (int c; (c = std::fgetc(f)) != EOF;) text.push_back(char(c));
+    std::fclose(f);
+    return text;
+  };
+  const std::string log = run(false, 1000);
+  CHECK(log.find('\r') == std::string::npos);
+  CHECK(std::count(log.begin(), log.end(), '\n') == 10);
+  CHECK(log.find("sampling:  10% (100/1000 steps)\n") != std::string::npos);
+  CHECK(log.find("sampling: 100% (1000/1000 steps)\n") != std::string::npos);
+  const std::string few = run(false, 7);  // fewer steps than lines: one line per step, still no '\r'
+  CHECK(few.find('\r') == std::string::npos);
+  CHECK(std::count(few.begin(), few.end(), '\n') == 7);
+  const std::string tty = run(true, 1000);
+  CHECK(std::count(tty.begin(), tty.end(), '\r') == 100);
+  CHECK(std::count(tty.begin(), tty.end(), '\n') == 1);
+  // What ctest, CI and `demo > log 2>&1` give the demo's stderr is not a terminal.
+  std::FILE* f = std::tmpfile();
+  REQUIRE(f != nullptr);
+  CHECK_FALSE(kexue_demo::is_terminal(f));
+  std::fclose(f);
+}

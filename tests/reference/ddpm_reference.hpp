@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kexue/ddpm.hpp"
@@ -70,10 +71,13 @@ namespace kexue_ref {
 /// its own (kexue::detail::rounded keeps the compiler from contracting a product into an FMA, as torch's separate
 /// kernels never do). The scalars (float32 0-dim tensors in diffusers) come from the schedule's float32 values.
 /// noise is added when prev_t >= 0; no thresholding (the tests compare that against the transcription's data).
+/// threshold = {dynamic_thresholding_ratio, sample_max_value}: diffusers' _threshold_sample over the whole
+/// stream (sorted copy, torch.quantile's float rank and lerp) instead of the clip.
 template <class T>
 std::vector<T> diffusers_step(const kexue::DdpmSchedule& s, const std::vector<T>& m, Index t, const std::vector<T>& x,
                               const std::vector<T>& z, kexue::Prediction prediction, kexue::Variance variance,
-                              bool clip, double clip_range, Index prev_t) {
+                              bool clip, double clip_range, Index prev_t,
+                              const double* threshold = nullptr) {
   using kexue::detail::rounded;
   const float alpha_prod_t = float(s.alpha_bar(t));
   const float alpha_prod_t_prev = prev_t >= 0 ? float(s.alpha_bar(prev_t)) : 1.0f;
@@ -86,16 +90,58 @@ std::vector<T> diffusers_step(const kexue::DdpmSchedule& s, const std::vector<T>
   const T coef1 = T(std::sqrt(current_alpha_t) * beta_prod_t_prev / beta_prod_t);
   const float var = std::max((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, 1e-20f);
   const T std_dev = T(std::sqrt(variance == kexue::Variance::FixedSmall ? var : current_beta_t));
-  std::vector<T> out(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) {
+  auto x0_of = [&](std::size_t i) {
     T x0 = m[i];
     if (prediction == kexue::Prediction::Epsilon) x0 = (x[i] - rounded(sb * m[i])) / sa;
     if (prediction == kexue::Prediction::Velocity) x0 = rounded(sa * x[i]) - rounded(sb * m[i]);
-    if (clip && !std::isnan(x0)) x0 = std::min(std::max(x0, T(-clip_range)), T(clip_range));
+    return x0;
+  };
+  T thr = 0;
+  if (threshold && !x.empty()) {
+    std::vector<T> a(x.size());
+    bool nan = false;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      a[i] = std::abs(x0_of(i));
+      nan = nan || std::isnan(a[i]);
+    }
+    std::sort(a.begin(), a.end());
+    const T rank = T(threshold[0]) * T(a.size() - 1);
+    const std::size_t below = std::size_t(rank), above = std::size_t(std::ceil(rank));
+    const T w = rank - T(below), lo = a[below], hi = a[above];
+    const T q = nan ? std::numeric_limits<T>::quiet_NaN()
+                    : std::abs(w) < T(0.5) ? std::fma(w, hi - lo, lo) : std::fma(-(hi - lo), T(1) - w, hi);
+    thr = std::isnan(q) ? q : std::min(std::max(q, T(1)), T(threshold[1]));
+  }
+  std::vector<T> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    T x0 = x0_of(i);
+    if (threshold) {
+      if (!std::isnan(x0)) x0 = std::min(std::max(x0, -thr), thr);
+      x0 = x0 / thr;
+    } else if (clip && !std::isnan(x0)) {
+      x0 = std::min(std::max(x0, T(-clip_range)), T(clip_range));
+    }
     T r = rounded(coef0 * x0) + rounded(coef1 * x[i]);
     r = prev_t >= 0 ? r + rounded(std_dev * z[i]) : r + T(0);  // diffusers adds the int 0: -0 becomes +0
     out[i] = r;
   }
+  return out;
+}
+
+}  // namespace kexue_ref
+
+namespace kexue_ref {
+
+/// diffusers' add_noise (velocity = false) or get_velocity (true) in the data type T: alphas_cumprod converted to
+/// T, ** 0.5 and 1 - ab there, each product rounded on its own.
+template <class T>
+std::vector<T> diffusers_mix(const kexue::DdpmSchedule& s, const std::vector<T>& x0, const std::vector<T>& noise,
+                             Index t, bool velocity) {
+  using kexue::detail::rounded;
+  const T ab = T(s.alpha_bar(t)), a = std::sqrt(ab), b = std::sqrt(T(1) - ab);
+  std::vector<T> out(x0.size());
+  for (std::size_t i = 0; i < x0.size(); ++i)
+    out[i] = velocity ? rounded(a * noise[i]) - rounded(b * x0[i]) : rounded(a * x0[i]) + rounded(b * noise[i]);
   return out;
 }
 
