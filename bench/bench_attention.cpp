@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "bench_util.hpp"
@@ -95,6 +96,50 @@ void attention_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "norm", "causal", "threads"});
 }
 BENCHMARK(BM_attention)->Apply(attention_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The masks of post 9529 (SPEC 7.3) beside the causal row: fp32, 8 heads, d = 64, n = m, softmax, 1 thread. Flops
+// count the (query, key) pairs each mask keeps, as the causal row does (n^2 / 2 for causal and reverse causal;
+// p^2 + (n^2 - p^2) / 2 for UniLM with a source of p = n / 4 tokens), so equal GFLOP/s means the masked key tiles
+// are skipped as well as causal's. mixed: causal on heads 0, 2, 4, 6 and reverse causal on 1, 3, 5, 7.
+// Args: n, mask (0 causal, 1 reverse causal, 2 UniLM, 3 mixed heads).
+void BM_attention_masks(benchmark::State& state) {
+  const Index n = state.range(0);
+  const int kind = int(state.range(1));
+  set_threads(1);
+  Inputs in(kHeads, kHeads, n, n);
+  kexue::AttentionOptions opt;
+  std::vector<std::int32_t> seg(static_cast<std::size_t>(n), 0);
+  const Index p = n / 4;
+  for (Index j = p; j < n; ++j) seg[static_cast<std::size_t>(j)] = 1;
+  std::vector<kexue::HeadDirection> dirs;
+  for (Index h = 0; h < kHeads; ++h)
+    dirs.push_back(h % 2 ? kexue::HeadDirection::ReverseCausal : kexue::HeadDirection::Causal);
+  double pairs = 0.5 * double(n) * double(n);
+  switch (kind) {
+    case 0: opt.causal = true; break;
+    case 1: opt.reverse_causal = true; break;
+    case 2:
+      opt.segments = kexue::SegmentIds(seg);
+      pairs = double(p) * double(p) + 0.5 * (double(n) * double(n) - double(p) * double(p));
+      break;
+    default: opt.head_directions = kexue::HeadDirections(dirs); break;
+  }
+  time_attention(state, in, opt);
+  report_flops(state, 4.0 * pairs * kDim * kHeads, 1);
+}
+void BM_attention_unilm(benchmark::State& state) {
+  state.SetLabel("UniLM, source n/4");
+  BM_attention_masks(state);
+}
+void BM_attention_reverse_causal(benchmark::State& state) { BM_attention_masks(state); }
+BENCHMARK(BM_attention_masks)
+    ->ArgNames({"n", "mask"})
+    ->Args({2048, 0})
+    ->Args({2048, 3})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_attention_reverse_causal)->ArgNames({"n", "mask"})->Args({2048, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_attention_unilm)->ArgNames({"n", "mask"})->Args({2048, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Causal prefill with grouped-query attention: 8 query heads sharing kv_heads K/V heads, n = m, d = 64, 1 thread
 // (the shape of ONNX Runtime's GroupQueryAttention prefill and of a LLaMA-style prompt).

@@ -656,3 +656,137 @@ TEST_CASE("gau: empty sequences are a no-op", "[gau]") {
              TensorView<double>::contiguous(out.data(), 0, 1, 5, 8));
   CHECK(out.size() == 0);
 }
+
+TEMPLATE_TEST_CASE("gau with the masks of post 9529: UniLM segments and reverse causal (SPEC 7.3)", "[gau][masks]",
+                   float, double) {
+  // Against the double reference (which builds c = cumsum(ids) and tests c[j] <= c[i] literally), combined with
+  // key_length, a key mask and every normalisation; rows cross the GAU's row tiles (n = 160 > 144).
+  using T = TestType;
+  const Index D = 12, e = 20, s = 8, n = 160;
+  const GauWeights<T> w = random_weights<T>(D, e, s, true, 95);
+  const RopeTable<T> table(n, s);
+  const Matrix<T> x = random_matrix<T>(n, D, 29);
+  std::vector<std::int32_t> seg(static_cast<std::size_t>(n), 0);
+  for (Index j = 50; j < n; ++j) seg[static_cast<std::size_t>(j)] = (j % 13 == 0 || j == 50) ? 1 : 0;
+  std::vector<std::int64_t> seg64(seg.begin(), seg.end());
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(n), 1);
+  for (Index j = 7; j < n; j += 9) mask[static_cast<std::size_t>(j)] = 0;
+  for (Normalization norm : {Normalization::Softmax, Normalization::SoftmaxPlus, Normalization::SquaredRelu}) {
+    for (int variant = 0; variant < 6; ++variant) {
+      // 0 UniLM, 1 UniLM + key_length + mask (int64 ids), 2 reverse, 3 reverse + key_length + mask,
+      // 4 UniLM + reverse, 5 head_directions = {ReverseCausal}.
+      GauOptions o = make_options(norm);
+      if (variant <= 1 || variant == 4) {
+        if (variant == 1)
+          o.attention.segments = kexue::SegmentIds(seg64);
+        else
+          o.attention.segments = kexue::SegmentIds(seg);
+      }
+      if (variant >= 2 && variant <= 4) o.attention.reverse_causal = true;
+      const kexue::HeadDirection rev[] = {kexue::HeadDirection::ReverseCausal};
+      if (variant == 5) o.attention.head_directions = kexue::HeadDirections(rev, 1);
+      if (variant == 1 || variant == 3) {
+        o.attention.key_length = 130;
+        o.key_mask = kexue::KeyMask(mask);
+      }
+      INFO("normalization " << int(norm) << ", variant " << variant);
+      Matrix<T> got(n, D);
+      kexue::gau(w, x, got, o, &table);
+      GauOptions ro = o;
+      if (variant == 5) {
+        ro.attention.head_directions.reset();
+        ro.attention.reverse_causal = true;
+      }
+      const Matrix<double> want = gau_reference(w, x.template cast<double>().eval(), ro, true);
+      CHECK(nmse(got.template cast<double>().eval(), want) < (sizeof(T) == 4 ? 1e-10 : 1e-24));
+      // Thread count: bitwise.
+      set_threads(1);
+      Matrix<T> one(n, D);
+      kexue::gau(w, x, one, o, &table);
+      set_threads(2);
+      Matrix<T> two(n, D);
+      kexue::gau(w, x, two, o, &table);
+      set_threads(hardware_threads());
+      CHECK(max_abs_diff(one, two) == 0.0);
+      CHECK(max_abs_diff(one, got) == 0.0);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("batched gau: per-sequence segment ids equal the 2-D calls; hidden tokens stay out", "[gau][masks]",
+                   float, double) {
+  using T = TestType;
+  const Index D = 12, e = 20, s = 8, n = 100, B = 3;
+  const GauWeights<T> w = random_weights<T>(D, e, s, false, 96);
+  const RopeTable<T> table(n, s);
+  const Matrix<T> x = random_matrix<T>(B * n, D, 37);
+  std::vector<std::int32_t> seg(static_cast<std::size_t>(B * n), 0);
+  for (Index b = 0; b < B; ++b)
+    for (Index j = 20 + 30 * b; j < n; ++j) seg[static_cast<std::size_t>(b * n + j)] = 1;
+  GauOptions o = make_options(Normalization::SoftmaxPlus);
+  o.attention.segments = kexue::SegmentIds(seg);
+  Matrix<T> out(B * n, D);
+  kexue::gau(w, TensorView<const T>::contiguous(x.data(), B, 1, n, D), TensorView<T>::contiguous(out.data(), B, 1, n, D),
+             {90, 100, 60}, o, &table);
+  const Index lengths[] = {90, 100, 60};
+  for (Index b = 0; b < B; ++b) {
+    GauOptions ob = o;
+    ob.attention.segments = kexue::SegmentIds(seg.data() + b * n, n);
+    ob.attention.key_length = lengths[b];
+    Matrix<T> one(n, D);
+    kexue::gau(w, x.middleRows(b * n, n), one, ob, &table);
+    CHECK(max_abs_diff(one, out.middleRows(b * n, n).eval()) == 0.0);
+  }
+  // Hidden tokens: under UniLM the source rows (the first 20 of sequence 0) never see the target; poison the
+  // target tokens' x rows and the source rows keep their bits. Under reverse causal, rows after a poisoned token
+  // do not see it.
+  const T poison = std::numeric_limits<T>::quiet_NaN();
+  for (int kind = 0; kind < 2; ++kind) {
+    GauOptions ok = make_options(Normalization::SquaredRelu);
+    if (kind == 0)
+      ok.attention.segments = kexue::SegmentIds(seg.data(), n);
+    else
+      ok.attention.reverse_causal = true;
+    const Matrix<T> x0 = x.topRows(n);
+    Matrix<T> bad = x0;
+    if (kind == 0)
+      bad.bottomRows(n - 20).setConstant(poison);
+    else
+      bad.row(30).setConstant(poison);
+    Matrix<T> a(n, D), c(n, D);
+    kexue::gau(w, x0, a, ok, &table);
+    kexue::gau(w, bad, c, ok, &table);
+    const Index first = kind == 0 ? 0 : 31, last = kind == 0 ? 20 : n;
+    CHECK(c.middleRows(first, last - first).allFinite());
+    CHECK(std::memcmp(a.row(first).data(), c.row(first).data(), sizeof(T) * std::size_t((last - first) * D)) == 0);
+  }
+}
+
+TEST_CASE("gau masks of post 9529: bad input", "[gau][masks]") {
+  const GauWeights<float> w = random_weights<float>(8, 8, 4, false, 97);
+  const Matrix<float> x = random_matrix<float>(5, 8, 38);
+  Matrix<float> out = Matrix<float>::Constant(5, 8, 7.f);
+  std::vector<std::int32_t> neg = {0, 1, 0, -2, 0}, short_ids = {0, 1};
+  GauOptions o;
+  o.attention.segments = kexue::SegmentIds(neg);
+  throws_with([&] { kexue::gau(w, x, out, o); }, "gau: options.attention.segments[3] = -2 is negative");
+  o.attention.segments = kexue::SegmentIds(short_ids);
+  throws_with([&] { kexue::gau(w, x, out, o); }, "options.attention.segments has 2 ids but the sequence has 5");
+  o = GauOptions();
+  o.attention.causal = o.attention.reverse_causal = true;
+  throws_with([&] { kexue::gau(w, x, out, o); }, "causal and options.attention.reverse_causal are both set");
+  o = GauOptions();
+  const kexue::HeadDirection two[] = {kexue::HeadDirection::Causal, kexue::HeadDirection::ReverseCausal};
+  o.attention.head_directions = kexue::HeadDirections(two, 2);
+  throws_with([&] { kexue::gau(w, x, out, o); }, "head_directions has 2 entries but a GAU layer has one head");
+  CHECK((out.array() == 7.f).all());
+  // Batched: segments of neither n nor batch x n ids.
+  std::vector<std::int32_t> ids(7, 0);
+  o = GauOptions();
+  o.attention.segments = kexue::SegmentIds(ids);
+  Matrix<float> xb = random_matrix<float>(10, 8, 39), ob(10, 8);
+  throws_with([&] {
+    kexue::gau(w, TensorView<const float>::contiguous(xb.data(), 2, 1, 5, 8), TensorView<float>::contiguous(ob.data(), 2, 1, 5, 8),
+               {}, o);
+  }, "options.attention.segments has 7 ids but needs n = 5 (shared) or batch x n = 10");
+}

@@ -7,7 +7,8 @@
 ///     q = gamma_q * z + beta_q,  k = gamma_k * z + beta_k                        (per-dim scale and offset)
 ///     q, k <- RoPE(q), RoPE(k) at positions 0..n-1                               (when a table is given)
 ///     a = scale * q k^T, scale = 1/sqrt(s) (attention_scale) or 1                [n, n], never materialised
-///     A = normalise(a) with keys [key_length, n) masked (and j > i when causal, and key_mask):
+///     A = normalise(a) with keys [key_length, n) masked (and j > i when causal, j < i when reverse_causal,
+///         c[j] > c[i] with c = cumsum(segment ids) for UniLM segments (SPEC 7.3), and key_mask):
 ///         SquaredRelu  relu(a)^2 / L, L = keys visible to the row (or relu2_length)   (bert4keras default)
 ///         Softmax      softmax(a)
 ///         SoftmaxPlus  softmax(a * ln(max(l, min_length)) / ln(train_length))   (GAU-alpha)
@@ -76,7 +77,9 @@ struct GauOptions {
   /// normalization (default here SquaredRelu), causal (query i sees keys j <= i), key_length (keys
   /// [key_length, n) are padding; default n), train_length and min_length (SoftmaxPlus), relu2_length
   /// (SquaredRelu divides by this fixed length instead of the row's visible keys, post 9019), scale
-  /// (overrides attention_scale when set).
+  /// (overrides attention_scale when set), and the masks of post 9529 (SPEC 7.3): reverse_causal (query i sees
+  /// keys j >= i) and segments (UniLM / prefix LM; n ids, or batch x n in the batched form, >= 0). A layer has
+  /// one head, so head_directions may hold one entry only; Su's mixing "by layer" is different options per call.
   AttentionOptions attention = detail::gau_default_attention();
   /// bert4keras attention_scale: logits are q.k / sqrt(s) when true, q.k when false.
   bool attention_scale = true;
@@ -171,6 +174,31 @@ GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, In
               a.normalization == Normalization::SquaredRelu,
           fn, "options.attention.normalization has the invalid value ", static_cast<int>(a.normalization));
   p.causal = a.causal;
+  p.reverse = a.reverse_causal;
+  require(!(a.causal && a.reverse_causal), fn, "options.attention.causal and options.attention.reverse_causal are ",
+          "both set; a GAU layer is one or the other (mixing by layer: different options per call)");
+  if (a.head_directions) {
+    // One head: a single direction is accepted and means causal / reverse causal.
+    require(a.head_directions->size() == 1 && a.head_directions->data() != nullptr, fn,
+            "options.attention.head_directions has ", a.head_directions->size(),
+            " entries but a GAU layer has one head (mix directions by layer: different options per call)");
+    require(!a.causal && !a.reverse_causal, fn,
+            "options.attention.head_directions replaces causal and reverse_causal, which must be false");
+    const auto dir = static_cast<unsigned>(a.head_directions->data()[0]);
+    require(dir <= 2, fn, "options.attention.head_directions[0] has the invalid value ", dir);
+    p.causal = dir == 1;
+    p.reverse = dir == 2;
+  }
+  if (a.segments) {
+    const SegmentIds& sg = *a.segments;
+    require(sg.data32() != nullptr || sg.data64() != nullptr || sg.size() == 0, fn,
+            "options.attention.segments has no data");
+    for (Index j = 0; j < sg.size(); ++j)
+      require(sg[j] >= 0, fn, "options.attention.segments[", j, "] = ", sg[j],
+              " is negative; segment ids must be >= 0 (their cumulative sum must not decrease)");
+    p.seg32 = sg.data32();
+    p.seg64 = sg.data64();
+  }
   p.scale = a.scale ? *a.scale : (o.attention_scale ? 1.0 / std::sqrt(double(p.key_size)) : 1.0);
   require(std::isfinite(p.scale), fn, "options.attention.scale must be finite, got ", p.scale);
   require(a.train_length >= 2, fn, "options.attention.train_length must be >= 2, got ", a.train_length);
@@ -232,6 +260,9 @@ void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eige
   detail::require_shape(fn, "out", ov, n, n == 0 ? ov.cols : p.hidden, "x implies ");
   detail::require(!detail::gau_weight_overlaps(weights, ov), fn, "out overlaps one of the weights");
   const Index key_length = detail::gau_key_length(fn, "options.attention.key_length", options.attention.key_length, n);
+  if (options.attention.segments)
+    detail::require(options.attention.segments->size() == n, fn, "options.attention.segments has ",
+                    options.attention.segments->size(), " ids but the sequence has ", n, " tokens");
   if (options.key_mask) {
     detail::require(options.key_mask->size() == n, fn, "options.key_mask has ", options.key_mask->size(),
                     " entries but the sequence has ", n, " tokens");
@@ -281,6 +312,12 @@ void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<
   detail::require(lengths.empty() || !options.attention.key_length, fn,
                   "options.attention.key_length and lengths are both given; pass one of them");
   detail::require(!options.key_mask, fn, "options.key_mask is for the 2-D gau(); the batched form takes lengths");
+  if (options.attention.segments) {
+    const Index ns = options.attention.segments->size();
+    detail::require(ns == n || ns == batch * n, fn, "options.attention.segments has ", ns, " ids but needs n = ", n,
+                    " (shared) or batch x n = ", batch * n);
+    p.seg_batch_stride = ns == n ? 0 : n;
+  }
   std::vector<Index> key_lengths(static_cast<std::size_t>(batch));
   for (Index b = 0; b < batch; ++b) {
     key_lengths[static_cast<std::size_t>(b)] =
@@ -307,7 +344,10 @@ void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<
   auto run = [&](Index b, Index slot, bool tiles_parallel) {
     const detail::View<const T> xb{x.row(b, 0, 0), n, p.hidden, x.strides[2]};
     const detail::View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
-    detail::gau_sequence(weights, p, packed, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots,
+    detail::GauPlan pb = p;  // sequence b's own segment ids
+    if (pb.seg32) pb.seg32 += b * p.seg_batch_stride;
+    if (pb.seg64) pb.seg64 += b * p.seg_batch_stride;
+    detail::gau_sequence(weights, pb, packed, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots,
                          slot, tiles_parallel);
   };
   if (by_sequence) {

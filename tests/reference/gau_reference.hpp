@@ -59,6 +59,9 @@ kexue::Matrix<double> gau_reference(const kexue::GauWeights<T>& w, const kexue::
   }
   kexue::Matrix<double> out(n, D);
   std::vector<double> a(n), gated(e);
+  // UniLM (SPEC 7.3): c = cumsum(segment ids), key j visible to row i when c[j] <= c[i].
+  std::vector<long long> cum(static_cast<std::size_t>(ao.segments ? n : 0));
+  for (Index j = 0; j < Index(cum.size()); ++j) cum[j] = (j ? cum[j - 1] : 0) + (*ao.segments)[j];
   for (Index i = 0; i < n; ++i) {
     if (options.zero_padded_rows && i >= key_length) {
       out.row(i).setZero();
@@ -67,7 +70,8 @@ kexue::Matrix<double> gau_reference(const kexue::GauWeights<T>& w, const kexue::
     // Which keys row i sees, and how many (l).
     Index l = 0;
     auto visible = [&](Index j) {
-      return j < key_length && (!ao.causal || j <= i) && (!options.key_mask || options.key_mask->data()[j] != 0);
+      return j < key_length && (!ao.causal || j <= i) && (!ao.reverse_causal || j >= i) &&
+             (!ao.segments || cum[j] <= cum[i]) && (!options.key_mask || options.key_mask->data()[j] != 0);
     };
     for (Index j = 0; j < n; ++j) l += visible(j) ? 1 : 0;
     for (Index j = 0; j < n; ++j) {

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -55,6 +56,10 @@ struct GauPlan {
   Index hidden = 0, units = 0, key_size = 0, width = 0;  // D, e, s, 2e + s
   Normalization normalization = Normalization::SquaredRelu;
   bool causal = false;
+  bool reverse = false;                     // reverse causal: row i sees keys j >= i (SPEC 7.3)
+  const std::int32_t* seg32 = nullptr;      // UniLM segment ids of this sequence (one of the two, or neither)
+  const std::int64_t* seg64 = nullptr;
+  Index seg_batch_stride = 0;               // batched: 0 (shared ids) or n (one row of ids per sequence)
   double scale = 1.0;  // logits = scale * q.k
   double train_length = 512, min_length = 16;
   std::optional<Index> relu2_length;
@@ -144,11 +149,13 @@ void gau_project(const W& w, const GauPlan& p, const GauPacked<T>& packed, View<
   }
 }
 
-/// Normalises one row of logits in place (SPEC 3.3): keys [0, limit) pass key_length and causality, and
-/// `count` of them (l) also pass the key mask; every other entry of [0, cols) becomes 0.
+/// Normalises one row of logits in place (SPEC 3.3): keys [lo, hi) pass key_length and the row's window (causal,
+/// reverse causal, UniLM), and `count` of them (l) also pass the key mask; every other entry of [0, cols) becomes 0.
 template <class T>
-inline void gau_normalize_row(const GauPlan& p, T* a, Index limit, Index count, Index cols) {
-  if (count > 0) {
+inline void gau_normalize_row(const GauPlan& p, T* a, Index lo, Index hi, Index count, Index cols) {
+  if (count > 0 && hi > lo) {
+    T* w = a + lo;
+    const Index len = hi - lo;
     switch (p.normalization) {
       case Normalization::Softmax:
       case Normalization::SoftmaxPlus: {
@@ -156,61 +163,83 @@ inline void gau_normalize_row(const GauPlan& p, T* a, Index limit, Index count, 
         // Entropy-invariant softmax: logits * log_train(max(l, min_length)), l = keys this row sees.
         if (p.normalization == Normalization::SoftmaxPlus)
           c *= std::log(std::max(double(count), p.min_length)) / std::log(p.train_length);
-        scale(static_cast<T>(c), a, limit);
+        scale(static_cast<T>(c), w, len);
         if (p.key_mask) {
           // Masked keys become -inf, which softmax_row turns into exact zeros.
-          for (Index j = 0; j < limit; ++j)
+          for (Index j = lo; j < hi; ++j)
             if (!p.key_mask[j]) a[j] = -std::numeric_limits<T>::infinity();
         }
-        softmax_row(a, limit);
+        softmax_row(w, len);
         break;
       }
       case Normalization::SquaredRelu: {
         const double length = p.relu2_length ? double(*p.relu2_length) : double(count);
-        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> r(a, limit);
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> r(w, len);
         r = (r * static_cast<T>(p.scale)).max(T(0)).square() * static_cast<T>(1.0 / length);
         if (p.key_mask) {
-          for (Index j = 0; j < limit; ++j)
+          for (Index j = lo; j < hi; ++j)
             if (!p.key_mask[j]) a[j] = T(0);
         }
         break;
       }
     }
   } else {
-    limit = 0;
+    lo = hi = 0;
   }
-  std::fill(a + std::max<Index>(limit, 0), a + cols, T(0));
+  std::fill(a, a + std::min(std::max<Index>(lo, 0), cols), T(0));
+  std::fill(a + std::min(std::max<Index>(hi, 0), cols), a + cols, T(0));
+}
+
+/// The structural mask of one GAU sequence of n tokens as attention's row windows.
+inline WindowRule gau_window_rule(const GauPlan& p, Index n, Index key_length) {
+  WindowRule w;
+  w.n = n;
+  w.m = n;
+  w.key_length = key_length;
+  w.causal = p.causal;
+  w.reverse = p.reverse;
+  w.seg32 = p.seg32;
+  w.seg64 = p.seg64;
+  return w;
 }
 
 /// Phase 2 on query rows [r0, r1) of a sequence of n tokens whose keys [key_length, n) are padding:
-/// out = (u * (A v)) W_out + b_out. kt and v: the sequence's packed k^T [s, n] and v [n, e].
+/// out = (u * (A v)) W_out + b_out. kt and v: the sequence's packed k^T [s, n] and v [n, e]. Each row's keys are
+/// its window [lo, hi) (RowWindows: key_length, causal, reverse causal, UniLM), with hi nondecreasing over the
+/// rows, so the tile's scores are computed for the keys [0, hi of its last row) only.
 template <class T, class W>
 void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const PackedB<T>& kt, const PackedB<T>& v,
-                Index key_length, const Index* mask_prefix, Index r0, Index r1, const T* hidden, const T* q, T* scores,
-                T* gated, T* apack, View<T> out, bool hidden_v_nonfinite) {
+                Index n, Index key_length, const Index* mask_prefix, Index r0, Index r1, const T* hidden,
+                const T* q, T* scores, T* gated, T* apack, View<T> out, bool hidden_v_nonfinite) {
   const Index rows = r1 - r0, e = p.units, s = p.key_size, width = p.width;
   if (rows <= 0) return;
-  // Keys any row of this tile sees: causal rows i see j <= i (self-attention, n == m).
-  const Index keys = p.causal ? std::min(key_length, r1) : key_length;
+  // Row windows, in row order (amortised O(1) per row after an O(n) start).
+  constexpr Index kMaxRows = kGauTileMax;
+  Index lo[kMaxRows], hi[kMaxRows], count[kMaxRows];
+  {
+    RowWindows win(gau_window_rule(p, n, key_length), nullptr);
+    for (Index r = 0; r < rows; ++r) {
+      win.at(r0 + r, lo[r], hi[r], count[r]);
+      if (mask_prefix) count[r] = hi[r] > lo[r] ? mask_prefix[hi[r]] - mask_prefix[lo[r]] : 0;
+    }
+  }
+  // Keys any row of this tile sees end at the last row's hi.
+  const Index keys = std::max<Index>(0, hi[rows - 1]);
   if (keys <= 0) {
     std::fill(gated, gated + rows * e, T(0));
   } else {
     gemm_rows(View<const T>{q + r0 * s, rows, s, s}, kt, View<T>{scores, rows, keys, keys}, GemmEpilogue<T>{}, apack);
-    for (Index r = 0; r < rows; ++r) {
-      const Index limit = p.causal ? std::min(key_length, r0 + r + 1) : key_length;
-      gau_normalize_row(p, scores + r * keys, limit, mask_prefix ? mask_prefix[limit] : limit, keys);
-    }
-    if (hidden_v_nonfinite && (p.causal || p.key_mask)) {
+    for (Index r = 0; r < rows; ++r) gau_normalize_row(p, scores + r * keys, lo[r], hi[r], count[r], keys);
+    if (hidden_v_nonfinite) {
       // A hidden key's weight is an exact 0, but the GEMM would still form 0 * v, which is NaN for an inf or
-      // NaN v row (a masked garbage token, a later token under causal). Then each row sums over the keys it
+      // NaN v row (a masked garbage token, a key outside the row's window). Then each row sums over the keys it
       // sees only: the GEMM's fma chain in the same order without its exact-zero terms, so the bits of rows
       // that see only finite values are unchanged.
       const T* vrows = hidden + p.units;
       for (Index r = 0; r < rows; ++r) {
-        const Index limit = p.causal ? std::min(key_length, r0 + r + 1) : key_length;
         T* g = gated + r * e;
         std::fill(g, g + e, T(0));
-        for (Index j = 0; j < limit; ++j)
+        for (Index j = std::max<Index>(lo[r], 0); j < hi[r]; ++j)
           if (!p.key_mask || p.key_mask[j]) {
             const T a = scores[r * keys + j], *vj = vrows + j * width;
             for (Index c = 0; c < e; ++c) g[c] = madd(a, vj[c], g[c]);  // xsimd::fma's rounding: the GEMM's
@@ -271,18 +300,19 @@ void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View
             own.mask_prefix[static_cast<std::size_t>(j)] + (p.key_mask[j] != 0);
       mask_prefix = own.mask_prefix.data();
     }
-    // Is any v row that some query row cannot see non-finite (a masked key; under causal, any key after the
-    // first)? Keys past key_length are never read. Usually not, and the A v GEMM runs as is.
+    // Is any v row that some query row cannot see non-finite (a masked key; under causal, reverse causal or
+    // UniLM, any key may be outside some row's window)? Keys past key_length are never read. Usually not, and
+    // the A v GEMM runs as is.
+    const bool windowed = p.causal || p.reverse || p.seg32 || p.seg64;
     bool hidden_v_nonfinite = false;
-    if (p.causal || p.key_mask)
+    if (windowed || p.key_mask)
       for (Index j = 0; j < std::min(n, key_length) && !hidden_v_nonfinite; ++j)
-        if (((p.key_mask && !p.key_mask[j]) || (p.causal && j > 0)) &&
-            !all_finite(hidden + j * p.width + p.units, p.units))
+        if ((windowed || !p.key_mask[j]) && !all_finite(hidden + j * p.width + p.units, p.units))
           hidden_v_nonfinite = true;
     gau_parallel(items, tiles_parallel, [&](Index i, Index thread) {
       GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
       const Index r0 = i * tile, r1 = std::min(n, r0 + tile);
-      gau_attend(w, p, packed, kt, v, key_length, mask_prefix, r0, r1, hidden, q, mine.scores.data(),
+      gau_attend(w, p, packed, kt, v, x.rows, key_length, mask_prefix, r0, r1, hidden, q, mine.scores.data(),
                  mine.gated.data(), mine.packed_a.data(), out, hidden_v_nonfinite);
     });
   }
