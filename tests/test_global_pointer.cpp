@@ -3,6 +3,7 @@
 // decoding against a brute-force scan, the multi-label loss against torch autograd, errors, batching and
 // thread-count invariance.
 #include <kexue/global_pointer.hpp>
+#include <kexue/half.hpp>
 
 #include <cmath>
 #include <limits>
@@ -635,4 +636,56 @@ TEST_CASE("fuzz finding 0100001001000010: RoPE'd scores are accurate to the rota
     }
   CHECK(checked == length * length);
   CHECK(double(s(15, 15)) == Approx(want(15, 15)).epsilon(1e-4));
+}
+
+// ---- 16-bit inputs (issue 13): projected q, k as Eigen::half / Eigen::bfloat16, float scores -------------------
+
+TEMPLATE_TEST_CASE("global_pointer on fp16 / bf16 q, k equals the float kernel on the widened inputs, bitwise",
+                   "[global_pointer][half]", Eigen::half, Eigen::bfloat16) {
+  using S = TestType;
+  auto to16 = [](const Matrix<float>& m) {
+    Matrix<S> out(m.rows(), m.cols());
+    kexue::convert(m, out);
+    return out;
+  };
+  auto widen = [](const auto& m) {
+    Matrix<float> out(m.rows(), m.cols());
+    kexue::convert(m, out);
+    return out;
+  };
+  // 2-D: sizes across the lane count and the row blocks, with and without RoPE, every mask convention.
+  for (Index n : {Index(1), Index(5), Index(17), Index(40)}) {
+    for (Index d : {Index(2), Index(8), Index(22), Index(64)}) {
+      const Matrix<S> q = to16(random_matrix<float>(n, d, 31)), k = to16(random_matrix<float>(n, d, 32));
+      const Matrix<float> qf = widen(q), kf = widen(k);
+      kexue::RopeTable<float> table(64, d);
+      for (const auto& o : {opts(MaskConvention::Current), opts(MaskConvention::Bert4keras2021), norope()}) {
+        Matrix<float> s(n, n), want(n, n);
+        kexue::global_pointer(table, q, k, s, n - n / 3, o);
+        kexue::global_pointer(table, qf, kf, want, n - n / 3, o);
+        INFO("n " << n << " d " << d);
+        CHECK(bitwise_equal(s, want));
+      }
+    }
+  }
+  // Batched, q and k as seq-major views of fused 16-bit projections.
+  const Index B = 2, H = 3, n = 29, d = 16;
+  const Matrix<S> qbuf = to16(random_matrix<float>(B * n, H * d, 21)), kbuf = to16(random_matrix<float>(B * n, H * d, 22));
+  const Matrix<float> qfb = widen(qbuf), kfb = widen(kbuf);
+  Matrix<float> sbuf(B * H * n, n), want(B * H * n, n);
+  kexue::RopeTable<float> table(n, d);
+  const std::vector<Index> lengths{n, 17};
+  kexue::global_pointer(table, kexue::TensorView<const S>::seq_major(qbuf.data(), B, n, H, d),
+                        kexue::TensorView<const S>::seq_major(kbuf.data(), B, n, H, d),
+                        kexue::TensorView<float>::contiguous(sbuf.data(), B, H, n, n), lengths);
+  kexue::global_pointer(table, kexue::TensorView<const float>::seq_major(qfb.data(), B, n, H, d),
+                        kexue::TensorView<const float>::seq_major(kfb.data(), B, n, H, d),
+                        kexue::TensorView<float>::contiguous(want.data(), B, H, n, n), lengths);
+  CHECK(bitwise_equal(sbuf, want));
+  // Bad input: k's shape, before scores is written.
+  const Matrix<S> k2 = to16(random_matrix<float>(5, 7, 33)), q2 = to16(random_matrix<float>(5, 8, 34));
+  Matrix<float> s2 = Matrix<float>::Constant(5, 5, 3.0f);
+  kexue::RopeTable<float> t2(8, 8);
+  kexue_test::throws_with([&] { kexue::global_pointer(t2, q2, k2, s2, 5); }, "global_pointer: k has shape [5 x 7]");
+  CHECK(s2(0, 0) == 3.0f);
 }

@@ -8,6 +8,7 @@
 
 #include "../fuzz/fuzz_bounds.hpp"  // the fuzz target's error bound, for its regression cases
 #include "kexue/linear_attention.hpp"
+#include "kexue/half.hpp"
 #include "reference/linear_attention_reference.hpp"
 #include "reference/reference_data.hpp"
 #include "support.hpp"
@@ -517,4 +518,118 @@ TEST_CASE("fuzz finding 0102003b: a similarity below float's range gives the doc
   Matrix<double> outd(n, dv);
   kexue::linear_attention(qd, kd, vd, outd, o);
   for (Index c = 0; c < dv; ++c) CHECK(outd(71, c) == Approx(vd(0, c)).epsilon(1e-12));
+}
+
+// ---- 16-bit inputs (issue 13): q, k, v as Eigen::half / Eigen::bfloat16, out float ----------------------------
+
+namespace {
+
+template <class S>
+Matrix<S> to16(const Matrix<float>& m) {
+  Matrix<S> out(m.rows(), m.cols());
+  kexue::convert(m, out);
+  return out;
+}
+template <class S>
+Matrix<float> widened(const Matrix<S>& m) {
+  Matrix<float> out(m.rows(), m.cols());
+  kexue::convert(m, out);
+  return out;
+}
+
+template <class S>
+void check_linear_16bit() {
+  // Sizes across the lane count and the chunk (64), n != m, every feature map, causal or not, key padding: the
+  // 16-bit call equals the float call on the widened inputs bit for bit (the widening happens where the float
+  // kernel copies rows into its chunk buffers, so the arithmetic is the same).
+  for (Index n : {Index(1), Index(7), Index(70), Index(131)}) {
+    for (Index d : {Index(3), Index(16), Index(33)}) {
+      const Index m = n + 5, dv = d + 2;
+      const Matrix<S> q = to16<S>(random_matrix<float>(n, d, 1)), k = to16<S>(random_matrix<float>(m, d, 2)),
+                      v = to16<S>(random_matrix<float>(m, dv, 3));
+      const Matrix<float> qf = widened(q), kf = widened(k), vf = widened(v);
+      for (int fm = 0; fm < 3; ++fm) {
+        for (bool causal : {false, true}) {
+          LinearAttentionOptions o;
+          o.feature_map = map_of(fm);
+          o.causal = causal;
+          o.key_length = m - 2;
+          Matrix<float> out(n, dv), want(n, dv);
+          kexue::linear_attention(q, k, v, out, o);
+          kexue::linear_attention(qf, kf, vf, want, o);
+          INFO("n " << n << " d " << d << " map " << fm << " causal " << causal);
+          CHECK(out == want);
+        }
+      }
+      // Streaming (token by token and chunked pieces) on 16-bit inputs: the float streaming calls' bits.
+      if (n >= 7) {
+        kexue::LinearAttentionState<float> s16(d, dv), sf(d, dv);
+        Index r = 0;
+        for (Index piece : {Index(1), Index(2), Index(n)}) {
+          const Index len = std::min(piece, n - r);
+          if (len <= 0) break;
+          Matrix<float> out(len, dv), want(len, dv);
+          kexue::linear_attention(q.middleRows(r, len), k.middleRows(r, len), v.middleRows(r, len), out, s16);
+          kexue::linear_attention(qf.middleRows(r, len), kf.middleRows(r, len), vf.middleRows(r, len), want, sf);
+          CHECK(out == want);
+          r += len;
+        }
+        CHECK(s16.s() == sf.s());
+      }
+    }
+  }
+  // Batched with GQA (4 query heads, 2 kv heads) and per-batch key lengths.
+  const Index B = 2, H = 4, HK = 2, n = 37, d = 20, dv = 12;
+  const auto qv = to16<S>(random_matrix<float>(B * H * n, d, 11)), kv = to16<S>(random_matrix<float>(B * HK * n, d, 12)),
+             vv = to16<S>(random_matrix<float>(B * HK * n, dv, 13));
+  const Matrix<float> qf = widened(qv), kf = widened(kv), vf = widened(vv);
+  Matrix<float> out(B * H * n, dv), want(B * H * n, dv);
+  using kexue::TensorView;
+  for (bool causal : {false, true}) {
+    LinearAttentionOptions o;
+    o.causal = causal;
+    kexue::linear_attention(TensorView<const S>::contiguous(qv.data(), B, H, n, d),
+                            TensorView<const S>::contiguous(kv.data(), B, HK, n, d),
+                            TensorView<const S>::contiguous(vv.data(), B, HK, n, dv),
+                            TensorView<float>::contiguous(out.data(), B, H, n, dv), o, {n, n - 9});
+    kexue::linear_attention(TensorView<const float>::contiguous(qf.data(), B, H, n, d),
+                            TensorView<const float>::contiguous(kf.data(), B, HK, n, d),
+                            TensorView<const float>::contiguous(vf.data(), B, HK, n, dv),
+                            TensorView<float>::contiguous(want.data(), B, H, n, dv), o, {n, n - 9});
+    INFO("batched causal " << causal);
+    CHECK(out == want);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("linear attention on fp16 / bf16 q, k, v equals the float kernel on the widened inputs", "[linear][half]") {
+  check_linear_16bit<Eigen::half>();
+  check_linear_16bit<Eigen::bfloat16>();
+  // And against PyTorch's float64 result on the rounded inputs (the storage-only accuracy of issue 13).
+  RefData ref("linear_attention");
+  const std::string p = "la0/";
+  const Matrix<float> q = ref.matrix<float>(p + "q"), k = ref.matrix<float>(p + "k"), v = ref.matrix<float>(p + "v");
+  LinearAttentionOptions o;
+  o.feature_map = map_of(static_cast<int>(ref.scalar(p + "feature")));
+  o.causal = ref.scalar(p + "causal") != 0;
+  o.eps = ref.scalar(p + "eps");
+  o.key_length = static_cast<Index>(ref.scalar(p + "key_length"));
+  Matrix<float> out(q.rows(), v.cols()), exact(q.rows(), v.cols());
+  const auto qb = to16<Eigen::bfloat16>(q), kb = to16<Eigen::bfloat16>(k), vb = to16<Eigen::bfloat16>(v);
+  kexue::linear_attention(qb, kb, vb, out, o);
+  // float64 on the rounded inputs, through the double kernel (itself checked against PyTorch above).
+  Matrix<double> qd = widened(qb).cast<double>(), kd = widened(kb).cast<double>(), vd = widened(vb).cast<double>();
+  Matrix<double> outd(q.rows(), v.cols());
+  kexue::linear_attention(qd, kd, vd, outd, o);
+  CHECK(nmse(out, outd) < 1e-10);
+}
+
+TEST_CASE("linear attention on 16-bit inputs: bad input throws before writing", "[linear][half][errors]") {
+  const Matrix<Eigen::half> q = to16<Eigen::half>(random_matrix<float>(4, 8, 1));
+  const Matrix<Eigen::half> k = to16<Eigen::half>(random_matrix<float>(5, 7, 2));
+  const Matrix<Eigen::half> v = to16<Eigen::half>(random_matrix<float>(5, 3, 3));
+  Matrix<float> out = Matrix<float>::Constant(4, 3, 9.0f);
+  throws_with([&] { kexue::linear_attention(q, k, v, out); }, "linear_attention: k has shape [5 x 7]");
+  CHECK(out(0, 0) == 9.0f);
 }

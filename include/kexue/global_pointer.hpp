@@ -140,29 +140,31 @@ inline std::vector<GpOut<T>>& gp_outs(Index heads) {
 
 /// Rotates n rows of q (row r at q + r * ldq, column step cs: 1 for contiguous rows, 2 for Efficient
 /// GlobalPointer's interleaved split) into the packed q operand.
-template <class T>
-inline void gp_pack_q(const RopeTable<T>* table, const T* q, Index ldq, Index cs, Index n, Index d, T* qpack) {
+/// q may be stored as S = Eigen::half / Eigen::bfloat16 (16-bit inputs): widened here, exactly, so everything after
+/// the packing is the T kernel's arithmetic on the widened values (gp_pack_k likewise).
+template <class T, class S>
+inline void gp_pack_q(const RopeTable<T>* table, const S* q, Index ldq, Index cs, Index n, Index d, T* qpack) {
   for (Index i = 0; i < n; ++i) {
     T* qrow = qpack + i * d;
-    for (Index t = 0; t < d; ++t) qrow[t] = q[i * ldq + t * cs];
+    for (Index t = 0; t < d; ++t) qrow[t] = as_compute<T>(q[i * ldq + t * cs]);
     if (table) rope_row(*table, qrow, qrow, static_cast<const T*>(nullptr), i);
   }
   std::fill(qpack + n * d, qpack + gp_q_size(n, d), T(0));
 }
 
 /// Rotates n rows of k into the packed (column panel) k operand; tmp holds d values.
-template <class T>
-inline void gp_pack_k(const RopeTable<T>* table, const T* k, Index ldk, Index cs, Index n, Index d, T* kpack, T* tmp) {
+template <class T, class S>
+inline void gp_pack_k(const RopeTable<T>* table, const S* k, Index ldk, Index cs, Index n, Index d, T* kpack, T* tmp) {
   for (Index i = 0; i < n; ++i) {
-    for (Index t = 0; t < d; ++t) tmp[t] = k[i * ldk + t * cs];
+    for (Index t = 0; t < d; ++t) tmp[t] = as_compute<T>(k[i * ldk + t * cs]);
     if (table) rope_row(*table, tmp, tmp, static_cast<const T*>(nullptr), i);
     gp_pack_column(kpack, d, i, tmp);
   }
   gp_pack_pad(kpack, n, d);
 }
 
-template <class T>
-inline void gp_pack_pair(const RopeTable<T>* table, const T* q, Index ldq, const T* k, Index ldk, Index cs, Index n,
+template <class T, class S>
+inline void gp_pack_pair(const RopeTable<T>* table, const S* q, Index ldq, const S* k, Index ldk, Index cs, Index n,
                          Index d, T* qpack, T* kpack, T* tmp) {
   gp_pack_q(table, q, ldq, cs, n, d, qpack);
   gp_pack_k(table, k, ldk, cs, n, d, kpack, tmp);
@@ -360,6 +362,10 @@ inline void gp_same_scalar() {
                 "kexue GlobalPointer: the RoPE table, weights and matrices must share one scalar type");
 }
 
+/// Projected q and k: the table's scalar type, or (16-bit storage) Eigen::half / Eigen::bfloat16.
+template <class T, class S>
+constexpr bool kGpInput = std::is_same<S, T>::value || kIs16Bit<S>;
+
 }  // namespace detail
 
 // ---- scores ----------------------------------------------------------------------------------------------
@@ -370,12 +376,13 @@ inline void gp_same_scalar() {
 template <class T, class DQ, class DK, class DS>
 void global_pointer(const RopeTable<T>& table, const Eigen::DenseBase<DQ>& q, const Eigen::DenseBase<DK>& k,
                     const Eigen::DenseBase<DS>& scores, Index length, const GlobalPointerOptions& options = {}) {
-  detail::gp_same_scalar<T, DQ>();
-  detail::gp_same_scalar<T, DK>();
+  static_assert(std::is_same<typename DQ::Scalar, typename DK::Scalar>::value &&
+                    detail::kGpInput<T, typename DQ::Scalar>,
+                "kexue GlobalPointer: q and k have the table's scalar type (or are both Eigen::half / Eigen::bfloat16)");
   detail::gp_same_scalar<T, DS>();
   const char* fn = "global_pointer";
-  auto qv = detail::make_view(fn, "q", q);
-  auto kv = detail::make_view(fn, "k", k);
+  auto qv = detail::make_view<DQ, true>(fn, "q", q);
+  auto kv = detail::make_view<DK, true>(fn, "k", k);
   auto sv = detail::make_mut_view(fn, "scores", scores);
   const Index n = qv.rows, d = qv.cols;
   detail::require_shape(fn, "k", kv, n, d, "q has shape ");
@@ -400,8 +407,10 @@ template <class T, class TQ, class TK>
 void global_pointer(const RopeTable<T>& table, const TensorView<TQ>& q, const TensorView<TK>& k,
                     const TensorView<T>& scores, const std::vector<Index>& lengths = {},
                     const GlobalPointerOptions& options = {}) {
-  static_assert(std::is_same<std::remove_const_t<TQ>, T>::value && std::is_same<std::remove_const_t<TK>, T>::value,
-                "kexue GlobalPointer: the RoPE table and the tensors must share one scalar type");
+  using S = std::remove_const_t<TQ>;
+  static_assert(std::is_same<std::remove_const_t<TK>, S>::value && detail::kGpInput<T, S>,
+                "kexue GlobalPointer: the RoPE table and the tensors must share one scalar type (or q and k are "
+                "both Eigen::half / Eigen::bfloat16)");
   const char* fn = "global_pointer";
   const Index B = q.batch(), H = q.heads(), n = q.seq(), d = q.dim();
   detail::require(k.shape == q.shape, fn, "k has shape [", k.batch(), ", ", k.heads(), ", ", k.seq(), ", ", k.dim(),
@@ -422,9 +431,9 @@ void global_pointer(const RopeTable<T>& table, const TensorView<TQ>& q, const Te
   detail::parallel_for(2 * B * H, [&](Index w) {
     const Index bh = w / 2, b = bh / H, a = bh % H;
     if (w % 2 == 0)
-      detail::gp_pack_q(options.rope ? &table : nullptr, static_cast<const T*>(q.row(b, a, 0)), q.strides[2], 1, n, d, qp + bh * qs);
+      detail::gp_pack_q(options.rope ? &table : nullptr, static_cast<const S*>(q.row(b, a, 0)), q.strides[2], 1, n, d, qp + bh * qs);
     else
-      detail::gp_pack_k(options.rope ? &table : nullptr, static_cast<const T*>(k.row(b, a, 0)), k.strides[2], 1, n, d, kp + bh * ks,
+      detail::gp_pack_k(options.rope ? &table : nullptr, static_cast<const S*>(k.row(b, a, 0)), k.strides[2], 1, n, d, kp + bh * ks,
                         detail::gp_scratch<T>(4, d));
   });
   const Index items = detail::gp_items(n);

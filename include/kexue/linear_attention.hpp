@@ -116,8 +116,12 @@ inline Phi to_phi(FeatureMap f) {
 }
 
 /// Shared argument checks of the 2-D forms; returns the effective key length.
-template <class T>
-inline Index check_linear_args(const char* fn, const View<const T>& q, const View<const T>& k, const View<const T>& v,
+/// q, k, v's scalar S: out's T, or (16-bit storage) Eigen::half / Eigen::bfloat16 widened to T as they are read.
+template <class S, class T>
+constexpr bool kLinearInput = std::is_same<S, T>::value || kIs16Bit<S>;
+
+template <class T, class S>
+inline Index check_linear_args(const char* fn, const View<const S>& q, const View<const S>& k, const View<const S>& v,
                                const View<T>& out, const LinearAttentionOptions& o) {
   require(q.cols >= 1, fn, "q has shape ", shape_str(q.rows, q.cols), " but needs at least one column");
   require_shape(fn, "k", k, -1, q.cols, "q has ");
@@ -132,9 +136,9 @@ inline Index check_linear_args(const char* fn, const View<const T>& q, const Vie
   return kl;
 }
 
-template <class T>
-inline void check_linear_tensor(const char* fn, const TensorView<const T>& q, const TensorView<const T>& k,
-                                const TensorView<const T>& v, const TensorView<T>& out) {
+template <class T, class S>
+inline void check_linear_tensor(const char* fn, const TensorView<const S>& q, const TensorView<const S>& k,
+                                const TensorView<const S>& v, const TensorView<T>& out) {
   auto shape4 = [](const auto& t) {
     return "[" + std::to_string(t.batch()) + ", " + std::to_string(t.heads()) + ", " + std::to_string(t.seq()) + ", " +
            std::to_string(t.dim()) + "]";
@@ -164,17 +168,19 @@ inline void check_linear_tensor(const char* fn, const TensorView<const T>& q, co
 template <class Q, class K, class V, class O>
 void linear_attention(const Eigen::DenseBase<Q>& q, const Eigen::DenseBase<K>& k, const Eigen::DenseBase<V>& v,
                       const Eigen::DenseBase<O>& out, const LinearAttentionOptions& options = {}) {
-  using T = typename Q::Scalar;
-  static_assert(std::is_same<T, typename K::Scalar>::value && std::is_same<T, typename V::Scalar>::value &&
-                    std::is_same<T, typename O::Scalar>::value,
-                "linear_attention: q, k, v and out must have the same scalar type");
+  using T = typename O::Scalar;
+  using S = typename Q::Scalar;
+  static_assert(std::is_same<S, typename K::Scalar>::value && std::is_same<S, typename V::Scalar>::value &&
+                    detail::kLinearInput<S, T>,
+                "linear_attention: q, k, v and out must have the same scalar type (or q, k, v Eigen::half / "
+                "Eigen::bfloat16 with a float or double out)");
   constexpr const char* fn = "linear_attention";
-  const auto qv = detail::make_view(fn, "q", q);
-  const auto kv = detail::make_view(fn, "k", k);
-  const auto vv = detail::make_view(fn, "v", v);
+  const auto qv = detail::make_view<Q, true>(fn, "q", q);
+  const auto kv = detail::make_view<K, true>(fn, "k", k);
+  const auto vv = detail::make_view<V, true>(fn, "v", v);
   const auto ov = detail::make_mut_view(fn, "out", out);
-  const Index kl = detail::check_linear_args<T>(fn, qv, kv, vv, ov, options);
-  detail::linear_attention_head<T>(qv, kv, vv, ov, detail::to_phi(options.feature_map), options.causal,
+  const Index kl = detail::check_linear_args<T, S>(fn, qv, kv, vv, ov, options);
+  detail::linear_attention_head<T, S>(qv, kv, vv, ov, detail::to_phi(options.feature_map), options.causal,
                                    static_cast<T>(options.eps), kl, options.double_state, detail::StateRef{});
 }
 
@@ -188,20 +194,22 @@ template <class T, class Q, class K, class V, class O>
 void linear_attention(const Eigen::DenseBase<Q>& q, const Eigen::DenseBase<K>& k, const Eigen::DenseBase<V>& v,
                       const Eigen::DenseBase<O>& out, LinearAttentionState<T>& state,
                       const LinearAttentionOptions& options = {}) {
-  static_assert(std::is_same<T, typename Q::Scalar>::value && std::is_same<T, typename K::Scalar>::value &&
-                    std::is_same<T, typename V::Scalar>::value && std::is_same<T, typename O::Scalar>::value,
-                "linear_attention: q, k, v, out and the state must have the same scalar type");
+  using S = typename Q::Scalar;
+  static_assert(std::is_same<S, typename K::Scalar>::value && std::is_same<S, typename V::Scalar>::value &&
+                    std::is_same<T, typename O::Scalar>::value && detail::kLinearInput<S, T>,
+                "linear_attention: q, k, v, out and the state must have the same scalar type (or q, k, v "
+                "Eigen::half / Eigen::bfloat16)");
   constexpr const char* fn = "linear_attention";
-  const auto qv = detail::make_view(fn, "q", q);
-  const auto kv = detail::make_view(fn, "k", k);
-  const auto vv = detail::make_view(fn, "v", v);
+  const auto qv = detail::make_view<Q, true>(fn, "q", q);
+  const auto kv = detail::make_view<K, true>(fn, "k", k);
+  const auto vv = detail::make_view<V, true>(fn, "v", v);
   const auto ov = detail::make_mut_view(fn, "out", out);
-  const Index kl = detail::check_linear_args<T>(fn, qv, kv, vv, ov, options);
+  const Index kl = detail::check_linear_args<T, S>(fn, qv, kv, vv, ov, options);
   detail::require_shape(fn, "k", kv, qv.rows, -1, "streaming needs one key per query: q has ");
   detail::require(state.key_dim() == qv.cols && state.value_dim() == vv.cols, fn, "state has shape ",
                   detail::shape_str(state.key_dim(), state.value_dim()), " but q and v need ",
                   detail::shape_str(qv.cols, vv.cols));
-  detail::linear_attention_head<T>(qv, kv, vv, ov, detail::to_phi(options.feature_map), true,
+  detail::linear_attention_head<T, S>(qv, kv, vv, ov, detail::to_phi(options.feature_map), true,
                                    static_cast<T>(options.eps), kl, options.double_state,
                                    detail::LinearStateAccess<T>::ref(state));
   detail::LinearStateAccess<T>::add_tokens(state, kl);
@@ -216,13 +224,15 @@ void linear_attention(const TensorView<TQ>& q, const TensorView<TK>& k, const Te
                       const TensorView<T>& out, const LinearAttentionOptions& options = {},
                       const std::vector<Index>& key_lengths = {}) {
   static_assert(!std::is_const<T>::value, "linear_attention: out must be writable");
-  static_assert(std::is_same<std::remove_const_t<TQ>, T>::value && std::is_same<std::remove_const_t<TK>, T>::value &&
-                    std::is_same<std::remove_const_t<TV>, T>::value,
-                "linear_attention: q, k, v and out must have the same scalar type");
+  using S = std::remove_const_t<TQ>;
+  static_assert(std::is_same<std::remove_const_t<TK>, S>::value && std::is_same<std::remove_const_t<TV>, S>::value &&
+                    detail::kLinearInput<S, T>,
+                "linear_attention: q, k, v and out must have the same scalar type (or q, k, v Eigen::half / "
+                "Eigen::bfloat16)");
   constexpr const char* fn = "linear_attention";
-  const TensorView<const T> qc(q.data, q.shape, q.strides), kc(k.data, k.shape, k.strides),
+  const TensorView<const S> qc(q.data, q.shape, q.strides), kc(k.data, k.shape, k.strides),
       vc(v.data, v.shape, v.strides);
-  detail::check_linear_tensor<T>(fn, qc, kc, vc, out);
+  detail::check_linear_tensor<T, S>(fn, qc, kc, vc, out);
   detail::require(options.eps >= 0 && options.eps <= 1e300, fn, "eps must be finite and >= 0, got ", options.eps);
   detail::require(key_lengths.empty() || static_cast<Index>(key_lengths.size()) == q.batch(), fn, "key_lengths has ",
                   key_lengths.size(), " entries but the batch is ", q.batch());
@@ -235,7 +245,7 @@ void linear_attention(const TensorView<TQ>& q, const TensorView<TK>& k, const Te
   const detail::Phi f = detail::to_phi(options.feature_map);
   detail::parallel_for(q.batch() * heads, [&](Index i) {
     const Index b = i / heads, h = i % heads;
-    detail::linear_attention_head<T>(detail::head_view(qc, b, h), detail::head_view(kc, b, h / group),
+    detail::linear_attention_head<T, S>(detail::head_view(qc, b, h), detail::head_view(kc, b, h / group),
                                      detail::head_view(vc, b, h / group), detail::head_view_mut(out, b, h), f,
                                      options.causal, static_cast<T>(options.eps), lengths[static_cast<std::size_t>(b)],
                                      options.double_state, detail::StateRef{});
@@ -250,13 +260,15 @@ void linear_attention(const TensorView<TQ>& q, const TensorView<TK>& k, const Te
                       const TensorView<T>& out, std::vector<LinearAttentionState<T>>& states,
                       const LinearAttentionOptions& options = {}) {
   static_assert(!std::is_const<T>::value, "linear_attention: out must be writable");
-  static_assert(std::is_same<std::remove_const_t<TQ>, T>::value && std::is_same<std::remove_const_t<TK>, T>::value &&
-                    std::is_same<std::remove_const_t<TV>, T>::value,
-                "linear_attention: q, k, v and out must have the same scalar type");
+  using S = std::remove_const_t<TQ>;
+  static_assert(std::is_same<std::remove_const_t<TK>, S>::value && std::is_same<std::remove_const_t<TV>, S>::value &&
+                    detail::kLinearInput<S, T>,
+                "linear_attention: q, k, v and out must have the same scalar type (or q, k, v Eigen::half / "
+                "Eigen::bfloat16)");
   constexpr const char* fn = "linear_attention";
-  const TensorView<const T> qc(q.data, q.shape, q.strides), kc(k.data, k.shape, k.strides),
+  const TensorView<const S> qc(q.data, q.shape, q.strides), kc(k.data, k.shape, k.strides),
       vc(v.data, v.shape, v.strides);
-  detail::check_linear_tensor<T>(fn, qc, kc, vc, out);
+  detail::check_linear_tensor<T, S>(fn, qc, kc, vc, out);
   detail::require(options.eps >= 0 && options.eps <= 1e300, fn, "eps must be finite and >= 0, got ", options.eps);
   detail::require(k.seq() == q.seq(), fn, "streaming needs one key per query: q has ", q.seq(), " rows, k has ",
                   k.seq());
@@ -274,7 +286,7 @@ void linear_attention(const TensorView<TQ>& q, const TensorView<TK>& k, const Te
   detail::parallel_for(q.batch() * heads, [&](Index i) {
     const Index b = i / heads, h = i % heads;
     auto& st = states[static_cast<std::size_t>(i)];
-    detail::linear_attention_head<T>(detail::head_view(qc, b, h), detail::head_view(kc, b, h / group),
+    detail::linear_attention_head<T, S>(detail::head_view(qc, b, h), detail::head_view(kc, b, h / group),
                                      detail::head_view(vc, b, h / group), detail::head_view_mut(out, b, h), f, true,
                                      static_cast<T>(options.eps), kl, options.double_state,
                                      detail::LinearStateAccess<T>::ref(st));

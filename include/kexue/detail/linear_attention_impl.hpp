@@ -158,8 +158,21 @@ struct RunningState {
 /// Loads `count` key rows starting at row `k0` into the chunk buffers: phi(K)^T into kphit [d x cp] and V into
 /// vb [cp x dvp]. Keys at or past `key_length` are padding: their phi column and V row are zero, so neither a
 /// garbage value nor a NaN in a padded row can reach the result.
-template <class T>
-inline void load_keys(LinearWorkspace<T>& w, Phi f, const View<const T>& k, const View<const T>& v, Index k0,
+/// A row of S (T itself, or Eigen::half / Eigen::bfloat16) as T: a copy, or the exact widening.
+template <class T, class S>
+inline void copy_row_as(const S* src, T* dst, Index n) {
+  if constexpr (std::is_same<S, T>::value) {
+    std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(T));
+  } else {
+    constexpr Index L = kLanes<T>;
+    Index i = 0;
+    for (; i + L <= n; i += L) store(dst + i, load_as<T>(src + i));
+    for (; i < n; ++i) dst[i] = as_compute<T>(src[i]);
+  }
+}
+
+template <class T, class S>
+inline void load_keys(LinearWorkspace<T>& w, Phi f, const View<const S>& k, const View<const S>& v, Index k0,
                       Index count, Index key_length, bool transposed) {
   const Index d = w.d, dv = w.dv, ldv = w.ldv, ldk = w.ldk;
   for (Index j = 0; j < count; ++j) {
@@ -170,7 +183,7 @@ inline void load_keys(LinearWorkspace<T>& w, Phi f, const View<const T>& k, cons
         phi_row_to_column(f, k.row(row), w.kphit.data() + j, ldk, d);
       else
         phi_row(f, k.row(row), w.kphi.data() + j * d, d);
-      std::memcpy(vrow, v.row(row), static_cast<std::size_t>(dv) * sizeof(T));
+      copy_row_as(v.row(row), vrow, dv);
     } else {
       if (transposed)
         for (Index p = 0; p < d; ++p) w.kphit[p * ldk + j] = T(0);
@@ -198,8 +211,8 @@ constexpr Index kRecurrentRows = 4;
 
 /// The recurrence of SPEC 5.2 token by token, directly on the caller's double state (decode steps): for each token
 /// i, S += phi(k_i) v_i^T and z += phi(k_i) (if i < key_length), then o_i = phi(q_i)^T S / (phi(q_i)^T z + eps).
-template <class T>
-inline void linear_recurrent_head(const View<const T>& q, const View<const T>& k, const View<const T>& v,
+template <class T, class S>
+inline void linear_recurrent_head(const View<const S>& q, const View<const S>& k, const View<const S>& v,
                                   const View<T>& out, Phi f, T eps, Index key_length, const StateRef& state) {
   const Index n = q.rows, d = q.cols, dv = v.cols;
   double* s = state.s;
@@ -209,12 +222,12 @@ inline void linear_recurrent_head(const View<const T>& q, const View<const T>& k
   for (Index i = 0; i < n; ++i) {
     if (i < key_length) {
       phi_row(f, k.row(i), fk, d);
-      const T* vi = v.row(i);
+      const S* vi = v.row(i);
       for (Index p = 0; p < d; ++p) {
         const double kp = static_cast<double>(fk[p]);
         z[p] += kp;
         double* sp = s + p * dv;
-        for (Index c = 0; c < dv; ++c) sp[c] += kp * static_cast<double>(vi[c]);
+        for (Index c = 0; c < dv; ++c) sp[c] += kp * static_cast<double>(as_compute<T>(vi[c]));
       }
     }
     phi_row(f, q.row(i), fq, d);
@@ -232,8 +245,10 @@ inline void linear_recurrent_head(const View<const T>& q, const View<const T>& k
   }
 }
 
-template <class T>
-inline void linear_attention_head(const View<const T>& q, const View<const T>& k, const View<const T>& v,
+/// q, k, v may be stored as S = Eigen::half / Eigen::bfloat16 with T = out's type: they are widened as they are
+/// read into the T chunk buffers (phi rows, V rows), so the result is the T kernel's on the widened inputs.
+template <class T, class S>
+inline void linear_attention_head(const View<const S>& q, const View<const S>& k, const View<const S>& v,
                                   const View<T>& out, Phi f, bool causal, T eps, Index key_length, bool double_state,
                                   const StateRef& state, Index chunk = kLinearChunk) {
   const Index n = q.rows, m = k.rows, d = q.cols, dv = v.cols;

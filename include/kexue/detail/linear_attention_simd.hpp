@@ -192,17 +192,19 @@ inline Batch<T> phi_batch(const Batch<T>& x) {
   }
 }
 
-template <Phi F, class T>
-inline void phi_row_impl(const T* x, T* y, Index n) {
+// x may be stored as S = Eigen::half / Eigen::bfloat16 (16-bit q, k): each vector is widened as it is loaded,
+// so phi of a 16-bit row is phi of the widened row, bit for bit (arch/ops.hpp's load_as; S == T is a plain load).
+template <Phi F, class T, class S>
+inline void phi_row_impl(const S* x, T* y, Index n) {
   constexpr Index L = kLanes<T>;
   Index i = 0;
-  for (; i + L <= n; i += L) store(y + i, phi_batch<F, T>(load(x + i)));
-  for (; i < n; ++i) y[i] = phi_scalar(F, x[i]);
+  for (; i + L <= n; i += L) store(y + i, phi_batch<F, T>(load_as<T>(x + i)));
+  for (; i < n; ++i) y[i] = phi_scalar(F, as_compute<T>(x[i]));
 }
 
 /// y[i] = phi(x[i]) for one row.
-template <class T>
-inline void phi_row(Phi f, const T* x, T* y, Index n) {
+template <class T, class S>
+inline void phi_row(Phi f, const S* x, T* y, Index n) {
   switch (f) {
     case Phi::EluPlusOne:
       phi_row_impl<Phi::EluPlusOne>(x, y, n);
@@ -218,8 +220,8 @@ inline void phi_row(Phi f, const T* x, T* y, Index n) {
 
 /// Column j of the transposed buffer yt[p * ldy + j] = phi(x[p]): the keys of a chunk laid out as the B panel
 /// of the score product. The map runs in registers; the transpose is a strided scalar store.
-template <class T>
-inline void phi_row_to_column(Phi f, const T* x, T* yt, Index ldy, Index n) {
+template <class T, class S>
+inline void phi_row_to_column(Phi f, const S* x, T* yt, Index ldy, Index n) {
   constexpr Index L = kLanes<T>;
   alignas(64) T tmp[kLanes<T>];
   Index p = 0;
@@ -227,19 +229,19 @@ inline void phi_row_to_column(Phi f, const T* x, T* yt, Index ldy, Index n) {
     Batch<T> y;
     switch (f) {
       case Phi::EluPlusOne:
-        y = phi_batch<Phi::EluPlusOne, T>(load(x + p));
+        y = phi_batch<Phi::EluPlusOne, T>(load_as<T>(x + p));
         break;
       case Phi::Relu:
-        y = phi_batch<Phi::Relu, T>(load(x + p));
+        y = phi_batch<Phi::Relu, T>(load_as<T>(x + p));
         break;
       default:
-        y = load(x + p);
+        y = load_as<T>(x + p);
         break;
     }
     y.store_aligned(tmp);
     for (Index l = 0; l < L; ++l) yt[(p + l) * ldy] = tmp[l];
   }
-  for (; p < n; ++p) yt[p * ldy] = phi_scalar(f, x[p]);
+  for (; p < n; ++p) yt[p * ldy] = phi_scalar(f, as_compute<T>(x[p]));
 }
 
 /// x[i] = relu(s * x[i])^2 * w for i < n: the squared-ReLU weights of FLASH's quadratic part (SPEC 3.5).
