@@ -14,7 +14,9 @@
 // forward() appends its tokens to the cache and returns their logits, so a prompt can be prefilled in one call
 // and then decoded one token per call: both give the same logits (to rounding) because attention is causal
 // and bottom-right aligned (row i of n new rows sees the m - n cached keys and new keys 0..i).
-// Matrices are row-major [in, out] (x W), i.e. HF's nn.Linear weights transposed. Templated on the scalar.
+// Matrices are row-major [in, out] (x W), i.e. HF's nn.Linear weights transposed; the decoder concatenates
+// wq | wk | wv and w_gate | w_up once, so each layer runs four GEMMs, and RoPE, the cache copy and attention read
+// q, k and v where that fused projection wrote them (strided TensorViews). Templated on the scalar.
 #include <kexue/attention.hpp>
 #include <kexue/init.hpp>
 #include <kexue/norm.hpp>
@@ -133,14 +135,19 @@ class KvCache {
   Index length() const { return length_; }
   Index capacity() const { return capacity_; }
   void clear() { length_ = 0; }
+  /// Forgets every position from `length` on (a rejected draft, or a benchmark's fixed context).
+  void rewind(Index length) {
+    if (length < 0 || length > length_) throw std::out_of_range("KvCache::rewind: length outside [0, length()]");
+    length_ = length;
+  }
 
-  /// Copies n new rows ([n, kv_heads head_dim], as the projection writes them) of layer l to positions
-  /// [length, length + n).
-  void append(Index layer, const Matrix<T>& k, const Matrix<T>& v) {
-    for (Index r = 0; r < k.rows(); ++r)
+  /// Copies n new rows of keys and values (row r at k + r * row_stride, kv_heads * head_dim values, as a
+  /// projection writes them) of layer l to positions [length, length + n).
+  void append(Index layer, const T* k, const T* v, Index n, Index row_stride) {
+    for (Index r = 0; r < n; ++r)
       for (Index h = 0; h < kv_heads_; ++h) {
-        std::copy_n(k.row(r).data() + h * head_dim_, head_dim_, slot(k_, layer, h, length_ + r));
-        std::copy_n(v.row(r).data() + h * head_dim_, head_dim_, slot(v_, layer, h, length_ + r));
+        std::copy_n(k + r * row_stride + h * head_dim_, head_dim_, slot(k_, layer, h, length_ + r));
+        std::copy_n(v + r * row_stride + h * head_dim_, head_dim_, slot(v_, layer, h, length_ + r));
       }
   }
   /// Layer l's keys or values [1, kv_heads, m, head_dim] for the first m positions.
@@ -168,7 +175,16 @@ class LlamaDecoder {
   /// max_positions: the longest sequence (RoPE table size, and the cache capacity new_cache() gives).
   LlamaDecoder(LlamaWeights<T> weights, Index max_positions)
       : w_(std::move(weights)), max_positions_(max_positions),
-        table_(max_positions, w_.config.head_dim, w_.config.rope()) {}
+        table_(max_positions, w_.config.head_dim, w_.config.rope()) {
+    for (const LlamaLayerWeights<T>& lw : w_.layers) {
+      Fused f;
+      f.qkv.resize(lw.wq.rows(), lw.wq.cols() + lw.wk.cols() + lw.wv.cols());
+      f.qkv << lw.wq, lw.wk, lw.wv;
+      f.gate_up.resize(lw.w_gate.rows(), 2 * lw.w_gate.cols());
+      f.gate_up << lw.w_gate, lw.w_up;
+      fused_.push_back(std::move(f));
+    }
+  }
 
   const LlamaWeights<T>& weights() const { return w_; }
   KvCache<T> new_cache() const { return KvCache<T>(w_.config, max_positions_); }
@@ -178,33 +194,34 @@ class LlamaDecoder {
   void forward(const std::vector<int>& tokens, KvCache<T>& cache, Matrix<T>& logits) {
     const LlamaConfig& c = w_.config;
     const Index n = Index(tokens.size()), first = cache.length(), m = first + n;
+    const Index hd = c.head_dim, qw = c.heads * hd, kw = c.kv_heads * hd, width = qw + 2 * kw;
     if (m > cache.capacity()) throw std::length_error("LlamaDecoder::forward: the KV cache is full");
     embed(w_.embedding, tokens, x_);
     h_.resize(n, c.hidden);
     kexue::AttentionOptions causal;
-    causal.causal = true;  // bottom-right aligned: new row i sees cached keys and new keys 0..i
+    causal.causal = true;  // bottom-right aligned: new row i sees the cached keys and new keys 0..i
     for (Index l = 0; l < c.layers; ++l) {
       const LlamaLayerWeights<T>& lw = w_.layers[std::size_t(l)];
+      const Fused& f = fused_[std::size_t(l)];
       kexue::rms_norm(x_, lw.attn_norm, h_, c.rms_eps);
-      q_.noalias() = h_ * lw.wq;
-      k_.noalias() = h_ * lw.wk;
-      v_.noalias() = h_ * lw.wv;
-      // q [n, heads hd] and k [n, kv_heads hd] seen as [1, heads, n, hd]: RoPE both in one call (GQA).
-      kexue::rope(table_, kexue::TensorView<T>::seq_major(q_.data(), 1, n, c.heads, c.head_dim),
-                  kexue::TensorView<T>::seq_major(k_.data(), 1, n, c.kv_heads, c.head_dim), first);
-      cache.append(l, k_, v_);
-      attn_.resize(n, c.heads * c.head_dim);
-      kexue::attention(kexue::TensorView<const T>::seq_major(q_.data(), 1, n, c.heads, c.head_dim),
-                       cache.keys(l, m), cache.values(l, m),
-                       kexue::TensorView<T>::seq_major(attn_.data(), 1, n, c.heads, c.head_dim), causal);
+      qkv_.noalias() = h_ * f.qkv;  // [n, q | k | v]: one GEMM instead of three
+      // q and k where the projection wrote them, seen as [1, heads, n, hd] with row stride `width`: RoPE on
+      // both in one call (GQA: fewer k heads), then the new k and v rows go to the cache.
+      const kexue::TensorView<T> q(qkv_.data(), {1, c.heads, n, hd}, {n * width, hd, width});
+      const kexue::TensorView<T> k(qkv_.data() + qw, {1, c.kv_heads, n, hd}, {n * width, hd, width});
+      kexue::rope(table_, q, k, first);
+      cache.append(l, qkv_.data() + qw, qkv_.data() + qw + kw, n, width);
+      attn_.resize(n, qw);
+      kexue::attention(kexue::TensorView<const T>(q), cache.keys(l, m), cache.values(l, m),
+                       kexue::TensorView<T>::seq_major(attn_.data(), 1, n, c.heads, hd), causal);
       o_.noalias() = attn_ * lw.wo;
       // x = x + o and h = RMSNorm(x) * mlp_norm in one pass (the Pre-Norm fused form).
       kexue::add_rms_norm(o_, x_, lw.mlp_norm, h_, x_, c.rms_eps);
-      gate_.noalias() = h_ * lw.w_gate;
-      up_.noalias() = h_ * lw.w_up;
-      silu(gate_);
-      gate_.array() *= up_.array();
-      x_.noalias() += gate_ * lw.w_down;
+      gate_up_.noalias() = h_ * f.gate_up;  // [n, gate | up]
+      auto gate = gate_up_.leftCols(c.ffn).array();
+      act_.resize(n, c.ffn);
+      act_.array() = gate / (T(1) + (-gate).exp()) * gate_up_.rightCols(c.ffn).array();  // silu(gate) * up
+      x_.noalias() += act_ * lw.w_down;
     }
     cache.advance(n);
     kexue::rms_norm(x_, w_.final_norm, h_, c.rms_eps);
@@ -244,7 +261,12 @@ class LlamaDecoder {
   LlamaWeights<T> w_;
   Index max_positions_;
   kexue::RopeTable<T> table_;
-  Matrix<T> x_, h_, q_, k_, v_, attn_, o_, gate_, up_;
+  struct Fused {
+    Matrix<T> qkv;      ///< [hidden, (heads + 2 kv_heads) head_dim]: wq | wk | wv
+    Matrix<T> gate_up;  ///< [hidden, 2 ffn]: w_gate | w_up
+  };
+  std::vector<Fused> fused_;
+  Matrix<T> x_, h_, qkv_, attn_, o_, gate_up_, act_;
 };
 
 }  // namespace kexue_models
