@@ -197,6 +197,27 @@ inline Batch<T> rounded(const Batch<T>& v) {
   return opaque(v);
 }
 
+/// a / b correctly rounded. xsimd's float division on NEON (8.1, Debian's) is a reciprocal estimate refined by
+/// Newton-Raphson, off by an ulp in places; x86's division instructions are IEEE. Elsewhere the lanes are divided
+/// one by one (only the DiffusersFloat32 step divides per element).
+template <class T>
+inline T divide_ieee(T a, T b) {
+  return a / b;
+}
+template <class T>
+inline Batch<T> divide_ieee(const Batch<T>& a, const Batch<T>& b) {
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+  return a / b;
+#else
+  constexpr std::size_t L = Batch<T>::size;
+  alignas(64) T x[L], y[L];
+  a.store_aligned(x);
+  b.store_aligned(y);
+  for (std::size_t i = 0; i < L; ++i) x[i] = x[i] / y[i];
+  return Batch<T>::load_aligned(x);
+#endif
+}
+
 /// torch.clamp(v, lo, hi): NaN stays NaN (the comparison-based min/max of some instruction sets would drop it).
 template <class T>
 inline T clamp_keep_nan(T v, T lo, T hi) {
@@ -230,7 +251,7 @@ template <class V>
 inline V diffusers_x0(int prediction, const V& sa, const V& sb, const V& m, const V& x) {
   switch (prediction) {
     case 0:
-      return (x - rounded(sb * m)) / sa;
+      return divide_ieee(V(x - rounded(sb * m)), sa);
     case 1:
       return m;
     default:
@@ -243,7 +264,7 @@ inline V diffusers_finish(const V& x0_raw, const V& x, const V* z, bool clip, co
                           const V& div, const V& c0, const V& c1, const V& s, const V& zero) {
   V x0 = x0_raw;
   if (clip) x0 = clamp_keep_nan(x0, lo, hi);
-  if (divide) x0 = x0 / div;
+  if (divide) x0 = divide_ieee(x0, div);
   V r = rounded(c0 * x0) + rounded(c1 * x);
   // Without noise diffusers still adds `variance = 0` (a Python int), which turns -0 into +0.
   return z ? r + rounded(s * *z) : r + zero;
