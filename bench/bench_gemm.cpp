@@ -7,7 +7,10 @@
 //   A v         [2048, 2048] x [2048, 1536]
 // Every call packs B (as Eigen does); flops 2 m n k (the epilogue is not counted).
 // peak_frac is against the fp32 FMA peak, so fp64 rows top out at 0.5.
-// Rows: BM_gemm (kexue, workspace reused), BM_gemm_eigen (c.noalias() = a * b), args m, k, n, b^T, threads.
+// Rows: BM_gemm (kexue, workspace reused), BM_gemm_eigen (c.noalias() = a * b), args m, k, n, b^T, threads;
+// BM_gemm_bf16 (issue 13): a and b in bfloat16, c in float, same shapes (no epilogue), vdpbf16ps under
+// -march=native on AVX512-BF16, widening + fp32 FMA elsewhere; peak_frac still against the fp32 FMA peak, so
+// vdpbf16ps can exceed 1.
 #include "bench_util.hpp"
 #include "kexue/detail/gemm.hpp"  // first: see simd.hpp on GCC 12's AVX-512 warnings
 
@@ -87,6 +90,29 @@ void BM_gemm_eigen(benchmark::State& state) {
   set_threads(1);
 }
 
+void BM_gemm_bf16(benchmark::State& state) {
+  const Index m = state.range(0), k = state.range(1), n = state.range(2);
+  const bool bt = state.range(3) != 0;
+  const int threads = static_cast<int>(state.range(4));
+  set_threads(threads);
+  Operands<float> o(m, k, n, bt);
+  Matrix<Eigen::bfloat16> a(o.a.rows(), o.a.cols()), b(o.b.rows(), o.b.cols());
+  for (Index i = 0; i < a.size(); ++i) a.data()[i] = kd::from_float<Eigen::bfloat16>(o.a.data()[i]);
+  for (Index i = 0; i < b.size(); ++i) b.data()[i] = kd::from_float<Eigen::bfloat16>(o.b.data()[i]);
+  kd::GemmBf16Workspace ws;
+  const kd::View<const Eigen::bfloat16> av{a.data(), m, k, k}, bv{b.data(), b.rows(), b.cols(), b.cols()};
+  const kd::View<float> cv{o.c.data(), m, n, n};
+  kd::gemm_bf16(av, bv, bt, cv, ws);
+  for (auto _ : state) {
+    kd::gemm_bf16(av, bv, bt, cv, ws);
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 2.0 * double(m) * double(n) * double(k), threads);
+  state.SetLabel(kd::kNativeBf16Dot ? "vdpbf16ps" : "widen+fma");
+  set_threads(1);
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "k", "n", "bt", "threads", "epi"});
   for (int threads : {1, 2}) {
@@ -109,6 +135,17 @@ void square(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_TEMPLATE(BM_gemm, float)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_gemm_eigen, float)->Apply(shapes);
+BENCHMARK(BM_gemm_bf16)->Apply([](benchmark::internal::Benchmark* b) {
+  b->ArgNames({"m", "k", "n", "bt", "threads", "epi"});
+  for (int threads : {1, 2}) {
+    b->Args({1024, 1024, 1024, 0, threads, 0});
+    b->Args({2048, 768, 3200, 0, threads, 0});
+    b->Args({2048, 1536, 768, 0, threads, 0});
+    b->Args({2048, 128, 2048, 1, threads, 0});
+    b->Args({2048, 2048, 1536, 0, threads, 0});
+  }
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+});
 BENCHMARK_TEMPLATE(BM_gemm, double)->Apply(square);
 BENCHMARK_TEMPLATE(BM_gemm_eigen, double)->Apply(square);
 

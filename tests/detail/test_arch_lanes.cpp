@@ -232,3 +232,42 @@ TEMPLATE_TEST_CASE("arch load_widen / store_narrow equal their generic versions 
   gen::store_narrow<H>(&a[0], F::load_unaligned(&f[0]));
   for (std::size_t l = 0; l < L; ++l) CHECK(gen::bits16(a[l]) == gen::bits16(gen::from_float<H>(f[l])));
 }
+
+TEST_CASE("arch dot_bf16_pairs equals its generic version on normal numbers", "[detail][arch][half]") {
+  // vdpbf16ps (where kNativeBf16Dot) against two widened FMAs, odd product first; normal inputs and results
+  // only (the instruction flushes subnormals to zero).
+  using F = kd::Batch<float>;
+  using U = kd::Batch<std::uint32_t>;
+  constexpr std::size_t L = F::size;
+  INFO("arch " << kd::simd_arch_name() << (kd::kNativeBf16Dot ? ", vdpbf16ps" : ", no native bf16 dot"));
+  std::mt19937 e(21);
+  auto normal_bf16 = [&] { return std::uint32_t(((e() % 60) + 100) << 7 | (e() & 0x807Fu)); };
+  int bad = 0;
+  for (int it = 0; it < 4000; ++it) {
+    alignas(64) std::uint32_t a[L], b[L];
+    alignas(64) float c[L];
+    for (std::size_t l = 0; l < L; ++l) {
+      a[l] = normal_bf16() | normal_bf16() << 16;
+      b[l] = normal_bf16() | normal_bf16() << 16;
+      c[l] = std::ldexp(float(int(e() % 2000000) - 1000000), int(e() % 30) - 40);
+    }
+    const F acc = F::load_aligned(c);
+    const U va = U::load_aligned(a), vb = U::load_aligned(b);
+    bad += !same_bits<float>(kd::dot_bf16_pairs(acc, va, vb), gen::dot_bf16_pairs(acc, va, vb));
+  }
+  CHECK(bad == 0);
+  // The generic version is the chain it documents.
+  alignas(64) std::uint32_t a[L], b[L];
+  alignas(64) float c[L], r[L];
+  for (std::size_t l = 0; l < L; ++l) {
+    a[l] = 0x3F804000u + std::uint32_t(l);  // pairs (bf16 1.0 + l ulp, bf16 1.5)... as bits
+    b[l] = 0x40003F81u;
+    c[l] = 0.25f * float(l);
+  }
+  gen::dot_bf16_pairs(F::load_aligned(c), U::load_aligned(a), U::load_aligned(b)).store_aligned(r);
+  for (std::size_t l = 0; l < L; ++l) {
+    const float ae = gen::bits_float(a[l] << 16), ao = gen::bits_float(a[l] & 0xFFFF0000u);
+    const float be = gen::bits_float(b[l] << 16), bo = gen::bits_float(b[l] & 0xFFFF0000u);
+    CHECK(r[l] == std::fma(ae, be, std::fma(ao, bo, c[l])));
+  }
+}

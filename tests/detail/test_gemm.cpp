@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -260,4 +261,77 @@ TEMPLATE_TEST_CASE("gemm is bitwise identical for 1 and 2 threads and with a reu
   CHECK(c1 == c3);
   // The row partition depends on the thread count; so does nothing else.
   CHECK(kd::gemm_row_item(m, 1) != kd::gemm_row_item(m, 2));
+}
+
+// ---- bf16 x bf16 -> float (issue 13) ---------------------------------------------------------------------------
+
+namespace {
+
+std::vector<Eigen::bfloat16> bf16_values(Index n, std::uint32_t seed) {
+  const auto v = random_values<float>(n, seed, -2.0f, 2.0f);
+  std::vector<Eigen::bfloat16> out(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) out[std::size_t(i)] = kd::from_float<Eigen::bfloat16>(v[std::size_t(i)]);
+  return out;
+}
+
+/// The chain gemm_bf16 promises for C(i, j): per depth pair q, acc += A(i, 2q+1) B(2q+1, j), then
+/// acc += A(i, 2q) B(2q, j), each rounded to float (the products are exact, so a fused and an unfused
+/// multiply-add agree: std::fma is the reference on every build).
+float bf16_chain(const std::vector<Eigen::bfloat16>& a, Index lda, const std::vector<Eigen::bfloat16>& b, bool bt,
+                 Index ldb, Index i, Index j, Index k) {
+  auto A = [&](Index p) { return p < k ? kd::to_float(a[std::size_t(i * lda + p)]) : 0.0f; };
+  auto B = [&](Index p) { return p < k ? kd::to_float(b[std::size_t(bt ? j * ldb + p : p * ldb + j)]) : 0.0f; };
+  float acc = 0.0f;
+  for (Index q = 0; 2 * q < k; ++q) {
+    acc = std::fma(A(2 * q + 1), B(2 * q + 1), acc);
+    acc = std::fma(A(2 * q), B(2 * q), acc);
+  }
+  return acc;
+}
+
+}  // namespace
+
+TEST_CASE("gemm_bf16 equals the bf16 pair chain bit for bit over odd shapes, B transposed or not, 1 and 2 threads",
+          "[gemm][half]") {
+  const Index L = kd::kLanes<float>, nr = kd::kGemmNr<float>;
+  INFO("arch " << kd::simd_arch_name() << (kd::kNativeBf16Dot ? " with vdpbf16ps" : " widening"));
+  int bad = 0, checked = 0;
+  for (Index m : {Index(1), Index(5), Index(6), Index(13), kd::kGemmMc + 7}) {
+    for (Index n : {Index(1), nr - 1, nr, nr + L + 1, Index(70)}) {
+      for (Index k : {Index(0), Index(1), Index(2), Index(3), Index(17), kd::kGemmKc, kd::kGemmKc + 1, Index(2 * 384 + 5)}) {
+        if (m > 100 && k > 400) continue;  // the big row block once is enough
+        for (bool bt : {false, true}) {
+          const Index pad = 3, lda = k + pad, ldb = (bt ? k : n) + pad, ldc = n + 2;
+          const auto a = bf16_values(m * lda, std::uint32_t(m * 7 + k));
+          const auto b = bf16_values((bt ? n : k) * ldb + 1, std::uint32_t(n * 11 + k));
+          for (int threads : {1, 2}) {
+#if defined(_OPENMP)
+            omp_set_num_threads(threads);
+#else
+            (void)threads;
+#endif
+            std::vector<float> c(std::size_t(std::max<Index>(1, m * ldc)), std::numeric_limits<float>::quiet_NaN());
+            kd::GemmBf16Workspace ws;
+            kd::gemm_bf16(kd::View<const Eigen::bfloat16>{a.data(), m, k, lda},
+                          kd::View<const Eigen::bfloat16>{b.data(), bt ? n : k, bt ? k : n, ldb}, bt,
+                          kd::View<float>{c.data(), m, n, ldc}, ws);
+            for (Index i = 0; i < m; ++i) {
+              for (Index j = 0; j < n; ++j) {
+                const float want = bf16_chain(a, lda, b, bt, ldb, i, j, k);
+                const float got = c[std::size_t(i * ldc + j)];
+                bad += std::memcmp(&want, &got, sizeof got) != 0;
+                ++checked;
+              }
+              for (Index j = n; j < ldc && i * ldc + j < Index(c.size()); ++j) bad += !std::isnan(c[std::size_t(i * ldc + j)]);
+            }
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked > 0);
+  CHECK(bad == 0);
+#if defined(_OPENMP)
+  omp_set_num_threads(kd::max_threads());
+#endif
 }

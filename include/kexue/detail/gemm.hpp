@@ -383,4 +383,183 @@ void gemm(View<const T> a, View<const T> b, bool b_transposed, View<T> c, const 
   });
 }
 
+// ---- bf16 x bf16 -> float (issue 13) ---------------------------------------------------------------------------
+// The same loop nest with both operands in bfloat16, packed as pairs of consecutive depths in 32-bit lanes (depth
+// 2q in the low half, 2q + 1 in the high half: vdpbf16ps's layout), so one k step of the micro-kernel is two depths.
+// C(i, j) is again one chain in depth order, acc = (acc + A(i, 2q+1) B(2q+1, j)) + A(i, 2q) B(2q, j), each
+// addition rounded to float (the products of two bf16 are exact in float): vdpbf16ps where the build has
+// AVX512-BF16, two FMAs on the widened halves elsewhere, the same bits for normal numbers (vdpbf16ps flushes
+// subnormal inputs and results to zero). An odd k pads the last pair with a zero depth.
+
+/// Depth pairs per k block: the same 384 depths, so a B micro-panel has the float one's 24 KiB on every width.
+constexpr Index kGemmKcPairs = kGemmKc / 2;
+
+inline std::uint32_t gemm_bf16_pair(const Eigen::bfloat16* lo, const Eigen::bfloat16* hi) {
+  return std::uint32_t(generic::bits16(*lo)) | (hi ? std::uint32_t(generic::bits16(*hi)) << 16 : 0u);
+}
+
+/// Packs op(B) [k, n] (src [k, n], or src^T with `transposed`) into pair micro-panels: block b (pairs
+/// [b kGemmKcPairs, ...)) starts at b kGemmKcPairs * npad; panel j in it is kcp x kNr, element (q, c) at q kNr + c.
+inline PackedB<std::uint32_t> gemm_bf16_pack_b(View<const Eigen::bfloat16> src, bool transposed, std::uint32_t* dst) {
+  constexpr Index nr = kGemmNr<float>;
+  const Index k = transposed ? src.cols : src.rows, n = transposed ? src.rows : src.cols;
+  const Index kp = (k + 1) / 2, npad = gemm_round_up<float>(n, nr);
+  auto at = [&](Index p, Index j) -> const Eigen::bfloat16* {
+    if (p >= k || j >= n) return nullptr;
+    return transposed ? src.row(j) + p : src.row(p) + j;
+  };
+  for (Index q0 = 0; q0 < kp; q0 += kGemmKcPairs) {
+    const Index kcp = std::min(kGemmKcPairs, kp - q0);
+    for (Index j0 = 0; j0 < npad; j0 += nr) {
+      std::uint32_t* d = dst + q0 * npad + j0 * kcp;
+      for (Index q = 0; q < kcp; ++q) {
+        const Index p = 2 * (q0 + q);
+        for (Index c = 0; c < nr; ++c) {
+          const Eigen::bfloat16* lo = at(p, j0 + c);
+          d[q * nr + c] = lo ? gemm_bf16_pair(lo, at(p + 1, j0 + c)) : 0u;
+        }
+      }
+    }
+  }
+  return {dst, kp, n, npad};  // k counts pairs here
+}
+
+/// Packs rows [0, rows) and pairs [q0, q0 + kcp) of A [rows, k] into kMr x kcp micro-panels (rows zero padded).
+inline void gemm_bf16_pack_a(View<const Eigen::bfloat16> a, Index q0, Index kcp, std::uint32_t* dst) {
+  constexpr Index mr = kGemmMr;
+  for (Index r0 = 0; r0 < a.rows; r0 += mr) {
+    const Index rows = std::min(mr, a.rows - r0);
+    std::uint32_t* d = dst + r0 * kcp;
+    for (Index r = 0; r < mr; ++r) {
+      const Eigen::bfloat16* s = r < rows ? a.row(r0 + r) : nullptr;
+      for (Index q = 0; q < kcp; ++q) {
+        const Index p = 2 * (q0 + q);
+        d[q * mr + r] = s ? gemm_bf16_pair(s + p, p + 1 < a.cols ? s + p + 1 : nullptr) : 0u;
+      }
+    }
+  }
+}
+
+/// One kMr x kNr tile: c (ldc) = [c +] a_panel * b_panel over kcp depth pairs.
+inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32_t* b, float* c, Index ldc,
+                            bool accumulate) {
+  using B = Batch<float>;
+  using U = Batch<std::uint32_t>;
+  constexpr Index L = kLanes<float>;
+  B acc[kGemmMr][2];
+  gemm_unroll<kGemmMr>([&](auto i) {
+    acc[i][0] = accumulate ? load(c + i * ldc) : B(0.0f);
+    acc[i][1] = accumulate ? load(c + i * ldc + L) : B(0.0f);
+  });
+  for (Index q = 0; q < kcp; ++q) {
+    const U b0 = U::load_aligned(b), b1 = U::load_aligned(b + L);
+    if constexpr (kNativeBf16Dot) {
+      // 12 accumulators + 2 B registers + 1 broadcast: two bf16 products per lane per instruction.
+      gemm_unroll<kGemmMr>([&](auto i) {
+        const U ai(a[i]);
+        acc[i][0] = dot_bf16_pairs(acc[i][0], ai, b0);
+        acc[i][1] = dot_bf16_pairs(acc[i][1], ai, b1);
+      });
+    } else {
+      // Odd depths for every row, then even ones: only two widened B registers are live at a time (12 + 2 + 1
+      // of AVX2's 16), and each lane still adds its odd product before its even one.
+      const B o0 = bf16_odd(b0), o1 = bf16_odd(b1);
+      gemm_unroll<kGemmMr>([&](auto i) {
+        const B ai(generic::bits_float(a[i] & 0xFFFF0000u));
+        acc[i][0] = fmadd(ai, o0, acc[i][0]);
+        acc[i][1] = fmadd(ai, o1, acc[i][1]);
+      });
+      const B e0 = bf16_even(b0), e1 = bf16_even(b1);
+      gemm_unroll<kGemmMr>([&](auto i) {
+        const B ai(generic::bits_float(a[i] << 16));
+        acc[i][0] = fmadd(ai, e0, acc[i][0]);
+        acc[i][1] = fmadd(ai, e1, acc[i][1]);
+      });
+    }
+    a += kGemmMr;
+    b += kGemmNr<float>;
+  }
+  gemm_unroll<kGemmMr>([&](auto i) {
+    store(c + i * ldc, acc[i][0]);
+    store(c + i * ldc + L, acc[i][1]);
+  });
+}
+
+/// C = A op(B) on one thread for all rows of a (a: [m, k] bf16, c: [m, n] float, b packed by gemm_bf16_pack_b
+/// for depth k). apack: kGemmMc * pairs values.
+inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uint32_t>& b, View<float> c,
+                           std::uint32_t* apack) {
+  constexpr Index mr = kGemmMr, nr = kGemmNr<float>;
+  const Index m = a.rows, n = c.cols, kp = b.k;
+  if (m == 0 || n == 0) return;
+  alignas(64) float tile[kGemmMr * kGemmNr<float>];
+  const Index blocks = std::max<Index>(1, (kp + kGemmKcPairs - 1) / kGemmKcPairs);
+  for (Index i0 = 0; i0 < m; i0 += kGemmMc) {
+    const Index mc = std::min(kGemmMc, m - i0), mpad = gemm_round_up<float>(mc, mr);
+    for (Index blk = 0; blk < blocks && kp > 0; ++blk) {
+      const Index q0 = blk * kGemmKcPairs;
+      gemm_bf16_pack_a(View<const Eigen::bfloat16>{a.row(i0), mc, a.cols, a.stride}, q0,
+                       std::min(kGemmKcPairs, kp - q0), apack + q0 * mpad);
+    }
+    for (Index c0 = 0; c0 < n; c0 += kGemmNc) {
+      const Index c1 = std::min(n, c0 + kGemmNc);
+      for (Index blk = 0; blk < blocks; ++blk) {
+        const Index q0 = blk * kGemmKcPairs, kcp = kp > 0 ? std::min(kGemmKcPairs, kp - q0) : 0;
+        const bool first = blk == 0;
+        for (Index j0 = c0; j0 < c1; j0 += nr) {
+          const Index cols = std::min(nr, n - j0);
+          const std::uint32_t* bp = b.data + q0 * b.npad + j0 * kcp;
+          for (Index r0 = 0; r0 < mc; r0 += mr) {
+            const Index rows = std::min(mr, mc - r0);
+            const std::uint32_t* ap = apack + q0 * mpad + r0 * kcp;
+            float* cp = c.row(i0 + r0) + j0;
+            if (rows == mr && cols == nr) {
+              gemm_bf16_micro(kcp, ap, bp, cp, c.stride, !first);
+              continue;
+            }
+            for (Index r = 0; r < mr; ++r)
+              for (Index j = 0; j < nr; ++j)
+                tile[r * nr + j] = (!first && r < rows && j < cols) ? cp[r * c.stride + j] : 0.0f;
+            gemm_bf16_micro(kcp, ap, bp, tile, nr, !first);
+            for (Index r = 0; r < rows; ++r)
+              for (Index j = 0; j < cols; ++j) cp[r * c.stride + j] = tile[r * nr + j];
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Scratch of gemm_bf16(): the packed op(B) and one A block per thread, in bf16 pairs.
+struct GemmBf16Workspace {
+  GemmBuffer<std::uint32_t> b;
+  std::vector<GemmBuffer<std::uint32_t>> a;
+};
+
+/// C = A op(B), float accumulation: a [m, k] and b [k, n] (or [n, k] when b_transposed) in bfloat16, c [m, n] in
+/// float. Each C(i, j) is one chain in depth order (see above): bitwise the same for any thread count, and on
+/// normal numbers the same with or without AVX512-BF16. c must not overlap a or b.
+inline void gemm_bf16(View<const Eigen::bfloat16> a, View<const Eigen::bfloat16> b, bool b_transposed, View<float> c,
+                      GemmBf16Workspace& ws) {
+  const Index k = a.cols, n = c.cols, m = c.rows, kp = (k + 1) / 2;
+  if (m == 0 || n == 0) return;
+  const Index threads = std::max(1, max_threads());
+  const PackedB<std::uint32_t> packed = gemm_bf16_pack_b(
+      b, b_transposed, gemm_grow(ws.b, std::max<Index>(kp, 1) * gemm_round_up<float>(n, kGemmNr<float>)));
+  if (static_cast<Index>(ws.a.size()) < threads) ws.a.resize(static_cast<std::size_t>(threads));
+  for (auto& x : ws.a) gemm_grow(x, kGemmMc * std::max<Index>(kp, 1));
+  const Index rows = gemm_row_item(m, threads), items = (m + rows - 1) / rows;
+#if defined(_OPENMP)
+  const bool nested = omp_in_parallel() != 0;
+#else
+  const bool nested = true;
+#endif
+  parallel_for(items, [&](Index it) {
+    const Index r0 = it * rows, r1 = std::min(m, r0 + rows);
+    gemm_bf16_rows(View<const Eigen::bfloat16>{a.row(r0), r1 - r0, k, a.stride}, packed,
+                   View<float>{c.row(r0), r1 - r0, n, c.stride},
+                   ws.a[static_cast<std::size_t>(nested ? 0 : gemm_thread_id())].data());
+  });
+}
+
 }  // namespace kexue::detail

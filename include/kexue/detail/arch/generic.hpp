@@ -312,4 +312,23 @@ inline void store_narrow(H* p, const Batch<float>& v) {
   }
 }
 
+/// bf16 pairs in 32-bit lanes (element 2i in the low half, 2i + 1 in the high half, as vdpbf16ps reads them): the
+/// even elements as floats (exact).
+inline Batch<float> bf16_even(const Batch<std::uint32_t>& pairs) { return reinterpret<float>(pairs << 16); }
+/// The odd elements as floats (exact).
+inline Batch<float> bf16_odd(const Batch<std::uint32_t>& pairs) {
+  return reinterpret<float>(pairs & Batch<std::uint32_t>(0xFFFF0000u));
+}
+
+/// False: no instruction does dot_bf16_pairs in one step here (x86.hpp sets it where AVX512-BF16 does).
+constexpr bool kNativeBf16Dot = false;
+
+/// acc + a_odd b_odd, rounded, then + a_even b_even, rounded, lane by lane (a, b: bf16 pairs as above; the
+/// products are exact in float). That is vdpbf16ps's order and rounding, measured on Zen4 over 1.6 M random
+/// normal lanes (the instruction also flushes subnormal inputs and results to zero, which this does not).
+inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uint32_t>& a,
+                                   const Batch<std::uint32_t>& b) {
+  return fmadd<float>(bf16_even(a), bf16_even(b), fmadd<float>(bf16_odd(a), bf16_odd(b), acc));
+}
+
 }  // namespace kexue::detail::generic

@@ -20,6 +20,9 @@
 //   store_narrow(p, v)        a Batch<float> rounded to nearest even into kLanes<float> 16-bit values at p, NaN
 //                             as torch writes it (arch/generic.hpp: kBf16NaN, kHalfQuietNaN)
 //   to_float(h), from_float<H>(x)   the same conversions for one value (tails, scalar references)
+//   dot_bf16_pairs(acc, a, b) acc + a_odd b_odd + a_even b_even per float lane, a and b bf16 pairs in 32-bit lanes
+//                             (vdpbf16ps where kNativeBf16Dot, else widened + two fmadds: the same bits for
+//                             normal numbers); bf16_even(p), bf16_odd(p): the pairs' halves as floats
 //   load_as<T>(p), store_as(p, v), as_compute<T>(s), round_to<S>(x)
 //                             kernels over a compute type T (float, double) whose data are stored as S (T itself,
 //                             or a 16-bit type): plain loads / stores when S == T, else widen on load and round
@@ -114,6 +117,14 @@ inline H from_float(float x) {
   return generic::from_float<H>(x);
 }
 
+
+constexpr bool kNativeBf16Dot = arch::kNativeBf16Dot;
+inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uint32_t>& a,
+                                   const Batch<std::uint32_t>& b) {
+  return arch::dot_bf16_pairs(acc, a, b);
+}
+inline Batch<float> bf16_even(const Batch<std::uint32_t>& pairs) { return generic::bf16_even(pairs); }
+inline Batch<float> bf16_odd(const Batch<std::uint32_t>& pairs) { return generic::bf16_odd(pairs); }
 
 template <class T, class S>
 inline Batch<T> load_as(const S* p) {

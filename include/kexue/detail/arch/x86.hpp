@@ -13,6 +13,8 @@
 //   lane by lane through memory). vcvtneps2bf16 (AVX512-BF16) is NOT used: it flushes subnormal inputs and
 //   outputs to zero and keeps a NaN's sign and payload, where torch rounds subnormals exactly and writes 0xFFFF.
 //   Without -mf16c (the project's "-mavx2;-mfma" default) fp16 takes the generic version.
+// - dot_bf16_pairs: vdpbf16ps (AVX512-BF16, 64-byte registers): two bf16 products per float lane in one
+//   instruction, the bf16 GEMM's micro-kernel step; the generic version widens and does two FMAs.
 // - reduce_add_lanes: the horizontal sums of L registers at once, transposed (a third of the shuffles of L
 //   separate reductions), bitwise equal to xsimd 8's reduce_add of each (the decode path's q.k of L keys).
 
@@ -483,6 +485,29 @@ inline void store_narrow(H* p, const F& v) {
 #endif
   {
     generic::store_narrow<H>(p, v);
+  }
+}
+
+/// True where dot_bf16_pairs is one instruction (vdpbf16ps on 16-float registers).
+constexpr bool kNativeBf16Dot =
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+    kRegBytes<float> == 64;
+#else
+    false;
+#endif
+
+/// acc + a_odd b_odd + a_even b_even per lane, rounded after each addition (see generic::dot_bf16_pairs), with
+/// vdpbf16ps where the build has AVX512-BF16. It flushes subnormal inputs and results to zero.
+template <class U = Batch<std::uint32_t>>  // a template only so that the other widths' branches stay unchecked
+inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const U& a, const U& b) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+  if constexpr (sizeof(typename U::register_type) == 64) {
+    return Batch<float>(_mm512_dpbf16_ps(acc, (__m512bh)static_cast<__m512i>(a), (__m512bh)static_cast<__m512i>(b)));
+  } else
+#endif
+  {
+    return fmadd<float>(generic::bf16_even(a), generic::bf16_even(b),
+                        fmadd<float>(generic::bf16_odd(a), generic::bf16_odd(b), acc));
   }
 }
 
