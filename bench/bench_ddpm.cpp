@@ -112,6 +112,23 @@ void BM_ddpm_step_buffer(benchmark::State& state) {
 }
 BENCHMARK(BM_ddpm_step_buffer)->Args({kSmall, 1})->Args({kLarge, 1})->UseRealTime();
 
+// The same step with ScheduleArithmetic::DiffusersFloat32 (diffusers' operation order: a division and every
+// product rounded on its own instead of the fused form). Compare with BM_ddpm_step_buffer in the same run.
+void BM_ddpm_step_buffer_diffusers(benchmark::State& state) {
+  static const kexue::DdpmSchedule s(1000, kexue::BetaSchedule::Linear, 1e-4, 0.02,
+                                     kexue::ScheduleArithmetic::DiffusersFloat32);
+  const Index n = state.range(0);
+  set_threads(int(state.range(1)));
+  Data d(n);
+  for (auto _ : state) {
+    kexue::ddpm_step(s, d.m, kT, d.x, d.z, d.out);
+    benchmark::ClobberMemory();
+  }
+  report_bytes(state, 4.0 * double(n) * sizeof(float));
+  state.SetItemsProcessed(int64_t(state.iterations()) * n);
+}
+BENCHMARK(BM_ddpm_step_buffer_diffusers)->Args({kSmall, 1})->Args({kLarge, 1})->UseRealTime();
+
 // Dynamic thresholding (exact quantile of |x0_hat| by radix selection, then the clipped step): reads m, x
 // four times (three selection passes and the step) and writes out.
 void BM_ddpm_step_threshold(benchmark::State& state) {
