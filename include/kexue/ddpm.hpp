@@ -7,6 +7,8 @@
 /// Each output element is the same sequence of fused multiply-adds at every register width and thread count, so
 /// results are bitwise identical across AVX2, AVX-512 and NEON builds; an SSE2 build (no fused multiply-add)
 /// rounds each product separately and agrees within the tests' tolerances.
+/// Under ScheduleArithmetic::DiffusersFloat32 each element instead follows diffusers' own sequence of separately
+/// rounded torch ops, bitwise identical to diffusers (CPU) in every build, SSE2 included.
 
 
 #include <cmath>
@@ -711,6 +713,8 @@ void ddpm_velocity(const DdpmSchedule& schedule, const Eigen::DenseBase<D1>& x0,
 /// std^2 = the posterior variance (FixedSmall) or beta (FixedLarge). No noise when prev_t < 0 (noise is not
 /// read and may be empty) unless options.final_step_noise. model_output, sample, noise, out: same size, any contiguous Eigen dense objects
 /// (flat); out may be sample or model_output itself (in place).
+/// With a DiffusersFloat32 schedule the step is diffusers' DDPMScheduler.step bit for bit (see ScheduleArithmetic),
+/// including the +0 it adds when no noise is added.
 /// Note: diffusers adds noise whenever t > 0, so for a custom list whose last entry is t > 0 (prev_t = -1)
 /// it would add std sqrt(1e-20) (FixedSmall) or sqrt(1 - ab_t) (FixedLarge) noise; kexue adds none unless
 /// options.final_step_noise is set.
