@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// DDPM (SPEC.md section 6): beta schedules, forward noising, the velocity target and diffusers'
 /// DDPMScheduler reverse step, with 0-based timesteps as in diffusers (betas[t] is the paper's beta_{t+1}).
 /// Every schedule coefficient is computed and kept in double (ScheduleArithmetic::Exact, the default), or in float32
@@ -342,10 +343,10 @@ inline Index previous_timestep(const std::vector<Index>& timesteps, std::size_t 
 
 /// Options of ddpm_step (diffusers' DDPMScheduler defaults, SPEC 6.4).
 struct DdpmStepOptions {
-  Prediction prediction = Prediction::Epsilon;
-  Variance variance = Variance::FixedSmall;
+  Prediction prediction = Prediction::Epsilon;  ///< what model_output is (diffusers' prediction_type)
+  Variance variance = Variance::FixedSmall;     ///< the noise variance (diffusers' variance_type)
   bool clip_sample = true;    ///< clamp x0_hat to [-clip_range, clip_range] before forming the mean
-  double clip_range = 1.0;
+  double clip_range = 1.0;    ///< > 0 (diffusers' clip_sample_range)
   std::optional<Index> prev_t;  ///< the step's target timestep; default t - 1 (skipped steps: the next list entry)
   /// Add sigma z at the final step (prev_t < 0) too, with the variance formula at alpha_bar_prev = 1: beta_t for
   /// FixedLarge, the floor 1e-20 for FixedSmall. Su's Keras-DDPM sampler does this (SPEC 6.3: "noise is added
@@ -369,8 +370,14 @@ struct DdpmStepOptions {
 /// alpha_bar .. current_beta, c0, c1 and noise_std are diffusers' float32 values and ax, am their double
 /// combination; ddpm_step then evaluates x0_hat in diffusers' order, not as ax x + am m.
 struct DdpmStepCoefficients {
-  double alpha_bar = 0, alpha_bar_prev = 1, current_alpha = 0, current_beta = 0;
-  double ax = 0, am = 0, c0 = 0, c1 = 0;
+  double alpha_bar = 0;       ///< alpha_bar(t)
+  double alpha_bar_prev = 1;  ///< alpha_bar(prev_t), 1 when prev_t < 0
+  double current_alpha = 0;   ///< alpha_bar / alpha_bar_prev, the effective single-step alpha
+  double current_beta = 0;    ///< 1 - current_alpha
+  double ax = 0;              ///< coefficient of the sample x in x0_hat
+  double am = 0;              ///< coefficient of the model output m in x0_hat
+  double c0 = 0;              ///< coefficient of x0_hat in the posterior mean
+  double c1 = 0;              ///< coefficient of x in the posterior mean
   double noise_std = 0;  ///< 0 when prev_t < 0 (no noise at the final step) unless final_step_noise
 };
 
