@@ -370,6 +370,9 @@ constexpr bool kGpInput = std::is_same<S, T>::value || kIs16Bit<S>;
 
 // ---- scores ----------------------------------------------------------------------------------------------
 
+/// 16-bit inputs (issue 13): the projected-q/k forms (2-D and batched) take q and k as Eigen::half or
+/// Eigen::bfloat16 with a float (or double) table and scores; they are widened as they are packed, so the scores
+/// are the float kernel's on the widened inputs, bit for bit. The forms from hidden states take float or double.
 /// One head from projected q, k [n, d] (SPEC 2.2): scores [n, n],
 /// scores[i][j] = RoPE_i(q_i) . RoPE_j(k_j) / sqrt(d), and options.fill where j < i (tril_mask) or i or j
 /// >= length. The table's layout is used (bert4keras: RopeLayout::Interleaved), positions 0..n-1.

@@ -161,6 +161,9 @@ inline void check_linear_tensor(const char* fn, const TensorView<const S>& q, co
 
 }  // namespace detail
 
+/// 16-bit inputs (issue 13): q, k and v may be Eigen::half or Eigen::bfloat16 (all three the same) with a float or
+/// double out (and state); they are widened as they are read, so the result is the float kernel's on the widened
+/// inputs, bit for bit.
 /// Linear attention, one head (SPEC 5.2). q: [n, d], k: [m, d], v: [m, dv], out: [n, dv] (written).
 /// o_i = phi(q_i)^T S / (phi(q_i)^T z + eps), S = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j), over keys
 /// j < key_length and, when causal, j <= i + (m - n). m may differ from n. Causal work is chunk-wise: O(n d dv)

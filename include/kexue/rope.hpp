@@ -15,6 +15,11 @@
 /// register width (AVX-512, AVX2, NEON: bit for bit the same result) and whatever the thread count. A build
 /// whose multiply-add is not fused (x86-64 baseline SSE2) rounds twice; its results differ from an FMA build's
 /// within the tests' tolerances.
+///
+/// 16-bit storage (issue 13): x, q and k may be Eigen::half or Eigen::bfloat16 (Matrix, Map, TensorView) with a
+/// float or double table and biases of the table's type. Each value is widened as it is loaded, rotated exactly as
+/// the table's type rotates it, and rounded once to nearest even when stored: the result is bit for bit the
+/// float (double) kernel's on the widened rows, rounded (kexue/half.hpp). rope_2d takes float and double only.
 
 
 #include <cmath>
