@@ -10,7 +10,8 @@
 // NaN or +-1e30 written into k and/or v rows of keys some rows cannot see (padding past key_length, masked keys,
 // a causal tail) must give every row that sees none of them the same bits as the first call. Batched decoding
 // steps (n <= 2, 1-9 query heads per KV head, run as one row set per group) must give each head the bits of the
-// 2-D call on that head alone.
+// 2-D call on that head alone. The masks of post 9529 (reverse causal, UniLM segments, mixed head directions) have
+// a target of their own, fuzz_masks (1 in 8 of the inputs that were 2-D before it existed).
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_attention -max_total_time=600 -max_len=4096
 #include <cstring>
@@ -304,14 +305,187 @@ void fuzz_batched(FuzzInput& in) {
     }
 }
 
+/// The masks of post 9529 (SPEC 7.3): UniLM segment ids (int32 / int64, shared or per batch), reverse causal, mixed
+/// head directions, combined with causal, key_length, key masks (shared or per batch) and every normalisation, in
+/// the batched/GQA form (n = m). Each head against the scalar reference with its own mask; kexue::Error exactly for
+/// invalid input (negative ids, wrong lengths, causal + reverse, head_directions with causal); hidden keys: poison
+/// every key some row cannot see and compare the rows that see none of them bit for bit; each head bitwise equal
+/// to its 2-D call.
+template <class T>
+void fuzz_masks(FuzzInput& in) {
+  const Index B = in.range(1, 2), hkv = in.range(1, 2), G = in.range(1, 4), H = hkv * G;
+  const Index n = in.size(140), d = in.range(1, 24), dv = in.range(1, 24);
+  const bool special = in.chance(32);
+  const Index shift = in.range(0, 7);
+  Case c = random_case(in, n, false);
+  bool invalid = c.invalid;
+  // Direction: 0 none, 1 causal, 2 reverse, 3 causal + reverse (invalid), 4 mixed heads (+ sometimes causal: invalid).
+  const int dir = int(in.byte() % 5);
+  c.o.causal = dir == 1 || dir == 3;
+  c.o.reverse_causal = dir == 2 || dir == 3;
+  invalid = invalid || dir == 3;
+  std::vector<kexue::HeadDirection> dirs;
+  if (dir == 4) {
+    const Index len = in.chance(16) ? H + 1 : H;
+    invalid = invalid || len != H;
+    for (Index h = 0; h < len; ++h) dirs.push_back(static_cast<kexue::HeadDirection>(in.byte() % 3));
+    c.o.head_directions = kexue::HeadDirections(dirs);
+    if (in.chance(16)) {
+      c.o.causal = true;
+      invalid = true;
+    }
+  }
+  // Segments: none, int32 or int64, shared (n) or per batch (B n); sometimes a negative id or a wrong length.
+  std::vector<std::int32_t> s32;
+  std::vector<std::int64_t> s64;
+  const int segkind = int(in.byte() % 3);
+  if (segkind != 0) {
+    const bool per_batch = B > 1 && in.flag();
+    Index len = per_batch ? B * n : n;
+    if (in.chance(12)) {
+      len += 1;
+      invalid = invalid || (len != n && len != B * n);  // (n + 1 is B n for B = 2, n = 1)
+    }
+    const std::uint8_t density = in.byte();
+    s64.resize(std::size_t(len));
+    for (auto& x : s64) x = in.byte() < density / 4 ? std::int64_t(in.range(1, 3)) : 0;
+    if (len > 0 && in.chance(12)) {
+      s64[std::size_t(in.range(0, len - 1))] = -std::int64_t(in.range(1, 5));
+      invalid = true;
+    }
+    if (segkind == 1) {
+      s32.assign(s64.begin(), s64.end());
+      c.o.segments = kexue::SegmentIds(s32);
+    } else {
+      c.o.segments = kexue::SegmentIds(s64);
+    }
+  }
+  std::vector<unsigned char> mask;
+  Index mask_stride = 0;
+  if (in.flag()) {
+    const bool per_batch = B > 1 && in.flag();
+    const std::uint8_t density = in.byte();
+    mask.resize(std::size_t(per_batch ? B * n : n));
+    for (auto& x : mask) x = in.byte() <= density ? 1 : 0;
+    mask_stride = per_batch ? n : 0;
+  }
+  Strided<T> q = matrix<T>(in, B * n * H, d, special, 0), k = matrix<T>(in, B * hkv * n, d, special, 0),
+             v = matrix<T>(in, B * hkv * n, dv, special, 0);
+  shrink(shift, q);
+  Strided<T> out = sentinel<T>(B * n * H, dv, 0);
+  const auto qv = kexue::TensorView<const T>::contiguous(q.data(), B, H, n, d);
+  auto kv = kexue::TensorView<const T>::contiguous(k.data(), B, hkv, n, d);
+  auto vv = kexue::TensorView<const T>::contiguous(v.data(), B, hkv, n, dv);
+  const auto ov = kexue::TensorView<T>::contiguous(out.data(), B, H, n, dv);
+  auto call = [&](const kexue::TensorView<const T>& kk, const kexue::TensorView<const T>& vvv,
+                  const kexue::TensorView<T>& oo) {
+    if (mask.empty())
+      kexue::attention(qv, kk, vvv, oo, c.o);
+    else
+      kexue::attention(qv, kk, vvv, kexue::KeyMask(mask.data(), Index(mask.size())), oo, c.o);
+  };
+  if (!run_checked(invalid, out.buf, [&] { call(kv, vv, ov); }, "attention masks error contract")) return;
+  const bool finite = q.all_finite() && k.all_finite() && v.all_finite();
+  // Per (b, h): the visibility of the scalar reference.
+  auto head_args = [&](Index b, Index h) {
+    kexue_test::RefAttentionArgs a = ref_args(c, mask.empty() ? nullptr : mask.data() + b * mask_stride);
+    if (!dirs.empty()) {
+      a.causal = dirs[std::size_t(h)] == kexue::HeadDirection::Causal;
+      a.reverse_causal = dirs[std::size_t(h)] == kexue::HeadDirection::ReverseCausal;
+    } else {
+      a.reverse_causal = c.o.reverse_causal;
+    }
+    if (!s64.empty()) a.segments = s64.data() + (Index(s64.size()) == n ? 0 : b * n);
+    return a;
+  };
+  auto visible = [&](const kexue_test::RefAttentionArgs& a, Index i, Index j) {
+    const Index kl = a.key_length < 0 ? n : a.key_length;
+    bool keep = j < kl && (!a.mask || a.mask[j]) && (!a.causal || j <= i) && (!a.reverse_causal || j >= i);
+    if (keep && a.segments)
+      for (Index t = i + 1; t <= j && keep; ++t) keep = a.segments[t] == 0;  // c[j] <= c[i]: no id > 0 in (i, j]
+    return keep;
+  };
+  const double scale = c.o.scale ? *c.o.scale : 1.0 / std::sqrt(double(d));
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h) {
+      const auto a = head_args(b, h);
+      std::vector<double> qd, kd, vd;
+      for (Index s = 0; s < n; ++s) qd.insert(qd.end(), qv.row(b, h, s), qv.row(b, h, s) + d);
+      for (Index s = 0; s < n; ++s) {
+        kd.insert(kd.end(), kv.row(b, h / G, s), kv.row(b, h / G, s) + d);
+        vd.insert(vd.end(), vv.row(b, h / G, s), vv.row(b, h / G, s) + dv);
+      }
+      double vmax = 0;
+      for (double x : vd) vmax = std::max(vmax, std::abs(x));
+      if (!special) {
+        const auto want = kexue_test::reference_attention(qd, kd, vd, n, n, d, dv, a);
+        for (Index i = 0; i < n; ++i) {
+          const double l1 = row_l1(qd, kd, i, n, d, scale);
+          const double bound = row_bound<T>(c, l1, n, d, vmax);
+          for (Index e = 0; e < dv; ++e)
+            expect_near(double(ov.row(b, h, i)[e]), want[std::size_t(i * dv + e)], bound, "attention masks vs reference");
+        }
+      }
+      // The same head through the 2-D call: the same bits.
+      Strided<T> qh(n, d, 0), kh(n, d, 0), vh(n, dv, 0), oh = sentinel<T>(n, dv, 0);
+      for (Index s = 0; s < n; ++s) {
+        std::copy(qv.row(b, h, s), qv.row(b, h, s) + d, qh.row(s));
+        std::copy(kv.row(b, h / G, s), kv.row(b, h / G, s) + d, kh.row(s));
+        std::copy(vv.row(b, h / G, s), vv.row(b, h / G, s) + dv, vh.row(s));
+      }
+      kexue::AttentionOptions o2 = c.o;
+      o2.head_directions.reset();
+      o2.causal = a.causal;
+      o2.reverse_causal = a.reverse_causal;
+      if (!s64.empty()) o2.segments = kexue::SegmentIds(a.segments, n);
+      if (a.mask)
+        kexue::attention(qh.cmap(), kh.cmap(), vh.cmap(), kexue::KeyMask(a.mask, n), oh.map(), o2);
+      else
+        kexue::attention(qh.cmap(), kh.cmap(), vh.cmap(), oh.map(), o2);
+      for (Index s = 0; s < n; ++s)
+        for (Index e = 0; e < dv; ++e) {
+          const T x = ov.row(b, h, s)[e], y = oh.row(s)[e];
+          expect((std::isnan(double(x)) && std::isnan(double(y))) || std::memcmp(&x, &y, sizeof(T)) == 0,
+                 "attention masks: a batched head differs from its 2-D call", double(x), double(y));
+        }
+    }
+  if (!finite || !in.flag()) return;
+  // Hidden keys: poison a random set of keys; every row (of every head) that sees none of them keeps its bits.
+  std::vector<char> bad(std::size_t(n), 0);
+  const std::uint8_t density = in.byte();
+  for (auto& x : bad) x = in.byte() < density / 2;
+  const T x = poison_value<T>(in);
+  Strided<T> kp = k, vp = v, dirty = sentinel<T>(B * n * H, dv, 0);
+  for (Index r = 0; r < B * hkv * n; ++r)
+    if (bad[std::size_t(r % n)]) {
+      std::fill(kp.row(r), kp.row(r) + d, x);
+      std::fill(vp.row(r), vp.row(r) + dv, x);
+    }
+  const auto dv_view = kexue::TensorView<T>::contiguous(dirty.data(), B, H, n, dv);
+  call(kexue::TensorView<const T>::contiguous(kp.data(), B, hkv, n, d),
+       kexue::TensorView<const T>::contiguous(vp.data(), B, hkv, n, dv), dv_view);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h) {
+      const auto a = head_args(b, h);
+      for (Index i = 0; i < n; ++i) {
+        bool sees_bad = false;
+        for (Index j = 0; j < n && !sees_bad; ++j) sees_bad = bad[std::size_t(j)] && visible(a, i, j);
+        if (!sees_bad) expect_same_row(ov.row(b, h, i), dv_view.row(b, h, i), dv);
+      }
+    }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzInput in(data, size);
   const bool single = in.flag();
-  if (in.byte() % 4 != 0)
-    single ? fuzz_2d<float>(in) : fuzz_2d<double>(in);
-  else
+  const std::uint8_t mode = in.byte();
+  if (mode % 4 == 0)
     single ? fuzz_batched<float>(in) : fuzz_batched<double>(in);
+  else if (mode >= 224)  // (mode % 4 != 0 was the 2-D target before the masks of post 9529; 1 in 8 of it moved)
+    single ? fuzz_masks<float>(in) : fuzz_masks<double>(in);
+  else
+    single ? fuzz_2d<float>(in) : fuzz_2d<double>(in);
   return 0;
 }
