@@ -12,7 +12,8 @@
 //   AVX-512F), bf16 with integer shifts and packs (a load and two instructions, where the generic one converts
 //   lane by lane through memory). vcvtneps2bf16 (AVX512-BF16) is NOT used: it flushes subnormal inputs and
 //   outputs to zero and keeps a NaN's sign and payload, where torch rounds subnormals exactly and writes 0xFFFF.
-//   Without -mf16c (the project's "-mavx2;-mfma" default) fp16 takes the generic version.
+//   Without F16C (SSE2, or the project's "-mavx2;-mfma" default, which does not imply -mf16c) fp16 converts with
+//   integer and float arithmetic in 32-bit lanes (half_lanes_to_float, float_to_half_lanes) and packs.
 // - dot_bf16_pairs: vdpbf16ps (AVX512-BF16, 64-byte registers): two bf16 products per float lane in one
 //   instruction, the bf16 GEMM's micro-kernel step; the generic version widens and does two FMAs.
 // - reduce_add_lanes: the horizontal sums of L registers at once, transposed (a third of the shuffles of L
@@ -373,6 +374,41 @@ inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
 
 // ---- 16-bit storage ---------------------------------------------------------------------------------------------
 
+// fp16 <-> float without F16C (SSE2, or AVX2 built without -mf16c): integer and float arithmetic in 32-bit
+// lanes instead of the generic version's lane-by-lane conversion. Widening rebiases the exponent and renormalises
+// subnormals with one exact float subtraction (no subnormal operand, so DAZ cannot interfere); narrowing rounds
+// normals to nearest even on the bits and subnormals with one float addition of 0.5 (whose ulp is fp16's 2^-24).
+// Lanes hold fp16 bits zero-extended to 32 bits.
+template <class I = Batch<std::int32_t>>
+inline Batch<float> half_lanes_to_float(const I& h) {
+  const I sign = (h & I(0x8000)) << 16;
+  const I o = (h & I(0x7FFF)) << 13;
+  const I e = o & I(0x0F800000);
+  I r = o + I((127 - 15) << 23);
+  // inf / NaN: exponent to all ones, and a NaN quiet (as vcvtph2ps, fcvtl and torch).
+  r = xsimd::select(e == I(0x0F800000), (r + I((128 - 16) << 23)) | xsimd::select(o > I(0x0F800000), I(0x400000), I(0)),
+                    r);
+  // Zero and subnormals: 2^-14 (1 + m 2^-10) - 2^-14 = m 2^-24, exactly.
+  const Batch<float> renorm = reinterpret<float>(r + I(1 << 23)) - Batch<float>(generic::bits_float(113u << 23));
+  r = xsimd::select(e == I(0), reinterpret<std::int32_t>(renorm), r);
+  return reinterpret<float>(r | sign);
+}
+
+template <class F = Batch<float>>
+inline Batch<std::int32_t> float_to_half_lanes(const F& v) {
+  using I = Batch<std::int32_t>;
+  const I x = reinterpret<std::int32_t>(v);
+  const I sign = (x >> 16) & I(0x8000);
+  const I a = x & I(0x7FFFFFFF);
+  // Normal results: rebias, add 0xFFF plus the lowest kept bit, shift (a carry into 0x7C00 is the overflow to inf).
+  const I normal = (a + I(int(0xC8000FFFu)) + ((a >> 13) & I(1))) >> 13;
+  // Subnormal results (|x| < 2^-14): |x| + 0.5 rounds at 2^-24; its low bits are the fp16 subnormal.
+  const I sub = reinterpret<std::int32_t>(reinterpret<float>(a) + F(0.5f)) - I(0x3F000000);
+  I r = xsimd::select(a < I(0x38800000), sub, normal);
+  r = xsimd::select(a >= I(0x47800000), xsimd::select(a > I(0x7F800000), I(kHalfQuietNaN), I(0x7C00)), r);
+  return r | sign;
+}
+
 /// kLanes<float> halves or bfloat16s at p (any alignment) as floats, exact (see generic::load_widen).
 template <class H, class F = std::conditional_t<kIs16Bit<H>, Batch<float>, void>>  // F: branches stay unchecked
 inline F load_widen(const H* p) {
@@ -398,9 +434,21 @@ inline F load_widen(const H* p) {
     return F(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
   } else
 #endif
+#if defined(__AVX2__) && !defined(__F16C__)
+      if constexpr (kBytes == 32 && kHalf) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return half_lanes_to_float(Batch<std::int32_t>(w));
+  } else
+#endif
 #if defined(__F16C__)
       if constexpr (kBytes == 16 && kHalf) {
     return F(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  } else
+#endif
+#if defined(__SSE2__) && !defined(__F16C__)
+      if constexpr (kBytes == 16 && kHalf) {
+    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return half_lanes_to_float(Batch<std::int32_t>(_mm_unpacklo_epi16(h, _mm_setzero_si128())));
   } else
 #endif
 #if defined(__SSE2__)
@@ -469,9 +517,24 @@ inline void store_narrow(H* p, const F& v) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
   } else
 #endif
+#if defined(__AVX2__) && !defined(__F16C__)
+      if constexpr (kBytes == 32 && kHalf) {
+    // The results are 16-bit values in 32-bit lanes: sign-extend them so the signed pack keeps them exactly.
+    const __m256i r = float_to_half_lanes(v);
+    const __m256i packed = _mm256_packs_epi32(_mm256_srai_epi32(_mm256_slli_epi32(r, 16), 16), _mm256_setzero_si256());
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
+  } else
+#endif
 #if defined(__F16C__)
       if constexpr (kBytes == 16 && kHalf) {
     _mm_storel_epi64(reinterpret_cast<__m128i*>(p), half_nan_fixup(_mm_cvtps_ph(v, kNearest)));
+  } else
+#endif
+#if defined(__SSE2__) && !defined(__F16C__)
+      if constexpr (kBytes == 16 && kHalf) {
+    const __m128i r = float_to_half_lanes(v);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p),
+                     _mm_packs_epi32(_mm_srai_epi32(_mm_slli_epi32(r, 16), 16), _mm_setzero_si128()));
   } else
 #endif
 #if defined(__SSE2__)
