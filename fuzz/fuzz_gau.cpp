@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: MIT
 // Differential fuzzing of the GAU layer (gau.hpp) against the scalar reference (tests/reference/gau_reference.hpp):
-// the three normalisations, causal, key_length, key masks, relu2_length, explicit and bert4keras scales,
-// zero_padded_rows, RoPE or none, weights with and without biases and offsets, in place (out = x) or not, rows
-// across the 128-row query tile, strided x/out with NaN padding; invalid options and shapes. Asserts kexue::Error
-// exactly for invalid input (out untouched), padding never written, finite output wherever the reference is
-// finite (float: moderate inputs only, double: +-inf, NaN, denormals and 1e30 too), and
+// the three normalisations, causal, key_length, key masks, reverse causal and UniLM segment ids (post 9529),
+// relu2_length, explicit and bert4keras scales, zero_padded_rows, RoPE or none, weights with and without biases and
+// offsets, in place (out = x) or not, rows across the 128-row query tile, strided x/out with NaN padding; invalid
+// options and shapes. Asserts kexue::Error exactly for invalid input (out untouched), padding never written, finite
+// output wherever the reference is finite (float: moderate inputs only, double: +-inf, NaN, denormals and 1e30 too), and
 // |got - ref| <= 64 eps(T) (D + e + s + n) (1 + max |ref|) (every row a chain of four GEMM-like sums).
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_gau -max_total_time=600 -max_len=4096
+#include <cstdint>
 #include <optional>
 
 #include "fuzz_input.hpp"
@@ -48,6 +49,31 @@ void fuzz_gau(FuzzInput& in) {
     invalid = invalid || Index(mask.size()) != n;
     for (auto& x : mask) x = in.byte() < 200 ? 1 : 0;
     o.key_mask = kexue::KeyMask(mask.data(), Index(mask.size()));
+  }
+  // The masks of post 9529 (SPEC 7.3): reverse causal (with causal: invalid) and UniLM segment ids (int32 or
+  // int64; sometimes a negative id or the wrong length: invalid).
+  if (in.chance(48)) {
+    o.attention.reverse_causal = true;
+    invalid = invalid || o.attention.causal;
+  }
+  std::vector<std::int64_t> seg64;
+  std::vector<std::int32_t> seg32;
+  if (in.chance(48)) {
+    const Index len = in.chance(16) ? n + 1 : n;
+    invalid = invalid || len != n;
+    const std::uint8_t density = in.byte();
+    seg64.resize(std::size_t(len));
+    for (auto& x : seg64) x = in.byte() < density / 4 ? std::int64_t(in.range(1, 3)) : 0;
+    if (len > 0 && in.chance(16)) {
+      seg64[std::size_t(in.range(0, len - 1))] = -1;
+      invalid = true;
+    }
+    if (in.flag()) {
+      seg32.assign(seg64.begin(), seg64.end());
+      o.attention.segments = kexue::SegmentIds(seg32);
+    } else {
+      o.attention.segments = kexue::SegmentIds(seg64);
+    }
   }
   const Index table_pos = in.chance(16) ? std::max<Index>(n - 1, 0) : n;
   invalid = invalid || (use_rope && table_pos < n);

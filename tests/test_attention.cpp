@@ -707,30 +707,30 @@ TEST_CASE("bad input throws kexue::Error naming the argument, before writing", "
   v.setRandom();
   auto untouched = [&] { return (out.array() == 42.f).all(); };
   Matrix<float> k_bad(7, 9), v_bad(6, 3), out_bad(5, 4);
-  CHECK_THROWS_WITH(kexue::attention(q, k_bad, v, out), Catch::Contains("k has 9 columns but q has 8"));
-  CHECK_THROWS_WITH(kexue::attention(q, k, v_bad, out), Catch::Contains("v has 6 rows but k has 7"));
+  CHECK_THROWS_WITH(kexue::attention(q, k_bad, v, out), kexue_test::contains("k has 9 columns but q has 8"));
+  CHECK_THROWS_WITH(kexue::attention(q, k, v_bad, out), kexue_test::contains("v has 6 rows but k has 7"));
   CHECK_THROWS_AS(kexue::attention(q, k, v, out_bad), kexue::Error);
   AttentionOptions o;
   o.key_length = 8;
-  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), Catch::Contains("key_length"));
+  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), kexue_test::contains("key_length"));
   o = {};
   o.train_length = 1;
-  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), Catch::Contains("train_length"));
+  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), kexue_test::contains("train_length"));
   o = {};
   o.min_length = 0;
   CHECK_THROWS_AS(kexue::attention(q, k, v, out, o), kexue::Error);
   o = {};
   o.relu2_length = 0;
-  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), Catch::Contains("relu2_length"));
+  CHECK_THROWS_WITH(kexue::attention(q, k, v, out, o), kexue_test::contains("relu2_length"));
   o = {};
   o.scale = std::numeric_limits<double>::infinity();
   CHECK_THROWS_AS(kexue::attention(q, k, v, out, o), kexue::Error);
   std::vector<std::uint8_t> short_mask(6, 1);
-  CHECK_THROWS_WITH(kexue::attention(q, k, v, short_mask, out), Catch::Contains("key_mask has 6"));
+  CHECK_THROWS_WITH(kexue::attention(q, k, v, short_mask, out), kexue_test::contains("key_mask has 6"));
   // out aliasing an input.
   Matrix<float> buf(7, 8);
   buf.setRandom();
-  CHECK_THROWS_WITH(kexue::attention(buf.topRows(5), k, v, buf.block(0, 0, 5, 3)), Catch::Contains("alias"));
+  CHECK_THROWS_WITH(kexue::attention(buf.topRows(5), k, v, buf.block(0, 0, 5, 3)), kexue_test::contains("alias"));
   CHECK(untouched());
   // Batched: heads not a multiple of kv heads.
   std::vector<float> bq(2 * 3 * 4 * 8), bk(2 * 2 * 5 * 8), bv(2 * 2 * 5 * 3), bo(2 * 3 * 4 * 3, 42.f);
@@ -738,7 +738,7 @@ TEST_CASE("bad input throws kexue::Error naming the argument, before writing", "
   auto tk = kexue::TensorView<float>::contiguous(bk.data(), 2, 2, 5, 8);
   auto tv = kexue::TensorView<float>::contiguous(bv.data(), 2, 2, 5, 3);
   auto to = kexue::TensorView<float>::contiguous(bo.data(), 2, 3, 4, 3);
-  CHECK_THROWS_WITH(kexue::attention(tq, tk, tv, to), Catch::Contains("not a multiple"));
+  CHECK_THROWS_WITH(kexue::attention(tq, tk, tv, to), kexue_test::contains("not a multiple"));
   for (float x : bo) CHECK(x == 42.f);
 }
 
@@ -882,8 +882,8 @@ TEST_CASE("diagnostics: entropy and l1/l2 sparsity (SPEC 5.1)", "[attention]") {
   // Errors.
   Matrix<double> neg = Matrix<double>::Constant(2, 2, -0.1);
   kexue::Vector<double> h2(2), h3(3);
-  CHECK_THROWS_WITH(kexue::attention_entropy(neg, h2), Catch::Contains("non-negative"));
-  CHECK_THROWS_WITH(kexue::attention_entropy(a, h2), Catch::Contains("entropy has 2 entries"));
+  CHECK_THROWS_WITH(kexue::attention_entropy(neg, h2), kexue_test::contains("non-negative"));
+  CHECK_THROWS_WITH(kexue::attention_entropy(a, h2), kexue_test::contains("entropy has 2 entries"));
   CHECK_THROWS_AS(kexue::attention_sparsity(a, h2), kexue::Error);
   (void)h3;
 }

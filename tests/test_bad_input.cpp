@@ -6,7 +6,9 @@
 // the API defines the empty case. Mixing float and double arguments is rejected at compile time (a
 // static_assert in every entry point), so that column of the matrix has no runtime cell.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -418,6 +420,70 @@ TEST_CASE("bad input: batched attention", "[bad_input][attention]") {
     const auto k1 = CV::contiguous(kb.data(), 2, 1, 5, 8), v1 = CV::contiguous(vb.data(), 2, 1, 5, 4);
     const std::vector<std::uint8_t> mask(7, 1);
     expect_error([&] { kexue::attention(q, k1, v1, mask, out); }, {"attention", "key_mask", "7", "5", "10"}, {so});
+  }
+}
+
+TEST_CASE("bad input: the masks of post 9529 (segments, reverse causal, head directions)", "[bad_input][attention]") {
+  const MatF q = filled(6, 4), k = filled(6, 4), v = filled(6, 3);
+  MatF out = sentinel(6, 3);
+  SECTION("negative segment id: function, argument and index") {
+    const std::vector<std::int32_t> ids = {0, 0, 1, 0, -3, 1};
+    kexue::AttentionOptions o;
+    o.segments = kexue::SegmentIds(ids);
+    expect_error([&] { kexue::attention(q, k, v, out, o); }, {"attention", "options.segments[4]", "-3", "negative"},
+                 {Snap(out)});
+    MatF w = sentinel(6, 6);
+    expect_error([&] { kexue::attention_weights(q, k, w, o); }, {"attention_weights", "options.segments[4]"}, {Snap(w)});
+  }
+  SECTION("segments of the wrong length, or with n != m") {
+    const std::vector<std::int64_t> ids(5, 0);
+    kexue::AttentionOptions o;
+    o.segments = kexue::SegmentIds(ids);
+    expect_error([&] { kexue::attention(q, k, v, out, o); }, {"attention", "options.segments", "5", "6"}, {Snap(out)});
+    const std::vector<std::int64_t> ids6(6, 0);
+    o.segments = kexue::SegmentIds(ids6);
+    MatF o1 = sentinel(1, 3);
+    expect_error([&] { kexue::attention(filled(1, 4), k, v, o1, o); }, {"attention", "segments", "n == m", "1", "6"},
+                 {Snap(o1)});
+  }
+  SECTION("causal and reverse causal together; reverse causal with n != m") {
+    kexue::AttentionOptions o;
+    o.causal = o.reverse_causal = true;
+    expect_error([&] { kexue::attention(q, k, v, out, o); }, {"attention", "causal", "reverse_causal"}, {Snap(out)});
+    o.causal = false;
+    MatF o2 = sentinel(2, 3);
+    expect_error([&] { kexue::attention(filled(2, 4), k, v, o2, o); }, {"attention", "reverse_causal", "n == m"},
+                 {Snap(o2)});
+  }
+  SECTION("head directions: wrong count, with causal, invalid value") {
+    std::vector<float> qb(2 * 4 * 6 * 4, 0.5f), ob(2 * 4 * 6 * 3, -1.5f);
+    using CV = kexue::TensorView<const float>;
+    const auto tq = CV::contiguous(qb.data(), 2, 4, 6, 4), tk = CV::contiguous(qb.data(), 2, 2, 6, 4),
+               tv = CV::contiguous(qb.data(), 2, 2, 6, 3);
+    const auto to = kexue::TensorView<float>::contiguous(ob.data(), 2, 4, 6, 3);
+    const Snap so(ob);
+    const std::vector<kexue::HeadDirection> three(3, kexue::HeadDirection::Causal);
+    kexue::AttentionOptions o;
+    o.head_directions = kexue::HeadDirections(three);
+    expect_error([&] { kexue::attention(tq, tk, tv, to, o); }, {"attention", "head_directions", "3", "4 heads"}, {so});
+    const std::vector<kexue::HeadDirection> four(4, kexue::HeadDirection::ReverseCausal);
+    o.head_directions = kexue::HeadDirections(four);
+    o.causal = true;
+    expect_error([&] { kexue::attention(tq, tk, tv, to, o); }, {"attention", "head_directions", "causal"}, {so});
+    std::vector<kexue::HeadDirection> bad(4, kexue::HeadDirection::Causal);
+    bad[2] = static_cast<kexue::HeadDirection>(7);
+    o = kexue::AttentionOptions();
+    o.head_directions = kexue::HeadDirections(bad);
+    expect_error([&] { kexue::attention(tq, tk, tv, to, o); }, {"attention", "head_directions[2]", "7"}, {so});
+    // Per-batch segments: neither m nor batch x m.
+    const std::vector<std::int32_t> ids(7, 0);
+    o = kexue::AttentionOptions();
+    o.segments = kexue::SegmentIds(ids);
+    expect_error([&] { kexue::attention(tq, tk, tv, to, o); }, {"attention", "segments", "7", "6", "12"}, {so});
+  }
+  SECTION("attention_rank: non-finite tolerance") {
+    const MatF a = filled(3, 3);
+    expect_error([&] { kexue::attention_rank(a, std::numeric_limits<double>::quiet_NaN()); }, {"attention_rank", "tol"});
   }
 }
 

@@ -442,6 +442,9 @@ void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, con
 /// Parallel over batch x heads x query tiles; bitwise identical for any thread count. A decoding step (n <= 2)
 /// processes all query heads of a KV head together, reading each cached K and V row once per KV head rather than
 /// once per query head (GQA/MQA), with every head's result bitwise equal to running that head alone.
+/// Masks of post 9529: options.head_directions gives each query head its own direction (Su's mixed forward /
+/// backward attention: causal on some heads, reverse causal on the others); options.segments takes m or batch x m
+/// ids. Every head gets the bits of the 2-D call on it with that head's options.
 template <class TQ, class TK, class TV, class T>
 void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<T>& out,
                const AttentionOptions& options = {}) {
@@ -455,6 +458,7 @@ void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorVie
 }
 
 /// Batched attention with a key mask of m entries (shared by every batch) or batch x m entries (row b for batch b).
+/// options.segments likewise holds m ids (shared) or batch x m (row b for batch b), in both batched forms.
 template <class TQ, class TK, class TV, class T>
 void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const KeyMask& key_mask,
                const TensorView<T>& out, const AttentionOptions& options = {}) {
@@ -513,7 +517,7 @@ void attention_entropy(const Eigen::DenseBase<AD>& a, const Eigen::DenseBase<OD>
 }
 
 /// Per-row l1/l2 sparsity of SPEC 5.1 (posts 9595, 9889): S_i = sum_j |a_ij| / (sqrt(n_i) sqrt(sum_j a_ij^2)),
-/// n_i = number of keys visible to row i under options (causal, key_length). In [1/sqrt(n_i), 1]: one-hot gives
+/// n_i = number of keys visible to row i under options (key_length, causal, reverse_causal, segments). In [1/sqrt(n_i), 1]: one-hot gives
 /// 1/sqrt(n_i), uniform over the visible keys gives 1. Works for signed or unnormalised rows; an all-zero row
 /// (or n_i = 0) gives 0. a: [n, m]; sparsity: n entries.
 template <class AD, class OD>
