@@ -23,6 +23,7 @@
 #include <kexue/random.hpp>
 #include <kexue/rope.hpp>
 
+#include <stdexcept>
 #include <vector>
 
 #include "glue.hpp"
@@ -115,6 +116,10 @@ class PatchDenoiser {
   /// Noise prediction for a batch of images x_t [B H, W C] at timestep t: eps [B H, W C].
   void predict(const Matrix<T>& images, Index t, Matrix<T>& eps) {
     const PatchDenoiserConfig& c = w_.config;
+    if (images.rows() % c.height != 0 || images.cols() != c.width * c.channels)
+      throw std::invalid_argument("PatchDenoiser::predict: images must be [B * height, width * channels]");
+    if (t < 0 || t >= w_.time_embedding.rows())
+      throw std::out_of_range("PatchDenoiser::predict: timestep outside the time embedding");
     const Index batch = images.rows() / c.height, L = c.patches(), rows = batch * L;
     patches_.resize(rows, c.patch_values());
     kexue::patchify(images, c.channels, c.patch, patches_);  // batch b's patches are rows [b L, (b + 1) L)
