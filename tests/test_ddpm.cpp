@@ -440,6 +440,31 @@ TEMPLATE_TEST_CASE("ddpm_step: SIMD vs scalar reference over odd sizes, offsets 
   }
 }
 
+TEMPLATE_TEST_CASE("ddpm_step (Exact, clip_sample): a NaN x0_hat stays NaN in every lane and in the tail, as "
+                   "torch.clamp keeps it", "[ddpm][step]", float, double) {
+  using T = TestType;
+  const Index L = kexue::detail::kLanes<T>;
+  const DdpmSchedule s;
+  const Index n = 3 * L + 1;  // whole registers and a scalar tail
+  using Map = Eigen::Map<kexue::Vector<T>>;
+  for (Index pos = 0; pos < n; ++pos) {
+    std::vector<T> m(std::size_t(n), T(0.5)), x(std::size_t(n), T(0.25)), z(std::size_t(n), T(0.1)),
+        out(std::size_t(n), T(0));
+    m[std::size_t(pos)] = std::numeric_limits<T>::quiet_NaN();
+    DdpmStepOptions o;
+    o.clip_sample = true;
+    kexue::ddpm_step(s, Map(m.data(), n), 10, Map(x.data(), n), Map(z.data(), n), Map(out.data(), n), o);
+    INFO("NaN at " << pos << " of " << n);
+    for (Index i = 0; i < n; ++i) {
+      if (i == pos) {
+        CHECK(std::isnan(out[std::size_t(i)]));
+      } else {
+        CHECK(std::isfinite(out[std::size_t(i)]));
+      }
+    }
+  }
+}
+
 TEST_CASE("ddpm_step equals the paper's Algorithm 2 when nothing is clipped (SPEC 6.1 identity)", "[ddpm][step]") {
   const DdpmSchedule s;
   const Index n = 101;

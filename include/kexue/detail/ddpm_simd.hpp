@@ -18,6 +18,16 @@
 
 namespace kexue::detail {
 
+/// torch.clamp(v, lo, hi): NaN stays NaN (the comparison-based min/max of some instruction sets would drop it).
+template <class T>
+inline T clamp_keep_nan(T v, T lo, T hi) {
+  return v != v ? v : std::min(std::max(v, lo), hi);
+}
+template <class T>
+inline Batch<T> clamp_keep_nan(const Batch<T>& v, const Batch<T>& lo, const Batch<T>& hi) {
+  return xsimd::select(xsimd::isnan(v), v, xsimd::min(xsimd::max(v, lo), hi));  // != is an ordered compare
+}
+
 /// The step as out = c0 clamp(ax x + am m) + c1 x + s z (clip), or out = a x + b m + s z (no clip),
 /// with x the sample, m the model output and z the noise.
 template <class T>
@@ -41,13 +51,13 @@ inline void ddpm_step_range(const DdpmStepCoef<T>& c, const T* m, const T* x, co
     const Batch<T> ax(c.ax), am(c.am), c0(c.c0), c1(c.c1), s(c.s), lo(c.lo), hi(c.hi);
     for (; i + L <= n; i += L) {
       const Batch<T> xv = load(x + i);
-      const Batch<T> x0 = xsimd::min(xsimd::max(fmadd(ax, xv, am * load(m + i)), lo), hi);
+      const Batch<T> x0 = clamp_keep_nan(fmadd(ax, xv, am * load(m + i)), lo, hi);
       Batch<T> r = fmadd(c0, x0, c1 * xv);
       if (noise) r = fmadd(s, load(z + i), r);
       store(out + i, r);
     }
     for (; i < n; ++i) {
-      const T x0 = std::min(std::max(madd(c.ax, x[i], c.am * m[i]), c.lo), c.hi);
+      const T x0 = clamp_keep_nan(madd(c.ax, x[i], c.am * m[i]), c.lo, c.hi);
       T r = madd(c.c0, x0, c.c1 * x[i]);
       if (noise) r = madd(c.s, z[i], r);
       out[i] = r;
@@ -218,15 +228,6 @@ inline Batch<T> divide_ieee(const Batch<T>& a, const Batch<T>& b) {
 #endif
 }
 
-/// torch.clamp(v, lo, hi): NaN stays NaN (the comparison-based min/max of some instruction sets would drop it).
-template <class T>
-inline T clamp_keep_nan(T v, T lo, T hi) {
-  return v != v ? v : std::min(std::max(v, lo), hi);
-}
-template <class T>
-inline Batch<T> clamp_keep_nan(const Batch<T>& v, const Batch<T>& lo, const Batch<T>& hi) {
-  return xsimd::select(xsimd::isnan(v), v, xsimd::min(xsimd::max(v, lo), hi));  // != is an ordered compare
-}
 
 /// The step in diffusers' order. Coefficients are diffusers' float32 scalars converted to T (a float64 sample
 /// promotes them, as torch does):
