@@ -5,7 +5,9 @@
 // offsets, in place (out = x) or not, rows across the 128-row query tile, strided x/out with NaN padding; invalid
 // options and shapes. Asserts kexue::Error exactly for invalid input (out untouched), padding never written, finite
 // output wherever the reference is finite (float: moderate inputs only, double: +-inf, NaN, denormals and 1e30 too), and
-// |got - ref| <= 64 eps(T) (D + e + s + n) (1 + max |ref|) (every row a chain of four GEMM-like sums).
+// |got - ref| <= (64 eps(T) (D + e + s + n) + 4 (D + s + 8) eps(T) c L1_i) (1 + max |ref|) (every row a chain of four
+// GEMM-like sums, plus the logits' rounding: L1_i is row i's largest |scale| sum |q k|, c the SoftmaxPlus factor,
+// times 2 (L1_i + 1) for relu^2).
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_gau -max_total_time=600 -max_len=4096
 #include <cstdint>
@@ -109,12 +111,27 @@ void fuzz_gau(FuzzInput& in) {
   if (!run_checked(invalid, out.buf, call, "gau error contract")) return;
   expect(out.padding_intact(), "gau wrote into out's row padding");
   if (n == 0) return;
-  const auto want = kexue_test::gau_reference(w, x0.to_double(), o, use_rope);
+  std::vector<double> l1;
+  const auto want = kexue_test::gau_reference(w, x0.to_double(), o, use_rope, -1, &l1);
   const double scale = want.allFinite() ? want.cwiseAbs().maxCoeff() : 0.0;
-  const double bound = 64 * eps_of<T>() * double(D + e + s + n) * (1 + scale) + tiny<T>();
-  for (Index i = 0; i < n; ++i)
+  // Every output a chain of four GEMM-like sums, plus what a logit's rounding error does to the weights: a float
+  // logit of magnitude up to L1 (row i's largest |scale| sum_c |q_c k_c|) is off by about (D + s + 8) eps L1 (the
+  // projection's and the dot product's chains), which moves each softmax weight by that much relatively (times
+  // the SoftmaxPlus factor) and a relu^2 weight a^2 by 2 a times it. Fuzz finding 3535 (float, softmax, n = 16,
+  // key_length 4, D = 10, s = 8, no RoPE): logits in the hundreds, an output 3e-4 relatively off, bitwise the same
+  // before and after the masks of post 9529; the bound had no logit term.
+  double factor = 1;
+  if (o.attention.normalization == kexue::Normalization::SoftmaxPlus)
+    factor = std::max(1.0, std::log(double(std::max<Index>(n, o.attention.min_length))) /
+                               std::log(double(std::max<Index>(o.attention.train_length, 2))));
+  for (Index i = 0; i < n; ++i) {
+    const double li = l1.empty() ? 0.0 : l1[std::size_t(i)];
+    double logit = 4 * double(D + s + 8) * eps_of<T>() * factor * li;
+    if (o.attention.normalization == kexue::Normalization::SquaredRelu) logit *= 2 * (li + 1);
+    const double bound = (64 * eps_of<T>() * double(D + e + s + n) + logit) * (1 + scale) + tiny<T>();
     for (Index c = 0; c < D; ++c)
       expect_near(double(out(i, c)), want(i, c), special ? HUGE_VAL : bound, "gau vs reference");
+  }
 }
 
 }  // namespace

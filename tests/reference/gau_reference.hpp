@@ -27,10 +27,13 @@ inline void gau_ref_rope(std::vector<double>& row, Index position, double base =
 }
 
 /// out = GAU(x) for one sequence. `rope` rotates q and k at positions 0..n-1 (the default RopeTable).
-/// key_length < 0 takes options.attention.key_length (default n).
+/// key_length < 0 takes options.attention.key_length (default n). logit_l1, if given, receives per row i the
+/// largest |scale| sum_c |q_ic k_jc| over the keys j it sees (how large a logit is, and the scale of the rounding
+/// error a float dot product makes in it: fuzz/fuzz_gau.cpp's bound).
 template <class T>
 kexue::Matrix<double> gau_reference(const kexue::GauWeights<T>& w, const kexue::Matrix<double>& x,
-                                    const kexue::GauOptions& options, bool rope, Index key_length = -1) {
+                                    const kexue::GauOptions& options, bool rope, Index key_length = -1,
+                                    std::vector<double>* logit_l1 = nullptr) {
   const Index n = x.rows(), D = w.w_in.rows(), e = w.w_out.rows(), s = w.gamma_q.size(), width = 2 * e + s;
   const kexue::AttentionOptions& ao = options.attention;
   if (key_length < 0) key_length = ao.key_length ? *ao.key_length : n;
@@ -74,6 +77,17 @@ kexue::Matrix<double> gau_reference(const kexue::GauWeights<T>& w, const kexue::
              (!ao.segments || cum[j] <= cum[i]) && (!options.key_mask || options.key_mask->data()[j] != 0);
     };
     for (Index j = 0; j < n; ++j) l += visible(j) ? 1 : 0;
+    if (logit_l1) {
+      logit_l1->resize(static_cast<std::size_t>(n), 0.0);
+      double mx = 0;
+      for (Index j = 0; j < n; ++j) {
+        if (!visible(j)) continue;
+        double t = 0;
+        for (Index c = 0; c < s; ++c) t += std::abs(q[i][c] * k[j][c]);
+        mx = std::max(mx, t * std::abs(scale));
+      }
+      (*logit_l1)[static_cast<std::size_t>(i)] = mx;
+    }
     for (Index j = 0; j < n; ++j) {
       double dot = 0;
       for (Index c = 0; c < s; ++c) dot += q[i][c] * k[j][c];
