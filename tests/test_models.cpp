@@ -321,3 +321,26 @@ TEST_CASE("models: padding does not change the encoder's real tokens", "[models]
   model.encode(tokens, segments, length, longer);
   CHECK(relative_error(longer.topRows(length), hidden.topRows(length)) < 1e-13);
 }
+
+TEST_CASE("models: misuse is reported, not undefined", "[models]") {
+  // A full KV cache, a token outside the vocabulary, an image batch of the wrong height, a timestep outside
+  // the time embedding.
+  kexue_models::LlamaDecoder<double> decoder(decoder_weights(), 4);
+  auto cache = decoder.new_cache();
+  Matrix<double> logits;
+  decoder.forward({1, 2, 3}, cache, logits);
+  CHECK_THROWS_AS(decoder.forward({4, 5}, cache, logits), std::length_error);
+  CHECK(cache.length() == 3);
+  CHECK_THROWS_AS(decoder.forward({1000}, cache, logits), std::out_of_range);
+  cache.rewind(1);
+  decoder.forward({2, 3}, cache, logits);  // the rewound positions are written again
+  CHECK(cache.length() == 3);
+  CHECK_THROWS_AS(cache.rewind(4), std::out_of_range);
+
+  kexue_models::PatchDenoiser<double> denoiser(denoiser_weights());
+  const auto& c = denoiser.weights().config;
+  Matrix<double> eps, wrong(c.height + 1, c.width * c.channels), right(c.height, c.width * c.channels);
+  right.setZero();
+  CHECK_THROWS_AS(denoiser.predict(wrong, 0, eps), std::invalid_argument);
+  CHECK_THROWS_AS(denoiser.predict(right, c.timesteps, eps), std::out_of_range);
+}

@@ -17,6 +17,7 @@ using kexue::Matrix;
 using kexue::Vector;
 
 /// out.row(r) = table.row(ids[r]) (+ add.row(extra[r]) when `add` is given): token (+ segment) embeddings.
+/// extra must have ids.size() entries; an id outside its table throws std::out_of_range.
 template <class T>
 void embed(const Matrix<T>& table, const std::vector<int>& ids, Matrix<T>& out, const Matrix<T>* add = nullptr,
            const std::vector<int>* extra = nullptr) {
@@ -27,7 +28,13 @@ void embed(const Matrix<T>& table, const std::vector<int>& ids, Matrix<T>& out, 
       throw std::out_of_range("embed: id " + std::to_string(id) + " outside the table of " +
                               std::to_string(table.rows()) + " rows");
     out.row(r) = table.row(id);
-    if (add) out.row(r) += add->row((*extra)[std::size_t(r)]);
+    if (add) {
+      const int e = (*extra)[std::size_t(r)];
+      if (e < 0 || e >= add->rows())
+        throw std::out_of_range("embed: id " + std::to_string(e) + " outside the table of " +
+                                std::to_string(add->rows()) + " rows");
+      out.row(r) += add->row(e);
+    }
   }
 }
 
