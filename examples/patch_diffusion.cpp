@@ -55,6 +55,8 @@ int main() {
   }
   x = x.cwiseMax(-1.f).cwiseMin(1.f);
   stats("sample (clipped to [-1, 1])", x);
+  std::printf("(untrained: eps(x_t, t) is not the noise in x_t, so x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) "
+              "and the sample grow; a trained network keeps them near [-1, 1])\n");
 
   // The same loop with the noise in a buffer, from a generator at the same stream position.
   kexue::PhiloxGenerator gen2(9119, x.size());
