@@ -50,7 +50,7 @@ template <class H>
 std::vector<std::uint16_t> narrow(const std::vector<float>& x, Index offset) {
   const Index n = Index(x.size());
   std::vector<float> src(std::size_t(n + offset), 0.0f);
-  std::memcpy(src.data() + offset, x.data(), x.size() * 4);
+  if (n > 0) std::memcpy(src.data() + offset, x.data(), x.size() * 4);
   std::vector<H> dst(std::size_t(n + offset + 8), from16<H>(0x5A5A));
   kexue::convert(Eigen::Map<const kexue::Vector<float>>(src.data() + offset, n),
                  Eigen::Map<kexue::Vector<H>>(dst.data() + offset, n));

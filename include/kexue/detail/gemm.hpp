@@ -398,8 +398,15 @@ inline std::uint32_t gemm_bf16_pair(const Eigen::bfloat16* lo, const Eigen::bflo
   return std::uint32_t(generic::bits16(*lo)) | (hi ? std::uint32_t(generic::bits16(*hi)) << 16 : 0u);
 }
 
+/// 32-bit words per B element pair in a packed B panel: the pair for vdpbf16ps; elsewhere its halves widened to
+/// float bits (kNr odd-depth floats, then kNr even-depth floats), so the widening micro-kernel is the float one's
+/// loop with loads only (widening in the kernel needs two more live registers than AVX2's 16: measured 0.7x of
+/// the float GEMM with spills, against the float GEMM's rate this way).
+constexpr Index kGemmBf16BWords = kNativeBf16Dot ? 1 : 2;
+
 /// Packs op(B) [k, n] (src [k, n], or src^T with `transposed`) into pair micro-panels: block b (pairs
-/// [b kGemmKcPairs, ...)) starts at b kGemmKcPairs * npad; panel j in it is kcp x kNr, element (q, c) at q kNr + c.
+/// [b kGemmKcPairs, ...)) starts at b kGemmKcPairs * npad * kGemmBf16BWords; panel j in it is kcp x kNr pairs,
+/// element (q, c) at q kNr + c (or its halves at 2 q kNr + c and (2 q + 1) kNr + c).
 inline PackedB<std::uint32_t> gemm_bf16_pack_b(View<const Eigen::bfloat16> src, bool transposed, std::uint32_t* dst) {
   constexpr Index nr = kGemmNr<float>;
   const Index k = transposed ? src.cols : src.rows, n = transposed ? src.rows : src.cols;
@@ -411,12 +418,18 @@ inline PackedB<std::uint32_t> gemm_bf16_pack_b(View<const Eigen::bfloat16> src, 
   for (Index q0 = 0; q0 < kp; q0 += kGemmKcPairs) {
     const Index kcp = std::min(kGemmKcPairs, kp - q0);
     for (Index j0 = 0; j0 < npad; j0 += nr) {
-      std::uint32_t* d = dst + q0 * npad + j0 * kcp;
+      std::uint32_t* d = dst + (q0 * npad + j0 * kcp) * kGemmBf16BWords;
       for (Index q = 0; q < kcp; ++q) {
         const Index p = 2 * (q0 + q);
         for (Index c = 0; c < nr; ++c) {
           const Eigen::bfloat16* lo = at(p, j0 + c);
-          d[q * nr + c] = lo ? gemm_bf16_pair(lo, at(p + 1, j0 + c)) : 0u;
+          const std::uint32_t pair = lo ? gemm_bf16_pair(lo, at(p + 1, j0 + c)) : 0u;
+          if constexpr (kGemmBf16BWords == 1) {
+            d[q * nr + c] = pair;
+          } else {
+            d[2 * q * nr + c] = pair & 0xFFFF0000u;
+            d[(2 * q + 1) * nr + c] = pair << 16;
+          }
         }
       }
     }
@@ -424,17 +437,29 @@ inline PackedB<std::uint32_t> gemm_bf16_pack_b(View<const Eigen::bfloat16> src, 
   return {dst, kp, n, npad};  // k counts pairs here
 }
 
-/// Packs rows [0, rows) and pairs [q0, q0 + kcp) of A [rows, k] into kMr x kcp micro-panels (rows zero padded).
+/// 32-bit words per A element pair in a packed A panel: the pair itself for vdpbf16ps; elsewhere its two halves
+/// already widened to float bits (odd, then even, each kMr rows), so the micro-kernel broadcasts them straight
+/// from memory instead of widening 12 scalars per step.
+constexpr Index kGemmBf16AWords = kNativeBf16Dot ? 1 : 2;
+
+/// Packs rows [0, rows) and pairs [q0, q0 + kcp) of A [rows, k] into kMr x kcp micro-panels (rows zero padded),
+/// kGemmBf16AWords words per pair.
 inline void gemm_bf16_pack_a(View<const Eigen::bfloat16> a, Index q0, Index kcp, std::uint32_t* dst) {
-  constexpr Index mr = kGemmMr;
+  constexpr Index mr = kGemmMr, w = kGemmBf16AWords;
   for (Index r0 = 0; r0 < a.rows; r0 += mr) {
     const Index rows = std::min(mr, a.rows - r0);
-    std::uint32_t* d = dst + r0 * kcp;
+    std::uint32_t* d = dst + r0 * kcp * w;
     for (Index r = 0; r < mr; ++r) {
       const Eigen::bfloat16* s = r < rows ? a.row(r0 + r) : nullptr;
       for (Index q = 0; q < kcp; ++q) {
         const Index p = 2 * (q0 + q);
-        d[q * mr + r] = s ? gemm_bf16_pair(s + p, p + 1 < a.cols ? s + p + 1 : nullptr) : 0u;
+        const std::uint32_t pair = s ? gemm_bf16_pair(s + p, p + 1 < a.cols ? s + p + 1 : nullptr) : 0u;
+        if constexpr (w == 1) {
+          d[q * mr + r] = pair;
+        } else {
+          d[q * 2 * mr + r] = pair & 0xFFFF0000u;  // odd depth as float bits
+          d[q * 2 * mr + mr + r] = pair << 16;      // even depth
+        }
       }
     }
   }
@@ -452,8 +477,8 @@ inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32
     acc[i][1] = accumulate ? load(c + i * ldc + L) : B(0.0f);
   });
   for (Index q = 0; q < kcp; ++q) {
-    const U b0 = U::load_aligned(b), b1 = U::load_aligned(b + L);
     if constexpr (kNativeBf16Dot) {
+      const U b0 = U::load_aligned(b), b1 = U::load_aligned(b + L);
       // 12 accumulators + 2 B registers + 1 broadcast: two bf16 products per lane per instruction.
       gemm_unroll<kGemmMr>([&](auto i) {
         const U ai(a[i]);
@@ -463,21 +488,23 @@ inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32
     } else {
       // Odd depths for every row, then even ones: only two widened B registers are live at a time (12 + 2 + 1
       // of AVX2's 16), and each lane still adds its odd product before its even one.
-      const B o0 = bf16_odd(b0), o1 = bf16_odd(b1);
+      // The halves were widened when B was packed (the odd depth's kNr floats, then the even one's).
+      const float* bf = reinterpret_cast<const float*>(b);
+      const B o0 = B::load_aligned(bf), o1 = B::load_aligned(bf + L);
       gemm_unroll<kGemmMr>([&](auto i) {
-        const B ai(generic::bits_float(a[i] & 0xFFFF0000u));
+        const B ai(generic::bits_float(a[i]));
         acc[i][0] = fmadd(ai, o0, acc[i][0]);
         acc[i][1] = fmadd(ai, o1, acc[i][1]);
       });
-      const B e0 = bf16_even(b0), e1 = bf16_even(b1);
+      const B e0 = B::load_aligned(bf + 2 * L), e1 = B::load_aligned(bf + 3 * L);
       gemm_unroll<kGemmMr>([&](auto i) {
-        const B ai(generic::bits_float(a[i] << 16));
+        const B ai(generic::bits_float(a[kGemmMr + i]));
         acc[i][0] = fmadd(ai, e0, acc[i][0]);
         acc[i][1] = fmadd(ai, e1, acc[i][1]);
       });
     }
-    a += kGemmMr;
-    b += kGemmNr<float>;
+    a += kGemmMr * kGemmBf16AWords;
+    b += kGemmNr<float> * kGemmBf16BWords;
   }
   gemm_unroll<kGemmMr>([&](auto i) {
     store(c + i * ldc, acc[i][0]);
@@ -486,7 +513,7 @@ inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32
 }
 
 /// C = A op(B) on one thread for all rows of a (a: [m, k] bf16, c: [m, n] float, b packed by gemm_bf16_pack_b
-/// for depth k). apack: kGemmMc * pairs values.
+/// for depth k). apack: kGemmMc * pairs * kGemmBf16AWords values.
 inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uint32_t>& b, View<float> c,
                            std::uint32_t* apack) {
   constexpr Index mr = kGemmMr, nr = kGemmNr<float>;
@@ -499,7 +526,7 @@ inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uin
     for (Index blk = 0; blk < blocks && kp > 0; ++blk) {
       const Index q0 = blk * kGemmKcPairs;
       gemm_bf16_pack_a(View<const Eigen::bfloat16>{a.row(i0), mc, a.cols, a.stride}, q0,
-                       std::min(kGemmKcPairs, kp - q0), apack + q0 * mpad);
+                       std::min(kGemmKcPairs, kp - q0), apack + q0 * mpad * kGemmBf16AWords);
     }
     for (Index c0 = 0; c0 < n; c0 += kGemmNc) {
       const Index c1 = std::min(n, c0 + kGemmNc);
@@ -508,10 +535,10 @@ inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uin
         const bool first = blk == 0;
         for (Index j0 = c0; j0 < c1; j0 += nr) {
           const Index cols = std::min(nr, n - j0);
-          const std::uint32_t* bp = b.data + q0 * b.npad + j0 * kcp;
+          const std::uint32_t* bp = b.data + (q0 * b.npad + j0 * kcp) * kGemmBf16BWords;
           for (Index r0 = 0; r0 < mc; r0 += mr) {
             const Index rows = std::min(mr, mc - r0);
-            const std::uint32_t* ap = apack + q0 * mpad + r0 * kcp;
+            const std::uint32_t* ap = apack + (q0 * mpad + r0 * kcp) * kGemmBf16AWords;
             float* cp = c.row(i0 + r0) + j0;
             if (rows == mr && cols == nr) {
               gemm_bf16_micro(kcp, ap, bp, cp, c.stride, !first);
@@ -545,9 +572,10 @@ inline void gemm_bf16(View<const Eigen::bfloat16> a, View<const Eigen::bfloat16>
   if (m == 0 || n == 0) return;
   const Index threads = std::max(1, max_threads());
   const PackedB<std::uint32_t> packed = gemm_bf16_pack_b(
-      b, b_transposed, gemm_grow(ws.b, std::max<Index>(kp, 1) * gemm_round_up<float>(n, kGemmNr<float>)));
+      b, b_transposed,
+      gemm_grow(ws.b, std::max<Index>(kp, 1) * gemm_round_up<float>(n, kGemmNr<float>) * kGemmBf16BWords));
   if (static_cast<Index>(ws.a.size()) < threads) ws.a.resize(static_cast<std::size_t>(threads));
-  for (auto& x : ws.a) gemm_grow(x, kGemmMc * std::max<Index>(kp, 1));
+  for (auto& x : ws.a) gemm_grow(x, kGemmMc * std::max<Index>(kp, 1) * kGemmBf16AWords);
   const Index rows = gemm_row_item(m, threads), items = (m + rows - 1) / rows;
 #if defined(_OPENMP)
   const bool nested = omp_in_parallel() != 0;

@@ -301,7 +301,10 @@ inline void store_narrow(H* p, const Batch<float>& v) {
     using U = Batch<std::uint32_t>;
     const U x = reinterpret<std::uint32_t>(v);
     const U r = (x + U(0x7FFFu) + ((x >> 16) & U(1u))) >> 16;
-    const U out = xsimd::select((x & U(0x7FFFFFFFu)) > U(0x7F800000u), U(std::uint32_t(kBf16NaN)), r);
+    // NaN lanes (|x| > 0x7F800000) to all ones, without an integer select (xsimd 8.1's AVX-512BW one does not
+    // compile at -O0): the difference 0x7F800000 - |x| is negative exactly there.
+    const U nan = U(0u) - ((U(0x7F800000u) - (x & U(0x7FFFFFFFu))) >> 31);
+    const U out = r | (nan & U(std::uint32_t(kBf16NaN)));
     alignas(64) std::uint32_t w[L];
     out.store_aligned(w);
     for (std::size_t i = 0; i < L; ++i) p[i] = from_bits16<H>(std::uint16_t(w[i]));
