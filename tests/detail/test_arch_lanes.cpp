@@ -271,3 +271,25 @@ TEST_CASE("arch dot_bf16_pairs equals its generic version on normal numbers", "[
     CHECK(r[l] == std::fma(ae, be, std::fma(ao, bo, c[l])));
   }
 }
+
+TEMPLATE_TEST_CASE("arch store_stream stores what its generic version stores", "[detail][arch]", float, double) {
+  using T = TestType;
+  using B = kd::Batch<T>;
+  constexpr Index L = kd::kLanes<T>;
+  const Index n = 16 * L;
+  std::vector<T> v = values<T>(std::size_t(n), 7);
+  v[0] = std::numeric_limits<T>::quiet_NaN();
+  v[1] = -std::numeric_limits<T>::infinity();
+  v[2] = -T(0);
+  alignas(64) T got[16 * 16], want[16 * 16];  // 16 registers of up to 16 lanes, register-aligned
+  std::memset(got, 0x5A, sizeof got);
+  std::memset(want, 0x5A, sizeof want);
+  for (Index i = 0; i + L <= n; i += L) {
+    const B x = B::load_unaligned(&v[std::size_t(i)]);
+    kd::store_stream<T>(got + i, x);
+    gen::store_stream<T>(want + i, x);
+  }
+  kd::stream_fence();
+  CHECK(std::memcmp(got, want, sizeof got) == 0);
+  CHECK(std::memcmp(got, v.data(), std::size_t(n) * sizeof(T)) == 0);  // and the generic one stores v
+}

@@ -334,4 +334,14 @@ inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uin
   return fmadd<float>(bf16_even(a), bf16_even(b), fmadd<float>(bf16_odd(a), bf16_odd(b), acc));
 }
 
+/// v stored at p, which is aligned to the register's size. An ordinary aligned store here; x86.hpp's stores it
+/// non-temporally (past the caches), for outputs too large to stay in cache.
+template <class T>
+inline void store_stream(T* p, const Batch<T>& v) {
+  v.store_aligned(p);
+}
+
+/// Orders the store_stream stores before the stores that follow; nothing to order for ordinary stores.
+inline void stream_fence() {}
+
 }  // namespace kexue::detail::generic

@@ -208,4 +208,11 @@ inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uin
                       fmadd<float>(generic::bf16_odd(a), generic::bf16_odd(b), acc));
 }
 
+/// ARMv8 has STNP (a non-temporal pair store), but no measurement here: ordinary stores, as generic.
+template <class T>
+inline void store_stream(T* p, const Batch<T>& v) {
+  generic::store_stream<T>(p, v);
+}
+inline void stream_fence() { generic::stream_fence(); }
+
 }  // namespace kexue::detail::neon

@@ -23,6 +23,9 @@
 //   dot_bf16_pairs(acc, a, b) acc + a_odd b_odd + a_even b_even per float lane, a and b bf16 pairs in 32-bit lanes
 //                             (vdpbf16ps where kNativeBf16Dot, else widened + two fmadds: the same bits for
 //                             normal numbers); bf16_even(p), bf16_odd(p): the pairs' halves as floats
+//   store_stream(p, v)        v at p (aligned to the register) past the caches where the ISA has a non-temporal
+//                             store (x86 movntps / movntpd), else an ordinary store; stream_fence() after the
+//                             last one (x86 sfence) orders them before later stores
 //   load_as<T>(p), store_as(p, v), as_compute<T>(s), round_to<S>(x)
 //                             kernels over a compute type T (float, double) whose data are stored as S (T itself,
 //                             or a 16-bit type): plain loads / stores when S == T, else widen on load and round
@@ -97,6 +100,12 @@ template <class T>
 inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
   return arch::reduce_add_lanes<T>(t);
 }
+
+template <class T>
+inline void store_stream(T* p, const Batch<T>& v) {
+  arch::store_stream<T>(p, v);
+}
+inline void stream_fence() { arch::stream_fence(); }
 
 template <class H>
 inline Batch<float> load_widen(const H* p) {

@@ -16,6 +16,8 @@
 //   integer and float arithmetic in 32-bit lanes (half_lanes_to_float, float_to_half_lanes) and packs.
 // - dot_bf16_pairs: vdpbf16ps (AVX512-BF16, 64-byte registers): two bf16 products per float lane in one
 //   instruction, the bf16 GEMM's micro-kernel step; the generic version widens and does two FMAs.
+// - store_stream, stream_fence: movntps / movntpd and sfence (the generic version is an ordinary store), for
+//   outputs too large to stay in cache: no read of each line before it is written.
 // - reduce_add_lanes: the horizontal sums of L registers at once, transposed (a third of the shuffles of L
 //   separate reductions), bitwise equal to xsimd 8's reduce_add of each (the decode path's q.k of L keys).
 
@@ -573,5 +575,37 @@ inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const U& a, const U&
                         fmadd<float>(generic::bf16_odd(a), generic::bf16_odd(b), acc));
   }
 }
+
+/// movntps / movntpd (vmovntps / vmovntpd for 32- and 64-byte registers): the register written to memory without
+/// the read-for-ownership of an ordinary store and without taking a cache line; p aligned to the register.
+template <class T>
+inline void store_stream(T* p, const Batch<T>& v) {
+  constexpr std::size_t kBytes = kRegBytes<T>;
+  constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64 && kFloat) {
+    _mm512_stream_ps(p, v);
+  } else if constexpr (kBytes == 64 && kDouble) {
+    _mm512_stream_pd(p, v);
+  } else
+#endif
+#if defined(__AVX__)
+  if constexpr (kBytes == 32 && kFloat) {
+    _mm256_stream_ps(p, v);
+  } else if constexpr (kBytes == 32 && kDouble) {
+    _mm256_stream_pd(p, v);
+  } else
+#endif
+  if constexpr (kBytes == 16 && kFloat) {
+    _mm_stream_ps(p, v);
+  } else if constexpr (kBytes == 16 && kDouble) {
+    _mm_stream_pd(p, v);
+  } else {
+    generic::store_stream<T>(p, v);
+  }
+}
+
+/// sfence: the weakly ordered non-temporal stores become visible before any later store (a flag, a barrier).
+inline void stream_fence() { _mm_sfence(); }
 
 }  // namespace kexue::detail::x86
