@@ -5,6 +5,8 @@
 // without sum (x and residual read, out written), each with 1 and 2 threads. Bytes counted are the DRAM
 // traffic of the data (gamma and beta are 16 KiB and stay in cache); bw_frac is against bench_peak's
 // single-thread triad, so a 2-thread row can exceed 1.
+// BM_norm_bf16: the same forms on Eigen::bfloat16 x / residual / out / sum with bf16 gamma and beta (torch's bf16
+// LayerNorm), bytes counted as 2 per element and stream, so GBps and bw_frac compare with the float rows.
 // Same binary, as the baseline: a plain scalar two-pass loop (what a straightforward port would write).
 #include <cmath>
 #include <string>
@@ -60,6 +62,48 @@ void BM_norm(benchmark::State& state) {
   report_bytes(state, double(n) * sizeof(float) * kStreams[form]);
 }
 BENCHMARK(BM_norm)
+    ->ArgsProduct({{kLayer, kRms, kAddLayerPre, kAddRmsPre, kAddLayerPost, kAddRmsPost}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// 64-byte aligned 16-bit data with the values of data(n, salt), rounded.
+kexue::detail::AlignedVector<Eigen::bfloat16> data_bf16(Index n, unsigned salt) {
+  const auto f = data(n, salt);
+  kexue::detail::AlignedVector<Eigen::bfloat16> h(f.size());
+  for (std::size_t i = 0; i < f.size(); ++i) h[i] = kexue::detail::from_float<Eigen::bfloat16>(f[i]);
+  return h;
+}
+
+void BM_norm_bf16(benchmark::State& state) {
+  using H = Eigen::bfloat16;
+  using MapH = Eigen::Map<kexue::Matrix<H>, Eigen::Aligned64>;
+  const Form form = static_cast<Form>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  set_threads(threads);
+  const Index n = kRows * kCols;
+  auto xb = data_bf16(n, 1), rb = data_bf16(n, 2), ob = data_bf16(n, 3), sb = data_bf16(n, 4);
+  const MapH x(xb.data(), kRows, kCols), r(rb.data(), kRows, kCols), out(ob.data(), kRows, kCols),
+      sum(sb.data(), kRows, kCols);
+  kexue::Vector<H> gamma(kCols), beta(kCols);
+  for (Index j = 0; j < kCols; ++j) {
+    gamma[j] = kexue::detail::from_float<H>(0.5f + float(j) / float(kCols));
+    beta[j] = kexue::detail::from_float<H>(-0.1f + 0.2f * float(j) / float(kCols));
+  }
+  for (auto _ : state) {
+    switch (form) {
+      case kLayer: kexue::layer_norm(x, gamma, beta, out); break;
+      case kRms: kexue::rms_norm(x, gamma, out); break;
+      case kAddLayerPre: kexue::add_layer_norm(x, r, gamma, beta, out, sum); break;
+      case kAddRmsPre: kexue::add_rms_norm(x, r, gamma, out, sum); break;
+      case kAddLayerPost: kexue::add_layer_norm(x, r, gamma, beta, out); break;
+      case kAddRmsPost: kexue::add_rms_norm(x, r, gamma, out); break;
+    }
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(std::string("bf16 ") + kNames[form] + " threads " + std::to_string(threads));
+  report_bytes(state, double(n) * sizeof(H) * kStreams[form]);
+}
+BENCHMARK(BM_norm_bf16)
     ->ArgsProduct({{kLayer, kRms, kAddLayerPre, kAddRmsPre, kAddLayerPost, kAddRmsPost}, {1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

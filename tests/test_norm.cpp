@@ -2,11 +2,14 @@
 // Tests of kexue/norm.hpp: PyTorch reference data (F.layer_norm, the LlamaRMSNorm expression, their residual
 // forms), every form and every bert4keras switch against a scalar double reference over sizes around the lane
 // count with misaligned, strided, NaN-guarded buffers, in-place calls, divide_no_nan rows, errors before any
-// write, and thread-count independence.
+// write, and thread-count independence; the Eigen::half / Eigen::bfloat16 forms bitwise against the float
+// kernel on the widened values (rounded once) and against PyTorch's 16-bit results.
 
 #include "kexue/norm.hpp"
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -431,4 +434,450 @@ TEST_CASE("norms: results do not depend on the thread count", "[norm][threads]")
 #if defined(_OPENMP)
   omp_set_num_threads(saved);
 #endif
+}
+
+// ---- 16-bit storage: Eigen::half / Eigen::bfloat16 x, residual, out, sum; gamma / beta in float or 16 bits ------
+
+namespace {
+
+using kexue::detail::as_compute;
+using kexue::detail::from_float;
+using kexue::detail::round_to;
+
+template <class H>
+std::uint16_t bits_of(H h) {
+  std::uint16_t u;
+  std::memcpy(&u, static_cast<const void*>(&h), 2);
+  return u;
+}
+
+template <class H>
+H nan16() {
+  return from_float<H>(std::numeric_limits<float>::quiet_NaN());
+}
+
+/// One unit in the last place of H at |v| (the spacing of H's values there; H's subnormal spacing below).
+template <class H>
+double ulp16(double v) {
+  constexpr bool bf = std::is_same<H, Eigen::bfloat16>::value;
+  const int mantissa = bf ? 7 : 10, min_exp = bf ? -126 : -14;
+  const int e = v == 0 ? min_exp : std::max(min_exp, int(std::floor(std::log2(std::abs(v)))));
+  return std::ldexp(1.0, e - mantissa);
+}
+
+template <class H>
+const char* type_name() {
+  return std::is_same<H, Eigen::bfloat16>::value ? "bfloat16" : "half";
+}
+
+/// A [n, d] matrix of H with `stride` between rows inside a NaN-filled allocation (guards on both sides and NaN
+/// in the gaps between rows), `offset` elements past the first guard.
+template <class H>
+struct Padded16 {
+  static constexpr Index kGuard = 64;
+  std::vector<H> storage;
+  Index n, d, stride, offset;
+  Padded16(Index n_, Index d_, Index stride_, Index offset_)
+      : storage(std::size_t(n_ * stride_ + 2 * kGuard + offset_), nan16<H>()), n(n_), d(d_), stride(stride_),
+        offset(offset_) {}
+  H* data() { return storage.data() + kGuard + offset; }
+  H& at(Index i, Index j) { return data()[i * stride + j]; }
+  Eigen::Map<Matrix<H>, Eigen::Unaligned, Eigen::OuterStride<>> map() {
+    return {data(), n, d, Eigen::OuterStride<>(stride)};
+  }
+  /// Every element outside the [n, d] block still holds the NaN it was filled with.
+  bool outside_intact() const {
+    const std::uint16_t nan = bits_of(nan16<H>());
+    for (Index k = 0; k < Index(storage.size()); ++k) {
+      const Index rel = k - kGuard - offset;
+      const bool inside = rel >= 0 && rel < n * stride && rel % stride < d;
+      if (!inside && bits_of(storage[std::size_t(k)]) != nan) return false;
+    }
+    return true;
+  }
+};
+
+template <class H>
+Matrix<float> widened(const Matrix<H>& m) {
+  Matrix<float> w(m.rows(), m.cols());
+  for (Index i = 0; i < m.size(); ++i) w.data()[i] = as_compute<float>(m.data()[i]);
+  return w;
+}
+
+template <class H>
+Matrix<H> rounded(const Matrix<float>& m) {
+  Matrix<H> h(m.rows(), m.cols());
+  for (Index i = 0; i < m.size(); ++i) h.data()[i] = from_float<H>(m.data()[i]);
+  return h;
+}
+
+template <class H>
+Matrix<H> random16(Index n, Index d, std::uint32_t seed, float lo, float hi) {
+  const auto v = random_values<float>(n * d, seed, lo, hi);
+  return rounded<H>(Eigen::Map<const Matrix<float>>(v.data(), n, d));
+}
+
+/// The bits of out (an [n, d] block) against round(want) element by element; the first mismatch is reported.
+template <class H, class M>
+void check_bits(const M& got, const Matrix<float>& want_float) {
+  for (Index i = 0; i < want_float.rows(); ++i)
+    for (Index j = 0; j < want_float.cols(); ++j) {
+      const std::uint16_t g = bits_of(H(got(i, j))), w = bits_of(from_float<H>(want_float(i, j)));
+      INFO("row " << i << " col " << j << " got bits " << g << " want bits " << w << " (float " << want_float(i, j)
+                  << ")");
+      REQUIRE(g == w);
+    }
+}
+
+/// Checks every form of H storage with gamma / beta stored as P against the float kernel on the widened values.
+template <class H, class P>
+void check_norm_16bit_bitwise() {
+  constexpr Index L = kexue::detail::kLanes<float>;
+  std::vector<Index> widths = lane_sizes(L);
+  for (Index extra : {Index(64), Index(100), 12 * L + 5}) widths.push_back(extra);
+  const double eps = 1e-5;
+  for (Form form : kForms) {
+    for (Index d : widths) {
+      for (Index offset : {Index(0), Index(1), std::max<Index>(1, L / 4)}) {
+        for (bool params : {true, false}) {
+          INFO(type_name<H>() << " gamma " << (std::is_same<P, float>::value ? "float" : "16-bit") << " "
+                              << name(form) << " d = " << d << " offset = " << offset << " params = " << params);
+          const Index n = 3, stride = d + 3;
+          Padded16<H> xb(n, d, stride, offset), rb(n, d, stride, offset), ob(n, d, stride, offset),
+              sb(n, d, stride, offset);
+          // Rows with different means (x in [-3 + i, 3 + i)), so the centred forms have something to subtract.
+          const Matrix<H> x16 = random16<H>(n, d, std::uint32_t(17 + d), -3.f, 3.f);
+          const Matrix<H> r16 = random16<H>(n, d, std::uint32_t(91 + d), -1.f, 1.f);
+          Matrix<float> xf = widened(x16), rf = widened(r16);
+          for (Index i = 0; i < n; ++i) xf.row(i).array() += float(i);
+          const Matrix<H> xs = rounded<H>(xf);  // the shifted rows as stored
+          xf = widened(xs);
+          for (Index i = 0; i < n; ++i)
+            for (Index j = 0; j < d; ++j) {
+              xb.at(i, j) = xs(i, j);
+              rb.at(i, j) = r16(i, j);
+            }
+          const auto gv = random_values<float>(d, std::uint32_t(5 + d), 0.5f, 1.5f);
+          const auto bv = random_values<float>(d, std::uint32_t(7 + d), -1.f, 1.f);
+          std::vector<P> g(std::size_t(d + 1)), b(std::size_t(d + 1));  // +1: an offset of 1 (misaligned)
+          Vector<float> gf(d), bf(d);
+          for (Index j = 0; j < d; ++j) {
+            g[std::size_t(j + 1)] = round_to<P>(gv[std::size_t(j)]);
+            b[std::size_t(j + 1)] = round_to<P>(bv[std::size_t(j)]);
+            gf[j] = as_compute<float>(g[std::size_t(j + 1)]);
+            bf[j] = as_compute<float>(b[std::size_t(j + 1)]);
+          }
+          const Eigen::Map<const Vector<P>> gamma(g.data() + 1, params ? d : 0), beta(b.data() + 1, params ? d : 0);
+          const Eigen::Map<const Vector<float>> gamma_f(gf.data(), params ? d : 0), beta_f(bf.data(), params ? d : 0);
+          call(form, xb.map(), rb.map(), gamma, beta, ob.map(), sb.map(), eps);
+
+          Matrix<float> want(n, d), want_sum_f(n, d), unused(n, d);
+          if (has_residual(form)) {
+            // x + residual rounded to H: the sum the 16-bit form keeps and normalises.
+            const Matrix<H> s16 = rounded<H>(xf + rf);
+            const Matrix<float> sf = widened(s16), zero = Matrix<float>::Zero(n, d);
+            want_sum_f = sf;
+            call(is_layer(form) ? Form::AddLayerPost : Form::AddRmsPost, sf, zero, gamma_f, beta_f, want, unused,
+                 eps);
+          } else {
+            call(form, xf, rf, gamma_f, beta_f, want, unused, eps);
+          }
+          check_bits<H>(ob.map(), want);
+          if (keeps_sum(form)) check_bits<H>(sb.map(), want_sum_f);
+          CHECK(ob.outside_intact());
+          CHECK(sb.outside_intact());
+          if (!keeps_sum(form))
+            for (const H& v : sb.storage) REQUIRE(bits_of(v) == bits_of(nan16<H>()));
+          // Inputs untouched.
+          for (Index i = 0; i < n; ++i)
+            for (Index j = 0; j < d; ++j) {
+              REQUIRE(bits_of(xb.at(i, j)) == bits_of(xs(i, j)));
+              REQUIRE(bits_of(rb.at(i, j)) == bits_of(r16(i, j)));
+            }
+        }
+      }
+    }
+  }
+  // normalize(): every bert4keras switch.
+  for (Index d : {Index(1), L + 3, 5 * L + 1}) {
+    const Index n = 4;
+    const Matrix<H> x16 = random16<H>(n, d, std::uint32_t(3 * d), -2.f, 4.f);
+    const Matrix<float> xf = widened(x16);
+    const auto gv = random_values<float>(d, 11, 0.5f, 2.f), bv = random_values<float>(d, 12, -1.f, 1.f);
+    Vector<P> g(d), b(d);
+    Vector<float> gf(d), bf(d);
+    for (Index j = 0; j < d; ++j) {
+      g[j] = round_to<P>(gv[std::size_t(j)]);
+      b[j] = round_to<P>(bv[std::size_t(j)]);
+      gf[j] = as_compute<float>(g[j]);
+      bf[j] = as_compute<float>(b[j]);
+    }
+    for (int mask = 0; mask < 16; ++mask) {
+      NormOptions o;
+      o.zero_mean = mask & 1;
+      o.unit_variance = mask & 2;
+      o.scale = mask & 4;
+      o.offset = mask & 8;
+      INFO(type_name<H>() << " normalize d = " << d << " switches " << mask);
+      Matrix<H> out(n, d);
+      Matrix<float> want(n, d);
+      kexue::normalize(x16, o.scale ? g : Vector<P>(), o.offset ? b : Vector<P>(), out, o);
+      kexue::normalize(xf, o.scale ? gf : Vector<float>(), o.offset ? bf : Vector<float>(), want, o);
+      check_bits<H>(out, want);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("16-bit norms equal the float kernel on the widened values, rounded once, bit for bit",
+          "[norm][half][simd]") {
+  check_norm_16bit_bitwise<Eigen::bfloat16, Eigen::bfloat16>();
+  check_norm_16bit_bitwise<Eigen::bfloat16, float>();
+  check_norm_16bit_bitwise<Eigen::half, Eigen::half>();
+  check_norm_16bit_bitwise<Eigen::half, float>();
+}
+
+namespace {
+
+/// The PyTorch 16-bit cases of cases_norm.py for storage H and parameter storage P.
+template <class H, class P>
+void check_norm_16bit_torch(const std::string& c) {
+  INFO(c);
+  const Matrix<H> x = rounded<H>(ref().matrix<float>(c + "/x"));
+  const Matrix<float> gm = ref().matrix<float>(c + "/gamma"), bm = ref().matrix<float>(c + "/beta");
+  Vector<P> gamma(gm.size()), beta(bm.size());
+  for (Index j = 0; j < gamma.size(); ++j) gamma[j] = round_to<P>(gm.data()[j]);
+  for (Index j = 0; j < beta.size(); ++j) beta[j] = round_to<P>(bm.data()[j]);
+  // The data are H's (or float's) exact values: rounding them again changes nothing.
+  for (Index j = 0; j < gamma.size(); ++j) REQUIRE(double(as_compute<float>(gamma[j])) == double(gm.data()[j]));
+  const double eps = ref().scalar(c + "/eps");
+  const bool layer = c.find("_ln") != std::string::npos;
+  const bool rms_form = !layer;
+  Matrix<H> out(x.rows(), x.cols());
+  if (ref().has(c + "/residual")) {
+    const Matrix<H> residual = rounded<H>(ref().matrix<float>(c + "/residual"));
+    Matrix<H> sum(x.rows(), x.cols()), out_post(x.rows(), x.cols());
+    if (layer) {
+      kexue::add_layer_norm(x, residual, gamma, beta, out, sum, eps);
+      kexue::add_layer_norm(x, residual, gamma, beta, out_post, eps);
+    } else {
+      kexue::add_rms_norm(x, residual, gamma, out, sum, eps);
+      kexue::add_rms_norm(x, residual, gamma, out_post, eps);
+    }
+    // torch's 16-bit x + residual, bit for bit; the Post-Norm form normalises the same rounded sum.
+    const std::vector<double>& want_sum = ref().values(c + "/sum");
+    for (Index i = 0; i < sum.size(); ++i) REQUIRE(double(as_compute<float>(sum.data()[i])) == want_sum[std::size_t(i)]);
+    for (Index i = 0; i < out.size(); ++i) REQUIRE(bits_of(out.data()[i]) == bits_of(out_post.data()[i]));
+  } else if (layer) {
+    kexue::layer_norm(x, gamma, beta, out, eps);
+  } else {
+    kexue::rms_norm(x, gamma, out, eps);
+  }
+  // Against the exact value: half an ulp of H (the one rounding) plus float's error before it, which is a few
+  // float ulps of the terms (|y| and the unit-scale normalised value): 1e-5 (1 + |y|) covers it 100-fold.
+  const std::vector<double>& y = ref().values(c + "/y");
+  Index exact = 0;
+  for (Index i = 0; i < out.size(); ++i) {
+    const double g = double(as_compute<float>(out.data()[i])), w = y[std::size_t(i)];
+    INFO("element " << i << " got " << g << " want " << w);
+    REQUIRE(std::abs(g - w) <= 0.5 * ulp16<H>(std::max(std::abs(g), std::abs(w))) + 1e-5 * (1 + std::abs(w)));
+    exact += bits_of(out.data()[i]) == bits_of(round_to<H>(w)) ? 1 : 0;
+  }
+  // Nearly every value is the correctly rounded one (a float error can only matter next to a tie).
+  CHECK(double(exact) >= 0.99 * double(out.size()));
+  if (!ref().has(c + "/torch_y")) return;
+  // PyTorch's own bf16 results round more than once: F.layer_norm keeps the row mean and 1/std in bf16 (up to
+  // ~0.03 off at unit scale, measured 0.02; more for rows with a large mean), LlamaRMSNorm rounds the normalised
+  // row and then its product with the weight (within ~1.3 bf16 ulps of exact). kexue stays closer to exact.
+  const std::vector<double>& ty = ref().values(c + "/torch_y");
+  double err_kexue = 0, err_torch = 0;
+  for (Index i = 0; i < out.size(); ++i) {
+    const double g = double(as_compute<float>(out.data()[i])), t = ty[std::size_t(i)], w = y[std::size_t(i)];
+    err_kexue += (g - w) * (g - w);
+    err_torch += (t - w) * (t - w);
+    if (rms_form) {
+      INFO("element " << i << " kexue " << g << " torch " << t);
+      REQUIRE(std::abs(g - t) <= 2 * ulp16<H>(std::max(std::abs(g), std::abs(t))));
+    } else if (c.find("offset") == std::string::npos) {
+      INFO("element " << i << " kexue " << g << " torch " << t);
+      REQUIRE(std::abs(g - t) <= 0.04);
+    }
+  }
+  CHECK(err_kexue <= err_torch);
+}
+
+}  // namespace
+
+TEST_CASE("16-bit norms match PyTorch: exact values rounded once, torch's bf16 layer_norm and LlamaRMSNorm",
+          "[norm][half][torch]") {
+  for (const char* c : {"bf16_ln64", "bf16_ln257_offset", "bf16_rms64", "bf16_rms33_noparams", "bf16_add_ln48"})
+    check_norm_16bit_torch<Eigen::bfloat16, Eigen::bfloat16>(c);
+  for (const char* c : {"bf16_ln100_f32params", "bf16_add_rms130_f32gamma"})
+    check_norm_16bit_torch<Eigen::bfloat16, float>(c);
+  for (const char* c : {"f16_ln64", "f16_ln257_offset", "f16_add_ln40_nogamma", "f16_add_rms129"})
+    check_norm_16bit_torch<Eigen::half, Eigen::half>(c);
+  check_norm_16bit_torch<Eigen::half, float>("f16_rms100_f32gamma");
+}
+
+TEMPLATE_TEST_CASE("16-bit norms: in place equals out of place, thread counts agree, bad input throws first",
+                   "[norm][half]", Eigen::half, Eigen::bfloat16) {
+  using H = TestType;
+  const Index n = 5, d = 3 * kexue::detail::kLanes<float> + 7;
+  const Matrix<H> x = random16<H>(n, d, 1, -2.f, 2.f), r = random16<H>(n, d, 2, -2.f, 2.f);
+  const Matrix<H> g = random16<H>(1, d, 3, 0.5f, 1.5f), b = random16<H>(1, d, 4, -1.f, 1.f);
+  const Vector<H> gv = g.row(0).transpose(), bv = b.row(0).transpose();
+  const auto same = [](const Matrix<H>& p, const Matrix<H>& q) {
+    for (Index i = 0; i < p.size(); ++i)
+      if (bits_of(p.data()[i]) != bits_of(q.data()[i])) return false;
+    return true;
+  };
+  for (Form form : kForms) {
+    INFO(type_name<H>() << " " << name(form));
+    Matrix<H> out(n, d), sum(n, d);
+    call(form, x, r, gv, bv, out, sum, 1e-6);
+    Matrix<H> x1 = x, s1(n, d);
+    call(form, x1, r, gv, bv, x1, s1, 1e-6);
+    CHECK(same(x1, out));
+    if (!has_residual(form)) continue;
+    Matrix<H> r2 = r, s2(n, d);
+    call(form, x, r2, gv, bv, r2, s2, 1e-6);
+    CHECK(same(r2, out));
+    if (!keeps_sum(form)) continue;
+    CHECK(same(s1, sum));
+    Matrix<H> x3 = x, o3(n, d);
+    call(form, x3, r, gv, bv, o3, x3, 1e-6);
+    CHECK(same(o3, out));
+    CHECK(same(x3, sum));
+    Matrix<H> x4 = x, r4 = r;
+    call(form, x4, r4, gv, bv, x4, r4, 1e-6);
+    CHECK(same(x4, out));
+    CHECK(same(r4, sum));
+  }
+
+  // Thread counts: above the parallel threshold, an odd number of work items.
+  {
+    const Index tn = 301, td = 1000;
+    const Matrix<H> tx = random16<H>(tn, td, 8, -2.f, 2.f), tr = random16<H>(tn, td, 9, -2.f, 2.f);
+    const Vector<float> tg = Vector<float>::LinSpaced(td, 0.5f, 1.5f), tb = Vector<float>::LinSpaced(td, -1.f, 1.f);
+#if defined(_OPENMP)
+    const int saved = omp_get_max_threads();
+#endif
+    for (Form form : kForms) {
+      INFO(type_name<H>() << " threads " << name(form));
+      Matrix<H> ref_out, ref_sum;
+      for (int threads : {1, 2, 3}) {
+#if defined(_OPENMP)
+        omp_set_num_threads(threads);
+#endif
+        Matrix<H> out(tn, td), sum = Matrix<H>::Zero(tn, td);
+        call(form, tx, tr, tg, tb, out, sum, 1e-5);
+        if (threads == 1) {
+          ref_out = out;
+          ref_sum = sum;
+          Matrix<H> one(1, td), one_sum(1, td);
+          call(form, tx.middleRows(150, 1), tr.middleRows(150, 1), tg, tb, one, one_sum, 1e-5);
+          CHECK(same(one, out.middleRows(150, 1)));
+          continue;
+        }
+        CHECK(same(out, ref_out));
+        CHECK(same(sum, ref_sum));
+      }
+    }
+#if defined(_OPENMP)
+    omp_set_num_threads(saved);
+#endif
+  }
+
+  // Bad input: the same messages as float, nothing written.
+  const H one = from_float<H>(1.f), seven = from_float<H>(7.f), nine = from_float<H>(9.f);
+  Matrix<H> bx = Matrix<H>::Constant(4, 8, one), br = Matrix<H>::Constant(4, 8, one);
+  Matrix<H> bout = Matrix<H>::Constant(4, 8, seven), bsum = Matrix<H>::Constant(4, 8, nine), wrong(4, 6);
+  const Vector<H> g8 = Vector<H>::Constant(8, one), g7 = Vector<H>::Constant(7, one);
+  const Vector<float> f7 = Vector<float>::Ones(7), none;
+  throws_with([&] { kexue::layer_norm(bx, g8, g8, wrong); }, "layer_norm: out has shape [4 x 6] but x has shape [4 x 8]");
+  throws_with([&] { kexue::rms_norm(bx, g7, bout); }, "rms_norm: gamma has 7 entries but x has 8 columns");
+  throws_with([&] { kexue::layer_norm(bx, none, f7, bout); }, "beta has 7 entries");
+  throws_with([&] { kexue::add_layer_norm(bx, br, g8, g8, bout, wrong); }, "add_layer_norm: sum has shape [4 x 6]");
+  throws_with([&] { kexue::add_rms_norm(bx, br, g8, bout, bout); }, "sum and out overlap");
+  Matrix<H> big = Matrix<H>::Constant(5, 8, one);
+  throws_with([&] { kexue::rms_norm(big.topRows(4), g8, big.bottomRows(4)); }, "out partly overlaps x");
+  throws_with([&] { kexue::rms_norm(bx, Eigen::Map<const Vector<H>>(bout.data(), 8), bout); }, "overlap an output");
+  throws_with([&] { kexue::rms_norm(bx, g8, bout, -1.0); }, "eps must be finite and >= 0");
+  for (Index i = 0; i < bout.size(); ++i) {
+    REQUIRE(bits_of(bout.data()[i]) == bits_of(seven));
+    REQUIRE(bits_of(bsum.data()[i]) == bits_of(nine));
+    REQUIRE(bits_of(big.data()[i]) == bits_of(one));
+  }
+}
+
+// ---- Streaming (non-temporal) stores of large float / double outputs ----------------------------------------------
+
+namespace {
+
+/// The public function of `form`, run with streaming stores forced on or off (norm_run's test hook).
+template <class T, class M>
+void call_streamed(Form form, const M& x, const M& r, const Vector<T>& g, const Vector<T>& b, const M& out,
+                   const M& sum, double eps, bool stream) {
+  const bool layer = is_layer(form);
+  const NormOptions o{layer, true, true, layer, eps};
+  const Vector<T> none;
+  const auto a = kexue::detail::norm_setup<M, M, Vector<T>, Vector<T>, M, M>(
+      name(form), x, has_residual(form) ? &r : nullptr, g, layer ? b : none, out, keeps_sum(form) ? &sum : nullptr,
+      eps, o);
+  kexue::detail::norm_run(a, stream);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("norms: streaming stores give the same bits as ordinary ones, at any alignment", "[norm][stream]",
+                   float, double) {
+  using T = TestType;
+  constexpr Index L = kexue::detail::kLanes<T>;
+  std::vector<Index> widths = lane_sizes(L);
+  for (Index extra : {Index(100), 12 * L + 5}) widths.push_back(extra);
+  for (Form form : kForms) {
+    for (Index d : widths) {
+      for (Index offset : {Index(0), Index(1), std::max<Index>(1, L / 4)}) {
+        INFO(name(form) << " d = " << d << " offset = " << offset);
+        const Index n = 4, stride = d + 3, size = n * stride;
+        PaddedBuffer<T> xb(size, offset), rb(size, offset);
+        PaddedBuffer<T> o1(size, offset), s1(size, offset), o2(size, offset), s2(size, offset);
+        const auto xv = random_values<T>(size, std::uint32_t(3 + d), T(-3), T(3));
+        const auto rv = random_values<T>(size, std::uint32_t(4 + d), T(-1), T(1));
+        std::copy(xv.begin(), xv.end(), xb.data());
+        std::copy(rv.begin(), rv.end(), rb.data());
+        const Vector<T> g = Vector<T>::LinSpaced(d, T(0.5), T(1.5)), b = Vector<T>::LinSpaced(d, T(-1), T(1));
+        using M = StridedMap<T>;
+        const Eigen::OuterStride<> st(stride);
+        call_streamed<T>(form, M(xb.data(), n, d, st), M(rb.data(), n, d, st), g, b, M(o1.data(), n, d, st),
+                         M(s1.data(), n, d, st), 1e-5, true);
+        call_streamed<T>(form, M(xb.data(), n, d, st), M(rb.data(), n, d, st), g, b, M(o2.data(), n, d, st),
+                         M(s2.data(), n, d, st), 1e-5, false);
+        // Whole allocations, guards and row gaps included (NaN bits compare equal as bytes).
+        REQUIRE(std::memcmp(o1.storage.data(), o2.storage.data(), o1.storage.size() * sizeof(T)) == 0);
+        REQUIRE(std::memcmp(s1.storage.data(), s2.storage.data(), s1.storage.size() * sizeof(T)) == 0);
+        CHECK(o1.guards_intact(size));
+        // And both are right (the streamed rows went through the aligned-register path for d >= 2L).
+        const RefNorm want = ref_norm<T>(xb.data(), stride, has_residual(form) ? rb.data() : nullptr, stride, n, d,
+                                         g.data(), is_layer(form) ? b.data() : nullptr, 1e-5, is_layer(form), true);
+        check_close(o1.data(), stride, n, d, want.out);
+      }
+    }
+  }
+  // A call at the streaming threshold takes the streaming path by itself: same bits as the forced ordinary one.
+  const Index n = kexue::detail::kNormStreamBytes / Index(sizeof(T)) / 4096, d = 4096;
+  Matrix<T> x(n, d), out(n, d), plain(n, d);
+  const auto xv = random_values<T>(n * d, 12, T(-2), T(2));
+  std::copy(xv.begin(), xv.end(), x.data());
+  const Vector<T> g = Vector<T>::LinSpaced(d, T(0.5), T(1.5)), b = Vector<T>::LinSpaced(d, T(-1), T(1));
+  const auto a = kexue::detail::norm_setup<Matrix<T>, Matrix<T>, Vector<T>, Vector<T>, Matrix<T>, Matrix<T>>(
+      "layer_norm", x, nullptr, g, b, out, nullptr, 1e-5, NormOptions{});
+  CHECK(kexue::detail::norm_streams(a));
+  kexue::layer_norm(x, g, b, out);
+  Matrix<T> x2 = x;
+  kexue::layer_norm(x2, g, b, x2);  // in place: ordinary stores
+  call_streamed<T>(Form::Layer, x, x, g, b, plain, plain, kexue::kLayerNormEps, false);
+  CHECK(std::memcmp(out.data(), plain.data(), std::size_t(out.size()) * sizeof(T)) == 0);
+  CHECK(std::memcmp(x2.data(), plain.data(), std::size_t(out.size()) * sizeof(T)) == 0);
 }

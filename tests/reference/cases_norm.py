@@ -63,3 +63,64 @@ def generate(w):
             w.tensor(f"{name}/sum", src)
         y = layer(src, gamma, beta, eps) if kind == "layer" else rms(src, gamma, eps)
         w.tensor(f"{name}/y", y)
+    generate_16bit(w)
+
+
+# ---- 16-bit storage (Eigen::half / Eigen::bfloat16) ------------------------------------------------------------
+# Inputs are rounded to the 16-bit type (and gamma / beta too, unless the case keeps them in float32); written
+# as their exact values. <case>/y is the exact (float64) norm of those values, of the sum as PyTorch's 16-bit `+`
+# rounds it for the residual forms (<case>/sum: torch's own 16-bit x + residual). <case>/torch_y, where torch
+# 1.13's CPU has the 16-bit op: F.layer_norm on bf16 tensors (bf16 weights; it keeps the row mean and 1/std in
+# bf16, so it is off by up to ~0.03 absolute at unit scale) and HF's LlamaRMSNorm expression in bf16 (float
+# statistics, the normalised row rounded to bf16, then times the bf16 weight: two roundings). torch 1.13 has no
+# CPU fp16 layer_norm or rsqrt: fp16 cases have the exact values only.
+def hf_llama_rms(x, weight, eps):
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype) if weight.numel() else h.to(dtype)
+
+
+def generate_16bit(w):
+    seed = 1600
+    cases = [
+        # name, dtype, kind, rows, d, gamma, beta, params in float32, eps, residual, mean offset of x
+        ("bf16_ln64", torch.bfloat16, "layer", 9, 64, True, True, False, 1e-5, False, 0.0),
+        ("bf16_ln257_offset", torch.bfloat16, "layer", 4, 257, True, True, False, 1e-5, False, 30.0),
+        ("bf16_ln100_f32params", torch.bfloat16, "layer", 5, 100, True, True, True, 1e-5, False, 0.5),
+        ("bf16_rms64", torch.bfloat16, "rms", 9, 64, True, False, False, 1e-6, False, 0.0),
+        ("bf16_rms33_noparams", torch.bfloat16, "rms", 7, 33, False, False, False, 1e-7, False, 0.0),
+        ("bf16_add_ln48", torch.bfloat16, "layer", 8, 48, True, True, False, 1e-5, True, 0.0),
+        ("bf16_add_rms130_f32gamma", torch.bfloat16, "rms", 6, 130, True, False, True, 1e-6, True, 0.0),
+        ("f16_ln64", torch.float16, "layer", 9, 64, True, True, False, 1e-5, False, 0.0),
+        ("f16_ln257_offset", torch.float16, "layer", 4, 257, True, True, False, 1e-5, False, 30.0),
+        ("f16_rms100_f32gamma", torch.float16, "rms", 5, 100, True, False, True, 1e-6, False, 0.0),
+        ("f16_add_ln40_nogamma", torch.float16, "layer", 6, 40, False, True, False, 1e-5, True, 1.0),
+        ("f16_add_rms129", torch.float16, "rms", 4, 129, True, False, False, 1e-6, True, 0.0),
+    ]
+    empty = torch.zeros(0, dtype=torch.float64)
+    for name, dt, kind, n, d, has_gamma, has_beta, f32_params, eps, has_residual, offset in cases:
+        seed += 10
+        x = (randn(n, d, seed=seed, std=1.5) + offset).to(dt)
+        pdt = torch.float32 if f32_params else dt
+        gamma = rand(d, seed=seed + 1, lo=0.5, hi=1.5).to(pdt) if has_gamma else empty.to(pdt)
+        beta = rand(d, seed=seed + 2, lo=-0.5, hi=0.5).to(pdt) if has_beta else empty.to(pdt)
+        w.tensor(f"{name}/x", x)
+        w.tensor(f"{name}/gamma", gamma)
+        w.tensor(f"{name}/beta", beta)
+        w.scalar(f"{name}/eps", eps)
+        src = x
+        if has_residual:
+            residual = randn(n, d, seed=seed + 3).to(dt)
+            w.tensor(f"{name}/residual", residual)
+            src = x + residual  # torch's 16-bit add: float sum, rounded once
+            w.tensor(f"{name}/sum", src)
+        g64, b64 = gamma.double(), beta.double()
+        exact = layer(src.double(), g64, b64, eps) if kind == "layer" else rms(src.double(), g64, eps)
+        w.tensor(f"{name}/y", exact)
+        if dt == torch.bfloat16 and not f32_params:
+            if kind == "layer":
+                torch_y = F.layer_norm(src, (d,), gamma if has_gamma else None, beta if has_beta else None, eps)
+            else:
+                torch_y = hf_llama_rms(src, gamma, eps)
+            w.tensor(f"{name}/torch_y", torch_y)
