@@ -23,13 +23,32 @@ def make(n, m=None, kv_heads=H):
     return q, k, v
 
 
-def setup(n, norm="softmax", causal=False, per_head=False, kv_heads=H):
+def post9529_mask(n, kind):
+    """The masks of post 9529 as a PyTorch user builds them: True = hidden. kind: causal, reverse, unilm (source
+    n/4, bert4keras' UniLM_Mask: c = cumsum(segment ids), hidden where c[j] > c[i]) or mixed (a [H, n, n] mask:
+    causal on even heads, reverse causal on odd heads)."""
+    if kind == "causal":
+        return torch.ones(n, n, dtype=torch.bool).triu(1)
+    if kind == "reverse":
+        return torch.ones(n, n, dtype=torch.bool).tril(-1)
+    if kind == "unilm":
+        seg = torch.zeros(n, dtype=torch.int64)
+        seg[n // 4:] = 1
+        c = torch.cumsum(seg, 0)
+        return c.unsqueeze(0) > c.unsqueeze(1)
+    causal, reverse = post9529_mask(n, "causal"), post9529_mask(n, "reverse")
+    return torch.stack([causal if h % 2 == 0 else reverse for h in range(H)])
+
+
+def setup(n, norm="softmax", causal=False, per_head=False, kv_heads=H, mask_kind=None):
     def build():
         q, k, v = make(n, kv_heads=kv_heads)
         if kv_heads != H:  # GQA as a PyTorch 1.13 model writes it: the KV heads repeated to every query head
             k, v = k.repeat_interleave(H // kv_heads, dim=0), v.repeat_interleave(H // kv_heads, dim=0)
         scale = 1.0 / math.sqrt(D)
         mask = torch.ones(n, n, dtype=torch.bool).triu(1) if causal else None
+        if mask_kind is not None:
+            mask = post9529_mask(n, mask_kind)
         lf = math.log(max(n, 16)) / math.log(512)
 
         def one(q, k, v):
@@ -76,6 +95,13 @@ CASES = [
     Case("attention softmax causal n=2048", "bench_attention", row(2048, 0, 1, 1), setup(2048, causal=True)),
     # GQA prefill 8/2 (ORT's GroupQueryAttention sits beside it with compare_torch.py --ort; a build from before
     # bench_attention had this row prints "-" for kexue).
+    # The masks of post 9529 (a build from before bench_attention had these rows prints "-" for kexue).
+    Case("attention softmax reverse causal n=2048", "bench_attention",
+         "BM_attention_reverse_causal/n:2048/mask:1/real_time$", setup(2048, mask_kind="reverse")),
+    Case("attention softmax UniLM (source n/4) n=2048", "bench_attention",
+         "BM_attention_unilm/n:2048/mask:2/real_time$", setup(2048, mask_kind="unilm")),
+    Case("attention softmax mixed causal/reverse heads n=2048", "bench_attention",
+         "BM_attention_masks/n:2048/mask:3/real_time$", setup(2048, mask_kind="mixed")),
     Case("attention softmax causal n=2048 GQA 8/2 prefill", "bench_attention",
          "BM_attention_gqa_prefill/kv_heads:2/n:2048/real_time$", setup(2048, causal=True, kv_heads=2)),
     Case("attention softmax n=8192 (torch per head)", "bench_attention", row(8192, 0, 0, 1),
