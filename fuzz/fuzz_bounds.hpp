@@ -2,7 +2,7 @@
 #pragma once
 // Error bounds of the differential fuzz targets that needed a derivation of their own, kept in one place so the
 // unit suite checks its regression cases (past fuzz findings) against the very bound the target applies:
-// tests/test_linear_attention.cpp and tests/test_global_pointer.cpp include this header.
+// tests/test_linear_attention.cpp, tests/test_global_pointer.cpp and tests/test_attention.cpp include this header.
 
 #include <algorithm>
 #include <cmath>

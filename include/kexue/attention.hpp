@@ -60,17 +60,16 @@ class SegmentIds {
   SegmentIds(const std::int32_t* data, Index size) : data32_(data), size_(size) {}
   /// Pointer + length over int64.
   SegmentIds(const std::int64_t* data, Index size) : data64_(data), size_(size) {}
-  /// Any contiguous container with data() and size() of 32- or 64-bit integers (std::vector<int>, std::array,
-  /// an Eigen vector of int32 / int64).
+  /// Any contiguous container with data() and size() of std::int32_t or std::int64_t (std::vector, std::array, an
+  /// Eigen vector). Other integer types of the same size (long long where int64_t is long) are not aliased: copy.
   template <class C, class E = std::remove_cv_t<std::remove_pointer_t<decltype(std::declval<const C&>().data())>>,
-            class = std::enable_if_t<std::is_integral<E>::value && std::is_signed<E>::value &&
-                                     (sizeof(E) == 4 || sizeof(E) == 8)>>
+            class = std::enable_if_t<std::is_same<E, std::int32_t>::value || std::is_same<E, std::int64_t>::value>>
   SegmentIds(const C& container)  // NOLINT: implicit on purpose, so a vector can be passed directly
       : size_(Index(container.size())) {
-    if constexpr (sizeof(E) == 4)
-      data32_ = reinterpret_cast<const std::int32_t*>(container.data());
+    if constexpr (std::is_same<E, std::int32_t>::value)
+      data32_ = container.data();
     else
-      data64_ = reinterpret_cast<const std::int64_t*>(container.data());
+      data64_ = container.data();
   }
 
   /// The ids when they are int32 (else null).
