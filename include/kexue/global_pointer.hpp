@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// GlobalPointer and Efficient GlobalPointer (SPEC.md section 2): span scores s(i, j) for every start i
 /// and end j (inclusive) of a sequence, per entity type (head), their decoding into spans, and the
 /// multi-label categorical cross-entropy they are trained with.
@@ -49,26 +50,30 @@ struct GlobalPointerOptions {
 /// empty (no bias). Head a takes columns [2da, 2da+d) of h w + b as q and [2da+d, 2d(a+1)) as k.
 template <class T>
 struct GlobalPointerWeights {
-  Matrix<T> w;
-  Vector<T> b;
-  Index heads = 0, head_size = 0;
+  Matrix<T> w;                      ///< [D, 2 * heads * head_size]: q and k of every head
+  Vector<T> b;                      ///< [2 * heads * head_size], or empty for no bias
+  Index heads = 0;                  ///< number of entity types
+  Index head_size = 0;              ///< d, the size of each head's q and k
 };
 
 /// Weights of an Efficient GlobalPointer layer (SPEC 2.6): w_p [D, 2*head_size], b_p [2*head_size] or
 /// empty; w_c [2*head_size, 2*heads], b_c [2*heads] or empty.
 template <class T>
 struct EfficientGlobalPointerWeights {
-  Matrix<T> w_p;
-  Vector<T> b_p;
-  Matrix<T> w_c;
-  Vector<T> b_c;
-  Index heads = 0, head_size = 0;
+  Matrix<T> w_p;                    ///< [D, 2 * head_size]: the shared q and k projection
+  Vector<T> b_p;                    ///< [2 * head_size], or empty for no bias
+  Matrix<T> w_c;                    ///< [2 * head_size, 2 * heads]: the per-type start / end biases
+  Vector<T> b_c;                    ///< [2 * heads], or empty for no bias
+  Index heads = 0;                  ///< number of entity types
+  Index head_size = 0;              ///< d, the size of the shared q and k
 };
 
 /// A decoded span: entity type (head), inclusive [start, end] and its score.
 struct Span {
-  Index head = 0, start = 0, end = 0;
-  double score = 0;
+  Index head = 0;                   ///< entity type
+  Index start = 0;                  ///< first token of the span
+  Index end = 0;                    ///< last token of the span (inclusive)
+  double score = 0;                 ///< s(start, end) of that head
   /// Equal head, start, end and score.
   friend bool operator==(const Span& a, const Span& b) {
     return a.head == b.head && a.start == b.start && a.end == b.end && a.score == b.score;

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// 16-bit storage: Eigen 3.4's Eigen::half (IEEE binary16) and Eigen::bfloat16 as the element types of
 /// kexue::Matrix, Eigen::Map and TensorView, and the bulk conversions between them and float.
 ///

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Rotary position embedding (RoPE, SPEC.md section 1; RoPE + bias, section 4).
 ///
 /// A position m rotates each pair (x_a, x_b) of the first `rotary_dim` dims of a row by the angle m * w_i:
@@ -62,9 +63,9 @@ enum class RopeScaling {
 /// Options of a RopeTable. Defaults: bert4keras (base 10000, interleaved, every dim rotated, no scaling).
 struct RopeOptions {
   double base = 10000.0;                       ///< w_i = base^(-2i/r); SPEC 1.3's 2-D RoPE uses 1000
-  RopeLayout layout = RopeLayout::Interleaved;
+  RopeLayout layout = RopeLayout::Interleaved;  ///< which dims form a rotated pair (bert4keras / HF)
   Index rotary_dim = 0;                        ///< 0: rotate all dims; else the first rotary_dim (even), rest pass through
-  RopeScaling scaling = RopeScaling::None;
+  RopeScaling scaling = RopeScaling::None;     ///< context-extension rule applied to the frequencies
   double factor = 1.0;                         ///< s: Linear, DynamicNtk, Yarn, Llama3
   Index original_max_positions = 0;            ///< L0, the training context: DynamicNtk, Yarn, Llama3 (required there)
   Index sequence_length = 0;                   ///< DynamicNtk: the L the base is stretched for; 0: max_positions
@@ -72,8 +73,10 @@ struct RopeOptions {
   double beta_slow = 1.0;                      ///< Yarn: rotations at which interpolation starts (HF default 1)
   bool truncate = true;                        ///< Yarn: floor/ceil the correction range (HF default true)
   std::optional<double> attention_factor;      ///< Yarn: overrides the attention factor (HF "attention_factor")
-  double mscale = 0.0, mscale_all_dim = 0.0;   ///< Yarn (DeepSeek): if both > 0, factor = m(s, mscale) / m(s, mscale_all_dim),
-                                               ///< m(s, k) = 0.1 k ln(s) + 1 for s > 1, else 1
+  /// Yarn (DeepSeek): if both mscale and mscale_all_dim are > 0, the attention factor is
+  /// m(s, mscale) / m(s, mscale_all_dim) with m(s, k) = 0.1 k ln(s) + 1 for s > 1, else 1.
+  double mscale = 0.0;
+  double mscale_all_dim = 0.0;                 ///< Yarn (DeepSeek): see mscale
   bool fold_attention_factor = true;           ///< Yarn: multiply cos and sin by the attention factor (HF does)
   double low_freq_factor = 1.0;                ///< Llama3 (HF default for Llama 3.1: 1)
   double high_freq_factor = 4.0;               ///< Llama3 (HF default for Llama 3.1: 4)
@@ -213,7 +216,7 @@ class RopeTable {
   static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "RopeTable<float or double>");
 
  public:
-  using Scalar = T;
+  using Scalar = T;  ///< float or double: the type of the cos / sin entries
 
   /// Table for positions [0, max_positions) and rows of `dim` values; options.rotary_dim (0: dim) must be
   /// even and <= dim. Throws kexue::Error on bad options.
@@ -253,7 +256,9 @@ class RopeTable {
   Index dim() const { return dim_; }
   /// Number of leading dims that are rotated (even, <= dim()); the rest pass through.
   Index rotary_dim() const { return rotary_dim_; }
+  /// Pair layout the table was built for.
   RopeLayout layout() const { return options_.layout; }
+  /// The options the table was built with.
   const RopeOptions& options() const { return options_; }
   /// The inverse frequencies w_i after scaling, i in [0, rotary_dim()/2), in double.
   const std::vector<double>& inv_freq() const { return inv_freq_; }

@@ -439,7 +439,7 @@ inline F load_widen(const H* p) {
 #if defined(__AVX2__) && !defined(__F16C__)
       if constexpr (kBytes == 32 && kHalf) {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return half_lanes_to_float(Batch<std::int32_t>(w));
+    return half_lanes_to_float(xsimd::batch<std::int32_t, typename F::arch_type>(w));
   } else
 #endif
 #if defined(__F16C__)
@@ -450,7 +450,9 @@ inline F load_widen(const H* p) {
 #if defined(__SSE2__) && !defined(__F16C__)
       if constexpr (kBytes == 16 && kHalf) {
     const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-    return half_lanes_to_float(Batch<std::int32_t>(_mm_unpacklo_epi16(h, _mm_setzero_si128())));
+    // The integer batch is named through F so that it stays dependent: clang checks a non-dependent
+    // expression even in a discarded branch, and Batch<std::int32_t> is 256 bits wide in an AVX2 build.
+    return half_lanes_to_float(xsimd::batch<std::int32_t, typename F::arch_type>(_mm_unpacklo_epi16(h, _mm_setzero_si128())));
   } else
 #endif
 #if defined(__SSE2__)
