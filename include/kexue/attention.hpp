@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Fused attention with the three normalisations of bert4keras' attention_normalize (SPEC.md 3.3):
 /// softmax, the entropy-invariant softmax_plus (SPEC 3.4) and squared ReLU (SPEC 3.1, 3.4), plus the
 /// concentration diagnostics of SPEC 5.1 (row entropy, l1/l2 sparsity).
@@ -106,7 +107,9 @@ class HeadDirections {
                          HeadDirection>::value>>
   HeadDirections(const C& container)  // NOLINT: implicit on purpose
       : data_(container.data()), size_(Index(container.size())) {}
+  /// The directions, one per query head.
   const HeadDirection* data() const { return data_; }
+  /// Number of heads covered.
   Index size() const { return size_; }
 
  private:
@@ -116,7 +119,7 @@ class HeadDirections {
 
 /// Options of attention(); the defaults are bert4keras' (min_length 16 since its commit 988e899, SPEC 3.3).
 struct AttentionOptions {
-  Normalization normalization = Normalization::Softmax;
+  Normalization normalization = Normalization::Softmax;  ///< how logits become weights (SPEC 3.3)
   bool causal = false;                 ///< query i sees keys j <= i + (m - n)  (bottom-right aligned, KV-cache friendly)
   std::optional<double> scale;         ///< logits = scale * q.k ; default 1/sqrt(d)
   std::optional<Index> key_length;     ///< keys [key_length, m) are padding; default m

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Gated Attention Unit (GAU, post 8934; bert4keras GatedAttentionUnit; GAU-alpha), SPEC.md sections 3.1-3.3.
 ///
 /// For x: [n, D] (one sequence), with e = units and s = key_size:
@@ -47,11 +48,14 @@ namespace kexue {
 /// w_out: [e, D]; b_out: [D] or empty (no bias).
 template <class T>
 struct GauWeights {
-  Matrix<T> w_in;
-  Vector<T> b_in;
-  Vector<T> gamma_q, beta_q, gamma_k, beta_k;
-  Matrix<T> w_out;
-  Vector<T> b_out;
+  Matrix<T> w_in;     ///< [D, 2e + s], columns [u | v | z]
+  Vector<T> b_in;     ///< [2e + s], or empty: no bias (GAU-alpha)
+  Vector<T> gamma_q;  ///< [s]: the per-dim scale that makes q from z
+  Vector<T> beta_q;   ///< [s], or empty: no offset (GAU-alpha)
+  Vector<T> gamma_k;  ///< [s]: the per-dim scale that makes k from z
+  Vector<T> beta_k;   ///< [s], or empty: no offset (GAU-alpha)
+  Matrix<T> w_out;    ///< [e, D]
+  Vector<T> b_out;    ///< [D], or empty: no bias
 
   /// D: columns of x and out.
   Index hidden() const { return w_in.rows(); }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
+/// @file
 /// Linear attention (SPEC 5.2, kexue.fm/archives/7546): o_i = phi(q_i)^T S / (phi(q_i)^T z + eps) with
 /// S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j), over every key (non-causal) or over j <= i (causal), computed
 /// chunk-wise in O(n d dv) time with an O(d dv) state, plus the streaming form that carries the state between
@@ -31,7 +32,7 @@ enum class FeatureMap {
 
 /// Options of linear_attention.
 struct LinearAttentionOptions {
-  FeatureMap feature_map = FeatureMap::EluPlusOne;
+  FeatureMap feature_map = FeatureMap::EluPlusOne;  ///< phi applied to q and k (SPEC 5.2)
   /// Query i sees keys j <= i + (m - n) (bottom-right aligned like attention's causal mask: j <= i when m = n).
   /// A later key never reaches row i, even when its k or v holds inf or NaN.
   bool causal = false;
