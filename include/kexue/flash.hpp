@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// @file
-/// FLASH mixed-chunk attention (SPEC 3.5; Hua et al. 2022 "Transformer Quality in Linear Time",
-/// kexue.fm/archives/8934): squared-ReLU quadratic attention inside non-overlapping chunks plus linear attention across
-/// chunks. Not to be confused with FlashAttention (an exact softmax-attention algorithm): this is a different model.
+/// FLASH mixed-chunk attention (SPEC 3.5, kexue.fm/archives/8934; the FLASH model of "Transformer Quality in Linear
+/// Time", Hua, Dai, Liu and Le, 2022): squared-ReLU quadratic attention inside non-overlapping chunks plus linear
+/// attention across chunks. Not to be confused with FlashAttention (an exact softmax-attention algorithm): this is a
+/// different model.
 ///
 /// For chunk g of c rows (the last chunk may be shorter):
 ///   O_g = relu(scale * Qq_g Kq_g^T)^2 / quad_norm * V_g + Ql_g S_g / lin_norm_g
