@@ -790,3 +790,206 @@ TEST_CASE("gau masks of post 9529: bad input", "[gau][masks]") {
                {}, o);
   }, "options.attention.segments has 7 ids but needs n = 5 (shared) or batch x n = 10");
 }
+
+// ---- bf16 weights and activations (issue 13, part 4) ----------------------------------------------------------
+
+namespace {
+
+using BF = Eigen::bfloat16;
+
+template <class M>
+Matrix<BF> to_bf16(const M& m) {
+  Matrix<BF> r(m.rows(), m.cols());
+  kexue::convert(m, r);
+  return r;
+}
+
+Matrix<float> to_float(const Matrix<BF>& m) {
+  Matrix<float> r(m.rows(), m.cols());
+  kexue::convert(m, r);
+  return r;
+}
+
+Vector<BF> vec_bf16(const Vector<float>& v) {
+  Vector<BF> r(v.size());
+  for (Index i = 0; i < v.size(); ++i) r[i] = BF(v[i]);
+  return r;
+}
+
+Vector<float> vec_float(const Vector<BF>& v) {
+  Vector<float> r(v.size());
+  for (Index i = 0; i < v.size(); ++i) r[i] = float(v[i]);
+  return r;
+}
+
+GauWeights<BF> weights_bf16(const GauWeights<float>& w) {
+  GauWeights<BF> r;
+  r.w_in = to_bf16(w.w_in);
+  r.w_out = to_bf16(w.w_out);
+  r.b_in = vec_bf16(w.b_in);
+  r.gamma_q = vec_bf16(w.gamma_q);
+  r.beta_q = vec_bf16(w.beta_q);
+  r.gamma_k = vec_bf16(w.gamma_k);
+  r.beta_k = vec_bf16(w.beta_k);
+  r.b_out = vec_bf16(w.b_out);
+  return r;
+}
+
+GauWeights<float> weights_widened(const GauWeights<BF>& w) {
+  GauWeights<float> r;
+  r.w_in = to_float(w.w_in);
+  r.w_out = to_float(w.w_out);
+  r.b_in = vec_float(w.b_in);
+  r.gamma_q = vec_float(w.gamma_q);
+  r.beta_q = vec_float(w.beta_q);
+  r.gamma_k = vec_float(w.gamma_k);
+  r.beta_k = vec_float(w.beta_k);
+  r.b_out = vec_float(w.b_out);
+  return r;
+}
+
+// Tolerance of the bf16 GAU against the float GAU on the widened weights and x. Only x W_in is summed in another
+// order (the bf16 GEMM adds two exact bf16 products per step, the float GEMM one: each element of u, v, z differs by
+// a few float ulps of sum |x w|); the rest is the float kernel on those values. 2e-5 of max(1, max |out|) is ~170
+// float ulps: the measured difference is below 1e-6 here, while rounding any intermediate (u, v, z, A, g) to bf16
+// would cost ~1e-3 (checked below: the float GAU on unrounded weights is that far away).
+constexpr double kBf16GauTol = 2e-5;
+
+double gau_scale(const Matrix<float>& m) { return std::max(1.0, double(m.cwiseAbs().maxCoeff())); }
+
+}  // namespace
+
+TEST_CASE("gau with bf16 weights and x equals the float gau on the widened values (float or bf16 out)", "[gau][bf16]") {
+  const Index D = 19, e = 36, s = 12;  // odd D: the bf16 GEMM pads its last depth pair
+  for (bool bias : {true, false}) {
+    const GauWeights<float> w0 = random_weights<float>(D, e, s, bias, bias ? 5 : 6);
+    const GauWeights<BF> wb = weights_bf16(w0);
+    const GauWeights<float> wf = weights_widened(wb);
+    for (Index n : {Index(1), Index(50), Index(150)}) {
+      const RopeTable<float> table(n, s);
+      const Matrix<float> x0 = random_matrix<float>(n, D, std::uint32_t(n + 3));
+      const Matrix<BF> xb = to_bf16(x0);
+      const Matrix<float> xf = to_float(xb);
+      std::vector<unsigned char> mask(static_cast<std::size_t>(n), 1);
+      for (Index j = 0; j < n; j += 3) mask[static_cast<std::size_t>(j)] = 0;
+      std::vector<std::int32_t> seg(static_cast<std::size_t>(n), 0);
+      seg[0] = 1;
+      if (n > 10) seg[static_cast<std::size_t>(n / 3)] = 1;
+      for (int variant = 0; variant < 7; ++variant) {
+        INFO("bias " << bias << ", n " << n << ", variant " << variant);
+        GauOptions o;
+        const RopeTable<float>* rope = variant % 2 == 0 ? &table : nullptr;
+        switch (variant) {
+          case 0: break;  // SquaredRelu, bert4keras defaults
+          case 1: o = make_options(Normalization::Softmax, true, std::max<Index>(0, n - 7)); break;
+          case 2: o = make_options(Normalization::SoftmaxPlus, false, std::max<Index>(0, n - 4)); break;
+          case 3: o.key_mask = kexue::KeyMask(mask.data(), n); break;
+          case 4: o.attention.segments = seg; break;
+          case 5: o = make_options(Normalization::Softmax); o.attention.reverse_causal = true; break;
+          case 6: o = make_options(Normalization::SquaredRelu, false, std::max<Index>(0, n - 5));
+                  o.zero_padded_rows = true; break;
+        }
+        Matrix<float> ref(n, D), got(n, D);
+        kexue::gau(wf, xf, ref, o, rope);
+        kexue::gau(wb, xb, got, o, rope);
+        const double tol = kBf16GauTol * gau_scale(ref);
+        CHECK(max_abs_diff(got, ref) <= tol);
+        if (o.zero_padded_rows)
+          for (Index r = *o.attention.key_length; r < n; ++r) CHECK(got.row(r).cwiseAbs().maxCoeff() == 0.0f);
+        // bf16 out: the float result rounded once (nearest even), bit for bit.
+        Matrix<BF> got16(n, D);
+        kexue::gau(wb, xb, got16, o, rope);
+        const Matrix<BF> rounded = to_bf16(got);
+        CHECK(std::memcmp(got16.data(), rounded.data(), sizeof(BF) * std::size_t(n * D)) == 0);
+      }
+    }
+  }
+  // The tolerance can fail: the float GAU on the unrounded weights and x (what rounding intermediates to bf16
+  // would resemble) is far outside it.
+  const Index n = 50;
+  const GauWeights<float> w0 = random_weights<float>(D, e, s, true, 5);
+  const Matrix<float> x0 = random_matrix<float>(n, D, 53);
+  Matrix<float> exact(n, D), got(n, D);
+  kexue::gau(w0, x0, exact);
+  kexue::gau(weights_bf16(w0), to_bf16(x0), got);
+  CHECK(max_abs_diff(got, exact) > 10 * kBf16GauTol * gau_scale(exact));
+}
+
+TEST_CASE("gau bf16: hidden tokens never reach visible rows; in place on bf16 x", "[gau][bf16]") {
+  const Index D = 24, e = 20, s = 8, n = 60, kl = 45;
+  const GauWeights<BF> wb = weights_bf16(random_weights<float>(D, e, s, true, 21));
+  const GauWeights<float> wf = weights_widened(wb);
+  Matrix<BF> xb = to_bf16(random_matrix<float>(n, D, 22));
+  Matrix<BF> poisoned = xb;
+  for (Index r = kl; r < n; ++r)
+    for (Index c = 0; c < D; ++c) poisoned(r, c) = BF(r % 2 ? std::numeric_limits<float>::quiet_NaN() : 1e30f);
+  const GauOptions o = make_options(Normalization::Softmax, false, kl);
+  Matrix<float> clean(n, D), dirty(n, D), ref(n, D);
+  kexue::gau(wb, xb, clean, o);
+  kexue::gau(wb, poisoned, dirty, o);
+  kexue::gau(wf, to_float(xb), ref, o);
+  CHECK(max_abs_diff(clean.topRows(kl), dirty.topRows(kl)) == 0.0);
+  CHECK(max_abs_diff(clean, ref) <= kBf16GauTol * gau_scale(ref));
+  // out = x (bf16 in place): x is read completely before out is written.
+  Matrix<BF> inplace = xb, separate(n, D);
+  kexue::gau(wb, xb, separate, o);
+  kexue::gau(wb, inplace, inplace, o);
+  CHECK(std::memcmp(inplace.data(), separate.data(), sizeof(BF) * std::size_t(n * D)) == 0);
+}
+
+TEST_CASE("gau bf16 is bitwise identical for 1 and 2 threads, with and without a workspace", "[gau][bf16]") {
+  const Index D = 33, e = 40, s = 16;
+  const GauWeights<BF> wb = weights_bf16(random_weights<float>(D, e, s, true, 31));
+  GauWorkspace<BF> ws;
+  for (Index n : {300, 50, 3}) {
+    const RopeTable<float> table(n, s);
+    const Matrix<BF> x = to_bf16(random_matrix<float>(n, D, std::uint32_t(n)));
+    const GauOptions o = make_options(Normalization::SoftmaxPlus, n == 300, n - 1);
+    Matrix<float> one(n, D), two(n, D), reused(n, D);
+    set_threads(1);
+    kexue::gau(wb, x, one, o, &table);
+    set_threads(2);
+    kexue::gau(wb, x, two, o, &table);
+    kexue::gau(wb, x, reused, ws, o, &table);
+    set_threads(hardware_threads());
+    CHECK(max_abs_diff(one, two) == 0.0);
+    CHECK(max_abs_diff(one, reused) == 0.0);
+    CHECK(ws.bytes() > 0);
+  }
+}
+
+TEST_CASE("gau bf16: bad input throws kexue::Error naming the argument, before writing", "[gau][bf16]") {
+  const Index D = 8, e = 10, s = 4, n = 6;
+  const GauWeights<BF> good = weights_bf16(random_weights<float>(D, e, s, true, 1));
+  const Matrix<BF> x = to_bf16(random_matrix<float>(n, D, 2));
+  const RopeTable<float> table(n, s);
+  const float sentinel = 12345.0f;
+  auto expect = [&](auto&& call, const std::string& part) {
+    Matrix<float> out = Matrix<float>::Constant(n, D, sentinel);
+    throws_with([&] { call(out); }, part);
+    CHECK((out.array() == sentinel).all());
+  };
+  expect([&](Matrix<float>& out) { kexue::gau(good, x.leftCols(D - 1), out.leftCols(D - 1)); }, "x has shape");
+  expect([&](Matrix<float>& out) { kexue::gau(good, x, out.topRows(n - 1)); }, "out");
+  {
+    GauWeights<BF> w = good;
+    w.b_in.resize(3);
+    expect([&](Matrix<float>& out) { kexue::gau(w, x, out); }, "weights.b_in has 3 values");
+  }
+  {
+    GauWeights<BF> w = good;
+    w.w_out.resize(e, D + 1);
+    expect([&](Matrix<float>& out) { kexue::gau(w, x, out); }, "weights.w_out");
+  }
+  const RopeTable<float> wrong(n, s + 2);
+  expect([&](Matrix<float>& out) { kexue::gau(good, x, out, GauOptions{}, &wrong); }, "rope_table has dim");
+  expect([&](Matrix<float>& out) { kexue::gau(good, x, out, make_options(Normalization::Softmax, false, n + 1)); },
+         "options.attention.key_length");
+  std::vector<unsigned char> short_mask(static_cast<std::size_t>(n - 1), 1);
+  GauOptions om;
+  om.key_mask = kexue::KeyMask(short_mask.data(), n - 1);
+  expect([&](Matrix<float>& out) { kexue::gau(good, x, out, om); }, "options.key_mask has");
+  GauOptions both = make_options(Normalization::Softmax, true);
+  both.attention.reverse_causal = true;
+  expect([&](Matrix<float>& out) { kexue::gau(good, x, out, both); }, "reverse_causal");
+}

@@ -38,6 +38,7 @@
 #include "kexue/detail/gau_impl.hpp"
 #include "kexue/detail/parallel.hpp"
 #include "kexue/detail/view.hpp"
+#include "kexue/half.hpp"
 #include "kexue/rope.hpp"
 
 namespace kexue {
@@ -104,6 +105,8 @@ struct GauOptions {
 /// plus per thread a query tile of t x (n + e) values (scores and gated rows, t = min(n, 144) at most) and
 /// a packed block of 144 x max(D, e, n) values; the batched form, when it runs sequences in parallel,
 /// holds the sequence buffers once per thread.
+/// For bf16 weights (GauWorkspace<Eigen::bfloat16>) the scratch is float (the intermediates are float), plus x's
+/// packed bf16 pairs, W_in packed in pairs, W_out widened (e D floats) and the weights' small vectors widened.
 template <class T>
 class GauWorkspace {
  public:
@@ -111,16 +114,26 @@ class GauWorkspace {
   std::size_t bytes() const {
     std::size_t total = 0;
     for (const auto& s : slots_) total += s.bytes();
+    const auto& w = widened_;
+    total += std::size_t(w.b_in.size() + w.gamma_q.size() + w.beta_q.size() + w.gamma_k.size() + w.beta_k.size() +
+                         w.b_out.size()) *
+             sizeof(detail::gau_compute_t<T>);
     return total;
   }
   /// Frees everything.
-  void clear() { slots_.clear(); }
+  void clear() {
+    slots_.clear();
+    widened_ = {};
+  }
 
   /// Scratch of each thread (an implementation detail; the layout may change).
-  std::vector<detail::GauSlot<T>>& detail_slots() { return slots_; }
+  std::vector<detail::GauSlot<detail::gau_compute_t<T>>>& detail_slots() { return slots_; }
+  /// bf16 weights: their vectors widened to float (matrices left empty; an implementation detail).
+  GauWeights<detail::gau_compute_t<T>>& detail_widened() { return widened_; }
 
  private:
-  std::vector<detail::GauSlot<T>> slots_;
+  std::vector<detail::GauSlot<detail::gau_compute_t<T>>> slots_;
+  GauWeights<detail::gau_compute_t<T>> widened_;
 };
 
 namespace detail {
@@ -130,8 +143,8 @@ struct gau_identity {
   using type = T;
 };
 
-template <class T>
-bool gau_weight_overlaps(const GauWeights<T>& w, const View<T>& out) {
+template <class T, class O>
+bool gau_weight_overlaps(const GauWeights<T>& w, const View<O>& out) {
   auto hits = [&](const T* p, Index size) {
     if (size == 0) return false;
     View<const T> v{p, 1, size, size};
@@ -144,8 +157,8 @@ bool gau_weight_overlaps(const GauWeights<T>& w, const View<T>& out) {
 }
 
 /// Validates weights and options and resolves them into a plan; throws kexue::Error on bad input.
-template <class T>
-GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, Index n, const RopeTable<T>* rope) {
+template <class T, class R>
+GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, Index n, const RopeTable<R>* rope) {
   GauPlan p;
   p.hidden = w.w_in.rows();
   p.units = w.w_out.rows();
@@ -241,6 +254,28 @@ inline Index gau_key_length(const char* fn, const char* what, std::optional<Inde
   return kl;
 }
 
+/// The checks of the 2-D gau(): plan, shapes of x and out, aliasing with the weights, key_length, segments, key_mask.
+template <class T, class X, class O, class R>
+GauPlan gau_check_2d(const char* fn, const GauWeights<T>& weights, const GauOptions& options, const View<const X>& xv,
+                     const View<O>& ov, const RopeTable<R>* rope_table, Index& key_length) {
+  const Index n = xv.rows;
+  GauPlan p = gau_plan(fn, weights, options, n, rope_table);
+  require(xv.cols == p.hidden || n == 0, fn, "x has shape ", shape_str(xv.rows, xv.cols),
+          " but weights.w_in has ", p.hidden, " rows (D)");
+  require_shape(fn, "out", ov, n, n == 0 ? ov.cols : p.hidden, "x implies ");
+  require(!gau_weight_overlaps(weights, ov), fn, "out overlaps one of the weights");
+  key_length = gau_key_length(fn, "options.attention.key_length", options.attention.key_length, n);
+  if (options.attention.segments)
+    require(options.attention.segments->size() == n, fn, "options.attention.segments has ",
+            options.attention.segments->size(), " ids but the sequence has ", n, " tokens");
+  if (options.key_mask) {
+    require(options.key_mask->size() == n, fn, "options.key_mask has ", options.key_mask->size(),
+            " entries but the sequence has ", n, " tokens");
+    require(options.key_mask->data() != nullptr || n == 0, fn, "options.key_mask has no data");
+  }
+  return p;
+}
+
 }  // namespace detail
 
 /// GAU layer on one sequence with caller-owned scratch (no allocation once the workspace has grown).
@@ -258,20 +293,8 @@ void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eige
   const detail::View<const T> xv = detail::make_view(fn, "x", x);
   const detail::View<T> ov = detail::make_mut_view(fn, "out", out);
   const Index n = xv.rows;
-  detail::GauPlan p = detail::gau_plan(fn, weights, options, n, rope_table);
-  detail::require(xv.cols == p.hidden || n == 0, fn, "x has shape ", detail::shape_str(xv.rows, xv.cols),
-                  " but weights.w_in has ", p.hidden, " rows (D)");
-  detail::require_shape(fn, "out", ov, n, n == 0 ? ov.cols : p.hidden, "x implies ");
-  detail::require(!detail::gau_weight_overlaps(weights, ov), fn, "out overlaps one of the weights");
-  const Index key_length = detail::gau_key_length(fn, "options.attention.key_length", options.attention.key_length, n);
-  if (options.attention.segments)
-    detail::require(options.attention.segments->size() == n, fn, "options.attention.segments has ",
-                    options.attention.segments->size(), " ids but the sequence has ", n, " tokens");
-  if (options.key_mask) {
-    detail::require(options.key_mask->size() == n, fn, "options.key_mask has ", options.key_mask->size(),
-                    " entries but the sequence has ", n, " tokens");
-    detail::require(options.key_mask->data() != nullptr || n == 0, fn, "options.key_mask has no data");
-  }
+  Index key_length = 0;
+  detail::GauPlan p = detail::gau_check_2d(fn, weights, options, xv, ov, rope_table, key_length);
   if (n == 0) return;
   auto& slots = workspace.detail_slots();
   detail::gau_reserve_tiles(slots, std::max<Index>(1, detail::max_threads()), n, p);
@@ -287,6 +310,61 @@ template <class T, class Dx, class Do>
 void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
          const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
   GauWorkspace<T> workspace;
+  gau(weights, x, out, workspace, options, rope_table);
+}
+
+/// GAU layer with bf16 weights and activations (issue 13, part 4), with caller-owned scratch.
+/// weights: GauWeights<Eigen::bfloat16>; x: [n, D] in Eigen::bfloat16; out: [n, D] in float, or in
+/// Eigen::bfloat16 rounded once (nearest even, as torch's .to()); rope_table: a float table (dim s) or nullptr.
+/// x W_in runs on kexue's bf16 GEMM (two exact bf16 products per float addition: vdpbf16ps under AVX512-BF16,
+/// widened operands and fp32 FMAs elsewhere), so u, v, z come out in float; everything after stays float: q, k,
+/// the attention, the gated rows u * (A v), and W_out (widened to float as it is packed). out is therefore the
+/// float gau() on the widened weights and x, up to the summation order of x W_in (pairs of depths per addition
+/// instead of one: float rounding differences only). Shapes, options, in-place use, errors, threading and
+/// bitwise determinism over thread counts are those of the float overload.
+template <class Dx, class Do>
+void gau(const GauWeights<Eigen::bfloat16>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
+         GauWorkspace<Eigen::bfloat16>& workspace, const GauOptions& options = {},
+         const RopeTable<float>* rope_table = nullptr) {
+  using BF = Eigen::bfloat16;
+  using O = typename Do::Scalar;
+  static_assert(std::is_same<typename Dx::Scalar, BF>::value,
+                "gau: with Eigen::bfloat16 weights x must be Eigen::bfloat16 (widen bf16 weights for float x)");
+  static_assert(std::is_same<O, float>::value || std::is_same<O, BF>::value,
+                "gau: with Eigen::bfloat16 weights out must be float or Eigen::bfloat16");
+  constexpr const char* fn = "gau";
+  const detail::View<const BF> xv = detail::make_view<Dx, true>(fn, "x", x);
+  const detail::View<O> ov = detail::make_mut_view<Do, true>(fn, "out", out);
+  const Index n = xv.rows;
+  Index key_length = 0;
+  detail::GauPlan p = detail::gau_check_2d(fn, weights, options, xv, ov, rope_table, key_length);
+  if (n == 0) return;
+  // The small vectors in float, once per call (the kernels' epilogues and ScaleOffset read float).
+  GauWeights<float>& wf = workspace.detail_widened();
+  auto widen = [](const Vector<BF>& src, Vector<float>& dst) {
+    dst.resize(src.size());
+    if (src.size() != 0) detail::widen_n(src.data(), dst.data(), src.size());
+  };
+  widen(weights.b_in, wf.b_in);
+  widen(weights.gamma_q, wf.gamma_q);
+  widen(weights.beta_q, wf.beta_q);
+  widen(weights.gamma_k, wf.gamma_k);
+  widen(weights.beta_k, wf.beta_k);
+  widen(weights.b_out, wf.b_out);
+  auto& slots = workspace.detail_slots();
+  detail::gau_reserve_tiles(slots, std::max<Index>(1, detail::max_threads()), n, p, true,
+                            !std::is_same<O, float>::value);
+  detail::gau_reserve_sequence(slots[0], n, p);
+  p.key_mask = options.key_mask ? options.key_mask->data() : nullptr;
+  const detail::GauPacked<float> packed = detail::gau_pack_weights_bf16(weights, p, slots[0]);
+  detail::gau_sequence(wf, p, packed, xv, ov, key_length, rope_table, slots, 0, true);
+}
+
+/// GAU layer with bf16 weights and activations, allocating its scratch per call (see the workspace overload).
+template <class Dx, class Do>
+void gau(const GauWeights<Eigen::bfloat16>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
+         const GauOptions& options = {}, const RopeTable<float>* rope_table = nullptr) {
+  GauWorkspace<Eigen::bfloat16> workspace;
   gau(weights, x, out, workspace, options, rope_table);
 }
 

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "kexue/attention.hpp"
@@ -30,6 +31,7 @@
 #include "kexue/detail/gemm.hpp"
 #include "kexue/detail/simd.hpp"
 #include "kexue/detail/view.hpp"
+#include "kexue/half.hpp"
 #include "kexue/rope.hpp"
 
 #if defined(_OPENMP)
@@ -81,11 +83,16 @@ struct GauSlot {
   GauBuffer<T> hidden, q, k, scores, gated;
   GemmBuffer<T> packed_v, packed_kt, packed_a, packed_w_in, packed_w_out;
   std::vector<Index> mask_prefix;
+  // bf16 weights only (empty otherwise): the thread's packed A block of x in bf16 pairs, W_in packed in pairs
+  // (slot 0), W_out widened to T before packing (slot 0), and an out tile in T when out is stored in bf16.
+  GemmBuffer<std::uint32_t> packed_a16, packed_w_in16;
+  GauBuffer<T> w_out_wide, out_tile;
   std::size_t bytes() const {
     return (hidden.size() + q.size() + k.size() + scores.size() + gated.size() + packed_v.size() +
-            packed_kt.size() + packed_a.size() + packed_w_in.size() + packed_w_out.size()) *
+            packed_kt.size() + packed_a.size() + packed_w_in.size() + packed_w_out.size() + w_out_wide.size() +
+            out_tile.size()) *
                sizeof(T) +
-           mask_prefix.size() * sizeof(Index);
+           (packed_a16.size() + packed_w_in16.size()) * sizeof(std::uint32_t) + mask_prefix.size() * sizeof(Index);
   }
 };
 
@@ -93,7 +100,40 @@ struct GauSlot {
 template <class T>
 struct GauPacked {
   PackedB<T> w_in, w_out;
+  PackedB<std::uint32_t> w_in16;  // bf16 weights: W_in in depth pairs for gemm_bf16_rows (w_in is then unused)
 };
+
+/// Compute and scratch type of gau() for weights of type T: float for bf16 weights, else T.
+template <class T>
+struct gau_compute {
+  using type = T;
+};
+template <>
+struct gau_compute<Eigen::bfloat16> {
+  using type = float;
+};
+template <class T>
+using gau_compute_t = typename gau_compute<T>::type;
+
+/// c = swish(c + bias) over one row of `cols` floats, with the GEMM epilogue's vector swish for every element
+/// (the tail through a padded register), so an element's bits do not depend on its column.
+template <class T>
+inline void gau_bias_swish_row(T* c, const T* bias, Index cols) {
+  using B = Batch<T>;
+  constexpr Index L = kLanes<T>;
+  Index j = 0;
+  for (; j + L <= cols; j += L) {
+    B v = load(c + j);
+    if (bias) v += load(bias + j);
+    store(c + j, gemm_swish(v));
+  }
+  if (j < cols) {
+    alignas(64) T tmp[L] = {};
+    for (Index t = 0; t < cols - j; ++t) tmp[t] = c[j + t] + (bias ? bias[j + t] : T(0));
+    store(tmp, gemm_swish(load(tmp)));
+    for (Index t = 0; t < cols - j; ++t) c[j + t] = tmp[t];
+  }
+}
 
 template <class T>
 inline T* gau_grow(GauBuffer<T>& v, Index n) {
@@ -119,16 +159,27 @@ inline void gau_parallel(Index n, bool parallel, F&& f) {
 }
 
 /// Phase 1 on rows [r0, r1): hidden = swish(x W_in + b_in), q/k = z * gamma + beta, RoPE at position r.
-template <class T, class W>
-void gau_project(const W& w, const GauPlan& p, const GauPacked<T>& packed, View<const T> x, Index r0, Index r1,
-                 T* hidden, T* q, T* k, const RopeTable<T>* rope, T* apack) {
+template <class T, class W, class X>
+void gau_project(const W& w, const GauPlan& p, const GauPacked<T>& packed, View<const X> x, Index r0, Index r1,
+                 T* hidden, T* q, T* k, const RopeTable<T>* rope, T* apack, std::uint32_t* apack16) {
   const Index rows = r1 - r0, e = p.units, s = p.key_size, width = p.width;
   if (rows <= 0) return;
-  GemmEpilogue<T> epi;
-  epi.bias = w.b_in.size() != 0 ? w.b_in.data() : nullptr;
-  epi.swish = true;
-  gemm_rows(View<const T>{x.row(r0), rows, p.hidden, x.stride}, packed.w_in,
-            View<T>{hidden + r0 * width, rows, width, width}, epi, apack);
+  if constexpr (std::is_same<X, Eigen::bfloat16>::value) {
+    // bf16 x and W_in: two exact bf16 products per float addition (vdpbf16ps under AVX512-BF16), then the
+    // float epilogue (the bf16 GEMM has none).
+    (void)apack;
+    gemm_bf16_rows(View<const Eigen::bfloat16>{x.row(r0), rows, p.hidden, x.stride}, packed.w_in16,
+                   View<float>{hidden + r0 * width, rows, width, width}, apack16);
+    const T* bias = w.b_in.size() != 0 ? w.b_in.data() : nullptr;
+    for (Index r = 0; r < rows; ++r) gau_bias_swish_row(hidden + (r0 + r) * width, bias, width);
+  } else {
+    (void)apack16;
+    GemmEpilogue<T> epi;
+    epi.bias = w.b_in.size() != 0 ? w.b_in.data() : nullptr;
+    epi.swish = true;
+    gemm_rows(View<const T>{x.row(r0), rows, p.hidden, x.stride}, packed.w_in,
+              View<T>{hidden + r0 * width, rows, width, width}, epi, apack);
+  }
   const bool offset_q = w.beta_q.size() != 0, offset_k = w.beta_k.size() != 0;
   for (Index r = 0; r < rows; ++r) {
     const T* hr = hidden + (r0 + r) * width;
@@ -207,10 +258,10 @@ inline WindowRule gau_window_rule(const GauPlan& p, Index n, Index key_length) {
 /// out = (u * (A v)) W_out + b_out. kt and v: the sequence's packed k^T [s, n] and v [n, e]. Each row's keys are
 /// its window [lo, hi) (RowWindows: key_length, causal, reverse causal, UniLM), with hi nondecreasing over the
 /// rows, so the tile's scores are computed for the keys [0, hi of its last row) only.
-template <class T, class W>
+template <class T, class W, class O>
 void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const PackedB<T>& kt, const PackedB<T>& v,
                 Index n, Index key_length, const Index* mask_prefix, Index r0, Index r1, const T* hidden,
-                const T* q, T* scores, T* gated, T* apack, View<T> out, bool hidden_v_nonfinite) {
+                const T* q, T* scores, T* gated, T* apack, View<O> out, bool hidden_v_nonfinite, T* out_tile) {
   const Index rows = r1 - r0, e = p.units, s = p.key_size, width = p.width;
   if (rows <= 0) return;
   // Row windows, in row order (amortised O(1) per row after an O(n) start).
@@ -257,16 +308,24 @@ void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const 
   }
   GemmEpilogue<T> bias;
   bias.bias = w.b_out.size() != 0 ? w.b_out.data() : nullptr;
-  gemm_rows(View<const T>{gated, rows, e, e}, packed.w_out, View<T>{out.row(r0), rows, p.hidden, out.stride}, bias,
-            apack);
+  if constexpr (std::is_same<O, T>::value) {
+    (void)out_tile;
+    gemm_rows(View<const T>{gated, rows, e, e}, packed.w_out, View<T>{out.row(r0), rows, p.hidden, out.stride}, bias,
+              apack);
+  } else {
+    // 16-bit out: computed in T, rounded once (nearest even) as stored.
+    gemm_rows(View<const T>{gated, rows, e, e}, packed.w_out, View<T>{out_tile, rows, p.hidden, p.hidden}, bias,
+              apack);
+    for (Index r = 0; r < rows; ++r) narrow_n(out_tile + r * p.hidden, out.row(r0 + r), p.hidden);
+  }
 }
 
 /// One sequence: x [n, D] -> out [n, D]. With `tiles_parallel` the row and query tiles are spread over the
 /// threads (slot 0 holds the sequence buffers, slot t the tile of thread t); otherwise everything runs on
 /// the calling thread in `slots[slot]`. Every element is computed the same way either way, so both give the
 /// same bits.
-template <class T, class W>
-void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View<const T> x, View<T> out,
+template <class T, class W, class X, class O>
+void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View<const X> x, View<O> out,
                   Index key_length, const RopeTable<T>* rope, std::vector<GauSlot<T>>& slots, Index slot,
                   bool tiles_parallel) {
   // With zero_padded_rows the query rows [key_length, n) are neither projected nor attended: no visible
@@ -283,7 +342,8 @@ void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View
     };
     gau_parallel(items, tiles_parallel, [&](Index i, Index thread) {
       const Index r0 = i * tile;
-      gau_project(w, p, packed, x, r0, std::min(n, r0 + tile), hidden, q, k, rope, apack_of(thread));
+      gau_project(w, p, packed, x, r0, std::min(n, r0 + tile), hidden, q, k, rope, apack_of(thread),
+                  slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)].packed_a16.data());
     });
     // v = hidden[:, e:2e] and k^T, packed once for every query tile.
     const PackedB<T> v = gemm_pack_b(View<const T>{hidden + p.units, n, p.units, p.width}, false,
@@ -313,16 +373,17 @@ void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View
       GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
       const Index r0 = i * tile, r1 = std::min(n, r0 + tile);
       gau_attend(w, p, packed, kt, v, x.rows, key_length, mask_prefix, r0, r1, hidden, q, mine.scores.data(),
-                 mine.gated.data(), mine.packed_a.data(), out, hidden_v_nonfinite);
+                 mine.gated.data(), mine.packed_a.data(), out, hidden_v_nonfinite, mine.out_tile.data());
     });
   }
   // Last, because out may be x itself.
-  for (Index r = n; r < x.rows; ++r) std::fill(out.row(r), out.row(r) + out.cols, T(0));
+  for (Index r = n; r < x.rows; ++r) std::fill(out.row(r), out.row(r) + out.cols, O(0.0f));
 }
 
 /// Sizes the tile buffers of every slot for sequences of up to n tokens (before any parallel region).
 template <class T>
-void gau_reserve_tiles(std::vector<GauSlot<T>>& slots, Index count, Index n, const GauPlan& p) {
+void gau_reserve_tiles(std::vector<GauSlot<T>>& slots, Index count, Index n, const GauPlan& p, bool bf16_x = false,
+                       bool bf16_out = false) {
   if (static_cast<Index>(slots.size()) < count) slots.resize(static_cast<std::size_t>(count));
   const Index rows = std::min(n, gau_tile_rows(n));
   // The deepest product a thread packs A for: x W_in (D), q k^T (s), A v (n keys), g W_out (e).
@@ -331,6 +392,8 @@ void gau_reserve_tiles(std::vector<GauSlot<T>>& slots, Index count, Index n, con
     gau_grow(slot.scores, rows * n);
     gau_grow(slot.gated, rows * p.units);
     gemm_grow(slot.packed_a, gemm_packed_a_size<T>(depth));
+    if (bf16_x) gemm_grow(slot.packed_a16, kGemmMc * std::max<Index>((p.hidden + 1) / 2, 1) * kGemmBf16AWords);
+    if (bf16_out) gau_grow(slot.out_tile, rows * p.hidden);
   }
 }
 
@@ -351,6 +414,23 @@ GauPacked<T> gau_pack_weights(const W& w, const GauPlan& p, GauSlot<T>& slot) {
                             gemm_grow(slot.packed_w_in, gemm_packed_b_size<T>(p.hidden, p.width)), true);
   packed.w_out = gemm_pack_b(View<const T>{w.w_out.data(), p.units, p.hidden, p.hidden}, false,
                              gemm_grow(slot.packed_w_out, gemm_packed_b_size<T>(p.units, p.hidden)), true);
+  return packed;
+}
+
+/// bf16 weights: W_in [D, 2e + s] packed in depth pairs for the bf16 GEMM, W_out [e, D] widened to float and packed
+/// for the float GEMM (its A, the gated rows, stays float), both into slot 0.
+template <class W>
+GauPacked<float> gau_pack_weights_bf16(const W& w, const GauPlan& p, GauSlot<float>& slot) {
+  GauPacked<float> packed;
+  const Index kp = (p.hidden + 1) / 2;
+  packed.w_in16 = gemm_bf16_pack_b(
+      View<const Eigen::bfloat16>{w.w_in.data(), p.hidden, p.width, p.width}, false,
+      gemm_grow(slot.packed_w_in16, std::max<Index>(kp, 1) * gemm_round_up<float>(p.width, kGemmNr<float>) *
+                                        kGemmBf16BWords));
+  float* wide = gau_grow(slot.w_out_wide, p.units * p.hidden);
+  widen_n(w.w_out.data(), wide, p.units * p.hidden);
+  packed.w_out = gemm_pack_b(View<const float>{wide, p.units, p.hidden, p.hidden}, false,
+                             gemm_grow(slot.packed_w_out, gemm_packed_b_size<float>(p.units, p.hidden)), true);
   return packed;
 }
 
