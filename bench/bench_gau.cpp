@@ -3,6 +3,8 @@
 // n = 512 and 2048, RoPE on, 1 thread (and 2 threads for scaling). Rows:
 //   BM_gau                kexue::gau with a reused workspace (steady state), per normalisation
 //   BM_gau_alloc          the allocating overload (scratch allocated per call)
+//   BM_gau_bf16           bf16 weights and x (issue 13): x W_in on the bf16 GEMM (vdpbf16ps under AVX512-BF16),
+//                         the rest in float; out in float or bf16. Compare with BM_gau's row of the same n in one run.
 //   BM_gau_naive          the naive baseline: plain Eigen, materialising the n x n attention matrix
 //   BM_gau_flash_attention projections through Eigen, attention step through kexue::attention (the fused
 //                         flash kernel with dv = e) instead of gau's tiled GEMMs: the design alternative
@@ -15,6 +17,7 @@
 #include "bench_util.hpp"
 #include "kexue/attention.hpp"
 #include "kexue/gau.hpp"
+#include "kexue/half.hpp"
 #include "kexue/rope.hpp"
 
 using namespace kexue_bench;
@@ -92,6 +95,50 @@ BENCHMARK(BM_gau)
     ->Args({2048, 0, 0, 1})
     ->Args({2048, 1, 1, 1})
     ->Args({2048, 2, 0, 2})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Args: n, normalization, out in bf16 (0: float out). Same weights and x as BM_gau, rounded to bf16.
+void BM_gau_bf16(benchmark::State& state) {
+  using BF = Eigen::bfloat16;
+  const Index n = state.range(0);
+  const bool out16 = state.range(2) != 0;
+  set_threads(1);
+  Setup s(n);
+  kexue::GauWeights<BF> w;
+  w.w_in.resize(s.w.w_in.rows(), s.w.w_in.cols());
+  kexue::convert(s.w.w_in, w.w_in);
+  w.w_out.resize(s.w.w_out.rows(), s.w.w_out.cols());
+  kexue::convert(s.w.w_out, w.w_out);
+  w.gamma_q = s.w.gamma_q.cast<BF>();
+  w.gamma_k = s.w.gamma_k.cast<BF>();
+  Matrix<BF> x(n, kHidden), out16_m(n, kHidden);
+  kexue::convert(s.x, x);
+  const kexue::GauOptions o = options_for(state.range(1), false);
+  kexue::GauWorkspace<BF> ws;
+  auto call = [&] {
+    if (out16) {
+      kexue::gau(w, x, out16_m, ws, o, &s.table);
+    } else {
+      kexue::gau(w, x, s.out, ws, o, &s.table);
+    }
+  };
+  call();
+  for (auto _ : state) {
+    call();
+    benchmark::DoNotOptimize(s.out.data());
+    benchmark::DoNotOptimize(out16_m.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, gau_flops(n, false), 1);
+  state.counters["workspace_MiB"] = double(ws.bytes()) / (1 << 20);
+}
+BENCHMARK(BM_gau_bf16)
+    ->ArgNames({"n", "norm", "out16"})
+    ->Args({512, 2, 0})
+    ->Args({2048, 2, 0})
+    ->Args({2048, 2, 1})
+    ->Args({2048, 0, 0})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
