@@ -174,8 +174,8 @@ inline AttnNorm to_attn_norm(Normalization n) {
 
 /// Validates options against (d, m) and fills the scalar part of a plan. The masks of post 9529 need the shapes
 /// too: n queries, batch (segments may hold batch x m ids) and the query heads (head_directions).
-template <class T>
-inline void plan_options(const char* fn, const AttentionOptions& o, Index d, Index m, AttentionPlan<T>& p,
+template <class T, class S>
+inline void plan_options(const char* fn, const AttentionOptions& o, Index d, Index m, AttentionPlan<T, S>& p,
                          Index n = -1, Index batch = 1, Index heads = 1) {
   require(!o.scale || std::isfinite(*o.scale), fn, "options.scale must be finite, got ", o.scale ? *o.scale : 0.0);
   require(!o.key_length || (*o.key_length >= 0 && *o.key_length <= m), fn, "options.key_length is ",
@@ -238,18 +238,67 @@ inline TensorView<T> as_tensor(const View<T>& v) {
   return TensorView<T>(v.data, {1, 1, v.rows, v.cols}, {0, 0, v.stride});
 }
 
+/// The scalar types attention() takes (16-bit storage, issue 13): q, k, v, out all float or all double; or k, v
+/// Eigen::half / Eigen::bfloat16 with q and out float (a 16-bit KV cache); or q, k, v of one 16-bit type with
+/// out float or that type. Everything 16-bit computes in float.
+template <class Q, class S, class O>
+constexpr bool kAttentionTypes =
+    (std::is_same<Q, S>::value && std::is_same<S, O>::value && !kIs16Bit<S>) ||
+    (kIs16Bit<S> && (std::is_same<Q, float>::value || std::is_same<Q, S>::value) &&
+     (std::is_same<O, float>::value || (std::is_same<O, S>::value && std::is_same<Q, S>::value)));
+/// The compute type for K/V stored as S.
+template <class S>
+using attention_compute_t = std::conditional_t<kIs16Bit<S>, float, S>;
+
+/// Runs a validated plan (k, v, options set) on q and out of the call's types: a 16-bit q is widened once into a
+/// float copy (exact), and a 16-bit out is computed in float and rounded once to nearest even as it is stored.
+template <class T, class S, class Q, class O>
+void run_attention_io(AttentionPlan<T, S>& p, const TensorView<const Q>& q, const TensorView<O>& out) {
+  AlignedVector<T> qw, ow;
+  if constexpr (std::is_same<Q, T>::value) {
+    p.q = q;
+  } else {
+    const Index B = q.batch(), H = q.heads(), n = q.seq(), d = q.dim();
+    qw.resize(static_cast<std::size_t>(B * H * n * d));
+    for (Index b = 0; b < B; ++b)
+      for (Index h = 0; h < H; ++h)
+        widen_rows(q.row(b, h, 0), q.strides[2], n, d, qw.data() + ((b * H + h) * n) * d, d);
+    p.q = TensorView<const T>::contiguous(qw.data(), B, H, n, d);
+  }
+  if constexpr (std::is_same<O, T>::value) {
+    p.out = out;
+    run_attention(p);
+  } else {
+    const Index B = out.batch(), H = out.heads(), n = out.seq(), dv = out.dim();
+    ow.resize(static_cast<std::size_t>(B * H * n * dv));
+    p.out = TensorView<T>::contiguous(ow.data(), B, H, n, dv);
+    run_attention(p);
+    for (Index b = 0; b < B; ++b)
+      for (Index h = 0; h < H; ++h)
+        for (Index i = 0; i < n; ++i) {
+          const T* src = p.out.row(b, h, i);
+          O* dst = out.row(b, h, i);
+          Index e = 0;
+          for (; e + kLanes<T> <= dv; e += kLanes<T>) store_as(dst + e, load(src + e));
+          for (; e < dv; ++e) dst[e] = round_to<O>(src[e]);
+        }
+  }
+}
+
 template <class QD, class KD, class VD, class OD>
 void attention_2d(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
                   const KeyMask* key_mask, const Eigen::DenseBase<OD>& out, const AttentionOptions& options) {
-  using T = typename QD::Scalar;
-  static_assert(std::is_same<T, typename KD::Scalar>::value && std::is_same<T, typename VD::Scalar>::value &&
-                    std::is_same<T, typename OD::Scalar>::value,
-                "attention: q, k, v and out must have the same scalar type");
+  using S = typename KD::Scalar;
+  using T = attention_compute_t<S>;
+  static_assert(std::is_same<S, typename VD::Scalar>::value &&
+                    kAttentionTypes<typename QD::Scalar, S, typename OD::Scalar>,
+                "attention: q, k, v and out must have the same scalar type (or k, v Eigen::half / Eigen::bfloat16 "
+                "with q, out float; or q, k, v Eigen::half / Eigen::bfloat16 with out float or the same type)");
   constexpr const char* fn = "attention";
-  const auto qv = make_view(fn, "q", q);
-  const auto kv = make_view(fn, "k", k);
-  const auto vv = make_view(fn, "v", v);
-  const auto ov = make_mut_view(fn, "out", out);
+  const auto qv = make_view<QD, true>(fn, "q", q);
+  const auto kv = make_view<KD, true>(fn, "k", k);
+  const auto vv = make_view<VD, true>(fn, "v", v);
+  const auto ov = make_mut_view<OD, true>(fn, "out", out);
   require(kv.cols == qv.cols, fn, "k has ", kv.cols, " columns but q has ", qv.cols, " (k ",
           shape_str(kv.rows, kv.cols), ", q ", shape_str(qv.rows, qv.cols), ")");
   require(vv.rows == kv.rows, fn, "v has ", vv.rows, " rows but k has ", kv.rows, " (v ", shape_str(vv.rows, vv.cols),
@@ -257,23 +306,22 @@ void attention_2d(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, 
   require_shape(fn, "out", ov, qv.rows, vv.cols, "[rows of q x columns of v] is ");
   require(qv.cols >= 1 || qv.rows == 0, fn, "q ", shape_str(qv.rows, qv.cols), " needs at least one column");
   require(!overlaps(ov, qv) && !overlaps(ov, kv) && !overlaps(ov, vv), fn, "out must not alias q, k or v");
-  AttentionPlan<T> p;
+  AttentionPlan<T, S> p;
   plan_options(fn, options, qv.cols, kv.rows, p, qv.rows);
   if (key_mask) {
     require(key_mask->size() == kv.rows, fn, "key_mask has ", key_mask->size(), " entries but k has ", kv.rows,
             " rows (keys)");
     p.mask = key_mask->data();
   }
-  p.q = as_tensor(qv);
   p.k = as_tensor(kv);
   p.v = as_tensor(vv);
-  p.out = as_tensor(ov);
-  run_attention(p);
+  run_attention_io(p, as_tensor(qv), as_tensor(ov));
 }
 
-template <class T>
-void attention_batched(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
-                       const KeyMask* key_mask, const TensorView<T>& out, const AttentionOptions& options) {
+template <class Q, class S, class O>
+void attention_batched(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                       const KeyMask* key_mask, const TensorView<O>& out, const AttentionOptions& options) {
+  using T = attention_compute_t<S>;
   constexpr const char* fn = "attention";
   auto dims = [](const auto& t) {
     return "[" + std::to_string(t.shape[0]) + ", " + std::to_string(t.shape[1]) + ", " + std::to_string(t.shape[2]) +
@@ -296,7 +344,7 @@ void attention_batched(const TensorView<const T>& q, const TensorView<const T>& 
   require(out.seq() == q.seq() && out.dim() == v.dim(), fn, "out is ", dims(out), " but q ", dims(q), " and v ",
           dims(v), " need [batch, heads, ", q.seq(), ", ", v.dim(), "]");
   require(q.dim() >= 1 || q.seq() == 0, fn, "q ", dims(q), " needs dim >= 1");
-  AttentionPlan<T> p;
+  AttentionPlan<T, S> p;
   plan_options(fn, options, q.dim(), k.seq(), p, q.seq(), q.batch(), q.heads());
   if (key_mask) {
     require(key_mask->size() == k.seq() || key_mask->size() == k.seq() * q.batch(), fn, "key_mask has ",
@@ -304,11 +352,9 @@ void attention_batched(const TensorView<const T>& q, const TensorView<const T>& 
     p.mask = key_mask->data();
     p.mask_batch_stride = key_mask->size() == k.seq() ? 0 : k.seq();
   }
-  p.q = q;
   p.k = k;
   p.v = v;
-  p.out = out;
-  run_attention(p);
+  run_attention_io(p, q, out);
 }
 
 /// Entry i of an n-entry output given as a vector, a [1, n] row or an [n, 1] column (any row stride).
@@ -451,12 +497,14 @@ template <class TQ, class TK, class TV, class T>
 void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<T>& out,
                const AttentionOptions& options = {}) {
   static_assert(!std::is_const<T>::value, "attention: out must be a mutable TensorView");
-  static_assert(std::is_same<std::remove_const_t<TQ>, T>::value && std::is_same<std::remove_const_t<TK>, T>::value &&
-                    std::is_same<std::remove_const_t<TV>, T>::value,
-                "attention: q, k, v and out must have the same scalar type");
-  detail::attention_batched<T>(TensorView<const T>(q.data, q.shape, q.strides),
-                               TensorView<const T>(k.data, k.shape, k.strides),
-                               TensorView<const T>(v.data, v.shape, v.strides), nullptr, out, options);
+  using Q = std::remove_const_t<TQ>;
+  using S = std::remove_const_t<TK>;
+  static_assert(std::is_same<std::remove_const_t<TV>, S>::value && detail::kAttentionTypes<Q, S, T>,
+                "attention: q, k, v and out must have the same scalar type (or k, v Eigen::half / Eigen::bfloat16 "
+                "with q, out float; or q, k, v Eigen::half / Eigen::bfloat16 with out float or the same type)");
+  detail::attention_batched<Q, S, T>(TensorView<const Q>(q.data, q.shape, q.strides),
+                                     TensorView<const S>(k.data, k.shape, k.strides),
+                                     TensorView<const S>(v.data, v.shape, v.strides), nullptr, out, options);
 }
 
 /// Batched attention with a key mask of m entries (shared by every batch) or batch x m entries (row b for batch b).
@@ -465,12 +513,14 @@ template <class TQ, class TK, class TV, class T>
 void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const KeyMask& key_mask,
                const TensorView<T>& out, const AttentionOptions& options = {}) {
   static_assert(!std::is_const<T>::value, "attention: out must be a mutable TensorView");
-  static_assert(std::is_same<std::remove_const_t<TQ>, T>::value && std::is_same<std::remove_const_t<TK>, T>::value &&
-                    std::is_same<std::remove_const_t<TV>, T>::value,
-                "attention: q, k, v and out must have the same scalar type");
-  detail::attention_batched<T>(TensorView<const T>(q.data, q.shape, q.strides),
-                               TensorView<const T>(k.data, k.shape, k.strides),
-                               TensorView<const T>(v.data, v.shape, v.strides), &key_mask, out, options);
+  using Q = std::remove_const_t<TQ>;
+  using S = std::remove_const_t<TK>;
+  static_assert(std::is_same<std::remove_const_t<TV>, S>::value && detail::kAttentionTypes<Q, S, T>,
+                "attention: q, k, v and out must have the same scalar type (or k, v Eigen::half / Eigen::bfloat16 "
+                "with q, out float; or q, k, v Eigen::half / Eigen::bfloat16 with out float or the same type)");
+  detail::attention_batched<Q, S, T>(TensorView<const Q>(q.data, q.shape, q.strides),
+                                     TensorView<const S>(k.data, k.shape, k.strides),
+                                     TensorView<const S>(v.data, v.shape, v.strides), &key_mask, out, options);
 }
 
 /// The attention matrix itself, weights: [n, m] (small inputs: this one does materialise it), with exactly the

@@ -50,10 +50,12 @@ namespace kexue::detail {
 enum class AttnNorm { Softmax, SoftmaxPlus, SquaredRelu };
 
 /// Everything the engine needs, already validated. Views are [batch, heads, seq, dim]; k and v may have
-/// fewer heads (grouped-query attention, heads % kv_heads == 0).
-template <class T>
+/// fewer heads (grouped-query attention, heads % kv_heads == 0). S is the storage type of k and v: T, or
+/// (a 16-bit KV cache, T = float) Eigen::half / Eigen::bfloat16, widened to T as the kernel reads them.
+template <class T, class S = T>
 struct AttentionPlan {
-  TensorView<const T> q, k, v;
+  TensorView<const T> q;
+  TensorView<const S> k, v;
   TensorView<T> out;
   AttnNorm norm = AttnNorm::Softmax;
   bool causal = false;
@@ -82,8 +84,8 @@ struct WindowRule {
   const std::int64_t* seg64 = nullptr;
 };
 
-template <class T>
-inline WindowRule window_rule(const AttentionPlan<T>& p, Index b, Index h) {
+template <class T, class S>
+inline WindowRule window_rule(const AttentionPlan<T, S>& p, Index b, Index h) {
   WindowRule w;
   w.n = p.q.seq();
   w.m = p.k.seq();
@@ -172,6 +174,7 @@ constexpr Index kStats = 6;
 template <class T>
 struct AttentionScratch {
   AlignedVector<T> qt, st, ot, stats;  // 64-byte aligned: every micro-kernel load of them is a whole register
+  AlignedVector<T> kw, vw;             // 16-bit K/V: the current key tile widened (kTileKeys x d, x dv)
   std::vector<Index> lo, hi;           // each row's key window [lo, hi)
   void ensure(Index d, Index dv, Index sub_tiles) {
     const Index W = kTileRows<T> * sub_tiles;
@@ -183,6 +186,10 @@ struct AttentionScratch {
     if (Index(st.size()) < kTileKeys * kTileRows<T>) st.resize(static_cast<std::size_t>(kTileKeys * kTileRows<T>));
     if (Index(ot.size()) < dv * W) ot.resize(static_cast<std::size_t>(dv * W));
     if (Index(stats.size()) < kStats * W) stats.resize(static_cast<std::size_t>(kStats * W));
+  }
+  void ensure_widened(Index d, Index dv) {
+    if (Index(kw.size()) < kTileKeys * d) kw.resize(static_cast<std::size_t>(kTileKeys * d));
+    if (Index(vw.size()) < kTileKeys * dv) vw.resize(static_cast<std::size_t>(kTileKeys * dv));
   }
 };
 
@@ -203,8 +210,8 @@ inline Index visible_limit(Index i, Index n, Index m, Index key_length, bool cau
 constexpr Index kSmallTileRows = 2;
 
 /// Visible-key count and the derived per-row factors of row i (SoftmaxPlus scale, SquaredRelu 1/L).
-template <class T>
-inline void row_factors(const AttentionPlan<T>& p, Index count, T& rowscale, T& fin) {
+template <class T, class S>
+inline void row_factors(const AttentionPlan<T, S>& p, Index count, T& rowscale, T& fin) {
   rowscale = p.scale;
   fin = T(0);
   if (p.norm == AttnNorm::SoftmaxPlus)
@@ -245,8 +252,8 @@ inline SmallItemScratch<T>& small_item_scratch() {
 /// Query rows [i0, i0 + rows) (rows <= kSmallTileRows) of the query heads [h0, h1) of batch b, which must share
 /// one KV head, through the one-row kernel as one row set: a decoding step of a whole GQA/MQA group reads each
 /// K and V row once instead of once per query head. Rows are head-major; every row gets the bits it gets alone.
-template <class T>
-inline void attention_small_item(const AttentionPlan<T>& p, Index b, Index h0, Index h1, Index i0, Index rows) {
+template <class T, class S>
+inline void attention_small_item(const AttentionPlan<T, S>& p, Index b, Index h0, Index h1, Index i0, Index rows) {
   const Index n = p.q.seq(), m = p.k.seq(), d = p.q.dim(), dv = p.v.dim();
   (void)n;
   (void)m;
@@ -293,20 +300,25 @@ inline void attention_small_item(const AttentionPlan<T>& p, Index b, Index h0, I
 }
 
 /// One (batch, head, item_rows query rows) work item; item_rows = attention_item_rows<T>(d, dv).
-template <class T>
-inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0, Index item_rows) {
+/// 16-bit K/V (S != T): each key tile's K and V rows are widened once into L1 scratch (kw, vw) and every sub-tile
+/// runs the float micro-kernels on it, so the result is the float kernel's on the widened inputs bit for bit
+/// (the tile is used by all the item's sub-tiles: one conversion per 2 x 64 x d x rows FMAs).
+template <class T, class S>
+inline void attention_tile(const AttentionPlan<T, S>& p, Index b, Index h, Index i0, Index item_rows) {
   constexpr Index W = kTileRows<T>;
   constexpr int NR = kRowRegs;
   const Index n = p.q.seq(), d = p.q.dim(), dv = p.v.dim();
   const Index hk = h / (p.q.heads() / p.k.heads());
   const Index rows = std::min(item_rows, n - i0);
   const unsigned char* mask = p.mask ? p.mask + b * p.mask_batch_stride : nullptr;
-  const T* kbase = p.k.row(b, hk, 0);
-  const T* vbase = p.v.row(b, hk, 0);
+  const S* kbase = p.k.row(b, hk, 0);
+  const S* vbase = p.v.row(b, hk, 0);
   const Index ldk = p.k.strides[2], ldv = p.v.strides[2];
+  constexpr bool kWiden = !std::is_same<S, T>::value;
 
   AttentionScratch<T>& s = attention_scratch<T>();
   s.ensure(d, dv, (item_rows + W - 1) / W);
+  if constexpr (kWiden) s.ensure_widened(d, dv);
   T* st = s.st.data();
 
   if (rows <= kSmallTileRows) {
@@ -376,6 +388,10 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
 
   for (Index j0 = j_begin; j0 < j_end; j0 += kTileKeys) {
     const Index nb_all = std::min(kTileKeys, j_end - j0);
+    // The key tile as the micro-kernels read it: the caller's rows, or (16-bit K/V) their widened copy.
+    const T* ktile;
+    const T* vtile;
+    Index ldkt, ldvt;
     const unsigned char* tile_keys = nullptr;
     if (mask) {
       bool any = false, all = true;
@@ -385,6 +401,19 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
       }
       if (!any) continue;  // nothing visible in this key tile for any row
       if (!all) tile_keys = mask + j0;
+    }
+    if constexpr (kWiden) {
+      widen_rows(kbase + j0 * ldk, ldk, nb_all, d, s.kw.data(), d);
+      widen_rows(vbase + j0 * ldv, ldv, nb_all, dv, s.vw.data(), dv);
+      ktile = s.kw.data();
+      vtile = s.vw.data();
+      ldkt = d;
+      ldvt = dv;
+    } else {
+      ktile = kbase + j0 * ldk;
+      vtile = vbase + j0 * ldv;
+      ldkt = ldk;
+      ldvt = ldv;
     }
     // A hidden key's weight is an exact 0, but the P V product would still form 0 * v, which is NaN when v is
     // inf or NaN (an uninitialised padding row, a masked garbage key, a future position). Keys past key_length
@@ -396,7 +425,7 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
       for (Index j = 0; j < nb_all && !hidden_v_nonfinite; ++j) {
         const Index jj = j0 + j;
         const bool hidden = (tile_keys && !tile_keys[j]) || jj < item_lo_max || jj >= item_hi_min;
-        if (hidden && !all_finite(vbase + jj * ldv, dv)) hidden_v_nonfinite = true;
+        if (hidden && !all_finite(vtile + j * ldvt, dv)) hidden_v_nonfinite = true;
       }
     }
     for (Index g = 0; g < nsub; ++g) {
@@ -422,7 +451,7 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
         if (need_lo) tm.lo = rlo;
         if (need_hi) tm.hi = rhi;
       }
-      bcast_fma<T, NR, Combine::Store>(qt_of(g), W, kbase + j0 * ldk, ldk, 1, d, nb, st, W, nullptr);
+      bcast_fma<T, NR, Combine::Store>(qt_of(g), W, ktile, ldkt, 1, d, nb, st, W, nullptr);
       if (relu2) {
         relu2_tile<T, NR>(st, nb, p.scale, tm);
       } else {
@@ -430,9 +459,9 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
         softmax_tile_exp<T, NR>(st, nb, tmax, mrow, lrow, alpha);
       }
       if (hidden_v_nonfinite && tm.masked())
-        bcast_fma_masked<T, NR>(st, W, vbase + j0 * ldv, ldv, nb, dv, ot_of(g), W, alpha, tm);
+        bcast_fma_masked<T, NR>(st, W, vtile, ldvt, nb, dv, ot_of(g), W, alpha, tm);
       else
-        bcast_fma<T, NR, Combine::ScaleAdd>(st, W, vbase + j0 * ldv, 1, ldv, nb, dv, ot_of(g), W, alpha);
+        bcast_fma<T, NR, Combine::ScaleAdd>(st, W, vtile, 1, ldvt, nb, dv, ot_of(g), W, alpha);
     }
   }
 
@@ -460,8 +489,8 @@ inline void attention_tile(const AttentionPlan<T>& p, Index b, Index h, Index i0
 /// that KV head, so the cache is streamed once per KV head rather than once per query head. When there are fewer
 /// such items than threads (MQA, batch 1), each group is split into a few head ranges, each still reading K and
 /// V once. Grouping does not change any row's bits (attention_rows), so neither does the thread count.
-template <class T>
-inline void run_attention(const AttentionPlan<T>& p) {
+template <class T, class S>
+inline void run_attention(const AttentionPlan<T, S>& p) {
   const Index B = p.q.batch(), H = p.q.heads(), n = p.q.seq();
   if (B == 0 || H == 0 || n == 0) return;
   if (n <= kSmallTileRows) {

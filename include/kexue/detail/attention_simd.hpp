@@ -434,17 +434,36 @@ inline Batch<T> dot_lanes(const T* q, const T* k, Index ldk, Index d_runtime) {
   return reduce_add_lanes<T>(t);
 }
 
+/// rows x n values of src (row stride lds, 16-bit or T) into dst (row stride ldd) as T: exact widening
+/// (arch/ops.hpp's load_as), or a plain copy when the types agree.
+template <class T, class S>
+inline void widen_rows(const S* src, Index lds, Index rows, Index n, T* dst, Index ldd) {
+  constexpr Index L = kLanes<T>;
+  for (Index r = 0; r < rows; ++r) {
+    const S* x = src + r * lds;
+    T* y = dst + r * ldd;
+    Index i = 0;
+    for (; i + L <= n; i += L) store(y + i, load_as<T>(x + i));
+    for (; i < n; ++i) y[i] = as_compute<T>(x[i]);
+  }
+}
+
 /// Per-thread scratch of the one-row kernel: o (dv per row), the weights of the current key chunk (kChunk per
 /// row) and the per-row online-softmax state. Grown on first use for a row count and (dv, kChunk), then reused.
+/// kw, vw: the current chunk's K and V rows widened to T (16-bit K/V caches only).
 template <class T>
 struct RowSetScratch {
-  AlignedVector<T> o, p, state;
+  AlignedVector<T> o, p, state, kw, vw;
   std::vector<unsigned char> active;
   void ensure(Index rows, Index dv, Index chunk) {
     if (Index(o.size()) < rows * dv) o.resize(static_cast<std::size_t>(rows * dv));
     if (Index(p.size()) < rows * chunk) p.resize(static_cast<std::size_t>(rows * chunk));
     if (Index(state.size()) < 4 * rows) state.resize(static_cast<std::size_t>(4 * rows));
     if (Index(active.size()) < rows) active.resize(static_cast<std::size_t>(rows));
+  }
+  void ensure_widened(Index d, Index dv, Index chunk) {
+    if (Index(kw.size()) < chunk * d) kw.resize(static_cast<std::size_t>(chunk * d));
+    if (Index(vw.size()) < chunk * dv) vw.resize(static_cast<std::size_t>(chunk * dv));
   }
 };
 
@@ -476,15 +495,22 @@ struct RowSet {
 /// A row starts at the chunk holding its own lo and stops at its own lim: chunks outside give it weight 0 and no
 /// rescale (so a row's bits do not depend on the other rows of the set). Keys it cannot see (masked, before lo,
 /// past lim) get weight exactly 0 and their V rows are skipped, so inf or NaN there never reaches it.
-template <class T, Index kChunk>
-inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk, const T* v, Index ldv, Index dv,
+///
+/// 16-bit K/V (S = Eigen::half / Eigen::bfloat16, T = float: a 16-bit KV cache): each chunk's K and V rows are
+/// widened into L1 scratch as they arrive (kChunk x d floats, 16 KiB at d = 64) and the float code runs on the
+/// copy, so every row gets the float kernel's bits on the widened cache while memory traffic is the 16-bit bytes:
+/// a decoding step is bound by the cache read, and the copy stays in L1.
+template <class T, Index kChunk, class S>
+inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk, const S* v, Index ldv, Index dv,
                            const unsigned char* mask, bool relu2, RowSetScratch<T>& s) {
+  constexpr bool kWiden = !std::is_same<S, T>::value;
   constexpr Index L = kLanes<T>;
   static_assert(kChunk % L == 0, "the key chunk must be whole registers");
   const T ninf = -std::numeric_limits<T>::infinity();
   const T big = std::numeric_limits<T>::max();
   const Index R = set.rows;
   s.ensure(R, dv, kChunk);
+  if constexpr (kWiden) s.ensure_widened(d, dv, kChunk);
   T* mrow = s.state.data();
   T* lrow = mrow + R;
   T* alpha = lrow + R;
@@ -507,6 +533,28 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
 
   for (Index j0 = jstart; j0 < jmax; j0 += kChunk) {
     const Index nb_all = std::min(kChunk, jmax - j0);
+    // The chunk's K rows kc[u * ldkc] and V rows vc[u * ldvc], u < nb_all: the caller's, or their widened copy.
+    const T* kc;
+    const T* vc;
+    Index ldkc, ldvc;
+    if constexpr (kWiden) {
+      // Next chunk's rows into the cache while this one converts (the widened copy needs no prefetch).
+      for (Index u = 0; u < kChunk && j0 + kChunk + u < jmax; ++u) {
+        prefetch_row(k + (j0 + kChunk + u) * ldk, d);
+        prefetch_row(v + (j0 + kChunk + u) * ldv, dv);
+      }
+      widen_rows(k + j0 * ldk, ldk, nb_all, d, s.kw.data(), d);
+      widen_rows(v + j0 * ldv, ldv, nb_all, dv, s.vw.data(), dv);
+      kc = s.kw.data();
+      vc = s.vw.data();
+      ldkc = d;
+      ldvc = dv;
+    } else {
+      kc = k + j0 * ldk;
+      vc = v + j0 * ldv;
+      ldkc = ldk;
+      ldvc = ldv;
+    }
     // Logits, row by row over the chunk: the chunk's K rows (kChunk x d, 16 KiB at d = 64) come from memory for
     // the first row and from L1 for the others.
     bool all_active = true;
@@ -529,7 +577,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
       const Batch<T> vrs(rs), vbig(big), vnbig(-big), vzero(T(0));
       Batch<T> vcm(ninf);
       for (Index j = 0; j < kChunk; j += L) {
-        if (r == 0) {
+        if (!kWiden && r == 0) {
           // While the first row's dot products run, fetch this chunk's V rows (next: P V) and the next chunk's K
           // rows: the hardware prefetcher alone leaves the core waiting on each chunk when the cache is in DRAM.
           for (Index u = j; u < j + L; ++u) {
@@ -541,10 +589,10 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
         if (whole && mask)
           for (Index u = j; u < j + L; ++u) whole &= mask[j0 + u] != 0;
         if (whole) {
-          const T* kj = k + (j0 + j) * ldk;
-          Batch<T> sv = d == 64    ? dot_lanes<T, 64>(q, kj, ldk, d)
-                        : d == 128 ? dot_lanes<T, 128>(q, kj, ldk, d)
-                                   : dot_lanes<T>(q, kj, ldk, d);
+          const T* kj = kc + j * ldkc;
+          Batch<T> sv = d == 64    ? dot_lanes<T, 64>(q, kj, ldkc, d)
+                        : d == 128 ? dot_lanes<T, 128>(q, kj, ldkc, d)
+                                   : dot_lanes<T>(q, kj, ldkc, d);
           sv = sv * vrs;
           if (relu2) {
             sv = xsimd::select(sv > vzero, sv * sv, vzero);
@@ -561,7 +609,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
             sb[u] = relu2 ? T(0) : ninf;
             continue;
           }
-          T sv = dot_chain(q, k + (j0 + u) * ldk, d) * rs;
+          T sv = dot_chain(q, kc + u * ldkc, d) * rs;
           if (relu2) {
             sv = sv > T(0) ? sv * sv : T(0);
           } else {
@@ -606,7 +654,6 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
       for (Index j = 0; j < nb_all && !any_zero; ++j) any_zero = sb[j] == T(0);
     }
     // P V, NW rows at a time; only a block with a zero weight somewhere pays for the per-key test.
-    const T* vc = v + j0 * ldv;
     const T* pp[4];
     T* op[4];
     // Rows [r, r + NW) as one block.
@@ -617,9 +664,9 @@ inline void attention_rows(const RowSet<T>& set, Index d, const T* k, Index ldk,
         op[i] = orow(r + i);
       }
       if (any_zero)
-        pv_rows<T, NW, true>(pp, vc, ldv, nb_all, dv, op, alpha + r);
+        pv_rows<T, NW, true>(pp, vc, ldvc, nb_all, dv, op, alpha + r);
       else
-        pv_rows<T, NW, false>(pp, vc, ldv, nb_all, dv, op, alpha + r);
+        pv_rows<T, NW, false>(pp, vc, ldvc, nb_all, dv, op, alpha + r);
     };
     Index r = 0;
     for (; r + 4 <= R; r += 4) block(r, std::integral_constant<int, 4>());
