@@ -330,8 +330,10 @@ inline void relu2_tile(T* st, Index nb, T scale, const TileMask<T>& mask) {
 /// scale() and axpy() calls it replaces: O * alpha when alpha != 1, then fma(p, v, O) key by key in key order,
 /// skipping keys of weight exactly 0 (hidden keys: their V row may hold inf or NaN and is never combined).
 /// kSkip = false: the caller knows no weight of these rows is 0 (no test per key).
-template <class T, int NW, int NC, bool kSkip>
-inline void pv_rows_block(const T* const* p, const T* v, Index ldv, Index nb, T* const* o, const T* alpha) {
+/// V may be stored as S (a 16-bit KV cache): each V register is widened as it is loaded (exact, so the bits are
+/// those of the widened V).
+template <class T, int NW, int NC, bool kSkip, class S>
+inline void pv_rows_block(const T* const* p, const S* v, Index ldv, Index nb, T* const* o, const T* alpha) {
   constexpr Index L = kLanes<T>;
   Batch<T> acc[NW][NC];
   for (int r = 0; r < NW; ++r) {
@@ -343,7 +345,7 @@ inline void pv_rows_block(const T* const* p, const T* v, Index ldv, Index nb, T*
   }
   for (Index j = 0; j < nb; ++j) {
     Batch<T> vb[NC];
-    for (int c = 0; c < NC; ++c) vb[c] = load(v + j * ldv + c * L);
+    for (int c = 0; c < NC; ++c) vb[c] = load_as<T>(v + j * ldv + c * L);
     for (int r = 0; r < NW; ++r) {
       const T pr = p[r][j];
       if (kSkip && pr == T(0)) continue;
@@ -361,17 +363,17 @@ inline void pv_rows_block(const T* const* p, const T* v, Index ldv, Index nb, T*
 /// runs as one 4-register block, not two latency-bound 2-register ones), then scalar columns (the scalar tails of
 /// scale() and axpy(), same expressions). Each column takes the same operations in the same order whatever block
 /// it falls in, so the block sizes never change a result.
-template <class T, int NW, bool kSkip, int NC = (NW >= 4 ? 2 : 8 / NW / 2 * 2)>
-inline void pv_rows(const T* const* p, const T* v, Index ldv, Index nb, Index dv, T* const* o, const T* alpha,
+template <class T, int NW, bool kSkip, int NC = (NW >= 4 ? 2 : 8 / NW / 2 * 2), class S>
+inline void pv_rows(const T* const* p, const S* v, Index ldv, Index nb, Index dv, T* const* o, const T* alpha,
                     Index c = 0) {
   constexpr Index L = kLanes<T>;
   T* oc[NW];
   for (; c + NC * L <= dv; c += NC * L) {
     for (int r = 0; r < NW; ++r) oc[r] = o[r] + c;
-    pv_rows_block<T, NW, NC, kSkip>(p, v + c, ldv, nb, oc, alpha);
+    pv_rows_block<T, NW, NC, kSkip, S>(p, v + c, ldv, nb, oc, alpha);
   }
   if constexpr (NC > 1) {
-    pv_rows<T, NW, kSkip, NC / 2>(p, v, ldv, nb, dv, o, alpha, c);
+    pv_rows<T, NW, kSkip, NC / 2, S>(p, v, ldv, nb, dv, o, alpha, c);
   } else {
     for (; c < dv; ++c) {
       for (int r = 0; r < NW; ++r) {
@@ -380,7 +382,7 @@ inline void pv_rows(const T* const* p, const T* v, Index ldv, Index nb, Index dv
         for (Index j = 0; j < nb; ++j) {
           const T pr = p[r][j];
           if (kSkip && pr == T(0)) continue;
-          *y = madd(pr, v[j * ldv + c], *y);
+          *y = madd(pr, as_compute<T>(v[j * ldv + c]), *y);
         }
       }
     }
@@ -450,10 +452,10 @@ inline void widen_rows(const S* src, Index lds, Index rows, Index n, T* dst, Ind
 
 /// Per-thread scratch of the one-row kernel: o (dv per row), the weights of the current key chunk (kChunk per
 /// row) and the per-row online-softmax state. Grown on first use for a row count and (dv, kChunk), then reused.
-/// kw, vw: the current chunk's K and V rows widened to T (16-bit K/V caches only).
+/// kw: the current chunk's K rows widened to T (16-bit K/V caches only).
 template <class T>
 struct RowSetScratch {
-  AlignedVector<T> o, p, state, kw, vw;
+  AlignedVector<T> o, p, state, kw;
   std::vector<unsigned char> active;
   void ensure(Index rows, Index dv, Index chunk) {
     if (Index(o.size()) < rows * dv) o.resize(static_cast<std::size_t>(rows * dv));
@@ -461,9 +463,8 @@ struct RowSetScratch {
     if (Index(state.size()) < 4 * rows) state.resize(static_cast<std::size_t>(4 * rows));
     if (Index(active.size()) < rows) active.resize(static_cast<std::size_t>(rows));
   }
-  void ensure_widened(Index d, Index dv, Index chunk) {
+  void ensure_widened(Index d, Index chunk) {
     if (Index(kw.size()) < chunk * d) kw.resize(static_cast<std::size_t>(chunk * d));
-    if (Index(vw.size()) < chunk * dv) vw.resize(static_cast<std::size_t>(chunk * dv));
   }
 };
 
@@ -510,7 +511,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
   const T big = std::numeric_limits<T>::max();
   const Index R = set.rows;
   s.ensure(R, dv, kChunk);
-  if constexpr (kWiden) s.ensure_widened(d, dv, kChunk);
+  if constexpr (kWiden) s.ensure_widened(d, kChunk);
   T* mrow = s.state.data();
   T* lrow = mrow + R;
   T* alpha = lrow + R;
@@ -533,10 +534,11 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
 
   for (Index j0 = jstart; j0 < jmax; j0 += kChunk) {
     const Index nb_all = std::min(kChunk, jmax - j0);
-    // The chunk's K rows kc[u * ldkc] and V rows vc[u * ldvc], u < nb_all: the caller's, or their widened copy.
+    // The chunk's K rows kc[u * ldkc], u < nb_all: the caller's, or their widened copy (used by every row of the
+    // set). V rows vc[u * ldv] are read once per key for all rows, so they are widened as P V loads them.
     const T* kc;
-    const T* vc;
-    Index ldkc, ldvc;
+    const S* vc = v + j0 * ldv;
+    Index ldkc;
     if constexpr (kWiden) {
       // Next chunk's rows into the cache while this one converts (the widened copy needs no prefetch).
       for (Index u = 0; u < kChunk && j0 + kChunk + u < jmax; ++u) {
@@ -544,16 +546,11 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
         prefetch_row(v + (j0 + kChunk + u) * ldv, dv);
       }
       widen_rows(k + j0 * ldk, ldk, nb_all, d, s.kw.data(), d);
-      widen_rows(v + j0 * ldv, ldv, nb_all, dv, s.vw.data(), dv);
       kc = s.kw.data();
-      vc = s.vw.data();
       ldkc = d;
-      ldvc = dv;
     } else {
       kc = k + j0 * ldk;
-      vc = v + j0 * ldv;
       ldkc = ldk;
-      ldvc = ldv;
     }
     // Logits, row by row over the chunk: the chunk's K rows (kChunk x d, 16 KiB at d = 64) come from memory for
     // the first row and from L1 for the others.
@@ -664,9 +661,9 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
         op[i] = orow(r + i);
       }
       if (any_zero)
-        pv_rows<T, NW, true>(pp, vc, ldvc, nb_all, dv, op, alpha + r);
+        pv_rows<T, NW, true>(pp, vc, ldv, nb_all, dv, op, alpha + r);
       else
-        pv_rows<T, NW, false>(pp, vc, ldvc, nb_all, dv, op, alpha + r);
+        pv_rows<T, NW, false>(pp, vc, ldv, nb_all, dv, op, alpha + r);
     };
     Index r = 0;
     for (; r + 4 <= R; r += 4) block(r, std::integral_constant<int, 4>());
