@@ -540,11 +540,6 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
     const S* vc = v + j0 * ldv;
     Index ldkc;
     if constexpr (kWiden) {
-      // Next chunk's rows into the cache while this one converts (the widened copy needs no prefetch).
-      for (Index u = 0; u < kChunk && j0 + kChunk + u < jmax; ++u) {
-        prefetch_row(k + (j0 + kChunk + u) * ldk, d);
-        prefetch_row(v + (j0 + kChunk + u) * ldv, dv);
-      }
       widen_rows(k + j0 * ldk, ldk, nb_all, d, s.kw.data(), d);
       kc = s.kw.data();
       ldkc = d;
@@ -574,7 +569,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
       const Batch<T> vrs(rs), vbig(big), vnbig(-big), vzero(T(0));
       Batch<T> vcm(ninf);
       for (Index j = 0; j < kChunk; j += L) {
-        if (!kWiden && r == 0) {
+        if (r == 0) {
           // While the first row's dot products run, fetch this chunk's V rows (next: P V) and the next chunk's K
           // rows: the hardware prefetcher alone leaves the core waiting on each chunk when the cache is in DRAM.
           for (Index u = j; u < j + L; ++u) {
