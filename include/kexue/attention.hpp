@@ -471,6 +471,9 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
 /// Semantics in the header comment and SPEC 3.3; rows with no visible key are zero. Parallel over query tiles.
 /// Keys a row cannot see never reach it, even when their k or v rows hold inf or NaN (garbage in padding rows is
 /// fine); rows of k and v past key_length are not read at all.
+/// 16-bit storage (issue 13): k and v may be Eigen::half / Eigen::bfloat16 with q and out float (a KV cache), or
+/// q, k, v all of one 16-bit type with out float or that type. They compute in float on the exactly widened values
+/// (bit for bit the float call on them); a 16-bit out is the float result rounded once to nearest even.
 template <class QD, class KD, class VD, class OD>
 void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
                const Eigen::DenseBase<OD>& out, const AttentionOptions& options = {}) {
@@ -493,6 +496,8 @@ void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, con
 /// Masks of post 9529: options.head_directions gives each query head its own direction (Su's mixed forward /
 /// backward attention: causal on some heads, reverse causal on the others); options.segments takes m or batch x m
 /// ids. Every head gets the bits of the 2-D call on it with that head's options.
+/// The 16-bit storage forms of the 2-D call apply here too (a 16-bit KV cache: TensorView<const Eigen::half> or
+/// <const Eigen::bfloat16> k and v, read as 16-bit bytes and widened in L1 / registers).
 template <class TQ, class TK, class TV, class T>
 void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<T>& out,
                const AttentionOptions& options = {}) {
