@@ -513,11 +513,11 @@ inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32
 }
 
 /// C = A op(B) on one thread for all rows of a (a: [m, k] bf16, c: [m, n] float, b packed by gemm_bf16_pack_b
-/// for depth k). apack: kGemmMc * pairs * kGemmBf16AWords values.
+/// for depth >= k: a prefix of its depths and columns, as gemm_rows). apack: kGemmMc * pairs * kGemmBf16AWords values.
 inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uint32_t>& b, View<float> c,
                            std::uint32_t* apack) {
   constexpr Index mr = kGemmMr, nr = kGemmNr<float>;
-  const Index m = a.rows, n = c.cols, kp = b.k;
+  const Index m = a.rows, n = c.cols, kp = (a.cols + 1) / 2;
   if (m == 0 || n == 0) return;
   alignas(64) float tile[kGemmMr * kGemmNr<float>];
   const Index blocks = std::max<Index>(1, (kp + kGemmKcPairs - 1) / kGemmKcPairs);
@@ -532,10 +532,12 @@ inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uin
       const Index c1 = std::min(n, c0 + kGemmNc);
       for (Index blk = 0; blk < blocks; ++blk) {
         const Index q0 = blk * kGemmKcPairs, kcp = kp > 0 ? std::min(kGemmKcPairs, kp - q0) : 0;
+        // The packed B block was laid out for its full depth b.k; we use its first kcp pairs.
+        const Index kcp_layout = kp > 0 ? std::min(kGemmKcPairs, b.k - q0) : 0;
         const bool first = blk == 0;
         for (Index j0 = c0; j0 < c1; j0 += nr) {
           const Index cols = std::min(nr, n - j0);
-          const std::uint32_t* bp = b.data + (q0 * b.npad + j0 * kcp) * kGemmBf16BWords;
+          const std::uint32_t* bp = b.data + (q0 * b.npad + j0 * kcp_layout) * kGemmBf16BWords;
           for (Index r0 = 0; r0 < mc; r0 += mr) {
             const Index rows = std::min(mr, mc - r0);
             const std::uint32_t* ap = apack + (q0 * mpad + r0 * kcp) * kGemmBf16AWords;
