@@ -4,7 +4,8 @@
 //   BM_gau                kexue::gau with a reused workspace (steady state), per normalisation
 //   BM_gau_alloc          the allocating overload (scratch allocated per call)
 //   BM_gau_bf16           bf16 weights and x (issue 13): x W_in on the bf16 GEMM (vdpbf16ps under AVX512-BF16),
-//                         the rest in float; out in float or bf16. Compare with BM_gau's row of the same n in one run.
+//                         the rest in float; out in float or bf16; act16: GauOptions::bf16_activations (A v and
+//                         g W_out on the bf16 GEMM too). Compare with BM_gau's row of the same n in one run.
 //   BM_gau_naive          the naive baseline: plain Eigen, materialising the n x n attention matrix
 //   BM_gau_flash_attention projections through Eigen, attention step through kexue::attention (the fused
 //                         flash kernel with dv = e) instead of gau's tiled GEMMs: the design alternative
@@ -98,7 +99,8 @@ BENCHMARK(BM_gau)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-// Args: n, normalization, out in bf16 (0: float out). Same weights and x as BM_gau, rounded to bf16.
+// Args: n, normalization, out in bf16 (0: float out), bf16 activations (GauOptions::bf16_activations). Same weights
+// and x as BM_gau, rounded to bf16.
 void BM_gau_bf16(benchmark::State& state) {
   using BF = Eigen::bfloat16;
   const Index n = state.range(0);
@@ -114,7 +116,8 @@ void BM_gau_bf16(benchmark::State& state) {
   w.gamma_k = s.w.gamma_k.cast<BF>();
   Matrix<BF> x(n, kHidden), out16_m(n, kHidden);
   kexue::convert(s.x, x);
-  const kexue::GauOptions o = options_for(state.range(1), false);
+  kexue::GauOptions o = options_for(state.range(1), false);
+  o.bf16_activations = state.range(3) != 0;
   kexue::GauWorkspace<BF> ws;
   auto call = [&] {
     if (out16) {
@@ -134,11 +137,15 @@ void BM_gau_bf16(benchmark::State& state) {
   state.counters["workspace_MiB"] = double(ws.bytes()) / (1 << 20);
 }
 BENCHMARK(BM_gau_bf16)
-    ->ArgNames({"n", "norm", "out16"})
-    ->Args({512, 2, 0})
-    ->Args({2048, 2, 0})
-    ->Args({2048, 2, 1})
-    ->Args({2048, 0, 0})
+    ->ArgNames({"n", "norm", "out16", "act16"})
+    ->Args({512, 2, 0, 0})
+    ->Args({2048, 2, 0, 0})
+    ->Args({2048, 2, 1, 0})
+    ->Args({2048, 0, 0, 0})
+    ->Args({512, 2, 0, 1})
+    ->Args({2048, 2, 0, 1})
+    ->Args({2048, 2, 1, 1})
+    ->Args({2048, 0, 0, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

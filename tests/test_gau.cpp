@@ -857,6 +857,13 @@ constexpr double kBf16GauTol = 2e-5;
 
 double gau_scale(const Matrix<float>& m) { return std::max(1.0, double(m.cwiseAbs().maxCoeff())); }
 
+// Relative RMS error; 0 when both are exactly zero.
+double rel_rms(const Matrix<float>& got, const Matrix<float>& ref) {
+  const double num = (got.cast<double>() - ref.cast<double>()).squaredNorm();
+  const double den = ref.cast<double>().squaredNorm();
+  return den > 0 ? std::sqrt(num / den) : (num == 0 ? 0.0 : 1.0);
+}
+
 }  // namespace
 
 TEST_CASE("gau with bf16 weights and x equals the float gau on the widened values (float or bf16 out)", "[gau][bf16]") {
@@ -901,6 +908,14 @@ TEST_CASE("gau with bf16 weights and x equals the float gau on the widened value
         kexue::gau(wb, xb, got16, o, rope);
         const Matrix<BF> rounded = to_bf16(got);
         CHECK(std::memcmp(got16.data(), rounded.data(), sizeof(BF) * std::size_t(n * D)) == 0);
+        // bf16 activations (v, A, g rounded to bf16): bf16-sized errors, the issue's bound for bf16 compute.
+        GauOptions oa = o;
+        oa.bf16_activations = true;
+        Matrix<float> act(n, D);
+        kexue::gau(wb, xb, act, oa, rope);
+        CHECK(rel_rms(act, ref) <= 1e-2);
+        if (o.zero_padded_rows)
+          for (Index r = *o.attention.key_length; r < n; ++r) CHECK(act.row(r).cwiseAbs().maxCoeff() == 0.0f);
       }
     }
   }
@@ -930,6 +945,15 @@ TEST_CASE("gau bf16: hidden tokens never reach visible rows; in place on bf16 x"
   kexue::gau(wf, to_float(xb), ref, o);
   CHECK(max_abs_diff(clean.topRows(kl), dirty.topRows(kl)) == 0.0);
   CHECK(max_abs_diff(clean, ref) <= kBf16GauTol * gau_scale(ref));
+  for (Index len : {kl, kl - 1}) {  // odd and even key counts (the bf16 GEMM pairs keys)
+    GauOptions oa = make_options(Normalization::SquaredRelu, false, len);
+    oa.bf16_activations = true;
+    Matrix<float> a_clean(n, D), a_dirty(n, D);
+    kexue::gau(wb, xb, a_clean, oa);
+    kexue::gau(wb, poisoned, a_dirty, oa);
+    CHECK(a_clean.allFinite());
+    CHECK(max_abs_diff(a_clean.topRows(kl), a_dirty.topRows(kl)) == 0.0);
+  }
   // out = x (bf16 in place): x is read completely before out is written.
   Matrix<BF> inplace = xb, separate(n, D);
   kexue::gau(wb, xb, separate, o);
@@ -944,17 +968,20 @@ TEST_CASE("gau bf16 is bitwise identical for 1 and 2 threads, with and without a
   for (Index n : {300, 50, 3}) {
     const RopeTable<float> table(n, s);
     const Matrix<BF> x = to_bf16(random_matrix<float>(n, D, std::uint32_t(n)));
-    const GauOptions o = make_options(Normalization::SoftmaxPlus, n == 300, n - 1);
-    Matrix<float> one(n, D), two(n, D), reused(n, D);
-    set_threads(1);
-    kexue::gau(wb, x, one, o, &table);
-    set_threads(2);
-    kexue::gau(wb, x, two, o, &table);
-    kexue::gau(wb, x, reused, ws, o, &table);
-    set_threads(hardware_threads());
-    CHECK(max_abs_diff(one, two) == 0.0);
-    CHECK(max_abs_diff(one, reused) == 0.0);
-    CHECK(ws.bytes() > 0);
+    for (bool act : {false, true}) {
+      GauOptions o = make_options(Normalization::SoftmaxPlus, n == 300, n - 1);
+      o.bf16_activations = act;
+      Matrix<float> one(n, D), two(n, D), reused(n, D);
+      set_threads(1);
+      kexue::gau(wb, x, one, o, &table);
+      set_threads(2);
+      kexue::gau(wb, x, two, o, &table);
+      kexue::gau(wb, x, reused, ws, o, &table);
+      set_threads(hardware_threads());
+      CHECK(max_abs_diff(one, two) == 0.0);
+      CHECK(max_abs_diff(one, reused) == 0.0);
+      CHECK(ws.bytes() > 0);
+    }
   }
 }
 

@@ -96,6 +96,11 @@ struct GauOptions {
   /// causal: left padding, packed or dropped tokens. It refers to the caller's buffer, which must outlive
   /// the call. l (SquaredRelu, SoftmaxPlus) counts the keys a row sees through all three. 2-D gau() only.
   std::optional<KeyMask> key_mask;
+  /// bf16 weights only (ignored for float / double): false (default) keeps every intermediate in float, so out is
+  /// the float gau() on the widened weights and x within float rounding; true also rounds v, the attention
+  /// weights A and the gated rows u * (A v) to bf16 so that A v and g W_out run on the bf16 GEMM too (float
+  /// accumulation; about twice as fast with AVX512-BF16; errors of bf16 size, as PyTorch's bf16 layers).
+  bool bf16_activations = false;
 };
 
 /// Caller-owned scratch of gau(). It grows to the largest call it has served and is reused without
@@ -339,6 +344,7 @@ void gau(const GauWeights<Eigen::bfloat16>& weights, const Eigen::DenseBase<Dx>&
   Index key_length = 0;
   detail::GauPlan p = detail::gau_check_2d(fn, weights, options, xv, ov, rope_table, key_length);
   if (n == 0) return;
+  p.bf16_act = options.bf16_activations;
   // The small vectors in float, once per call (the kernels' epilogues and ScaleOffset read float).
   GauWeights<float>& wf = workspace.detail_widened();
   auto widen = [](const Vector<BF>& src, Vector<float>& dst) {

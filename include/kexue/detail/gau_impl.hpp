@@ -66,6 +66,7 @@ struct GauPlan {
   double train_length = 512, min_length = 16;
   std::optional<Index> relu2_length;
   bool zero_padded_rows = false;            // rows [key_length, n) of out are 0 and not computed
+  bool bf16_act = false;                    // bf16 weights: A v and g W_out on the bf16 GEMM (v, A, g rounded)
   const unsigned char* key_mask = nullptr;  // per-key visibility (nonzero = visible), or none
 };
 
@@ -87,12 +88,18 @@ struct GauSlot {
   // (slot 0), W_out widened to T before packing (slot 0), and an out tile in T when out is stored in bf16.
   GemmBuffer<std::uint32_t> packed_a16, packed_w_in16;
   GauBuffer<T> w_out_wide, out_tile;
+  // ... and with bf16 activations: v rounded and packed in pairs (slot 0), W_out in pairs (slot 0), the thread's
+  // rounded attention tile and gated rows.
+  GemmBuffer<std::uint32_t> packed_v16, packed_w_out16;
+  GauBuffer<Eigen::bfloat16> v16, a16, g16;
   std::size_t bytes() const {
     return (hidden.size() + q.size() + k.size() + scores.size() + gated.size() + packed_v.size() +
             packed_kt.size() + packed_a.size() + packed_w_in.size() + packed_w_out.size() + w_out_wide.size() +
             out_tile.size()) *
                sizeof(T) +
-           (packed_a16.size() + packed_w_in16.size()) * sizeof(std::uint32_t) + mask_prefix.size() * sizeof(Index);
+           (packed_a16.size() + packed_w_in16.size() + packed_v16.size() + packed_w_out16.size()) *
+               sizeof(std::uint32_t) +
+           (v16.size() + a16.size() + g16.size()) * sizeof(Eigen::bfloat16) + mask_prefix.size() * sizeof(Index);
   }
 };
 
@@ -100,7 +107,8 @@ struct GauSlot {
 template <class T>
 struct GauPacked {
   PackedB<T> w_in, w_out;
-  PackedB<std::uint32_t> w_in16;  // bf16 weights: W_in in depth pairs for gemm_bf16_rows (w_in is then unused)
+  PackedB<std::uint32_t> w_in16;   // bf16 weights: W_in in depth pairs for gemm_bf16_rows (w_in is then unused)
+  PackedB<std::uint32_t> w_out16;  // bf16 activations: W_out in depth pairs (w_out is then unused)
 };
 
 /// Compute and scratch type of gau() for weights of type T: float for bf16 weights, else T.
@@ -261,7 +269,8 @@ inline WindowRule gau_window_rule(const GauPlan& p, Index n, Index key_length) {
 template <class T, class W, class O>
 void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const PackedB<T>& kt, const PackedB<T>& v,
                 Index n, Index key_length, const Index* mask_prefix, Index r0, Index r1, const T* hidden,
-                const T* q, T* scores, T* gated, T* apack, View<O> out, bool hidden_v_nonfinite, T* out_tile) {
+                const T* q, T* scores, T* gated, T* apack, View<O> out, bool hidden_v_nonfinite, T* out_tile,
+                const PackedB<std::uint32_t>* v16 = nullptr, GauSlot<T>* mine = nullptr) {
   const Index rows = r1 - r0, e = p.units, s = p.key_size, width = p.width;
   if (rows <= 0) return;
   // Row windows, in row order (amortised O(1) per row after an O(n) start).
@@ -298,6 +307,18 @@ void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const 
         const T* u = hidden + (r0 + r) * width;
         for (Index c = 0; c < e; ++c) g[c] *= u[c];
       }
+    } else if (v16) {
+      // bf16 activations: A rounded to bf16 (v was rounded when packed), float accumulation, then the gate.
+      if constexpr (std::is_same<T, float>::value) {
+        Eigen::bfloat16* a16 = mine->a16.data();
+        narrow_n(scores, a16, rows * keys);
+        gemm_bf16_rows(View<const Eigen::bfloat16>{a16, rows, keys, keys}, *v16, View<float>{gated, rows, e, e},
+                       mine->packed_a16.data());
+        for (Index r = 0; r < rows; ++r) {
+          Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> g(gated + r * e, e);
+          g *= Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(hidden + (r0 + r) * width, e);
+        }
+      }
     } else {
       // g = u * (A v): the gate is applied as each tile of A v is stored.
       GemmEpilogue<T> gate;
@@ -308,6 +329,25 @@ void gau_attend(const W& w, const GauPlan& p, const GauPacked<T>& packed, const 
   }
   GemmEpilogue<T> bias;
   bias.bias = w.b_out.size() != 0 ? w.b_out.data() : nullptr;
+  if constexpr (std::is_same<T, float>::value) {
+    if (p.bf16_act) {
+      // bf16 activations: g rounded to bf16 times W_out in pairs, then the bias in float; out rounded once if bf16.
+      Eigen::bfloat16* g16 = mine->g16.data();
+      narrow_n(gated, g16, rows * e);
+      T* dst = std::is_same<O, T>::value ? reinterpret_cast<T*>(out.row(r0)) : out_tile;
+      const Index ld = std::is_same<O, T>::value ? out.stride : p.hidden;
+      gemm_bf16_rows(View<const Eigen::bfloat16>{g16, rows, e, e}, packed.w_out16, View<float>{dst, rows, p.hidden, ld},
+                     mine->packed_a16.data());
+      for (Index r = 0; r < rows; ++r) {
+        if (bias.bias) {
+          Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> o(dst + r * ld, p.hidden);
+          o += Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias.bias, p.hidden);
+        }
+        if constexpr (!std::is_same<O, T>::value) narrow_n(dst + r * ld, out.row(r0 + r), p.hidden);
+      }
+      return;
+    }
+  }
   if constexpr (std::is_same<O, T>::value) {
     (void)out_tile;
     gemm_rows(View<const T>{gated, rows, e, e}, packed.w_out, View<T>{out.row(r0), rows, p.hidden, out.stride}, bias,
@@ -350,6 +390,26 @@ void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View
                                      gemm_grow(own.packed_v, gemm_packed_b_size<T>(n, p.units)), tiles_parallel);
     const PackedB<T> kt = gemm_pack_b(View<const T>{k, n, p.key_size, p.key_size}, true,
                                       gemm_grow(own.packed_kt, gemm_packed_b_size<T>(p.key_size, n)), tiles_parallel);
+    // bf16 activations: v rounded to bf16 and packed in depth pairs, once for every query tile.
+    PackedB<std::uint32_t> v16{};
+    if constexpr (std::is_same<T, float>::value) {
+      if (p.bf16_act) {
+        Eigen::bfloat16* vb = gau_grow(own.v16, n * p.units);
+        // Keys past key_length are never visible; they are zeroed because an odd key count pairs the last
+        // visible key with the next one (times an A of exactly 0, which would still turn an inf or NaN into NaN).
+        for (Index j = 0; j < n; ++j) {
+          if (j < key_length) {
+            narrow_n(hidden + j * p.width + p.units, vb + j * p.units, p.units);
+          } else {
+            std::fill(vb + j * p.units, vb + (j + 1) * p.units, Eigen::bfloat16(0.0f));
+          }
+        }
+        v16 = gemm_bf16_pack_b(View<const Eigen::bfloat16>{vb, n, p.units, p.units}, false,
+                               gemm_grow(own.packed_v16, std::max<Index>((n + 1) / 2, 1) *
+                                                             gemm_round_up<float>(p.units, kGemmNr<float>) *
+                                                             kGemmBf16BWords));
+      }
+    }
     // mask_prefix[j] = visible keys among [0, j): the l of a row whose keys end at j.
     const Index* mask_prefix = nullptr;
     if (p.key_mask) {
@@ -373,7 +433,8 @@ void gau_sequence(const W& w, const GauPlan& p, const GauPacked<T>& packed, View
       GauSlot<T>& mine = slots[static_cast<std::size_t>(tiles_parallel ? thread : slot)];
       const Index r0 = i * tile, r1 = std::min(n, r0 + tile);
       gau_attend(w, p, packed, kt, v, x.rows, key_length, mask_prefix, r0, r1, hidden, q, mine.scores.data(),
-                 mine.gated.data(), mine.packed_a.data(), out, hidden_v_nonfinite, mine.out_tile.data());
+                 mine.gated.data(), mine.packed_a.data(), out, hidden_v_nonfinite, mine.out_tile.data(),
+                 p.bf16_act ? &v16 : nullptr, &mine);
     });
   }
   // Last, because out may be x itself.
@@ -392,7 +453,13 @@ void gau_reserve_tiles(std::vector<GauSlot<T>>& slots, Index count, Index n, con
     gau_grow(slot.scores, rows * n);
     gau_grow(slot.gated, rows * p.units);
     gemm_grow(slot.packed_a, gemm_packed_a_size<T>(depth));
-    if (bf16_x) gemm_grow(slot.packed_a16, kGemmMc * std::max<Index>((p.hidden + 1) / 2, 1) * kGemmBf16AWords);
+    // bf16 activations: A blocks of depth n (A v) and e (g W_out) too.
+    const Index depth16 = p.bf16_act ? std::max(std::max(p.hidden, n), p.units) : p.hidden;
+    if (bf16_x) gemm_grow(slot.packed_a16, kGemmMc * std::max<Index>((depth16 + 1) / 2, 1) * kGemmBf16AWords);
+    if (p.bf16_act) {
+      gau_grow(slot.a16, rows * n);
+      gau_grow(slot.g16, rows * p.units);
+    }
     if (bf16_out) gau_grow(slot.out_tile, rows * p.hidden);
   }
 }
@@ -427,6 +494,13 @@ GauPacked<float> gau_pack_weights_bf16(const W& w, const GauPlan& p, GauSlot<flo
       View<const Eigen::bfloat16>{w.w_in.data(), p.hidden, p.width, p.width}, false,
       gemm_grow(slot.packed_w_in16, std::max<Index>(kp, 1) * gemm_round_up<float>(p.width, kGemmNr<float>) *
                                         kGemmBf16BWords));
+  if (p.bf16_act) {
+    packed.w_out16 = gemm_bf16_pack_b(
+        View<const Eigen::bfloat16>{w.w_out.data(), p.units, p.hidden, p.hidden}, false,
+        gemm_grow(slot.packed_w_out16, std::max<Index>((p.units + 1) / 2, 1) *
+                                           gemm_round_up<float>(p.hidden, kGemmNr<float>) * kGemmBf16BWords));
+    return packed;
+  }
   float* wide = gau_grow(slot.w_out_wide, p.units * p.hidden);
   widen_n(w.w_out.data(), wide, p.units * p.hidden);
   packed.w_out = gemm_pack_b(View<const float>{wide, p.units, p.hidden, p.hidden}, false,
