@@ -22,6 +22,9 @@
 /// scratch is listed at GauWorkspace (about 57 MiB in float for D = 768, e = 1536, s = 128, n = 2048). The
 /// attention step does not call attention(): its flash kernel is built for head sizes near 64, while here v
 /// is e = 2D wide and A v is a long-inner-dimension GEMM (bench_gau BM_gau_flash_attention measures both).
+/// bf16 (issue 13): GauWeights<Eigen::bfloat16> with x in Eigen::bfloat16 and out in float or bf16 (2-D form):
+/// x W_in on the bf16 GEMM (vdpbf16ps under AVX512-BF16), float intermediates by default, or with
+/// GauOptions::bf16_activations v, A and the gated rows rounded to bf16 so all large products run in bf16.
 
 #include <algorithm>
 #include <cmath>
