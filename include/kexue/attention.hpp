@@ -496,8 +496,8 @@ void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, con
 /// Masks of post 9529: options.head_directions gives each query head its own direction (Su's mixed forward /
 /// backward attention: causal on some heads, reverse causal on the others); options.segments takes m or batch x m
 /// ids. Every head gets the bits of the 2-D call on it with that head's options.
-/// The 16-bit storage forms of the 2-D call apply here too (a 16-bit KV cache: TensorView<const Eigen::half> or
-/// <const Eigen::bfloat16> k and v, read as 16-bit bytes and widened in L1 / registers).
+/// The 16-bit storage forms of the 2-D call apply here too (a 16-bit KV cache: `TensorView<const Eigen::half>` or
+/// `TensorView<const Eigen::bfloat16>` k and v, read as 16-bit bytes and widened in L1 / registers).
 template <class TQ, class TK, class TV, class T>
 void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<T>& out,
                const AttentionOptions& options = {}) {
