@@ -35,9 +35,18 @@ inline double la_feature(int map, double x) {
 /// 8e-54, below float's range: den is 1e-53 in double but exactly 0 in float, and the kernel's zero row for a
 /// zero denominator (linear_attention.hpp) is all float can say. The earlier bound had no U term, so it promised
 /// a float result for a denominator far below float's smallest normal.
+/// The kernel computes phi(q_i) . S with the state S = phi(K)^T V held in T (float data keeps its products in
+/// float even with double_state, which only accumulates chunks in double), so S must fit in T as well: row p of S
+/// is at most sum_j |phi(k_jp)| vmax. Fuzz finding 2b2727ab (float, relu, non-causal, m = 1, double_state):
+/// k_0 has a 1e30 at p = 5 and v_0 a 1e30 at column 12, so S(5, 12) = 1e60 is inf in float; phi(q_i) is 0 at
+/// p = 5 (relu of -2.0), and 0 * inf = NaN where the double reference (which sums s_j v_j, s_j = 559) gives 1e30.
+/// PyTorch's einsum form of the same state, phi(Q) (phi(K)^T V), returns that NaN too. No finite result would be
+/// right in general (a saturated S makes a silently wrong finite value whenever phi(q_p) > 0), so the state's range
+/// is part of the promise, and linear_attention.hpp documents it.
 struct LaRowBound {
   bool promised = false;  ///< false: T promises no accuracy for this row
   double u = 0, mu = 0, terms = 0, mass = 0, den = 0, under = 0, vmax = 0;
+  double state = 0;  ///< max_p sum_j |phi(k_jp)| over the visible keys
   /// The bound for an output of this row whose reference value is ref.
   double operator()(double ref) const {
     return 8 * u * terms * mass * (vmax + std::abs(ref)) / std::abs(den) +
@@ -53,18 +62,24 @@ LaRowBound la_row_bound(int map, double eps, Index d, Index m, Index visible, QR
   b.terms = double(d + m + 16);
   b.vmax = vmax;
   b.den = eps;
-  for (Index j = 0; j < visible; ++j)
-    for (Index p = 0; p < d; ++p) {
-      const double fq = la_feature(map, q_row(p)), fk = la_feature(map, key(j, p));
+  for (Index p = 0; p < d; ++p) {
+    const double fq = la_feature(map, q_row(p));
+    double column = 0;  // sum_j |phi(k_jp)|: bounds row p of the state S = phi(K)^T V by column * vmax
+    for (Index j = 0; j < visible; ++j) {
+      const double fk = la_feature(map, key(j, p));
       b.mass += std::abs(fq * fk);
       b.den += fq * fk;
       b.under += std::abs(fq) + std::abs(fk) + 1;
+      column += std::abs(fk);
     }
+    b.state = std::max(b.state, column);
+  }
   b.under *= b.mu;
   const double tmax = double(std::numeric_limits<T>::max());
-  // Finite promise: every partial sum fits in T and the denominator is well clear of both its rounding error and
-  // its underflow error.
-  b.promised = std::isfinite(b.mass) && b.mass * (vmax + 1) < 1e-3 * tmax && std::isfinite(b.under) &&
+  // Finite promise: every partial sum fits in T (the similarities s_j v_j and the state's phi(k_jp) v_j alike) and
+  // the denominator is well clear of both its rounding error and its underflow error.
+  b.promised = std::isfinite(b.mass) && b.mass * (vmax + 1) < 1e-3 * tmax && std::isfinite(b.state) &&
+               b.state * (vmax + 1) < 1e-3 * tmax && std::isfinite(b.under) &&
                std::abs(b.den) > 1e3 * (b.u * (b.mass + eps) + b.under);
   return b;
 }

@@ -7,8 +7,9 @@
 // its terms fit in T, and |got - ref| <= 8 eps(T) (d + m + 16) sum_j |phi(q_i)| . |phi(k_j)| (vmax + |ref|) / |den|
 // + 8 U (vmax + |ref| + 1) / |den| per row (the forward error of a ratio of two sums; den = phi(q_i) . z + eps;
 // U = smallest normal of T times sum_j sum_p (|phi(q_ip)| + |phi(k_jp)| + 1), the error of feature values and
-// products that underflow in T), promised only where |den| > 1e3 (eps(T) mass + U). Derivation and the finding
-// that added U (0102003b: a similarity of 1e-53, zero in float): fuzz_bounds.hpp.
+// products that underflow in T), promised only where |den| > 1e3 (eps(T) mass + U) and the state S = phi(K)^T V
+// fits in T. Derivation and the findings that added U (0102003b: a similarity of 1e-53, zero in float) and the
+// state's range (2b2727ab: S(5, 12) = 1e60, inf in float, times phi(q_5) = 0): fuzz_bounds.hpp.
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_linear_attention -max_total_time=600 -max_len=4096
 #include <optional>

@@ -520,6 +520,57 @@ TEST_CASE("fuzz finding 0102003b: a similarity below float's range gives the doc
   for (Index c = 0; c < dv; ++c) CHECK(outd(71, c) == Approx(vd(0, c)).epsilon(1e-12));
 }
 
+TEST_CASE("fuzz 2b2727ab: a state entry past float's range times phi(q) = 0 is not promised; in range it is exact",
+          "[fuzz-regression]") {
+  // fuzz_linear_attention input 2b 27 27 ab: float, relu, non-causal, double_state, eps = 1e-6, n = 32 queries,
+  // m = 1 key, d = 7, dv = 22. k_0 holds 1e30 at p = 5 and v_0 holds 1e30 at column 12, so the state entry
+  // S(5, 12) = phi(k_05) v_0,12 = 1e60 is inf in float; phi(q_4) is 0 at p = 5 (relu of -2.0) and 0 * inf = NaN,
+  // while the double reference sums s_0 v_0 (s_0 = 559) and gives 1e30. The fuzz target promised a finite value
+  // there; its bound (fuzz/fuzz_bounds.hpp) now also requires the state to fit in T, and linear_attention.hpp
+  // documents the range. Checked here: that bound holds for every row it promises (row 4 was promised and NaN
+  // before), the in-range columns of row 4, and that the same case with a state entry in float's range (1e15 x
+  // 1e15) is finite and accurate.
+  const Index n = 32, m = 1, d = 7, dv = 22;
+  Matrix<double> q = random_matrix<double>(n, d, 181, -3.0, 3.0), v = random_matrix<double>(m, dv, 183, -8.0, 8.0);
+  Matrix<double> k(m, d);
+  k << -3.12451, -7.03271, -5.38477, 87.207, 7.64844, 1e30, -6.32251;
+  q.row(4) << -2.6897, -2.54065, -2.73926, 3.6864, 31.1484, -2.00793, 2.4231;
+  v(0, 12) = 1e30;
+  LinearAttentionOptions o;
+  o.feature_map = FeatureMap::Relu;
+  o.double_state = true;
+  for (const double big : {1e30, 1e15}) {
+    k(0, 5) = big;
+    v(0, 12) = big;
+    const Matrix<float> qf = q.cast<float>(), kf = k.cast<float>(), vf = v.cast<float>();
+    const Matrix<double> qd = qf.cast<double>(), kd = kf.cast<double>(), vd = vf.cast<double>();
+    const Matrix<double> want = kexue_ref::linear_attention(qd, kd, vd, 1, false, o.eps, m);
+    const double vmax = vd.cwiseAbs().maxCoeff();
+    Matrix<float> out(n, dv);
+    kexue::linear_attention(qf, kf, vf, out, o);
+    INFO("k_05 = v_0,12 = " << big);
+    for (Index i = 0; i < n; ++i) {
+      const auto bound = kexue_fuzz_bounds::la_row_bound<float>(
+          1, o.eps, d, m, m, [&](Index p) { return qd(i, p); }, [&](Index j, Index p) { return kd(j, p); }, vmax);
+      if (i == 4) CHECK(bound.promised == (big < 1e20));
+      if (!bound.promised) continue;
+      for (Index c = 0; c < dv; ++c) {
+        INFO("row " << i << " column " << c << " got " << out(i, c) << " want " << want(i, c));
+        CHECK(std::abs(double(out(i, c)) - want(i, c)) <= bound(want(i, c)));
+      }
+    }
+    // Row 4's columns other than 12 never touch the overflowing entry: v_0,c exactly up to rounding.
+    for (Index c = 0; c < dv; ++c) {
+      if (c == 12 && big > 1e20) continue;
+      INFO("row 4 column " << c);
+      CHECK(double(out(4, c)) == Approx(want(4, c)).epsilon(1e-5));
+    }
+    Matrix<double> outd(n, dv);
+    kexue::linear_attention(qd, kd, vd, outd, o);
+    CHECK(outd(4, 12) == Approx(want(4, 12)).epsilon(1e-12));  // double holds the state 1e60
+  }
+}
+
 // ---- 16-bit inputs (issue 13): q, k, v as Eigen::half / Eigen::bfloat16, out float ----------------------------
 
 namespace {

@@ -9,6 +9,13 @@
 /// Scratch: each thread keeps one workspace of about 4 C d + C^2 + 2 C dv + 3 d dv elements (C = 64, dv rounded up
 /// to 16 floats / 8 doubles), allocated the first time that thread sees a larger shape and reused afterwards;
 /// there is no other allocation per call. Peak memory is therefore O(d dv) per head, whatever n.
+///
+/// Range: the products phi(q_i)^T S use S in the output's type (float data keeps them in float even with
+/// double_state, which only accumulates the chunks in double). An entry of S = phi(K)^T V beyond that type's range
+/// (float: |phi(k)| |v| summed past 3.4e38, e.g. a key and a value both near 1e20) is inf, and the rows that
+/// multiply it get inf, or NaN where phi(q_i) is 0 there (0 * inf), even when the quadratic form
+/// sum_j (phi(q_i) . phi(k_j)) v_j / den is finite. PyTorch's einsum form phi(Q) (phi(K)^T V) gives the same
+/// NaN. Keep sum_j |phi(k_jp)| |v_j| within range (double data, or scaled inputs) when keys and values are that large.
 
 #include <optional>
 #include <string>
