@@ -648,6 +648,119 @@ TEST_CASE("gau: bad input throws kexue::Error naming the argument, before writin
   }
 }
 
+TEMPLATE_TEST_CASE("gau on gau_pack()ed weights gives the bits of gau on the weights, 2-D and batched", "[gau][packed]",
+                   float, double) {
+  using T = TestType;
+  const Index D = 20, e = 36, s = 12;
+  for (const bool bias : {false, true}) {
+    const GauWeights<T> w = random_weights<T>(D, e, s, bias, bias ? 31 : 32);
+    kexue::GauPackedWeights<T> packed;
+    {
+      const GauWeights<T> copy = w;  // the packed layer must not refer to the weights it came from
+      packed = kexue::gau_pack(copy);
+    }
+    CHECK(packed.hidden() == D);
+    CHECK(packed.units() == e);
+    CHECK(packed.key_size() == s);
+    CHECK(packed.bytes() >= std::size_t(D * (2 * e + s) + e * D) * sizeof(T));
+    const kexue::GauPackedWeights<T> copied = packed;  // copies hold their own panels
+    GauWorkspace<T> ws_plain, ws_packed;
+    for (Index n : {300, 50, 3}) {
+      const RopeTable<T> table(n, s);
+      const Matrix<T> x = random_matrix<T>(n, D, std::uint32_t(n + 5));
+      for (int variant = 0; variant < 3; ++variant) {
+        GauOptions o = variant == 0   ? make_options(Normalization::SquaredRelu)
+                       : variant == 1 ? make_options(Normalization::SoftmaxPlus, true, n - 1)
+                                      : make_options(Normalization::Softmax, false, std::max<Index>(1, n / 2));
+        INFO("n " << n << " variant " << variant << " bias " << bias);
+        Matrix<T> want(n, D), got1(n, D), got2(n, D), got3(n, D);
+        kexue::gau(w, x, want, ws_plain, o, variant == 2 ? nullptr : &table);
+        set_threads(1);
+        kexue::gau(packed, x, got1, ws_packed, o, variant == 2 ? nullptr : &table);
+        set_threads(2);
+        kexue::gau(copied, x, got2, o, variant == 2 ? nullptr : &table);
+        set_threads(hardware_threads());
+        Matrix<T> inplace = x;
+        kexue::gau(packed, inplace, inplace, ws_packed, o, variant == 2 ? nullptr : &table);
+        CHECK(max_abs_diff(want, got1) == 0.0);
+        CHECK(max_abs_diff(want, got2) == 0.0);
+        CHECK(max_abs_diff(want, inplace) == 0.0);
+      }
+    }
+    // The workspace of packed calls holds no packed weights.
+    CHECK(ws_packed.bytes() < ws_plain.bytes());
+    // Batched: one key length per sequence, sequences in parallel or tiles in parallel.
+    const Index n = 70, batch = 3;
+    const RopeTable<T> table(n, s);
+    const Matrix<T> x = random_matrix<T>(batch * n, D, 78);
+    const std::vector<Index> lengths{70, 9, 41};
+    const GauOptions o = make_options(Normalization::SoftmaxPlus);
+    auto xv = TensorView<const T>::contiguous(x.data(), batch, 1, n, D);
+    Matrix<T> want(batch * n, D), got(batch * n, D);
+    GauWorkspace<T> bws;
+    kexue::gau(w, xv, TensorView<T>::contiguous(want.data(), batch, 1, n, D), lengths, o, &table);
+    for (int threads : {1, 2}) {
+      set_threads(threads);
+      kexue::gau(packed, xv, TensorView<T>::contiguous(got.data(), batch, 1, n, D), lengths, bws, o, &table);
+      set_threads(hardware_threads());
+      CHECK(max_abs_diff(want, got) == 0.0);
+    }
+  }
+}
+
+TEST_CASE("gau_pack and gau on packed weights: bad input throws kexue::Error naming the argument", "[gau][packed]") {
+  using T = float;
+  const Index D = 8, e = 10, s = 4, n = 6;
+  const GauWeights<T> good = random_weights<T>(D, e, s, true, 1);
+  auto message = [](auto&& call) {
+    try {
+      call();
+    } catch (const kexue::Error& err) {
+      return std::string(err.what());
+    }
+    return std::string("(no error)");
+  };
+  {
+    GauWeights<T> w = good;
+    w.w_in.conservativeResize(D, 2 * e + s + 1);
+    const std::string msg = message([&] { kexue::gau_pack(w); });
+    INFO(msg);
+    CHECK(msg.rfind("gau_pack: ", 0) == 0);
+    CHECK(msg.find("w_in") != std::string::npos);
+  }
+  {
+    GauWeights<T> w = good;
+    w.beta_k.resize(s + 1);
+    const std::string msg = message([&] { kexue::gau_pack(w); });
+    INFO(msg);
+    CHECK(msg.find("beta_k") != std::string::npos);
+  }
+  const Matrix<T> x = random_matrix<T>(n, D, 2);
+  Matrix<T> out = Matrix<T>::Constant(n, D, T(7));
+  {
+    const kexue::GauPackedWeights<T> empty;
+    const std::string msg = message([&] { kexue::gau(empty, x, out); });
+    INFO(msg);
+    CHECK(msg.find("gau_pack") != std::string::npos);
+  }
+  const kexue::GauPackedWeights<T> packed = kexue::gau_pack(good);
+  {
+    const Matrix<T> wide = random_matrix<T>(n, D + 1, 3);
+    Matrix<T> out2 = Matrix<T>::Constant(n, D + 1, T(7));
+    const std::string msg = message([&] { kexue::gau(packed, wide, out2); });
+    INFO(msg);
+    CHECK(msg.rfind("gau: ", 0) == 0);
+    CHECK(msg.find("x has shape") != std::string::npos);
+  }
+  {
+    const RopeTable<T> table(n, s + 2);
+    const std::string msg = message([&] { kexue::gau(packed, x, out, GauOptions{}, &table); });
+    INFO(msg);
+    CHECK(msg.find("rope_table") != std::string::npos);
+  }
+  CHECK((out.array() == T(7)).all());
+}
+
 TEST_CASE("gau: empty sequences are a no-op", "[gau]") {
   const GauWeights<double> w = random_weights<double>(8, 10, 4, true, 1);
   Matrix<double> x(0, 8), out(0, 8);

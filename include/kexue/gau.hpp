@@ -144,6 +144,59 @@ class GauWorkspace {
   GauWeights<detail::gau_compute_t<T>> widened_;
 };
 
+
+/// A GAU layer's weights packed once for gau()'s GEMM: W_in and W_out in the GEMM's panel layout, the small
+/// vectors (biases, ScaleOffset) copied. Why: gau() on GauWeights packs W_in and W_out on every call, which is
+/// about a sixth of a 128-token encoder layer's time (D = 512, e = 1024); an inference service runs each layer on
+/// every request, so it packs once at load. Build with gau_pack(); the object is immutable afterwards, so one
+/// packed layer may serve any number of threads and workspaces at once, and it does not refer to the GauWeights
+/// it was packed from. gau() on it gives the bits of gau() on those weights. The layout is this build's (its SIMD
+/// width and GEMM tiles): not a file format, not portable between builds.
+template <class T>
+class GauPackedWeights {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
+                "GauPackedWeights: float or double weights (bf16 layers pack per call)");
+
+ public:
+  /// Empty: gau() on it throws kexue::Error. Use gau_pack().
+  GauPackedWeights() = default;
+
+  /// D: columns of x and out (0 when empty).
+  Index hidden() const { return shape_.hidden; }
+  /// e: width of u, v and of the gated product.
+  Index units() const { return shape_.units; }
+  /// s: width of z, q and k (the RoPE table's dim).
+  Index key_size() const { return shape_.key_size; }
+  /// Bytes held (packed matrices and copied vectors).
+  std::size_t bytes() const {
+    const auto& v = vectors_;
+    return (w_in_.size() + w_out_.size() + std::size_t(v.b_in.size() + v.gamma_q.size() + v.beta_q.size() +
+                                                       v.gamma_k.size() + v.beta_k.size() + v.b_out.size())) *
+           sizeof(T);
+  }
+
+  /// The plan's shape part (an implementation detail).
+  const detail::GauPlan& detail_shape() const { return shape_; }
+  /// The small vectors; w_in and w_out are left empty (an implementation detail).
+  const GauWeights<T>& detail_vectors() const { return vectors_; }
+  /// The packed matrices as the GEMM reads them (an implementation detail).
+  detail::GauPacked<T> detail_packed() const {
+    detail::GauPacked<T> p;
+    p.w_in = {w_in_.data(), shape_.hidden, shape_.width, detail::gemm_round_up<T>(shape_.width, detail::kGemmNr<T>)};
+    p.w_out = {w_out_.data(), shape_.units, shape_.hidden,
+               detail::gemm_round_up<T>(shape_.hidden, detail::kGemmNr<T>)};
+    return p;
+  }
+
+ private:
+  template <class U>
+  friend GauPackedWeights<U> gau_pack(const GauWeights<U>& weights);
+
+  detail::GauPlan shape_;
+  GauWeights<T> vectors_;
+  detail::GemmBuffer<T> w_in_, w_out_;
+};
+
 namespace detail {
 
 template <class T>
@@ -164,9 +217,9 @@ bool gau_weight_overlaps(const GauWeights<T>& w, const View<O>& out) {
          hits(w.w_out.data(), w.w_out.size()) || hits(w.b_out.data(), w.b_out.size());
 }
 
-/// Validates weights and options and resolves them into a plan; throws kexue::Error on bad input.
-template <class T, class R>
-GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, Index n, const RopeTable<R>* rope) {
+/// Validates the weights' shapes and resolves D, e, s into a plan; throws kexue::Error on bad input.
+template <class T>
+GauPlan gau_plan_weights(const char* fn, const GauWeights<T>& w) {
   GauPlan p;
   p.hidden = w.w_in.rows();
   p.units = w.w_out.rows();
@@ -192,7 +245,12 @@ GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, In
           " values but s = ", p.key_size, " (or 0: no offset)");
   require(w.b_out.size() == 0 || w.b_out.size() == p.hidden, fn, "weights.b_out has ", w.b_out.size(),
           " values but D = ", p.hidden, " (or 0: no bias)");
+  return p;
+}
 
+/// Validates the options (and the RoPE table against s and n) and completes the plan of the weights' shapes.
+template <class R>
+GauPlan gau_plan_options(const char* fn, GauPlan p, const GauOptions& o, Index n, const RopeTable<R>* rope) {
   const AttentionOptions& a = o.attention;
   p.normalization = a.normalization;
   require(a.normalization == Normalization::Softmax || a.normalization == Normalization::SoftmaxPlus ||
@@ -242,6 +300,43 @@ GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, In
   return p;
 }
 
+/// Validates weights and options and resolves them into a plan; throws kexue::Error on bad input.
+template <class T, class R>
+GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, Index n, const RopeTable<R>* rope) {
+  return gau_plan_options(fn, gau_plan_weights(fn, w), o, n, rope);
+}
+
+/// The same for weights packed by gau_pack(), validated when they were packed.
+template <class T, class R>
+GauPlan gau_plan(const char* fn, const GauPackedWeights<T>& w, const GauOptions& o, Index n, const RopeTable<R>* rope) {
+  require(w.hidden() > 0, fn, "weights is an empty GauPackedWeights; build it with gau_pack()");
+  return gau_plan_options(fn, w.detail_shape(), o, n, rope);
+}
+
+/// The packed weights are owned by the GauPackedWeights, so out cannot be one of them.
+template <class T, class O>
+bool gau_weight_overlaps(const GauPackedWeights<T>&, const View<O>&) {
+  return false;
+}
+
+/// The small vectors and the packed matrices of a call: packed now into slot 0, or packed already.
+template <class T>
+const GauWeights<T>& gau_vectors(const GauWeights<T>& w) {
+  return w;
+}
+template <class T>
+const GauWeights<T>& gau_vectors(const GauPackedWeights<T>& w) {
+  return w.detail_vectors();
+}
+template <class T>
+GauPacked<T> gau_packed_for(const GauWeights<T>& w, const GauPlan& p, GauSlot<T>& slot0) {
+  return gau_pack_weights(w, p, slot0);
+}
+template <class T>
+GauPacked<T> gau_packed_for(const GauPackedWeights<T>& w, const GauPlan&, GauSlot<T>&) {
+  return w.detail_packed();
+}
+
 /// Byte range [first, last) a [batch, 1, n, D] view touches (n, D, batch > 0), for aliasing checks.
 template <class T>
 std::pair<const char*, const char*> gau_extent(const TensorView<T>& t) {
@@ -263,8 +358,8 @@ inline Index gau_key_length(const char* fn, const char* what, std::optional<Inde
 }
 
 /// The checks of the 2-D gau(): plan, shapes of x and out, aliasing with the weights, key_length, segments, key_mask.
-template <class T, class X, class O, class R>
-GauPlan gau_check_2d(const char* fn, const GauWeights<T>& weights, const GauOptions& options, const View<const X>& xv,
+template <class W, class X, class O, class R>
+GauPlan gau_check_2d(const char* fn, const W& weights, const GauOptions& options, const View<const X>& xv,
                      const View<O>& ov, const RopeTable<R>* rope_table, Index& key_length) {
   const Index n = xv.rows;
   GauPlan p = gau_plan(fn, weights, options, n, rope_table);
@@ -286,36 +381,85 @@ GauPlan gau_check_2d(const char* fn, const GauWeights<T>& weights, const GauOpti
 
 }  // namespace detail
 
+/// Packs a float or double GAU layer for gau() (see GauPackedWeights): validates the weights' shapes (throws
+/// kexue::Error as gau() would), packs W_in and W_out (in parallel over OpenMP threads) and copies the small vectors.
+template <class T>
+GauPackedWeights<T> gau_pack(const GauWeights<T>& weights) {
+  GauPackedWeights<T> out;
+  const detail::GauPlan p = detail::gau_plan_weights("gau_pack", weights);
+  out.shape_ = p;
+  out.vectors_.b_in = weights.b_in;
+  out.vectors_.gamma_q = weights.gamma_q;
+  out.vectors_.beta_q = weights.beta_q;
+  out.vectors_.gamma_k = weights.gamma_k;
+  out.vectors_.beta_k = weights.beta_k;
+  out.vectors_.b_out = weights.b_out;
+  detail::gemm_pack_b(detail::View<const T>{weights.w_in.data(), p.hidden, p.width, p.width}, false,
+                      detail::gemm_grow(out.w_in_, detail::gemm_packed_b_size<T>(p.hidden, p.width)), true);
+  detail::gemm_pack_b(detail::View<const T>{weights.w_out.data(), p.units, p.hidden, p.hidden}, false,
+                      detail::gemm_grow(out.w_out_, detail::gemm_packed_b_size<T>(p.units, p.hidden)), true);
+  return out;
+}
+
+namespace detail {
+
+/// The 2-D gau() on GauWeights (packed during the call) or GauPackedWeights (packed already).
+template <class T, class W, class Dx, class Do>
+void gau_2d(const W& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
+            GauWorkspace<T>& workspace, const GauOptions& options, const RopeTable<T>* rope_table) {
+  static_assert(std::is_same<typename Dx::Scalar, T>::value && std::is_same<typename Do::Scalar, T>::value,
+                "gau: x and out must have the scalar type of the weights");
+  constexpr const char* fn = "gau";
+  const View<const T> xv = make_view(fn, "x", x);
+  const View<T> ov = make_mut_view(fn, "out", out);
+  const Index n = xv.rows;
+  Index key_length = 0;
+  GauPlan p = gau_check_2d(fn, weights, options, xv, ov, rope_table, key_length);
+  if (n == 0) return;
+  auto& slots = workspace.detail_slots();
+  gau_reserve_tiles(slots, std::max<Index>(1, max_threads()), n, p);
+  gau_reserve_sequence(slots[0], n, p);
+  p.key_mask = options.key_mask ? options.key_mask->data() : nullptr;
+  const GauPacked<T> packed = gau_packed_for(weights, p, slots[0]);
+  gau_sequence(gau_vectors(weights), p, packed, xv, ov, key_length, rope_table, slots, 0, true);
+}
+
+}  // namespace detail
+
 /// GAU layer on one sequence with caller-owned scratch (no allocation once the workspace has grown).
 /// x, out: [n, D], row-major with unit inner stride (Matrix, Map, Block). out may be x itself (in place):
 /// x is read completely before out is written. rope_table (dim s, at least n positions; bert4keras uses
 /// RopeTable<T>(n, s) with the default interleaved base-10000 layout) rotates q and k, or nullptr for none.
 /// Work is spread over OpenMP threads by tiles of rows; results are bitwise identical for any thread count.
 /// The GEMM's packing buffers are part of the workspace too: nothing is allocated once it has grown.
+/// W_in and W_out are packed on every call; a layer run many times packs once with gau_pack().
 template <class T, class Dx, class Do>
 void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
          GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
-  static_assert(std::is_same<typename Dx::Scalar, T>::value && std::is_same<typename Do::Scalar, T>::value,
-                "gau: x and out must have the scalar type of the weights");
-  constexpr const char* fn = "gau";
-  const detail::View<const T> xv = detail::make_view(fn, "x", x);
-  const detail::View<T> ov = detail::make_mut_view(fn, "out", out);
-  const Index n = xv.rows;
-  Index key_length = 0;
-  detail::GauPlan p = detail::gau_check_2d(fn, weights, options, xv, ov, rope_table, key_length);
-  if (n == 0) return;
-  auto& slots = workspace.detail_slots();
-  detail::gau_reserve_tiles(slots, std::max<Index>(1, detail::max_threads()), n, p);
-  detail::gau_reserve_sequence(slots[0], n, p);
-  p.key_mask = options.key_mask ? options.key_mask->data() : nullptr;
-  const detail::GauPacked<T> packed = detail::gau_pack_weights(weights, p, slots[0]);
-  detail::gau_sequence(weights, p, packed, xv, ov, key_length, rope_table, slots, 0, true);
+  detail::gau_2d(weights, x, out, workspace, options, rope_table);
+}
+
+/// GAU layer on one sequence with weights packed by gau_pack(): the bits of gau() on the weights they were
+/// packed from, without packing W_in and W_out again. Otherwise as the GauWeights overload; the workspace then
+/// holds no packed weights.
+template <class T, class Dx, class Do>
+void gau(const GauPackedWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
+         GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
+  detail::gau_2d(weights, x, out, workspace, options, rope_table);
 }
 
 /// GAU layer on one sequence; allocates its scratch per call (see GauWorkspace). Otherwise as the
 /// workspace overload.
 template <class T, class Dx, class Do>
 void gau(const GauWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
+         const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
+  GauWorkspace<T> workspace;
+  gau(weights, x, out, workspace, options, rope_table);
+}
+
+/// GAU layer on one sequence with packed weights; allocates its scratch per call (see GauWorkspace).
+template <class T, class Dx, class Do>
+void gau(const GauPackedWeights<T>& weights, const Eigen::DenseBase<Dx>& x, const Eigen::DenseBase<Do>& out,
          const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
   GauWorkspace<T> workspace;
   gau(weights, x, out, workspace, options, rope_table);
@@ -377,6 +521,75 @@ void gau(const GauWeights<Eigen::bfloat16>& weights, const Eigen::DenseBase<Dx>&
   gau(weights, x, out, workspace, options, rope_table);
 }
 
+namespace detail {
+
+/// The batched gau() on GauWeights or GauPackedWeights.
+template <class T, class W>
+void gau_batched(const W& weights, TensorView<const T> x, TensorView<T> out, const std::vector<Index>& lengths,
+                 GauWorkspace<T>& workspace, const GauOptions& options, const RopeTable<T>* rope_table) {
+  constexpr const char* fn = "gau";
+  const Index batch = x.batch(), n = x.seq();
+  require(x.batch() >= 0 && x.heads() >= 0 && x.seq() >= 0 && x.dim() >= 0, fn, "x has a negative extent");
+  require(x.heads() == 1, fn, "x has ", x.heads(), " heads; the batched GAU takes [batch, 1, n, D]");
+  require(out.batch() == batch && out.heads() == 1 && out.seq() == n && out.dim() == x.dim(), fn,
+                  "out has shape [", out.batch(), ", ", out.heads(), ", ", out.seq(), ", ", out.dim(), "] but x has [",
+                  batch, ", 1, ", n, ", ", x.dim(), "]");
+  GauPlan p = gau_plan(fn, weights, options, n, rope_table);
+  if (batch == 0 || n == 0) return;
+  require(x.dim() == p.hidden, fn, "x has dim ", x.dim(), " but weights.w_in has ", p.hidden, " rows (D)");
+  require(x.data != nullptr && out.data != nullptr, fn, "x or out has no data");
+  require(lengths.empty() || static_cast<Index>(lengths.size()) == batch, fn, "lengths has ", lengths.size(),
+                  " entries but the batch has ", batch, " sequences");
+  require(lengths.empty() || !options.attention.key_length, fn,
+                  "options.attention.key_length and lengths are both given; pass one of them");
+  require(!options.key_mask, fn, "options.key_mask is for the 2-D gau(); the batched form takes lengths");
+  if (options.attention.segments) {
+    const Index ns = options.attention.segments->size();
+    require(ns == n || ns == batch * n, fn, "options.attention.segments has ", ns, " ids but needs n = ", n,
+                    " (shared) or batch x n = ", batch * n);
+    p.seg_batch_stride = ns == n ? 0 : n;
+  }
+  std::vector<Index> key_lengths(static_cast<std::size_t>(batch));
+  for (Index b = 0; b < batch; ++b) {
+    key_lengths[static_cast<std::size_t>(b)] =
+        lengths.empty() ? gau_key_length(fn, "options.attention.key_length", options.attention.key_length, n)
+                        : gau_key_length(fn, "lengths[b]", lengths[static_cast<std::size_t>(b)], n);
+  }
+  for (Index b = 0; b < batch; ++b) {
+    const View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
+    require(!gau_weight_overlaps(weights, ob), fn, "out overlaps one of the weights");
+  }
+  // Sequence b reads all of its x before writing its out, so out may be x itself, but not a shifted view
+  // of it (sequence b would overwrite the input of another sequence).
+  const bool same = out.data == x.data && out.strides == x.strides;
+  const auto xe = gau_extent(x), oe = gau_extent(out);
+  require(same || oe.second <= xe.first || xe.second <= oe.first, fn,
+                  "out overlaps x without being the same view; pass out = x or disjoint buffers");
+  auto& slots = workspace.detail_slots();
+  const Index threads = std::max<Index>(1, max_threads());
+  const bool by_sequence = threads > 1 && batch >= threads;
+  gau_reserve_tiles(slots, threads, n, p);
+  for (Index t = 0; t < (by_sequence ? threads : 1); ++t)
+    gau_reserve_sequence(slots[static_cast<std::size_t>(t)], n, p);
+  const GauPacked<T> packed = gau_packed_for(weights, p, slots[0]);
+  auto run = [&](Index b, Index slot, bool tiles_parallel) {
+    const View<const T> xb{x.row(b, 0, 0), n, p.hidden, x.strides[2]};
+    const View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
+    GauPlan pb = p;  // sequence b's own segment ids
+    if (pb.seg32) pb.seg32 += b * p.seg_batch_stride;
+    if (pb.seg64) pb.seg64 += b * p.seg_batch_stride;
+    gau_sequence(gau_vectors(weights), pb, packed, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots,
+                         slot, tiles_parallel);
+  };
+  if (by_sequence) {
+    gau_parallel(batch, true, [&](Index b, Index thread) { run(b, thread, false); });
+  } else {
+    for (Index b = 0; b < batch; ++b) run(b, 0, true);
+  }
+}
+
+}  // namespace detail
+
 /// Batched GAU over a padded batch x, out: [batch, 1, n, D] (TensorView with heads = 1, any strides,
 /// unit inner stride; out may be x itself). lengths: one key length per sequence (keys [lengths[b], n)
 /// are padding, as bert4keras' mask), or empty to use options.attention.key_length (default n) for all;
@@ -387,65 +600,15 @@ template <class T>
 void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<const T>>::type x,
          typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths,
          GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
-  constexpr const char* fn = "gau";
-  const Index batch = x.batch(), n = x.seq();
-  detail::require(x.batch() >= 0 && x.heads() >= 0 && x.seq() >= 0 && x.dim() >= 0, fn, "x has a negative extent");
-  detail::require(x.heads() == 1, fn, "x has ", x.heads(), " heads; the batched GAU takes [batch, 1, n, D]");
-  detail::require(out.batch() == batch && out.heads() == 1 && out.seq() == n && out.dim() == x.dim(), fn,
-                  "out has shape [", out.batch(), ", ", out.heads(), ", ", out.seq(), ", ", out.dim(), "] but x has [",
-                  batch, ", 1, ", n, ", ", x.dim(), "]");
-  detail::GauPlan p = detail::gau_plan(fn, weights, options, n, rope_table);
-  if (batch == 0 || n == 0) return;
-  detail::require(x.dim() == p.hidden, fn, "x has dim ", x.dim(), " but weights.w_in has ", p.hidden, " rows (D)");
-  detail::require(x.data != nullptr && out.data != nullptr, fn, "x or out has no data");
-  detail::require(lengths.empty() || static_cast<Index>(lengths.size()) == batch, fn, "lengths has ", lengths.size(),
-                  " entries but the batch has ", batch, " sequences");
-  detail::require(lengths.empty() || !options.attention.key_length, fn,
-                  "options.attention.key_length and lengths are both given; pass one of them");
-  detail::require(!options.key_mask, fn, "options.key_mask is for the 2-D gau(); the batched form takes lengths");
-  if (options.attention.segments) {
-    const Index ns = options.attention.segments->size();
-    detail::require(ns == n || ns == batch * n, fn, "options.attention.segments has ", ns, " ids but needs n = ", n,
-                    " (shared) or batch x n = ", batch * n);
-    p.seg_batch_stride = ns == n ? 0 : n;
-  }
-  std::vector<Index> key_lengths(static_cast<std::size_t>(batch));
-  for (Index b = 0; b < batch; ++b) {
-    key_lengths[static_cast<std::size_t>(b)] =
-        lengths.empty() ? detail::gau_key_length(fn, "options.attention.key_length", options.attention.key_length, n)
-                        : detail::gau_key_length(fn, "lengths[b]", lengths[static_cast<std::size_t>(b)], n);
-  }
-  for (Index b = 0; b < batch; ++b) {
-    const detail::View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
-    detail::require(!detail::gau_weight_overlaps(weights, ob), fn, "out overlaps one of the weights");
-  }
-  // Sequence b reads all of its x before writing its out, so out may be x itself, but not a shifted view
-  // of it (sequence b would overwrite the input of another sequence).
-  const bool same = out.data == x.data && out.strides == x.strides;
-  const auto xe = detail::gau_extent(x), oe = detail::gau_extent(out);
-  detail::require(same || oe.second <= xe.first || xe.second <= oe.first, fn,
-                  "out overlaps x without being the same view; pass out = x or disjoint buffers");
-  auto& slots = workspace.detail_slots();
-  const Index threads = std::max<Index>(1, detail::max_threads());
-  const bool by_sequence = threads > 1 && batch >= threads;
-  detail::gau_reserve_tiles(slots, threads, n, p);
-  for (Index t = 0; t < (by_sequence ? threads : 1); ++t)
-    detail::gau_reserve_sequence(slots[static_cast<std::size_t>(t)], n, p);
-  const detail::GauPacked<T> packed = detail::gau_pack_weights(weights, p, slots[0]);
-  auto run = [&](Index b, Index slot, bool tiles_parallel) {
-    const detail::View<const T> xb{x.row(b, 0, 0), n, p.hidden, x.strides[2]};
-    const detail::View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
-    detail::GauPlan pb = p;  // sequence b's own segment ids
-    if (pb.seg32) pb.seg32 += b * p.seg_batch_stride;
-    if (pb.seg64) pb.seg64 += b * p.seg_batch_stride;
-    detail::gau_sequence(weights, pb, packed, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots,
-                         slot, tiles_parallel);
-  };
-  if (by_sequence) {
-    detail::gau_parallel(batch, true, [&](Index b, Index thread) { run(b, thread, false); });
-  } else {
-    for (Index b = 0; b < batch; ++b) run(b, 0, true);
-  }
+  detail::gau_batched(weights, x, out, lengths, workspace, options, rope_table);
+}
+
+/// Batched GAU with weights packed by gau_pack(); otherwise as the GauWeights overload.
+template <class T>
+void gau(const GauPackedWeights<T>& weights, typename detail::gau_identity<TensorView<const T>>::type x,
+         typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths,
+         GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
+  detail::gau_batched(weights, x, out, lengths, workspace, options, rope_table);
 }
 
 /// Batched GAU allocating its scratch per call (see GauWorkspace); otherwise as the workspace overload.
