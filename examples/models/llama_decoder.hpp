@@ -14,10 +14,13 @@
 // forward() appends its tokens to the cache and returns their logits, so a prompt can be prefilled in one call
 // and then decoded one token per call: both give the same logits (to rounding) because attention is causal
 // and bottom-right aligned (row i of n new rows sees the m - n cached keys and new keys 0..i).
-// Matrices are row-major [in, out] (x W), i.e. HF's nn.Linear weights transposed; the decoder concatenates
-// wq | wk | wv and w_gate | w_up once, so each layer runs four GEMMs, and RoPE, the cache copy and attention read
-// q, k and v where that fused projection wrote them (strided TensorViews). Templated on the scalar.
+// Matrices are row-major [in, out] (x W), i.e. HF's nn.Linear weights transposed. The decoder packs every
+// projection once (kexue::dense_pack), wq | wk | wv concatenated into one, and runs them with kexue::dense: the
+// SwiGLU gate silu(h Wg) * (h Wu) is fused into the Wg product's store, and one row (decoding) gives the bits of
+// the same row in a prefill. RoPE, the cache copy and attention read q, k and v where the fused projection wrote
+// them (strided TensorViews). Templated on the scalar.
 #include <kexue/attention.hpp>
+#include <kexue/dense.hpp>
 #include <kexue/init.hpp>
 #include <kexue/norm.hpp>
 #include <kexue/random.hpp>
@@ -176,14 +179,19 @@ class LlamaDecoder {
   LlamaDecoder(LlamaWeights<T> weights, Index max_positions)
       : w_(std::move(weights)), max_positions_(max_positions),
         table_(max_positions, w_.config.head_dim, w_.config.rope()) {
+    // Every projection packed once (kexue::dense_pack), q, k and v as one matrix: one GEMM instead of three.
     for (const LlamaLayerWeights<T>& lw : w_.layers) {
-      Fused f;
-      f.qkv.resize(lw.wq.rows(), lw.wq.cols() + lw.wk.cols() + lw.wv.cols());
-      f.qkv << lw.wq, lw.wk, lw.wv;
-      f.gate_up.resize(lw.w_gate.rows(), 2 * lw.w_gate.cols());
-      f.gate_up << lw.w_gate, lw.w_up;
-      fused_.push_back(std::move(f));
+      Packed p;
+      Matrix<T> qkv(lw.wq.rows(), lw.wq.cols() + lw.wk.cols() + lw.wv.cols());
+      qkv << lw.wq, lw.wk, lw.wv;
+      p.qkv = kexue::dense_pack(qkv);
+      p.wo = kexue::dense_pack(lw.wo);
+      p.gate = kexue::dense_pack(lw.w_gate);
+      p.up = kexue::dense_pack(lw.w_up);
+      p.down = kexue::dense_pack(lw.w_down);
+      packed_.push_back(std::move(p));
     }
+    lm_head_ = kexue::dense_pack(w_.lm_head);
   }
 
   const LlamaWeights<T>& weights() const { return w_; }
@@ -202,9 +210,10 @@ class LlamaDecoder {
     causal.causal = true;  // bottom-right aligned: new row i sees the cached keys and new keys 0..i
     for (Index l = 0; l < c.layers; ++l) {
       const LlamaLayerWeights<T>& lw = w_.layers[std::size_t(l)];
-      const Fused& f = fused_[std::size_t(l)];
+      const Packed& p = packed_[std::size_t(l)];
       kexue::rms_norm(x_, lw.attn_norm, h_, c.rms_eps);
-      qkv_.noalias() = h_ * f.qkv;  // [n, q | k | v]: one GEMM instead of three
+      qkv_.resize(n, width);
+      kexue::dense(p.qkv, h_, qkv_);  // [n, q | k | v]
       // q and k where the projection wrote them, seen as [1, heads, n, hd] with row stride `width`: RoPE on
       // both in one call (GQA: fewer k heads), then the new k and v rows go to the cache.
       const kexue::TensorView<T> q(qkv_.data(), {1, c.heads, n, hd}, {n * width, hd, width});
@@ -214,18 +223,21 @@ class LlamaDecoder {
       attn_.resize(n, qw);
       kexue::attention(kexue::TensorView<const T>(q), cache.keys(l, m), cache.values(l, m),
                        kexue::TensorView<T>::seq_major(attn_.data(), 1, n, c.heads, hd), causal);
-      o_.noalias() = attn_ * lw.wo;
+      o_.resize(n, c.hidden);
+      kexue::dense(p.wo, attn_, o_);
       // x = x + o and h = RMSNorm(x) * mlp_norm in one pass (the Pre-Norm fused form).
       kexue::add_rms_norm(o_, x_, lw.mlp_norm, h_, x_, c.rms_eps);
-      gate_up_.noalias() = h_ * f.gate_up;  // [n, gate | up]
-      auto gate = gate_up_.leftCols(c.ffn).array();
+      up_.resize(n, c.ffn);
       act_.resize(n, c.ffn);
-      act_.array() = gate / (T(1) + (-gate).exp()) * gate_up_.rightCols(c.ffn).array();  // silu(gate) * up
-      x_.noalias() += act_ * lw.w_down;
+      kexue::dense(p.up, h_, up_);
+      kexue::dense_gated(p.gate, h_, up_, act_, kexue::DenseActivation::Swish);  // silu(h Wg) * (h Wu)
+      kexue::dense(p.down, act_, o_);
+      x_ += o_;
     }
     cache.advance(n);
     kexue::rms_norm(x_, w_.final_norm, h_, c.rms_eps);
-    logits.noalias() = h_ * w_.lm_head;
+    logits.resize(n, c.vocab);
+    kexue::dense(lm_head_, h_, logits);
   }
 
   /// Greedy decoding: prefills the prompt, then appends the argmax token `steps` times. Returns the generated
@@ -261,12 +273,13 @@ class LlamaDecoder {
   LlamaWeights<T> w_;
   Index max_positions_;
   kexue::RopeTable<T> table_;
-  struct Fused {
-    Matrix<T> qkv;      ///< [hidden, (heads + 2 kv_heads) head_dim]: wq | wk | wv
-    Matrix<T> gate_up;  ///< [hidden, 2 ffn]: w_gate | w_up
+  struct Packed {
+    kexue::PackedDense<T> qkv;  ///< [hidden, (heads + 2 kv_heads) head_dim]: wq | wk | wv
+    kexue::PackedDense<T> wo, gate, up, down;
   };
-  std::vector<Fused> fused_;
-  Matrix<T> x_, h_, qkv_, attn_, o_, gate_up_, act_;
+  std::vector<Packed> packed_;
+  kexue::PackedDense<T> lm_head_;
+  Matrix<T> x_, h_, qkv_, attn_, o_, up_, act_;
 };
 
 }  // namespace kexue_models

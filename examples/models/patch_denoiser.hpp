@@ -16,6 +16,7 @@
 // Templated on the scalar.
 #include <kexue/attention.hpp>
 #include <kexue/ddpm.hpp>
+#include <kexue/dense.hpp>
 #include <kexue/gau.hpp>
 #include <kexue/init.hpp>
 #include <kexue/norm.hpp>
@@ -109,7 +110,12 @@ class PatchDenoiser {
   explicit PatchDenoiser(PatchDenoiserWeights<T> weights)
       : w_(std::move(weights)),
         coords_(kexue::patch_coordinates(w_.config.height, w_.config.width, w_.config.patch)),
-        table_(std::max(coords_.grid_height, coords_.grid_width), w_.config.key_size / 2, rope_options()) {}
+        table_(std::max(coords_.grid_height, coords_.grid_width), w_.config.key_size / 2, rope_options()) {
+    // Each layer's projections packed once, with their biases (kexue::dense_pack).
+    for (const PatchDenoiserLayer<T>& layer : w_.layers)
+      packed_.push_back(
+          {kexue::dense_pack(layer.gau.w_in, layer.gau.b_in), kexue::dense_pack(layer.gau.w_out, layer.gau.b_out)});
+  }
 
   const PatchDenoiserWeights<T>& weights() const { return w_; }
 
@@ -127,9 +133,10 @@ class PatchDenoiser {
     x_.rowwise() += w_.time_embedding.row(t);
     h_.resize(rows, c.hidden);
     branch_.resize(rows, c.hidden);
-    for (const PatchDenoiserLayer<T>& layer : w_.layers) {
+    for (std::size_t l = 0; l < w_.layers.size(); ++l) {
+      const PatchDenoiserLayer<T>& layer = w_.layers[l];
       kexue::normalize(x_, layer.norm_gamma, Vector<T>(), h_, kexue::NormOptions::ddpm_gau());
-      gau_2d(layer.gau, batch, L);
+      gau_2d(layer.gau, packed_[l], batch, L);
       x_ += branch_;  // Pre-Norm residual
     }
     kexue::normalize(x_, w_.final_gamma, Vector<T>(), h_, kexue::NormOptions::ddpm_gau());
@@ -183,12 +190,16 @@ class PatchDenoiser {
     return o;
   }
 
+  /// A layer's W_in and W_out with their biases, packed once.
+  struct PackedLayer {
+    kexue::PackedDense<T> w_in, w_out;
+  };
+
   /// branch = GAU(h) for each image's L patch rows, with 2-D RoPE on q and k.
-  void gau_2d(const kexue::GauWeights<T>& g, Index batch, Index L) {
+  void gau_2d(const kexue::GauWeights<T>& g, const PackedLayer& p, Index batch, Index L) {
     const Index e = g.units(), s = g.key_size(), width = 2 * e + s, rows = batch * L;
-    uvz_.noalias() = h_ * g.w_in;
-    uvz_.rowwise() += g.b_in.transpose();
-    silu(uvz_);
+    uvz_.resize(rows, width);
+    kexue::dense(p.w_in, h_, uvz_, kexue::DenseActivation::Swish);  // swish(h W_in + b_in)
     q_ = (uvz_.rightCols(s).array().rowwise() * g.gamma_q.transpose().array()).rowwise() +
          g.beta_q.transpose().array();
     k_ = (uvz_.rightCols(s).array().rowwise() * g.gamma_k.transpose().array()).rowwise() +
@@ -204,11 +215,11 @@ class PatchDenoiser {
                      kexue::TensorView<const T>(uvz_.data() + e, {batch, 1, L, e}, {L * width, 0, width}),
                      kexue::TensorView<T>::contiguous(av_.data(), batch, 1, L, e));
     av_.array() *= uvz_.leftCols(e).array();
-    branch_.noalias() = av_ * g.w_out;
-    branch_.rowwise() += g.b_out.transpose();
+    kexue::dense(p.w_out, av_, branch_);  // (u * (A v)) W_out + b_out
   }
 
   PatchDenoiserWeights<T> w_;
+  std::vector<PackedLayer> packed_;
   kexue::PatchCoordinates coords_;
   kexue::RopeTable<T> table_;
   Matrix<T> patches_, x_, h_, branch_, uvz_, q_, k_, av_, eps_;

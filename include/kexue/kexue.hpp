@@ -9,6 +9,7 @@
 #include "kexue/rope.hpp"               // SPEC 1, 4: RoPE, RoPE + bias, 2-D RoPE, frequency scaling
 #include "kexue/attention.hpp"          // SPEC 3.3-3.4, 5.1: softmax / softmax_plus / squared-ReLU attention
 #include "kexue/gau.hpp"                // SPEC 3.1-3.2: the gated attention unit
+#include "kexue/dense.hpp"              // dense layers with packed weights (bias, swish, SwiGLU gate fused)
 #include "kexue/linear_attention.hpp"   // SPEC 5.2: linear attention, causal and streaming
 #include "kexue/flash.hpp"              // SPEC 3.5: FLASH mixed-chunk attention
 #include "kexue/global_pointer.hpp"     // SPEC 2: GlobalPointer, Efficient GlobalPointer, losses, decoding
