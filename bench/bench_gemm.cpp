@@ -8,6 +8,7 @@
 // Every call packs B (as Eigen does); flops 2 m n k (the epilogue is not counted).
 // peak_frac is against the fp32 FMA peak, so fp64 rows top out at 0.5.
 // Rows: BM_gemm (kexue, workspace reused), BM_gemm_eigen (c.noalias() = a * b), args m, k, n, b^T, threads;
+// BM_dense / BM_dense_eigen: kexue::dense with weights packed once against Eigen's product, the decoder's MLP shape;
 // BM_gemm_bf16 (issue 13): a and b in bfloat16, c in float, same shapes (no epilogue), vdpbf16ps under
 // -march=native on AVX512-BF16, widening + fp32 FMA elsewhere; peak_frac still against the fp32 FMA peak, so
 // vdpbf16ps can exceed 1.
@@ -15,6 +16,8 @@
 #include "kexue/detail/gemm.hpp"  // first: see simd.hpp on GCC 12's AVX-512 warnings
 
 #include <Eigen/Core>
+
+#include "kexue/dense.hpp"
 
 using namespace kexue_bench;
 using kexue::Matrix;
@@ -113,6 +116,55 @@ void BM_gemm_bf16(benchmark::State& state) {
   set_threads(1);
 }
 
+// kexue::dense (weights packed once by dense_pack, outside the timed loop) against Eigen's product on the
+// decoder's SwiGLU MLP shape: silu(x W_gate) * (x W_up) with x [m, 512], W [512, 1408], for one decoding row
+// (the GEMV path) and a 128-token prefill. Args: m, k, n, gated (0: plain x W, 1: the SwiGLU gate product).
+// Eigen packs W on every call (as any GEMM library must when handed a matrix); flops count x W only.
+void BM_dense(benchmark::State& state) {
+  const Index m = state.range(0), k = state.range(1), n = state.range(2);
+  const bool gated = state.range(3) != 0;
+  set_threads(1);
+  Operands<float> o(m, k, n, false);
+  Matrix<float> up(m, n);
+  fill(up, 3);
+  const kexue::PackedDense<float> layer = kexue::dense_pack(o.b);
+  for (auto _ : state) {
+    if (gated)
+      kexue::dense_gated(layer, o.a, up, o.c, kexue::DenseActivation::Swish);
+    else
+      kexue::dense(layer, o.a, o.c);
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 2.0 * double(m) * double(n) * double(k), 1);
+}
+
+void BM_dense_eigen(benchmark::State& state) {
+  const Index m = state.range(0), k = state.range(1), n = state.range(2);
+  const bool gated = state.range(3) != 0;
+  set_threads(1);
+  Eigen::setNbThreads(1);
+  Operands<float> o(m, k, n, false);
+  Matrix<float> up(m, n);
+  fill(up, 3);
+  for (auto _ : state) {
+    o.c.noalias() = o.a * o.b;
+    if (gated) o.c.array() = o.c.array() / (1.0f + (-o.c.array()).exp()) * up.array();
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  report_flops(state, 2.0 * double(m) * double(n) * double(k), 1);
+}
+
+void dense_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"m", "k", "n", "gated"});
+  for (Index m : {1, 128}) {
+    b->Args({m, 512, 1408, 0});
+    b->Args({m, 512, 1408, 1});
+  }
+  b->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "k", "n", "bt", "threads", "epi"});
   for (int threads : {1, 2}) {
@@ -135,6 +187,8 @@ void square(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_TEMPLATE(BM_gemm, float)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_gemm_eigen, float)->Apply(shapes);
+BENCHMARK(BM_dense)->Apply(dense_shapes);
+BENCHMARK(BM_dense_eigen)->Apply(dense_shapes);
 BENCHMARK(BM_gemm_bf16)->Apply([](benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "k", "n", "bt", "threads", "epi"});
   for (int threads : {1, 2}) {

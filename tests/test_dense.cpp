@@ -52,14 +52,15 @@ Matrix<T> random_matrix(Index rows, Index cols, std::uint32_t seed, double scale
 }
 
 /// out(i, j) before the activation as the GEMM computes it: fma(x(i, p), w(p, j), acc) for p = 0, 1, ... from
-/// acc = 0, then + b(j) (one rounding).
+/// acc = 0, then + b(j) (one rounding). The fma is fused where the target has FMA and a multiply and an add on
+/// baseline SSE2 (detail::madd, the rounding of the kernels' fmadd).
 template <class T>
 Matrix<T> fma_chain(const Matrix<T>& x, const Matrix<T>& w, const Vector<T>& b) {
   Matrix<T> out(x.rows(), w.cols());
   for (Index i = 0; i < x.rows(); ++i)
     for (Index j = 0; j < w.cols(); ++j) {
       T acc = 0;
-      for (Index p = 0; p < x.cols(); ++p) acc = std::fma(x(i, p), w(p, j), acc);
+      for (Index p = 0; p < x.cols(); ++p) acc = kexue::detail::madd(x(i, p), w(p, j), acc);
       out(i, j) = b.size() ? T(acc + b(j)) : acc;
     }
   return out;
