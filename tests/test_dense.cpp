@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kexue/dense.hpp"
@@ -105,15 +106,14 @@ void check_pytorch_cases() {
 }  // namespace
 
 TEST_CASE("dense matches PyTorch's linear, silu and SwiGLU gate (float)", "[dense]") { check_pytorch_cases<float>(); }
-TEST_CASE("dense matches PyTorch's linear, silu and SwiGLU gate (double)", "[dense]") {
-  check_pytorch_cases<double>();
-}
+TEST_CASE("dense matches PyTorch's linear, silu and SwiGLU gate (double)", "[dense]") { check_pytorch_cases<double>(); }
 
-TEMPLATE_TEST_CASE("dense without an activation is the scalar FMA chain, bit for bit, for every shape", "[dense]", float,
-                   double) {
+TEMPLATE_TEST_CASE("dense without an activation is the scalar FMA chain, bit for bit, for every shape", "[dense]",
+                   float, double) {
   using T = TestType;
-  // Rows 1-5 take the GEMV path, 6 and more the GEMM; depths cross the 384-deep k blocks; columns cross the
-  // register tile (16 or 32 floats, 8 or 16 doubles) and the GEMV's groups of four panels.
+  // One row takes the GEMV path, more rows the GEMM (2-5 rows in one zero-padded 6-row tile); depths cross the
+  // 384-deep k blocks; columns cross the register tile (2 vectors: 8 to 32 floats) and the GEMV's groups of
+  // four panels.
   for (Index m : {1, 2, 5, 6, 7, 13, 150}) {
     for (Index k : {1, 3, 17, 384, 385, 800}) {
       for (Index n : {1, 7, 16, 33, 65, 130}) {
@@ -133,7 +133,8 @@ TEMPLATE_TEST_CASE("dense: a row's bits do not depend on the rows around it or o
                    double) {
   using T = TestType;
   const Index m = 40, k = 500, n = 150;
-  const Matrix<T> x = random_matrix<T>(m, k, 11), w = random_matrix<T>(k, n, 12, 0.1), gate = random_matrix<T>(m, n, 13);
+  const Matrix<T> x = random_matrix<T>(m, k, 11), w = random_matrix<T>(k, n, 12, 0.1),
+                  gate = random_matrix<T>(m, n, 13);
   const Vector<T> b = random_matrix<T>(1, n, 14).transpose();
   const PackedDense<T> layer = kexue::dense_pack(w, b);
   for (const DenseActivation act : {DenseActivation::None, DenseActivation::Swish}) {
@@ -155,7 +156,7 @@ TEMPLATE_TEST_CASE("dense: a row's bits do not depend on the rows around it or o
         for (Index rows : {1, 3}) {
           if (r + rows > m) continue;
           Matrix<T> part(rows, n);
-          run(x.middleRows(r, rows), gate.middleRows(r, rows), part);  // the GEMV path (rows < 6)
+          run(x.middleRows(r, rows), gate.middleRows(r, rows), part);  // 1 row: the GEMV path; 3: a padded tile
           INFO("rows [" << r << ", " << r + rows << ")");
           CHECK(max_abs_diff(part, tall.middleRows(r, rows)) == 0.0);
         }
@@ -209,6 +210,10 @@ TEST_CASE("dense: bad input throws kexue::Error naming the function and argument
   throws_with([&] { kexue::dense_pack(Matrix<T>(0, 5)); }, "dense_pack: w has shape");
   Matrix<T> x = random_matrix<T>(3, 8, 2), out = Matrix<T>::Constant(3, 5, T(7));
   throws_with([&] { kexue::dense(PackedDense<T>(), x, out); }, "dense: layer is an empty PackedDense");
+  PackedDense<T> source = kexue::dense_pack(w);
+  const PackedDense<T> taken = std::move(source);
+  CHECK(!taken.empty());
+  throws_with([&] { kexue::dense(source, x, out); }, "dense: layer is an empty PackedDense");  // moved from
   throws_with([&] { kexue::dense(layer, random_matrix<T>(3, 9, 3), out); }, "dense: x has shape [3 x 9]");
   Matrix<T> wrong(3, 4);
   throws_with([&] { kexue::dense(layer, x, wrong); }, "dense: out has shape [3 x 4]");

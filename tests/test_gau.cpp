@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kexue/gau.hpp"
@@ -651,8 +652,9 @@ TEST_CASE("gau: bad input throws kexue::Error naming the argument, before writin
 TEMPLATE_TEST_CASE("gau on gau_pack()ed weights gives the bits of gau on the weights, 2-D and batched", "[gau][packed]",
                    float, double) {
   using T = TestType;
-  const Index D = 20, e = 36, s = 12;
+  const Index e = 36, s = 12;
   for (const bool bias : {false, true}) {
+    const Index D = bias ? 20 : 400;  // 400: W_in's packed panels cross the GEMM's 384-deep k block
     const GauWeights<T> w = random_weights<T>(D, e, s, bias, bias ? 31 : 32);
     kexue::GauPackedWeights<T> packed;
     {
@@ -705,6 +707,9 @@ TEMPLATE_TEST_CASE("gau on gau_pack()ed weights gives the bits of gau on the wei
       set_threads(hardware_threads());
       CHECK(max_abs_diff(want, got) == 0.0);
     }
+    got.setZero();
+    kexue::gau(packed, xv, TensorView<T>::contiguous(got.data(), batch, 1, n, D), lengths, o, &table);
+    CHECK(max_abs_diff(want, got) == 0.0);
   }
 }
 
@@ -742,6 +747,14 @@ TEST_CASE("gau_pack and gau on packed weights: bad input throws kexue::Error nam
     const std::string msg = message([&] { kexue::gau(empty, x, out); });
     INFO(msg);
     CHECK(msg.find("gau_pack") != std::string::npos);
+  }
+  {
+    kexue::GauPackedWeights<T> source = kexue::gau_pack(good);
+    const kexue::GauPackedWeights<T> taken = std::move(source);
+    CHECK(!taken.empty());
+    const std::string msg = message([&] { kexue::gau(source, x, out); });  // moved from
+    INFO(msg);
+    CHECK(msg.find("empty GauPackedWeights") != std::string::npos);
   }
   const kexue::GauPackedWeights<T> packed = kexue::gau_pack(good);
   {

@@ -317,6 +317,39 @@ TEMPLATE_TEST_CASE("norms in place equal the out-of-place results bit for bit", 
   }
 }
 
+TEMPLATE_TEST_CASE("Post-Norm equals Pre-Norm's out on both sides of its stack-staging limit, in place too",
+                   "[norm][inplace]", float, double, Eigen::half) {
+  // Rows of up to kNormStageBytes stage x + residual on the stack (and may stream out); longer rows stage it in
+  // out. Either way out must be the Pre-Norm form's out, bit for bit, with out a separate buffer, x or residual.
+  using T = TestType;
+  constexpr Index limit = kexue::detail::kNormStageBytes / Index(sizeof(T));
+  STATIC_REQUIRE(kexue::detail::norm_stages<T>(limit));
+  STATIC_REQUIRE(!kexue::detail::norm_stages<T>(limit + 1));
+  const Index n = 3;
+  for (Index d : {limit - 1, limit, limit + 1}) {
+    Matrix<T> x(n, d), r(n, d);
+    const auto xv = random_values<float>(n * d, 3, -2.f, 2.f), rv = random_values<float>(n * d, 4, -2.f, 2.f);
+    for (Index i = 0; i < n * d; ++i) {
+      x.data()[i] = T(xv[std::size_t(i)]);
+      r.data()[i] = T(rv[std::size_t(i)]);
+    }
+    const Vector<T> g = Vector<T>::Constant(d, T(1.25)), b = Vector<T>::Constant(d, T(-0.5));
+    for (Form post : {Form::AddLayerPost, Form::AddRmsPost}) {
+      const Form pre = post == Form::AddLayerPost ? Form::AddLayerPre : Form::AddRmsPre;
+      INFO("d " << d << " " << name(post));
+      Matrix<T> want(n, d), sum(n, d), got(n, d);
+      call(pre, x, r, g, b, want, sum, 1e-6);
+      call(post, x, r, g, b, got, sum, 1e-6);
+      CHECK((got.array() == want.array()).all());
+      Matrix<T> x1 = x, r2 = r;
+      call(post, x1, r, g, b, x1, sum, 1e-6);
+      CHECK((x1.array() == want.array()).all());
+      call(post, x, r2, g, b, r2, sum, 1e-6);
+      CHECK((r2.array() == want.array()).all());
+    }
+  }
+}
+
 TEST_CASE("norms: constant rows with eps = 0 give 0 * gamma + beta (divide_no_nan), NaN propagates", "[norm]") {
   Matrix<float> x = Matrix<float>::Constant(2, 19, 3.f), out(2, 19);
   x.row(1).setZero();

@@ -50,6 +50,8 @@ class PackedDense {
   Index in_features() const { return in_; }
   /// Columns of W: columns of out.
   Index out_features() const { return out_; }
+  /// True for a default-constructed or moved-from layer (dense() on it throws kexue::Error).
+  bool empty() const { return packed_.empty(); }
   /// True when the layer adds a bias.
   bool has_bias() const { return bias_.size() != 0; }
   /// Bytes held (packed W and the bias).
@@ -88,14 +90,13 @@ PackedDense<typename D::Scalar> dense_pack(const Eigen::MatrixBase<D>& w,
   out.in_ = wv.rows;
   out.out_ = wv.cols;
   out.bias_ = bias;
-  detail::gemm_pack_b(wv, false, detail::gemm_grow(out.packed_, detail::gemm_packed_b_size<T>(wv.rows, wv.cols)),
-                      true);
+  detail::gemm_pack_b(wv, false, detail::gemm_grow(out.packed_, detail::gemm_packed_b_size<T>(wv.rows, wv.cols)), true);
   return out;
 }
 
 namespace detail {
 
-/// One row of out = epilogue(a W) for rows m < kGemmMr (decoding): the micro-kernel's chain per element
+/// One row of out = epilogue(a W) (decoding): the micro-kernel's chain per element
 /// (acc = fma(a_p, W(p, j), acc) for p in order from 0, then + bias, swish, * gate), four column panels at a
 /// time so eight independent FMA chains hide the latency, over the same packed panels.
 /// Column panels [p0, p1) of the row (kGemmNr<T> columns each).
@@ -166,7 +167,8 @@ namespace detail {
 template <class T>
 void dense_run(const char* fn, const PackedDense<T>& layer, const View<const T>& xv, const View<const T>* gv,
                const View<T>& ov, DenseActivation activation) {
-  require(layer.in_features() > 0, fn, "layer is an empty PackedDense; build it with dense_pack()");
+  require(!layer.empty(), fn, "layer is an empty PackedDense (default-constructed or moved from); build it with ",
+          "dense_pack()");
   require(xv.cols == layer.in_features(), fn, "x has shape ", shape_str(xv.rows, xv.cols), " but the layer takes ",
           layer.in_features(), " input features");
   require_shape(fn, "out", ov, xv.rows, layer.out_features(), "x and the layer imply ");
@@ -185,13 +187,14 @@ void dense_run(const char* fn, const PackedDense<T>& layer, const View<const T>&
   epi.gate = gv ? gv->data : nullptr;
   epi.gate_stride = gv ? gv->stride : 0;
   const PackedB<T> packed = layer.detail_packed();
-  if (m < kGemmMr) {  // decoding: a GEMV per row over items of 32 panels (512 float columns), no padded tiles
+  if (m == 1) {  // decoding: a GEMV over items of 32 panels (512 float columns), no padded 6-row tile
+    // Only for one row: each further row would read W again (a 512-column item is k x 2 KiB, past L2 for long k),
+    // while the GEMM's padded tile reads it once for up to 6 rows.
     constexpr Index kPanelsPerItem = 32;
     const Index panels = packed.npad / kGemmNr<T>, items = (panels + kPanelsPerItem - 1) / kPanelsPerItem;
     parallel_for(items, [&](Index it) {
       const Index p0 = it * kPanelsPerItem, p1 = std::min(panels, p0 + kPanelsPerItem);
-      for (Index i = 0; i < m; ++i)
-        dense_row(xv.row(i), packed, ov.row(i), epi, gv ? gv->row(i) : nullptr, p0, p1);
+      dense_row(xv.row(0), packed, ov.row(0), epi, gv ? gv->row(0) : nullptr, p0, p1);
     });
     return;
   }
@@ -211,8 +214,9 @@ void dense_run(const char* fn, const PackedDense<T>& layer, const View<const T>&
     const Index r0 = it * rows, r1 = std::min(m, r0 + rows);
     GemmEpilogue<T> e = epi;
     if (e.gate) e.gate += r0 * e.gate_stride;
-    gemm_rows(View<const T>{xv.row(r0), r1 - r0, k, xv.stride}, packed, View<T>{ov.row(r0), r1 - r0, ov.cols, ov.stride},
-              e, apack[static_cast<std::size_t>(nested ? 0 : gemm_thread_id())].data());
+    gemm_rows(View<const T>{xv.row(r0), r1 - r0, k, xv.stride}, packed,
+              View<T>{ov.row(r0), r1 - r0, ov.cols, ov.stride}, e,
+              apack[static_cast<std::size_t>(nested ? 0 : gemm_thread_id())].data());
   });
 }
 

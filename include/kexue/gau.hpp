@@ -161,7 +161,9 @@ class GauPackedWeights {
   /// Empty: gau() on it throws kexue::Error. Use gau_pack().
   GauPackedWeights() = default;
 
-  /// D: columns of x and out (0 when empty).
+  /// True for a default-constructed or moved-from object (gau() on it throws kexue::Error).
+  bool empty() const { return w_in_.empty(); }
+  /// D: columns of x and out (0 when default-constructed).
   Index hidden() const { return shape_.hidden; }
   /// e: width of u, v and of the gated product.
   Index units() const { return shape_.units; }
@@ -309,7 +311,8 @@ GauPlan gau_plan(const char* fn, const GauWeights<T>& w, const GauOptions& o, In
 /// The same for weights packed by gau_pack(), validated when they were packed.
 template <class T, class R>
 GauPlan gau_plan(const char* fn, const GauPackedWeights<T>& w, const GauOptions& o, Index n, const RopeTable<R>* rope) {
-  require(w.hidden() > 0, fn, "weights is an empty GauPackedWeights; build it with gau_pack()");
+  require(!w.empty(), fn, "weights is an empty GauPackedWeights (default-constructed or moved from); build it with ",
+          "gau_pack()");
   return gau_plan_options(fn, w.detail_shape(), o, n, rope);
 }
 
@@ -614,6 +617,15 @@ void gau(const GauPackedWeights<T>& weights, typename detail::gau_identity<Tenso
 /// Batched GAU allocating its scratch per call (see GauWorkspace); otherwise as the workspace overload.
 template <class T>
 void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<const T>>::type x,
+         typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths = {},
+         const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
+  GauWorkspace<T> workspace;
+  gau(weights, x, out, lengths, workspace, options, rope_table);
+}
+
+/// Batched GAU with packed weights, allocating its scratch per call (see GauWorkspace).
+template <class T>
+void gau(const GauPackedWeights<T>& weights, typename detail::gau_identity<TensorView<const T>>::type x,
          typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths = {},
          const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
   GauWorkspace<T> workspace;

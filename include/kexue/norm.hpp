@@ -78,8 +78,9 @@ struct NormOptions {
 namespace detail {
 
 /// One call's arguments as raw views; residual.data == nullptr: no residual, sum.data == nullptr: not written
-/// (Post-Norm stages x + residual in out itself), gamma / beta nullptr: absent. S: the storage of x, residual,
-/// out and sum; T: the type computed in (NormCompute<S>); G, B: the storage of gamma and beta (T or S).
+/// (Post-Norm stages x + residual on the stack, or in out for long rows), gamma / beta nullptr: absent. S: the
+/// storage of x, residual, out and sum; T: the type computed in (NormCompute<S>); G, B: the storage of gamma and
+/// beta (T or S).
 template <class S, class G, class B>
 struct NormCall {
   using Storage = S;
@@ -107,12 +108,13 @@ constexpr double kNormRefine = 4.0;
 /// Row r's first pass. Centred forms accumulate sum(x - K) and sum((x - K)^2) with K = x[0] in the one pass
 /// over memory (the mean is then K + sum / d, subtracted in those two parts); RMS forms need only sum(x^2).
 /// Returns the row the apply pass reads (x, or the staged x + residual).
+/// Post-Norm stages x + residual in `stage` (a row buffer on the stack, see kNormStageBytes) when given, else in out.
 template <class C, class S = typename C::Storage, class T = typename C::T>
-inline const S* norm_first_pass(const C& a, Index r, ShiftedSums<T>& sums) {
+inline const S* norm_first_pass(const C& a, Index r, ShiftedSums<T>& sums, S* stage = nullptr) {
   const Index d = a.x.cols;
   const S* x = a.x.row(r);
   if (a.residual.data) {
-    S* s = a.sum.data ? a.sum.row(r) : a.out.row(r);
+    S* s = a.sum.data ? a.sum.row(r) : stage ? stage : a.out.row(r);
     sums = norm_add_reduce<T>(x, a.residual.row(r), s, a.zero_mean, d);
     return s;
   }
@@ -159,26 +161,42 @@ inline NormRowStats<T> norm_stats(const C& a, const S* src, const ShiftedSums<T>
 /// build: layer_norm 0.6-0.65x the time of ordinary stores, rms_norm 0.65-0.8x, the Pre-Norm forms 0.6-0.9x.
 constexpr Index kNormStreamBytes = Index(16) << 20;
 
+/// Largest row the Post-Norm form stages in a stack buffer instead of in out (16 KiB: 4096 floats, in L1). Why:
+/// staged in out, x + residual is written and read back there, so out's lines are in cache and cannot be streamed,
+/// and each one costs a read for ownership besides its write; staged on the stack, the only traffic is x and
+/// residual in and out once (streamed when large).
+constexpr Index kNormStageBytes = Index(16) << 10;
+
+/// True when a Post-Norm call (residual given, sum not kept) stages rows of d values of S on the stack.
+template <class S>
+constexpr bool norm_stages(Index d) {
+  return d * Index(sizeof(S)) <= kNormStageBytes;
+}
+
 /// Rows [begin, end), each row's passes back to back (the row stays in L1/L2 between them).
 template <bool kStream, class C, class S = typename C::Storage, class T = typename C::T>
 inline void norm_rows(const C& a, Index begin, Index end) {
   const Index d = a.x.cols;
+  // Raw bytes: an array of Eigen::half / Eigen::bfloat16 would be zeroed on every call (their default
+  // constructors set 0), a 16 KiB memset even for the forms that never stage.
+  alignas(64) unsigned char stage_bytes[kNormStageBytes];
+  S* stage = a.residual.data && !a.sum.data && norm_stages<S>(d) ? reinterpret_cast<S*>(stage_bytes) : nullptr;
   for (Index r = begin; r < end; ++r) {
     ShiftedSums<T> sums;
-    const S* src = norm_first_pass(a, r, sums);
+    const S* src = norm_first_pass(a, r, sums, stage);
     norm_apply<kStream>(src, norm_stats(a, src, sums), a.gamma, a.beta, a.out.row(r), d);
   }
   if constexpr (kStream) stream_fence();  // the streamed rows are visible to whoever reads them next
 }
 
 /// Whether the apply pass streams its stores: float / double outputs of at least kNormStreamBytes that are not
-/// the row the pass reads (Post-Norm stages x + residual in out) nor an input (in place): those lines are in
-/// cache already, and a non-temporal store would evict them.
+/// the row the pass reads (Post-Norm rows too long for the stack stage are staged in out) nor an input (in
+/// place): those lines are in cache already, and a non-temporal store would evict them.
 template <class C>
 inline bool norm_streams(const C& a) {
   using S = typename C::Storage;
   if (!std::is_same<S, typename C::T>::value) return false;
-  if (a.residual.data && !a.sum.data) return false;
+  if (a.residual.data && !a.sum.data && !norm_stages<S>(a.x.cols)) return false;
   const void* o = a.out.data;
   if (o == a.x.data || o == a.residual.data) return false;
   return a.out.rows * a.out.cols * Index(sizeof(S)) >= kNormStreamBytes;
