@@ -109,7 +109,7 @@ struct GauOptions {
 /// Caller-owned scratch of gau(). It grows to the largest call it has served and is reused without
 /// allocating; one workspace must not be used by two calls at the same time. For a sequence of n tokens
 /// on P threads it holds the weights packed for the GEMM (D (2e + s) + e D values, columns rounded up to 16
-/// floats / 8 doubles), n (2e + 3s) values for [u | v | z], q, k, v and k^T packed (about n (e + s) more),
+/// floats / 8 doubles; not when gau() is given GauPackedWeights), n (2e + 3s) values for [u | v | z], q, k, v and k^T packed (about n (e + s) more),
 /// plus per thread a query tile of t x (n + e) values (scores and gated rows, t = min(n, 144) at most) and
 /// a packed block of 144 x max(D, e, n) values; the batched form, when it runs sequences in parallel,
 /// holds the sequence buffers once per thread.
