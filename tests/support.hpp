@@ -12,6 +12,10 @@
 #include "catch_compat.hpp"
 #include "kexue/core.hpp"
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace kexue_test {
 
 using kexue::Index;
@@ -88,6 +92,24 @@ struct PaddedBuffer {
 /// The sizes every SIMD helper is swept over: around 0, one register, and several registers.
 inline std::vector<Index> lane_sizes(Index lanes) {
   return {0, 1, 3, 7, lanes - 1, lanes, lanes + 1, 2 * lanes + 1, 3 * lanes, 8 * lanes + 2};
+}
+
+/// OpenMP's thread count for the next parallel regions (no-op without OpenMP).
+inline void set_threads(int t) {
+#if defined(_OPENMP)
+  omp_set_num_threads(t);
+#else
+  (void)t;
+#endif
+}
+
+/// The processors OpenMP sees (1 without OpenMP): what a test restores after set_threads.
+inline int hardware_threads() {
+#if defined(_OPENMP)
+  return omp_get_num_procs();
+#else
+  return 1;
+#endif
 }
 
 /// Calls f and checks that it throws kexue::Error whose message contains part (a test failure otherwise).

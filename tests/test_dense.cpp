@@ -27,22 +27,6 @@ using namespace kexue_test;
 
 namespace {
 
-void set_threads(int t) {
-#if defined(_OPENMP)
-  omp_set_num_threads(t);
-#else
-  (void)t;
-#endif
-}
-
-int hardware_threads() {
-#if defined(_OPENMP)
-  return omp_get_num_procs();
-#else
-  return 1;
-#endif
-}
-
 /// Uniform values in [-scale, scale).
 template <class T>
 Matrix<T> random_matrix(Index rows, Index cols, std::uint32_t seed, double scale = 1.0) {

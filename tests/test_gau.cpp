@@ -97,22 +97,6 @@ GauOptions make_options(Normalization norm, bool causal = false, Index key_lengt
   return o;
 }
 
-void set_threads(int t) {
-#if defined(_OPENMP)
-  omp_set_num_threads(t);
-#else
-  (void)t;
-#endif
-}
-
-int hardware_threads() {
-#if defined(_OPENMP)
-  return omp_get_num_procs();
-#else
-  return 1;
-#endif
-}
-
 const char* const kCaseNames[] = {"relu2_bias_rope",
                                   "relu2_bias",
                                   "relu2_nobias_rope",

@@ -23,6 +23,7 @@ using kexue::Index;
 using kexue::Matrix;
 using kexue::MaskConvention;
 using kexue_test::nmse;
+using kexue_test::set_threads;
 using MatD = Matrix<double>;
 
 namespace {
@@ -69,14 +70,6 @@ bool bitwise_equal(const A& a, const B& b) {
       if (!(x == y) && !(std::isnan(x) && std::isnan(y))) return false;
     }
   return true;
-}
-
-void set_threads(int t) {
-#if defined(_OPENMP)
-  omp_set_num_threads(t);
-#else
-  (void)t;
-#endif
 }
 
 }  // namespace

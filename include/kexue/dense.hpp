@@ -179,7 +179,7 @@ void dense_run(const char* fn, const PackedDense<T>& layer, const View<const T>&
     require_shape(fn, "gate", *gv, xv.rows, layer.out_features(), "out is ");
     require(!overlaps(*gv, ov), fn, "out overlaps gate");
   }
-  const Index m = xv.rows, k = xv.cols;
+  const Index m = xv.rows;
   if (m == 0) return;
   GemmEpilogue<T> epi;
   epi.bias = layer.detail_bias();
@@ -198,26 +198,10 @@ void dense_run(const char* fn, const PackedDense<T>& layer, const View<const T>&
     });
     return;
   }
-  // The calling thread's buffers, one per worker. Named through a reference: inside the parallel region the
-  // thread_local itself would name each worker's own (empty) instance.
-  thread_local std::vector<GemmBuffer<T>> scratch;
-  std::vector<GemmBuffer<T>>& apack = scratch;
-  const Index threads = std::max(1, max_threads());
-  gemm_reserve_a(apack, threads, k);
-  const Index rows = gemm_row_item(m, threads), items = (m + rows - 1) / rows;
-#if defined(_OPENMP)
-  const bool nested = omp_in_parallel() != 0;
-#else
-  const bool nested = true;
-#endif
-  parallel_for(items, [&](Index it) {
-    const Index r0 = it * rows, r1 = std::min(m, r0 + rows);
-    GemmEpilogue<T> e = epi;
-    if (e.gate) e.gate += r0 * e.gate_stride;
-    gemm_rows(View<const T>{xv.row(r0), r1 - r0, k, xv.stride}, packed,
-              View<T>{ov.row(r0), r1 - r0, ov.cols, ov.stride}, e,
-              apack[static_cast<std::size_t>(nested ? 0 : gemm_thread_id())].data());
-  });
+  // The calling thread's A buffers, one per worker (gemm_packed hands each worker its own through this reference;
+  // inside the parallel region the thread_local would name each worker's own, empty, instance).
+  thread_local std::vector<GemmBuffer<T>> apack;
+  gemm_packed(xv, packed, ov, epi, apack);
 }
 
 }  // namespace detail

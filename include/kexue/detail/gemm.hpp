@@ -357,16 +357,15 @@ inline Index gemm_row_item(Index m, Index threads) {
   return std::min(kGemmMc, std::max(kGemmMr, gemm_round_up<float>(target, kGemmMr)));
 }
 
-/// C = A op(B) (+ epilogue): a [m, k], b [k, n] (or [n, k] when b_transposed), c [m, n]. Packs op(B) once,
-/// then spreads blocks of rows of C over the threads. c must not overlap a, b or the epilogue's inputs.
+/// C = A B (+ epilogue) for a B packed already: spreads blocks of rows of C over the threads, each packing its
+/// rows of A into its own buffer of `apack` (grown here, before the parallel region).
 template <class T>
-void gemm(View<const T> a, View<const T> b, bool b_transposed, View<T> c, const GemmEpilogue<T>& epi,
-          GemmWorkspace<T>& ws) {
+void gemm_packed(View<const T> a, const PackedB<T>& packed, View<T> c, const GemmEpilogue<T>& epi,
+                 std::vector<GemmBuffer<T>>& apack) {
   const Index k = a.cols, n = c.cols, m = c.rows;
   if (m == 0 || n == 0) return;
   const Index threads = std::max(1, max_threads());
-  const PackedB<T> packed = gemm_pack_b(b, b_transposed, gemm_grow(ws.b, gemm_packed_b_size<T>(k, n)), true);
-  gemm_reserve_a(ws.a, threads, k);
+  gemm_reserve_a(apack, threads, k);
   const Index rows = gemm_row_item(m, threads), items = (m + rows - 1) / rows;
   // Nested in an outer parallel region, parallel_for runs serially on this thread: use the first buffer.
 #if defined(_OPENMP)
@@ -379,8 +378,19 @@ void gemm(View<const T> a, View<const T> b, bool b_transposed, View<T> c, const 
     GemmEpilogue<T> e = epi;
     if (e.gate) e.gate += r0 * e.gate_stride;
     gemm_rows(View<const T>{a.row(r0), r1 - r0, k, a.stride}, packed, View<T>{c.row(r0), r1 - r0, n, c.stride}, e,
-              ws.a[static_cast<std::size_t>(nested ? 0 : gemm_thread_id())].data());
+              apack[static_cast<std::size_t>(nested ? 0 : gemm_thread_id())].data());
   });
+}
+
+/// C = A op(B) (+ epilogue): a [m, k], b [k, n] (or [n, k] when b_transposed), c [m, n]. Packs op(B) once,
+/// then spreads blocks of rows of C over the threads. c must not overlap a, b or the epilogue's inputs.
+template <class T>
+void gemm(View<const T> a, View<const T> b, bool b_transposed, View<T> c, const GemmEpilogue<T>& epi,
+          GemmWorkspace<T>& ws) {
+  const Index k = a.cols, n = c.cols, m = c.rows;
+  if (m == 0 || n == 0) return;
+  const PackedB<T> packed = gemm_pack_b(b, b_transposed, gemm_grow(ws.b, gemm_packed_b_size<T>(k, n)), true);
+  gemm_packed(a, packed, c, epi, ws.a);
 }
 
 // ---- bf16 x bf16 -> float (issue 13) ---------------------------------------------------------------------------
