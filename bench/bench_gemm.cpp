@@ -9,9 +9,10 @@
 // peak_frac is against the fp32 FMA peak, so fp64 rows top out at 0.5.
 // Rows: BM_gemm (kexue, workspace reused), BM_gemm_eigen (c.noalias() = a * b), args m, k, n, b^T, threads;
 // BM_dense / BM_dense_eigen: kexue::dense with weights packed once against Eigen's product, the decoder's MLP shape;
-// BM_gemm_bf16 (issue 13): a and b in bfloat16, c in float, same shapes (no epilogue), vdpbf16ps under
-// -march=native on AVX512-BF16, widening + fp32 FMA elsewhere; peak_frac still against the fp32 FMA peak, so
-// vdpbf16ps can exceed 1.
+// BM_gemm_bf16<0> (issue 13): a and b in bfloat16, c in float, same shapes (no epilogue), in the library's layout
+// (vdpbf16ps under -march=native on AVX512-BF16 cores where it is the faster one, else widened to float when
+// packed + fp32 FMA); BM_gemm_bf16<1> / <2>: the pair / widened layout forced, one shape; peak_frac still against
+// the fp32 FMA peak, so vdpbf16ps can exceed 1 where it is fast.
 #include "bench_util.hpp"
 #include "kexue/detail/gemm.hpp"  // first: see simd.hpp on GCC 12's AVX-512 warnings
 
@@ -93,7 +94,11 @@ void BM_gemm_eigen(benchmark::State& state) {
   set_threads(1);
 }
 
+// Layout 0: the library's choice (kPreferBf16Dot); 1: bf16 pairs through dot_bf16_pairs (vdpbf16ps where the build
+// has it); 2: halves widened to float when packing, float FMAs. Both give the same bits on normal numbers.
+template <int kLayout>
 void BM_gemm_bf16(benchmark::State& state) {
+  constexpr bool kDot = kLayout == 0 ? kd::kPreferBf16Dot : kLayout == 1;
   const Index m = state.range(0), k = state.range(1), n = state.range(2);
   const bool bt = state.range(3) != 0;
   const int threads = static_cast<int>(state.range(4));
@@ -105,14 +110,15 @@ void BM_gemm_bf16(benchmark::State& state) {
   kd::GemmBf16Workspace ws;
   const kd::View<const Eigen::bfloat16> av{a.data(), m, k, k}, bv{b.data(), b.rows(), b.cols(), b.cols()};
   const kd::View<float> cv{o.c.data(), m, n, n};
-  kd::gemm_bf16(av, bv, bt, cv, ws);
+  kd::gemm_bf16<kDot>(av, bv, bt, cv, ws);
   for (auto _ : state) {
-    kd::gemm_bf16(av, bv, bt, cv, ws);
+    kd::gemm_bf16<kDot>(av, bv, bt, cv, ws);
     benchmark::DoNotOptimize(o.c.data());
     benchmark::ClobberMemory();
   }
   report_flops(state, 2.0 * double(m) * double(n) * double(k), threads);
-  state.SetLabel(kd::kNativeBf16Dot ? "vdpbf16ps" : "widen+fma");
+  state.SetLabel(kDot ? (kd::kNativeBf16Dot ? "pairs, vdpbf16ps" : "pairs, widened in the kernel")
+                     : "widened when packed, fma");
   set_threads(1);
 }
 
@@ -189,7 +195,7 @@ BENCHMARK_TEMPLATE(BM_gemm, float)->Apply(shapes);
 BENCHMARK_TEMPLATE(BM_gemm_eigen, float)->Apply(shapes);
 BENCHMARK(BM_dense)->Apply(dense_shapes);
 BENCHMARK(BM_dense_eigen)->Apply(dense_shapes);
-BENCHMARK(BM_gemm_bf16)->Apply([](benchmark::internal::Benchmark* b) {
+BENCHMARK_TEMPLATE(BM_gemm_bf16, 0)->Apply([](benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "k", "n", "bt", "threads", "epi"});
   for (int threads : {1, 2}) {
     b->Args({1024, 1024, 1024, 0, threads, 0});
@@ -198,6 +204,15 @@ BENCHMARK(BM_gemm_bf16)->Apply([](benchmark::internal::Benchmark* b) {
     b->Args({2048, 128, 2048, 1, threads, 0});
     b->Args({2048, 2048, 1536, 0, threads, 0});
   }
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+});
+// Both bf16 layouts side by side, one thread (which one is faster depends on the core: arch/x86.hpp).
+BENCHMARK_TEMPLATE(BM_gemm_bf16, 1)->Apply([](benchmark::internal::Benchmark* b) {
+  b->ArgNames({"m", "k", "n", "bt", "threads", "epi"})->Args({2048, 768, 3200, 0, 1, 0});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+});
+BENCHMARK_TEMPLATE(BM_gemm_bf16, 2)->Apply([](benchmark::internal::Benchmark* b) {
+  b->ArgNames({"m", "k", "n", "bt", "threads", "epi"})->Args({2048, 768, 3200, 0, 1, 0});
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 });
 BENCHMARK_TEMPLATE(BM_gemm, double)->Apply(square);

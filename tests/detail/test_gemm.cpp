@@ -291,10 +291,15 @@ float bf16_chain(const std::vector<Eigen::bfloat16>& a, Index lda, const std::ve
 
 }  // namespace
 
-TEST_CASE("gemm_bf16 equals the bf16 pair chain bit for bit over odd shapes, B transposed or not, 1 and 2 threads",
-          "[gemm][half]") {
+TEST_CASE("gemm_bf16 equals the bf16 pair chain bit for bit over odd shapes, B transposed or not, 1 and 2 threads,"
+          " in both layouts", "[gemm][half]") {
   const Index L = kd::kLanes<float>, nr = kd::kGemmNr<float>;
-  INFO("arch " << kd::simd_arch_name() << (kd::kNativeBf16Dot ? " with vdpbf16ps" : " widening"));
+  // The pair layout (vdpbf16ps where the build has it, else dot_bf16_pairs' generic widening in the kernel) and the
+  // layout widened when packing; kPreferBf16Dot picks one for the library, and both must give the chain's bits.
+  const bool dot = GENERATE(false, true);
+  INFO("arch " << kd::simd_arch_name() << (kd::kNativeBf16Dot ? " with vdpbf16ps" : " without vdpbf16ps")
+               << ", layout " << (dot ? "pairs (dot_bf16_pairs)" : "widened when packed") << ", library default "
+               << (kd::kPreferBf16Dot ? "pairs" : "widened"));
   int bad = 0, checked = 0;
   for (Index m : {Index(1), Index(5), Index(6), Index(13), kd::kGemmMc + 7}) {
     for (Index n : {Index(1), nr - 1, nr, nr + L + 1, Index(70)}) {
@@ -312,9 +317,12 @@ TEST_CASE("gemm_bf16 equals the bf16 pair chain bit for bit over odd shapes, B t
 #endif
             std::vector<float> c(std::size_t(std::max<Index>(1, m * ldc)), std::numeric_limits<float>::quiet_NaN());
             kd::GemmBf16Workspace ws;
-            kd::gemm_bf16(kd::View<const Eigen::bfloat16>{a.data(), m, k, lda},
-                          kd::View<const Eigen::bfloat16>{b.data(), bt ? n : k, bt ? k : n, ldb}, bt,
-                          kd::View<float>{c.data(), m, n, ldc}, ws);
+            const kd::View<const Eigen::bfloat16> av{a.data(), m, k, lda}, bv{b.data(), bt ? n : k, bt ? k : n, ldb};
+            const kd::View<float> cv{c.data(), m, n, ldc};
+            if (dot)
+              kd::gemm_bf16<true>(av, bv, bt, cv, ws);
+            else
+              kd::gemm_bf16<false>(av, bv, bt, cv, ws);
             for (Index i = 0; i < m; ++i) {
               for (Index j = 0; j < n; ++j) {
                 const float want = bf16_chain(a, lda, b, bt, ldb, i, j, k);

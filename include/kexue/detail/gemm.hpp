@@ -397,9 +397,10 @@ void gemm(View<const T> a, View<const T> b, bool b_transposed, View<T> c, const 
 // The same loop nest with both operands in bfloat16, packed as pairs of consecutive depths in 32-bit lanes (depth
 // 2q in the low half, 2q + 1 in the high half: vdpbf16ps's layout), so one k step of the micro-kernel is two depths.
 // C(i, j) is again one chain in depth order, acc = (acc + A(i, 2q+1) B(2q+1, j)) + A(i, 2q) B(2q, j), each
-// addition rounded to float (the products of two bf16 are exact in float): vdpbf16ps where the build has
-// AVX512-BF16, two FMAs on the widened halves elsewhere, the same bits for normal numbers (vdpbf16ps flushes
-// subnormal inputs and results to zero). An odd k pads the last pair with a zero depth.
+// addition rounded to float (the products of two bf16 are exact in float): vdpbf16ps in the kDot layout, two FMAs
+// on halves widened when packing in the other, the same bits for normal numbers (vdpbf16ps flushes subnormal
+// inputs and results to zero). kDot defaults to kPreferBf16Dot (arch/x86.hpp: vdpbf16ps only on the cores where it
+// is faster than widening); tests run both layouts. An odd k pads the last pair with a zero depth.
 
 /// Depth pairs per k block: the same 384 depths, so a B micro-panel has the float one's 24 KiB on every width.
 constexpr Index kGemmKcPairs = kGemmKc / 2;
@@ -412,11 +413,14 @@ inline std::uint32_t gemm_bf16_pair(const Eigen::bfloat16* lo, const Eigen::bflo
 /// float bits (kNr odd-depth floats, then kNr even-depth floats), so the widening micro-kernel is the float one's
 /// loop with loads only (widening in the kernel needs two more live registers than AVX2's 16: measured 0.7x of
 /// the float GEMM with spills, against the float GEMM's rate this way).
-constexpr Index kGemmBf16BWords = kNativeBf16Dot ? 1 : 2;
+template <bool kDot>
+constexpr Index kGemmBf16Words = kDot ? 1 : 2;
+constexpr Index kGemmBf16BWords = kGemmBf16Words<kPreferBf16Dot>;
 
 /// Packs op(B) [k, n] (src [k, n], or src^T with `transposed`) into pair micro-panels: block b (pairs
-/// [b kGemmKcPairs, ...)) starts at b kGemmKcPairs * npad * kGemmBf16BWords; panel j in it is kcp x kNr pairs,
+/// [b kGemmKcPairs, ...)) starts at b kGemmKcPairs * npad * kGemmBf16Words<kDot>; panel j in it is kcp x kNr pairs,
 /// element (q, c) at q kNr + c (or its halves at 2 q kNr + c and (2 q + 1) kNr + c).
+template <bool kDot = kPreferBf16Dot>
 inline PackedB<std::uint32_t> gemm_bf16_pack_b(View<const Eigen::bfloat16> src, bool transposed, std::uint32_t* dst) {
   constexpr Index nr = kGemmNr<float>;
   const Index k = transposed ? src.cols : src.rows, n = transposed ? src.rows : src.cols;
@@ -428,13 +432,13 @@ inline PackedB<std::uint32_t> gemm_bf16_pack_b(View<const Eigen::bfloat16> src, 
   for (Index q0 = 0; q0 < kp; q0 += kGemmKcPairs) {
     const Index kcp = std::min(kGemmKcPairs, kp - q0);
     for (Index j0 = 0; j0 < npad; j0 += nr) {
-      std::uint32_t* d = dst + (q0 * npad + j0 * kcp) * kGemmBf16BWords;
+      std::uint32_t* d = dst + (q0 * npad + j0 * kcp) * kGemmBf16Words<kDot>;
       for (Index q = 0; q < kcp; ++q) {
         const Index p = 2 * (q0 + q);
         for (Index c = 0; c < nr; ++c) {
           const Eigen::bfloat16* lo = at(p, j0 + c);
           const std::uint32_t pair = lo ? gemm_bf16_pair(lo, at(p + 1, j0 + c)) : 0u;
-          if constexpr (kGemmBf16BWords == 1) {
+          if constexpr (kDot) {
             d[q * nr + c] = pair;
           } else {
             d[2 * q * nr + c] = pair & 0xFFFF0000u;
@@ -450,12 +454,13 @@ inline PackedB<std::uint32_t> gemm_bf16_pack_b(View<const Eigen::bfloat16> src, 
 /// 32-bit words per A element pair in a packed A panel: the pair itself for vdpbf16ps; elsewhere its two halves
 /// already widened to float bits (odd, then even, each kMr rows), so the micro-kernel broadcasts them straight
 /// from memory instead of widening 12 scalars per step.
-constexpr Index kGemmBf16AWords = kNativeBf16Dot ? 1 : 2;
+constexpr Index kGemmBf16AWords = kGemmBf16Words<kPreferBf16Dot>;
 
 /// Packs rows [0, rows) and pairs [q0, q0 + kcp) of A [rows, k] into kMr x kcp micro-panels (rows zero padded),
-/// kGemmBf16AWords words per pair.
+/// kGemmBf16Words<kDot> words per pair.
+template <bool kDot = kPreferBf16Dot>
 inline void gemm_bf16_pack_a(View<const Eigen::bfloat16> a, Index q0, Index kcp, std::uint32_t* dst) {
-  constexpr Index mr = kGemmMr, w = kGemmBf16AWords;
+  constexpr Index mr = kGemmMr, w = kGemmBf16Words<kDot>;
   for (Index r0 = 0; r0 < a.rows; r0 += mr) {
     const Index rows = std::min(mr, a.rows - r0);
     std::uint32_t* d = dst + r0 * kcp * w;
@@ -476,6 +481,7 @@ inline void gemm_bf16_pack_a(View<const Eigen::bfloat16> a, Index q0, Index kcp,
 }
 
 /// One kMr x kNr tile: c (ldc) = [c +] a_panel * b_panel over kcp depth pairs.
+template <bool kDot>
 inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32_t* b, float* c, Index ldc,
                             bool accumulate) {
   using B = Batch<float>;
@@ -487,7 +493,7 @@ inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32
     acc[i][1] = accumulate ? load(c + i * ldc + L) : B(0.0f);
   });
   for (Index q = 0; q < kcp; ++q) {
-    if constexpr (kNativeBf16Dot) {
+    if constexpr (kDot) {
       const U b0 = U::load_aligned(b), b1 = U::load_aligned(b + L);
       // 12 accumulators + 2 B registers + 1 broadcast: two bf16 products per lane per instruction.
       gemm_unroll<kGemmMr>([&](auto i) {
@@ -513,8 +519,8 @@ inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32
         acc[i][1] = fmadd(ai, e1, acc[i][1]);
       });
     }
-    a += kGemmMr * kGemmBf16AWords;
-    b += kGemmNr<float> * kGemmBf16BWords;
+    a += kGemmMr * kGemmBf16Words<kDot>;
+    b += kGemmNr<float> * kGemmBf16Words<kDot>;
   }
   gemm_unroll<kGemmMr>([&](auto i) {
     store(c + i * ldc, acc[i][0]);
@@ -523,7 +529,9 @@ inline void gemm_bf16_micro(Index kcp, const std::uint32_t* a, const std::uint32
 }
 
 /// C = A op(B) on one thread for all rows of a (a: [m, k] bf16, c: [m, n] float, b packed by gemm_bf16_pack_b
-/// for depth >= k: a prefix of its depths and columns, as gemm_rows). apack: kGemmMc * pairs * kGemmBf16AWords values.
+/// for depth >= k in the same layout: a prefix of its depths and columns, as gemm_rows). apack: kGemmMc * pairs *
+/// kGemmBf16Words<kDot> values.
+template <bool kDot = kPreferBf16Dot>
 inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uint32_t>& b, View<float> c,
                            std::uint32_t* apack) {
   constexpr Index mr = kGemmMr, nr = kGemmNr<float>;
@@ -535,8 +543,8 @@ inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uin
     const Index mc = std::min(kGemmMc, m - i0), mpad = gemm_round_up<float>(mc, mr);
     for (Index blk = 0; blk < blocks && kp > 0; ++blk) {
       const Index q0 = blk * kGemmKcPairs;
-      gemm_bf16_pack_a(View<const Eigen::bfloat16>{a.row(i0), mc, a.cols, a.stride}, q0,
-                       std::min(kGemmKcPairs, kp - q0), apack + q0 * mpad * kGemmBf16AWords);
+      gemm_bf16_pack_a<kDot>(View<const Eigen::bfloat16>{a.row(i0), mc, a.cols, a.stride}, q0,
+                       std::min(kGemmKcPairs, kp - q0), apack + q0 * mpad * kGemmBf16Words<kDot>);
     }
     for (Index c0 = 0; c0 < n; c0 += kGemmNc) {
       const Index c1 = std::min(n, c0 + kGemmNc);
@@ -547,19 +555,19 @@ inline void gemm_bf16_rows(View<const Eigen::bfloat16> a, const PackedB<std::uin
         const bool first = blk == 0;
         for (Index j0 = c0; j0 < c1; j0 += nr) {
           const Index cols = std::min(nr, n - j0);
-          const std::uint32_t* bp = b.data + (q0 * b.npad + j0 * kcp_layout) * kGemmBf16BWords;
+          const std::uint32_t* bp = b.data + (q0 * b.npad + j0 * kcp_layout) * kGemmBf16Words<kDot>;
           for (Index r0 = 0; r0 < mc; r0 += mr) {
             const Index rows = std::min(mr, mc - r0);
-            const std::uint32_t* ap = apack + (q0 * mpad + r0 * kcp) * kGemmBf16AWords;
+            const std::uint32_t* ap = apack + (q0 * mpad + r0 * kcp) * kGemmBf16Words<kDot>;
             float* cp = c.row(i0 + r0) + j0;
             if (rows == mr && cols == nr) {
-              gemm_bf16_micro(kcp, ap, bp, cp, c.stride, !first);
+              gemm_bf16_micro<kDot>(kcp, ap, bp, cp, c.stride, !first);
               continue;
             }
             for (Index r = 0; r < mr; ++r)
               for (Index j = 0; j < nr; ++j)
                 tile[r * nr + j] = (!first && r < rows && j < cols) ? cp[r * c.stride + j] : 0.0f;
-            gemm_bf16_micro(kcp, ap, bp, tile, nr, !first);
+            gemm_bf16_micro<kDot>(kcp, ap, bp, tile, nr, !first);
             for (Index r = 0; r < rows; ++r)
               for (Index j = 0; j < cols; ++j) cp[r * c.stride + j] = tile[r * nr + j];
           }
@@ -577,17 +585,18 @@ struct GemmBf16Workspace {
 
 /// C = A op(B), float accumulation: a [m, k] and b [k, n] (or [n, k] when b_transposed) in bfloat16, c [m, n] in
 /// float. Each C(i, j) is one chain in depth order (see above): bitwise the same for any thread count, and on
-/// normal numbers the same with or without AVX512-BF16. c must not overlap a or b.
+/// normal numbers the same in either layout, with or without AVX512-BF16. c must not overlap a or b.
+template <bool kDot = kPreferBf16Dot>
 inline void gemm_bf16(View<const Eigen::bfloat16> a, View<const Eigen::bfloat16> b, bool b_transposed, View<float> c,
                       GemmBf16Workspace& ws) {
   const Index k = a.cols, n = c.cols, m = c.rows, kp = (k + 1) / 2;
   if (m == 0 || n == 0) return;
   const Index threads = std::max(1, max_threads());
-  const PackedB<std::uint32_t> packed = gemm_bf16_pack_b(
+  const PackedB<std::uint32_t> packed = gemm_bf16_pack_b<kDot>(
       b, b_transposed,
-      gemm_grow(ws.b, std::max<Index>(kp, 1) * gemm_round_up<float>(n, kGemmNr<float>) * kGemmBf16BWords));
+      gemm_grow(ws.b, std::max<Index>(kp, 1) * gemm_round_up<float>(n, kGemmNr<float>) * kGemmBf16Words<kDot>));
   if (static_cast<Index>(ws.a.size()) < threads) ws.a.resize(static_cast<std::size_t>(threads));
-  for (auto& x : ws.a) gemm_grow(x, kGemmMc * std::max<Index>(kp, 1) * kGemmBf16AWords);
+  for (auto& x : ws.a) gemm_grow(x, kGemmMc * std::max<Index>(kp, 1) * kGemmBf16Words<kDot>);
   const Index rows = gemm_row_item(m, threads), items = (m + rows - 1) / rows;
 #if defined(_OPENMP)
   const bool nested = omp_in_parallel() != 0;
@@ -596,7 +605,7 @@ inline void gemm_bf16(View<const Eigen::bfloat16> a, View<const Eigen::bfloat16>
 #endif
   parallel_for(items, [&](Index it) {
     const Index r0 = it * rows, r1 = std::min(m, r0 + rows);
-    gemm_bf16_rows(View<const Eigen::bfloat16>{a.row(r0), r1 - r0, k, a.stride}, packed,
+    gemm_bf16_rows<kDot>(View<const Eigen::bfloat16>{a.row(r0), r1 - r0, k, a.stride}, packed,
                    View<float>{c.row(r0), r1 - r0, n, c.stride},
                    ws.a[static_cast<std::size_t>(nested ? 0 : gemm_thread_id())].data());
   });

@@ -325,6 +325,8 @@ inline Batch<float> bf16_odd(const Batch<std::uint32_t>& pairs) {
 
 /// False: no instruction does dot_bf16_pairs in one step here (x86.hpp sets it where AVX512-BF16 does).
 constexpr bool kNativeBf16Dot = false;
+/// False: kernels widen bf16 to float when packing and use float FMAs (x86.hpp: where vdpbf16ps is fast).
+constexpr bool kPreferBf16Dot = false;
 
 /// acc + a_odd b_odd, rounded, then + a_even b_even, rounded, lane by lane (a, b: bf16 pairs as above; the
 /// products are exact in float). That is vdpbf16ps's order and rounding, measured on Zen4 over 1.6 M random

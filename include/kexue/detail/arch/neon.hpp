@@ -202,6 +202,7 @@ inline void store_narrow(H* p, const Batch<float>& v) {
 
 /// ARMv8.0 NEON has no bf16 dot product (BFDOT needs the +bf16 extension): the generic widening version.
 constexpr bool kNativeBf16Dot = false;
+constexpr bool kPreferBf16Dot = false;
 inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uint32_t>& a,
                                    const Batch<std::uint32_t>& b) {
   return fmadd<float>(generic::bf16_even(a), generic::bf16_even(b),

@@ -22,7 +22,8 @@
 //   to_float(h), from_float<H>(x)   the same conversions for one value (tails, scalar references)
 //   dot_bf16_pairs(acc, a, b) acc + a_odd b_odd + a_even b_even per float lane, a and b bf16 pairs in 32-bit lanes
 //                             (vdpbf16ps where kNativeBf16Dot, else widened + two fmadds: the same bits for
-//                             normal numbers); bf16_even(p), bf16_odd(p): the pairs' halves as floats
+//                             normal numbers); kPreferBf16Dot: whether kernels should use it (x86.hpp: not where
+//                             it is slower than widening); bf16_even(p), bf16_odd(p): the pairs' halves as floats
 //   store_stream(p, v)        v at p (aligned to the register) past the caches where the ISA has a non-temporal
 //                             store (x86 movntps / movntpd), else an ordinary store; stream_fence() after the
 //                             last one (x86 sfence) orders them before later stores
@@ -128,6 +129,7 @@ inline H from_float(float x) {
 
 
 constexpr bool kNativeBf16Dot = arch::kNativeBf16Dot;
+constexpr bool kPreferBf16Dot = arch::kPreferBf16Dot;
 inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uint32_t>& a,
                                    const Batch<std::uint32_t>& b) {
   return arch::dot_bf16_pairs(acc, a, b);

@@ -15,7 +15,8 @@
 //   Without F16C (SSE2, or the project's "-mavx2;-mfma" default, which does not imply -mf16c) fp16 converts with
 //   integer and float arithmetic in 32-bit lanes (half_lanes_to_float, float_to_half_lanes) and packs.
 // - dot_bf16_pairs: vdpbf16ps (AVX512-BF16, 64-byte registers): two bf16 products per float lane in one
-//   instruction, the bf16 GEMM's micro-kernel step; the generic version widens and does two FMAs.
+//   instruction, the bf16 GEMM's micro-kernel step where kPreferBf16Dot (not on Intel cores, where it runs at
+//   half the float FMA's rate); the generic version widens and does two FMAs.
 // - store_stream, stream_fence: movntps / movntpd and sfence (the generic version is an ordinary store), for
 //   outputs too large to stay in cache: no read of each line before it is written.
 // - reduce_add_lanes: the horizontal sums of L registers at once, transposed (a third of the shuffles of L
@@ -561,6 +562,24 @@ constexpr bool kNativeBf16Dot =
     kRegBytes<float> == 64;
 #else
     false;
+#endif
+
+/// Whether the bf16 kernels should spend vdpbf16ps (kNativeBf16Dot) rather than widen bf16 to float once, when
+/// packing, and run float FMAs: the same bits on normal numbers, but the instruction's rate depends on the core,
+/// which the build cannot name. Measured with bench_gemm (bf16 GEMM against float GEMM, -march=native, one
+/// thread): on Intel Xeon "Emerald Rapids" (family 6 model 0xCF) vdpbf16ps zmm issues once per 2 cycles against
+/// two FMAs per cycle, so 2 products per lane per 2 cycles where float FMA does 4, and the vdpbf16ps GEMM ran at
+/// 0.59x the float GEMM (80 vs 136 GFLOP/s); issue 13 was written on AMD Zen4, where it is the fast path. So the
+/// build takes AVX512-FP16, which Intel's Sapphire Rapids and later server cores have and no AMD core has to date,
+/// as the sign of the slow implementation. KEXUE_BF16_DOT=0 or 1 overrides the guess (1 only where the
+/// instruction exists).
+constexpr bool kPreferBf16Dot =
+#if defined(KEXUE_BF16_DOT)
+    kNativeBf16Dot && (KEXUE_BF16_DOT != 0);
+#elif defined(__AVX512FP16__)
+    false;
+#else
+    kNativeBf16Dot;
 #endif
 
 /// acc + a_odd b_odd + a_even b_even per lane, rounded after each addition (see generic::dot_bf16_pairs), with
