@@ -510,13 +510,15 @@ inline void run_attention(const AttentionPlan<T, S>& p) {
   const Index tiles = (n + item_rows - 1) / item_rows;
   const Index items = B * H * tiles;
   if (items == 0) return;
-  // Items are handed out last query tile first across all heads: with causal masking the last tiles are the
-  // most expensive, and starting with them leaves only cheap items for the end of the dynamic schedule (better
-  // balance on 2 threads). The order does not change any result.
-  const Index BH = B * H;
+  // Items are handed out head by head, each head's last query tile first. Head by head: consecutive items of one
+  // thread read the same K and V, which then come from L2 (1 MiB for a head at n = 2048, d = 64); handing out one
+  // tile of every head in turn made each item fetch its head's K and V from L3 again, and cost 1.4x at 8 x 2048 x
+  // 64 with 16-float registers on an Intel Xeon (Emerald Rapids; not measurable by counters there). Last tile
+  // first: with causal masking the last tiles are the most expensive, so each head's cheap tiles come last and
+  // fill in the dynamic schedule's end. The order does not change any result.
   parallel_for(items, [&](Index it) {
-    const Index tile = tiles - 1 - it / BH;
-    const Index bh = it % BH;
+    const Index bh = it / tiles;
+    const Index tile = tiles - 1 - it % tiles;
     attention_tile(p, bh / H, bh % H, tile * item_rows, item_rows);
   });
 }
