@@ -61,16 +61,22 @@ std::vector<std::uint16_t> narrow(const std::vector<float>& x, Index offset) {
   return out;
 }
 
+/// The same for widening; dst_offset floats into a 64-byte-aligned buffer (the kernel aligns its stores to the
+/// register and streams outputs past kConvertStreamBytes), with guard values on both sides.
 template <class H>
-std::vector<std::uint32_t> widen(const std::vector<std::uint16_t>& h, Index offset) {
+std::vector<std::uint32_t> widen(const std::vector<std::uint16_t>& h, Index offset, Index dst_offset = 0) {
   const Index n = Index(h.size());
   std::vector<H> src(std::size_t(n + offset), from16<H>(0));
   for (Index i = 0; i < n; ++i) src[std::size_t(offset + i)] = from16<H>(h[std::size_t(i)]);
-  std::vector<float> dst(std::size_t(n + 8), 7.0f);
-  kexue::convert(Eigen::Map<const kexue::Vector<H>>(src.data() + offset, n), Eigen::Map<kexue::Vector<float>>(dst.data(), n));
-  for (Index i = 0; i < 8; ++i) CHECK(dst[std::size_t(n + i)] == 7.0f);
+  kd::AlignedVector<float> dst(std::size_t(dst_offset + n + 8), 7.0f);
+  kexue::convert(Eigen::Map<const kexue::Vector<H>>(src.data() + offset, n),
+                 Eigen::Map<kexue::Vector<float>>(dst.data() + dst_offset, n));
+  int guards = 0;
+  for (Index i = 0; i < dst_offset; ++i) guards += dst[std::size_t(i)] != 7.0f;
+  for (Index i = 0; i < 8; ++i) guards += dst[std::size_t(dst_offset + n + i)] != 7.0f;
+  CHECK(guards == 0);
   std::vector<std::uint32_t> out(h.size());
-  for (Index i = 0; i < n; ++i) out[std::size_t(i)] = bits32(dst[std::size_t(i)]);
+  for (Index i = 0; i < n; ++i) out[std::size_t(i)] = bits32(dst[std::size_t(dst_offset + i)]);
   return out;
 }
 
@@ -180,6 +186,29 @@ TEST_CASE("the vector conversions equal the scalar ones on random bits at every 
       for (Index i = 0; i < n; ++i) {
         bad += h[std::size_t(i)] != kd::generic::float_to_half_bits(part[std::size_t(i)]);
         bad += b[std::size_t(i)] != kd::generic::float_to_bf16_bits(part[std::size_t(i)]);
+      }
+    }
+  }
+  CHECK(bad == 0);
+}
+
+TEST_CASE("widening at every output alignment and past the streaming size equals the scalar conversion", "[half]") {
+  // Output offsets across a whole register (the scalar head, aligned stores) and a length whose output passes
+  // kConvertStreamBytes (non-temporal stores), each with a tail that is not a whole register.
+  std::mt19937 e(91);
+  const Index big = kd::kConvertStreamBytes / Index(sizeof(float)) + 3 * kd::kLanes<float> + 5;
+  std::vector<std::uint16_t> bits(static_cast<std::size_t>(big));
+  for (auto& b : bits) b = std::uint16_t(e());
+  int bad = 0;
+  for (Index n : {Index(1), Index(40), Index(1000), big}) {
+    const std::vector<std::uint16_t> part(bits.begin(), bits.begin() + n);
+    for (Index dst_offset = 0; dst_offset <= kd::kLanes<float>; ++dst_offset) {
+      if (n == big && dst_offset % 3 != 0) continue;  // a few offsets suffice at 16 MiB
+      const auto h = widen<Eigen::half>(part, 1, dst_offset);
+      const auto b = widen<Eigen::bfloat16>(part, 0, dst_offset);
+      for (Index i = 0; i < n; ++i) {
+        bad += h[std::size_t(i)] != half_to_float_formula(part[std::size_t(i)]);
+        bad += b[std::size_t(i)] != std::uint32_t(part[std::size_t(i)]) << 16;
       }
     }
   }
