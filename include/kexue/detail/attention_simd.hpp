@@ -21,17 +21,26 @@
 namespace kexue::detail {
 
 /// exp(x) for a batch, accurate to ~2 ulp for float, exactly 0 for x <= -88 (so exp(-inf) = 0) and never inf
-/// for x <= 88. The softmax only ever evaluates it at x <= 0. Cody-Waite range reduction x = n ln2 + r,
-/// |r| <= ln2/2, then the cephes degree-6 polynomial; 2^n is built in the exponent bits (n >= -127 gives
-/// the bit pattern 0 = +0.0 at the bottom, which is what makes -inf map to an exact 0 without a select).
-template <class T>
+/// for x <= 88. The softmax only ever evaluates it at x <= 0, and says so with kNonPositive (no upper clamp; the
+/// same bits there). Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2 (n = t rounded, t = x log2 e), then
+/// the cephes degree-6 polynomial; 2^n is built in the exponent bits (n >= -127 gives the bit pattern 0 = +0.0
+/// at the bottom, which is what makes -inf map to an exact 0 without a select).
+/// n is rounded by adding 1.5 * 2^23 + 127 (exact for |t| < 2^22: the sum's last mantissa bits are then n + 127,
+/// the biased exponent of 2^n, which a shift moves into place) and subtracting it again: three plain float and
+/// integer operations where rounding instructions, a conversion and an integer add took five on x86 (vroundps and
+/// vrndscaleps are two micro-ops each on Intel cores). A tie t = k + 1/2 may round either way; r stays within
+/// ln2/2 and the result is as accurate.
+template <class T, bool kNonPositive = false>
 inline Batch<T> fast_exp(Batch<T> x) {
   if constexpr (std::is_same<T, float>::value) {
     using B = Batch<float>;
     // max(x, lo) first: for a NaN x, x86's vmaxps returns its second operand, so NaN becomes exp(-88) = 0 there
-    // (NEON's fmax keeps NaN, which then stays NaN). Either way no out-of-range integer conversion below.
-    B v = xsimd::min(xsimd::max(x, B(-88.0f)), B(88.0f));
-    const B fx = xsimd::nearbyint(v * B(1.44269504088896341f));
+    // (NEON's fmax keeps NaN, which then stays NaN). Either way t stays in the range the rounding trick needs.
+    B v = xsimd::max(x, B(-88.0f));
+    if constexpr (!kNonPositive) v = xsimd::min(v, B(88.0f));
+    // t rounded to float first (opaque: no FMA), as every build computes it.
+    const B biased = opaque(v * B(1.44269504088896341f)) + B(12583039.0f);  // 1.5 * 2^23 + 127
+    const B fx = biased - B(12583039.0f);
     // Two-part ln2: the high part has few mantissa bits, so fx * C1 is exact.
     v = fnmadd(fx, B(0.693359375f), v);
     v = fnmadd(fx, B(-2.12194440e-4f), v);
@@ -42,8 +51,9 @@ inline Batch<T> fast_exp(Batch<T> x) {
     p = fmadd(p, v, B(1.6666665459e-1f));
     p = fmadd(p, v, B(5.0000001201e-1f));
     p = fmadd(p, v * v, v + B(1.0f));
-    // p * 2^fx with 2^fx built in the exponent bits ((fx + 127) << 23): fx = -127 gives +0.0.
-    const Batch<std::int32_t> e = (xsimd::batch_cast<std::int32_t>(fx) + Batch<std::int32_t>(127)) << 23;
+    // p * 2^fx with 2^fx built in the exponent bits ((fx + 127) << 23, the low bits of biased shifted up; the
+    // bits of 1.5 * 2^23 above them leave the register): fx = -127 gives +0.0.
+    const Batch<std::int32_t> e = reinterpret<std::int32_t>(biased) << 23;
     return p * reinterpret<float>(e);
   } else {
     // double: xsimd's exp, with the tails pinned down explicitly.
@@ -281,14 +291,14 @@ inline void softmax_tile_exp(T* st, Index nb, const T* tmax, T* m, T* l, T* alph
     const Batch<T> mold = load(m + r * L);
     const Batch<T> mnew = xsimd::max(mold, load(tmax + r * L));
     shift[r] = xsimd::select(mnew == ninf, Batch<T>(T(0)), mnew);
-    store(alpha + r * L, fast_exp<T>(mold - shift[r]));
+    store(alpha + r * L, fast_exp<T, true>(mold - shift[r]));
     store(m + r * L, mnew);
     sum[r] = Batch<T>(T(0));
   }
   for (Index j = 0; j < nb; ++j) {
     T* sp = st + j * W;
     for (int r = 0; r < NR; ++r) {
-      const Batch<T> p = fast_exp<T>(load(sp + r * L) - shift[r]);
+      const Batch<T> p = fast_exp<T, true>(load(sp + r * L) - shift[r]);
       sum[r] += p;
       store(sp + r * L, p);
     }
@@ -632,7 +642,7 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
         // A weight of exactly 0 among the keys the P V loop visits ([0, nb_all)) needs its per-key test.
         BatchBool<T> zero_seen = sum != sum;  // all false (sum is 0)
         for (Index j = 0; j < kChunk; j += L) {
-          const Batch<T> pj = fast_exp<T>(load(sb + j) - vshift);
+          const Batch<T> pj = fast_exp<T, true>(load(sb + j) - vshift);
           sum += pj;
           store(sb + j, pj);
           if (j < nb_all) zero_seen = zero_seen | (pj == Batch<T>(T(0)));
