@@ -123,3 +123,47 @@ for _m in (4096, 32768):
         CASES.append(Case(f"attention decode m={_m} {_tag} (decode_heads)", "bench_attention", decode_row(_kv, _m),
                           decode_setup(_m, _kv)))
 
+
+
+# 16-bit storage (issue 13; bench_attention_half, kv: 1 fp16, 2 bf16). What a PyTorch 1.13 CPU user writes:
+# - a bf16 model computes in bf16 (q k^T, softmax and P V all bfloat16: matmul and softmax exist on CPU for it);
+# - an fp16 cache has no CPU matmul in torch 1.13 ("addmm_impl_cpu_" not implemented for 'Half'), so the cache is
+#   widened to float for the step and the float formulation runs.
+# kexue computes in float in both (K and V widened in L1 / registers), so its results are the more accurate ones.
+def half_decode_setup(m, dtype, kv_heads=2):
+    def build():
+        q, k, v = make(1, m, kv_heads)
+        k16, v16 = k.to(dtype), v.to(dtype)
+        scale = 1.0 / math.sqrt(D)
+        rep = H // kv_heads
+
+        def run():
+            if dtype == torch.bfloat16:
+                qq, kk, vv = q.to(dtype), k16, v16
+            else:
+                qq, kk, vv = q, k16.float(), v16.float()
+            kk, vv = kk.repeat_interleave(rep, dim=0), vv.repeat_interleave(rep, dim=0)
+            a = torch.softmax(torch.matmul(qq, kk.transpose(-1, -2)) * scale, dim=-1)
+            return torch.matmul(a, vv)
+        return run
+    return build
+
+
+def bf16_prefill_setup(n):
+    def build():
+        q, k, v = make(n)
+        q, k, v = q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16)
+        scale = 1.0 / math.sqrt(D)
+        return lambda: torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1), v)
+    return build
+
+
+for _m in (4096, 32768):
+    CASES.append(Case(f"attention decode m={_m} GQA 8/2, fp16 cache (torch: widened to float)",
+                      "bench_attention_half", f"BM_attention_half_decode/kv:1/m:{_m}/real_time$",
+                      half_decode_setup(_m, torch.float16)))
+    CASES.append(Case(f"attention decode m={_m} GQA 8/2, bf16 cache (torch: bf16 compute)",
+                      "bench_attention_half", f"BM_attention_half_decode/kv:2/m:{_m}/real_time$",
+                      half_decode_setup(_m, torch.bfloat16)))
+CASES.append(Case("attention n=2048 q, k, v bf16 (torch: bf16 compute)", "bench_attention_half",
+                  "BM_attention_half_qkv/kv:2/n:2048/real_time$", bf16_prefill_setup(2048)))
