@@ -205,11 +205,38 @@ def run_ours(build, case, stat="median", repetitions=3, min_time=0.5, binary=Non
     return b["real_time"] * scale, b, spread
 
 
+def openblas_core_fix():
+    """OpenBLAS picks its kernels by CPU model; a model newer than the library (Debian 12's 0.3.21 on an Intel
+    Xeon "Emerald Rapids", model 0xCF) falls back to "Prescott", SSE3 kernels at a fifth of the machine's rate
+    (measured there: 20 GFLOP/s against 107 with SkylakeX's). Every PyTorch figure would then be that fallback's,
+    so unless the caller set OPENBLAS_CORETYPE, set it to the kernels the CPU's flags allow. Returns a header note."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} (set by the caller)"
+    probe = subprocess.run([sys.executable, "-c", "import torch; torch.rand(64, 64) @ torch.rand(64, 64)"],
+                           env=dict(os.environ, OPENBLAS_VERBOSE="2"), capture_output=True, text=True)
+    m = re.search(r"Core: (\w+)", probe.stdout + probe.stderr)
+    core = m.group(1) if m else None
+    if core != "Prescott":
+        return f"OpenBLAS core {core}" if core else "OpenBLAS core not reported"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((ln for ln in f if ln.startswith("flags")), "").split())
+    except OSError:
+        flags = set()
+    best = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+    if best is None:
+        return "OpenBLAS core Prescott"
+    os.environ["OPENBLAS_CORETYPE"] = best
+    return (f"OpenBLAS did not recognise this CPU (its fallback: Prescott kernels); PyTorch runs with "
+            f"OPENBLAS_CORETYPE={best} (set OPENBLAS_CORETYPE to override)")
+
+
 def header(threads_list):
     import torch
+    note = openblas_core_fix()
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{cpu_model()}")
-    print(f"# torch {torch.__version__}; BLAS: {blas_name()}")
+    print(f"# torch {torch.__version__}; BLAS: {blas_name()}; {note}")
     for t in threads_list:
         out = subprocess.run([sys.executable, "-c", MATMUL_PROBE, str(t)], env=thread_env(t),
                              capture_output=True, text=True, check=True)
