@@ -2,7 +2,8 @@
 #pragma once
 // Error bounds of the differential fuzz targets that needed a derivation of their own, kept in one place so the
 // unit suite checks its regression cases (past fuzz findings) against the very bound the target applies:
-// tests/test_linear_attention.cpp, tests/test_global_pointer.cpp and tests/test_attention.cpp include this header.
+// tests/test_linear_attention.cpp, tests/test_global_pointer.cpp, tests/test_attention.cpp and tests/test_flash.cpp
+// include this header.
 
 #include <algorithm>
 #include <cmath>
@@ -142,6 +143,53 @@ double attention_row_bound(int norm, double l1, Index m, Index d, double vmax, I
     growth = 2 * logit_err * (l1 + 1) * (l1 + 1) * double(m) / L;
   }
   return eps * vmax * (16 + 2 * double(m) + growth) + 1024 * double(std::numeric_limits<T>::min());
+}
+
+/// fuzz_flash's promise for row i of mixed_chunk_attention computed in T (flash.hpp: relu(scale qq.kq)^2 / quad_norm
+/// weights on V inside the chunk, plus ql_i S / L with the linear state S = Kl^T V held in T).
+///   mass = sum_j [(scale sum_p |qq_ip kq_jp|)^2 / quad_norm + sum_p |ql_ip kl_jp|] over all n keys;
+///   state = max_p sum_j |kl_jp| over all n keys (row p of S is at most state * vmax; every key is counted, which
+///   over-covers the keys a causal chunk or key_length leaves out: the promise is then only narrower).
+/// Finite promise: the inputs are finite and both the row's terms (mass vmax) and the state (state vmax) fit in T
+/// with a 1e3 margin. Accuracy (the target's earlier bound): |got - ref| <= 16 u (s + sl + n + 16) (vmax mass +
+/// |ref|) + 1024 mu.
+/// Fuzz finding 0081fb1e (float, n = 4, non-causal, one chunk): kl_02 = -1e30 and v_00 = 1e30, so S(2, 0) = -1e60 is
+/// -inf in float; row 0 has ql_0 = 0 and kq = 0, so its mass is 0 and the earlier bound (terms only) promised a
+/// finite row, but ql_0 S = 0 * -inf = NaN, where the double reference (which sums (ql_0 . kl_j) v_j = 0) gives 0.
+/// It is the state range linear attention's finding 2b2727ab added to la_row_bound: the associative form
+/// Ql (Kl^T V), which is what makes the term linear in n, holds a sum over keys that no query scales down.
+struct FlashRowBound {
+  bool promised = false;  ///< finite inputs whose terms and linear state fit in T: the output must be finite
+  double u = 0, mu = 0, terms = 0, mass = 0, state = 0, vmax = 0;
+  /// The bound for an output of this row whose reference value is ref.
+  double operator()(double ref) const {
+    return 16 * u * terms * (vmax * mass + std::abs(ref)) + 1024 * mu;
+  }
+};
+
+/// qq(i, p), kq(j, p) for p < s; ql(i, p), kl(j, p) for p < sl; in double, finite says all five inputs are.
+template <class T, class QQ, class KQ, class QL, class KL>
+FlashRowBound flash_row_bound(Index i, Index n, Index s, Index sl, double scale, double quad_norm, double vmax,
+                              bool finite, QQ&& qq, KQ&& kq, QL&& ql, KL&& kl) {
+  FlashRowBound b;
+  b.u = double(std::numeric_limits<T>::epsilon());
+  b.mu = double(std::numeric_limits<T>::min());
+  b.terms = double(s + sl + n + 16);
+  b.vmax = vmax;
+  for (Index j = 0; j < n; ++j) {
+    double a = 0, l = 0;
+    for (Index p = 0; p < s; ++p) a += std::abs(qq(i, p) * kq(j, p));
+    for (Index p = 0; p < sl; ++p) l += std::abs(ql(i, p) * kl(j, p));
+    b.mass += (scale * a) * (scale * a) / quad_norm + l;
+  }
+  for (Index p = 0; p < sl; ++p) {
+    double column = 0;
+    for (Index j = 0; j < n; ++j) column += std::abs(kl(j, p));
+    b.state = std::max(b.state, column);
+  }
+  const double limit = 1e-3 * double(std::numeric_limits<T>::max());
+  b.promised = finite && (b.mass + 1) * (vmax + 1) < limit && (b.state + 1) * (vmax + 1) < limit;
+  return b;
 }
 
 }  // namespace kexue_fuzz_bounds

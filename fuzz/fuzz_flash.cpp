@@ -3,13 +3,14 @@
 // reference (tests/reference/linear_attention_reference.hpp, kexue_ref::flash): chunk sizes around and beyond
 // n, causal and not, both linear normalisers, key_length, explicit scale and quad_norm, invalid options, strided
 // rows with NaN padding, and the batched form against the 2-D one. Asserts kexue::Error exactly for invalid
-// input (out untouched), padding never written, finite output for finite inputs whose terms fit in T, and
-// |got - ref| <= 16 eps(T) (s + s_lin + n + 16) (vmax sum_j [(scale |qq_i|.|kq_j|)^2 / quad_norm + |ql_i|.|kl_j|]
-// + |ref|) per row.
+// input (out untouched), padding never written, finite output for finite inputs whose terms and linear state
+// Kl^T V fit in T, and |got - ref| <= 16 eps(T) (s + s_lin + n + 16) (vmax sum_j [(scale |qq_i|.|kq_j|)^2 / quad_norm
+// + |ql_i|.|kl_j|] + |ref|) per row (fuzz_bounds.hpp: flash_row_bound, and the finding 0081fb1e behind its state).
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_flash -max_total_time=600 -max_len=4096
 #include <optional>
 
+#include "fuzz_bounds.hpp"
 #include "fuzz_input.hpp"
 #include "kexue/flash.hpp"
 #include "reference/linear_attention_reference.hpp"
@@ -66,20 +67,14 @@ void check(const Case& c, const Strided<T>& qq, const Strided<T>& kq, const Stri
                                      c.o.key_length.value_or(n));
   const double vmax = v.max_abs();
   for (Index i = 0; i < n; ++i) {
-    double mass = 0;
-    for (Index j = 0; j < n; ++j) {
-      double a = 0, b = 0;
-      for (Index p = 0; p < s; ++p) a += std::abs(Q(i, p) * K(j, p));
-      for (Index p = 0; p < sl; ++p) b += std::abs(QL(i, p) * KL(j, p));
-      mass += (scale * a) * (scale * a) / qn + b;
-    }
-    const bool fits = finite && (mass + 1) * (vmax + 1) < 1e-3 * double(std::numeric_limits<T>::max());
+    // The promise and the bound, with their derivation and the finding that added the state term: fuzz_bounds.hpp.
+    const auto bound = kexue_fuzz_bounds::flash_row_bound<T>(i, n, s, sl, scale, qn, vmax, finite, Q, K, QL, KL);
     for (Index x = 0; x < e; ++x) {
       const double got = double(out[i * out_stride + x]), ref = want(i, x);
-      if (fits) expect(std::isfinite(got), "mixed_chunk_attention: non-finite output from finite inputs", got, ref);
+      if (bound.promised)
+        expect(std::isfinite(got), "mixed_chunk_attention: non-finite output from finite inputs", got, ref);
       if (!moderate) continue;
-      const double bound = 16 * eps_of<T>() * double(s + sl + n + 16) * (vmax * mass + std::abs(ref)) + tiny<T>();
-      expect_near(got, ref, bound, "mixed_chunk_attention vs reference");
+      expect_near(got, ref, bound(ref), "mixed_chunk_attention vs reference");
     }
   }
 }

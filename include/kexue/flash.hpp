@@ -19,6 +19,12 @@
 /// Prefix gives 0 / 0, which we resolve to the same 0 instead of NaN, so the two normalisers agree on chunk 1 and
 /// match FLASH-pytorch's shifted cumsum (which pads the first group's state with zeros). The first chunk's rows
 /// then rely on the quadratic part alone, exactly as a causal model sees no earlier context.
+///
+/// Range: the linear term is computed in its associative form Ql (Kl^T V), which is what makes it linear in n, so the
+/// state S = Kl^T V is held in the data's type. An entry beyond that type's range (float: sum_j |kl_jp| |v_j| past
+/// 3.4e38) is inf, and a row whose ql is 0 at that p gets 0 * inf = NaN, where the quadratic form (Ql Kl^T) V would
+/// give a finite value (any implementation of the associative form does the same). Keep sum_j |kl_jp| |v_j| within
+/// range (double data, or scaled inputs) when keys and values are that large.
 
 #include <algorithm>
 #include <cmath>
