@@ -85,6 +85,8 @@ def main():
     builds = [b for b in args.builds if b != "native" or has_avx512]
     if len(builds) < len(args.builds):
         print("compare_ggml: no avx512f on this CPU: the native build is skipped (it would repeat avx2)")
+    if not builds:
+        sys.exit("compare_ggml: no build left to run (--builds avx2 and/or native)")
 
     binaries = {b: build(b, args.ggml, args.build_prefix, args.jobs) for b in builds}
     best = {b: {} for b in builds}   # row -> min real time

@@ -150,9 +150,11 @@ double attention_row_bound(int norm, double l1, Index m, Index d, double vmax, I
 ///   mass = sum_j [(scale sum_p |qq_ip kq_jp|)^2 / quad_norm + sum_p |ql_ip kl_jp|] over all n keys;
 ///   state = max_p sum_j |kl_jp| over all n keys (row p of S is at most state * vmax; every key is counted, which
 ///   over-covers the keys a causal chunk or key_length leaves out: the promise is then only narrower).
-/// Finite promise: the inputs are finite and both the row's terms (mass vmax) and the state (state vmax) fit in T
-/// with a 1e3 margin. Accuracy (the target's earlier bound): |got - ref| <= 16 u (s + sl + n + 16) (vmax mass +
-/// |ref|) + 1024 mu.
+///   dot = max_j sum_p |qq_ip kq_jp|: the kernel forms q.k in T before scaling it, so it must fit whatever the scale
+///   (with scale = 0 the mass is 0, but an inf dot times 0 is NaN).
+/// Finite promise: the inputs are finite and the row's terms (mass vmax), its dot products and the state
+/// (state vmax) fit in T with a 1e3 margin. Accuracy (the target's earlier bound):
+/// |got - ref| <= 16 u (s + sl + n + 16) (vmax mass + |ref|) + 1024 mu.
 /// Fuzz finding 0081fb1e (float, n = 4, non-causal, one chunk): kl_02 = -1e30 and v_00 = 1e30, so S(2, 0) = -1e60 is
 /// -inf in float; row 0 has ql_0 = 0 and kq = 0, so its mass is 0 and the earlier bound (terms only) promised a
 /// finite row, but ql_0 S = 0 * -inf = NaN, where the double reference (which sums (ql_0 . kl_j) v_j = 0) gives 0.
@@ -160,7 +162,7 @@ double attention_row_bound(int norm, double l1, Index m, Index d, double vmax, I
 /// Ql (Kl^T V), which is what makes the term linear in n, holds a sum over keys that no query scales down.
 struct FlashRowBound {
   bool promised = false;  ///< finite inputs whose terms and linear state fit in T: the output must be finite
-  double u = 0, mu = 0, terms = 0, mass = 0, state = 0, vmax = 0;
+  double u = 0, mu = 0, terms = 0, mass = 0, dot = 0, state = 0, vmax = 0;
   /// The bound for an output of this row whose reference value is ref.
   double operator()(double ref) const {
     return 16 * u * terms * (vmax * mass + std::abs(ref)) + 1024 * mu;
@@ -181,6 +183,7 @@ FlashRowBound flash_row_bound(Index i, Index n, Index s, Index sl, double scale,
     for (Index p = 0; p < s; ++p) a += std::abs(qq(i, p) * kq(j, p));
     for (Index p = 0; p < sl; ++p) l += std::abs(ql(i, p) * kl(j, p));
     b.mass += (scale * a) * (scale * a) / quad_norm + l;
+    b.dot = std::max(b.dot, a);
   }
   for (Index p = 0; p < sl; ++p) {
     double column = 0;
@@ -188,7 +191,7 @@ FlashRowBound flash_row_bound(Index i, Index n, Index s, Index sl, double scale,
     b.state = std::max(b.state, column);
   }
   const double limit = 1e-3 * double(std::numeric_limits<T>::max());
-  b.promised = finite && (b.mass + 1) * (vmax + 1) < limit && (b.state + 1) * (vmax + 1) < limit;
+  b.promised = finite && (b.mass + 1) * (vmax + 1) < limit && b.dot < limit && (b.state + 1) * (vmax + 1) < limit;
   return b;
 }
 

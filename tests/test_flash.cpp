@@ -326,3 +326,20 @@ TEST_CASE("fuzz 0081fb1e: a linear state past float's range is outside the finit
     }
   }
 }
+
+TEST_CASE("flash_row_bound: a q.k past float's range is not promised, even with scale = 0",
+          "[flash][fuzz-regression]") {
+  // Found in review of the bound above: the kernel forms q.k in T and scales it afterwards, so with scale = 0 and
+  // q.k = 2.5e59 (inf in float) the logit is inf * 0 = NaN although the mass (which scales first) is 0.
+  const Index n = 2, s = 1, sl = 1;
+  Matrix<double> qq(n, s), kq(n, s), ql = Matrix<double>::Zero(n, sl), kl = Matrix<double>::Ones(n, sl);
+  qq << 2.5e29, 1;
+  kq << 1e30, 1;
+  for (const double big : {1e30, 1.0}) {  // q.k = 2.5e59 (inf in float), then 2.5e29 (fits)
+    kq(0, 0) = big;
+    const auto bound = kexue_fuzz_bounds::flash_row_bound<float>(0, n, s, sl, 0.0, 2.0, 1.0, true, qq, kq, ql, kl);
+    INFO("kq_00 = " << big);
+    CHECK(bound.mass == 0.0);
+    CHECK(bound.promised == (big < 1e20));
+  }
+}

@@ -1,16 +1,16 @@
 // SPDX-License-Identifier: MIT
 // kexue::attention beside ggml's CPU flash attention (ggml_flash_attn_ext, the kernel under llama.cpp), same
-// shapes, same buffers, one thread, in one binary built with one set of instruction-set flags, so each kexue / ggml
-// ratio comes from one run. Built only when KEXUE_GGML_DIR names a ggml source tree (bench/compare_ggml.sh does it
+// shapes, same buffers, one thread, in one binary built with one set of instruction-set flags, so each ggml / kexue
+// ratio comes from one run. Built only when KEXUE_GGML_DIR names a ggml source tree (bench/compare_ggml.py does it
 // and prints the table); ggml itself is never part of this repository.
 //
 // Rows (Google Benchmark), each run once for ggml and once for kexue:
 //   prefill  8 heads x n x 64, q f32, K and V f32 or f16, non-causal or causal (ggml: an explicit -inf mask)
 //   decode   one query row per head, GQA 8/2, m cached keys (f32 or f16), the KV-cache step
 // Each row checks its own library's output once before timing, against a float64 reference on a sample of query
-// rows (counter max_err: the largest |out - ref|); ggml's result is permuted ([n][heads][d]) and read as such. ggml
-// rounds q to fp16 for an f16 K and accumulates P V in fp16 on some paths, so expect ~1e-3 to 1e-2 there; kexue
-// computes in float from the stored values (~1e-6). A row never constructs the other library's state.
+// rows (counter max_err: the largest |out - ref|); ggml's result is permuted ([n][heads][d]) and read as such. On
+// its one-row path (decode) ggml rounds q to fp16 for an f16 K and accumulates P V in fp16, so expect ~1e-2 there;
+// kexue computes in float from the stored values (~1e-6). A row never constructs the other library's state.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -173,7 +173,7 @@ double max_error(const Inputs& in, const float* out, bool permuted) {
   std::vector<double> logits(static_cast<std::size_t>(s.m)), ref(static_cast<std::size_t>(kDim));
   const Index step = std::max<Index>(1, s.n / 7);
   for (Index h = 0; h < s.heads; ++h)
-    for (Index i = s.n - 1; i >= 0; i -= step) {  // the last row (every key) and about six more
+    for (Index i = s.n - 1; i >= 0; i -= step) {  // the last row (every key) and 6-7 more
       const Index kh = h / group, visible = s.causal ? std::min(s.m, i + 1 + (s.m - s.n)) : s.m;
       double mx = -INFINITY, sum = 0;
       for (Index j = 0; j < visible; ++j) {
@@ -189,7 +189,8 @@ double max_error(const Inputs& in, const float* out, bool permuted) {
         for (Index c = 0; c < kDim; ++c) ref[std::size_t(c)] += p * val(kh, j, c);
       }
       for (Index c = 0; c < kDim; ++c) {
-        const std::size_t at = permuted ? std::size_t((i * s.heads + h) * kDim + c) : std::size_t((h * s.n + i) * kDim + c);
+        const std::size_t at =
+            permuted ? std::size_t((i * s.heads + h) * kDim + c) : std::size_t((h * s.n + i) * kDim + c);
         worst = std::max(worst, std::abs(double(out[at]) - ref[std::size_t(c)] / sum));
       }
     }
