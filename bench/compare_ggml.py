@@ -26,6 +26,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from compare_torch import cpu_model  # noqa: E402  (imports no torch at module level)
 
 BUILDS = {
     "avx2": ["-DKEXUE_ARCH_FLAGS=-mavx2;-mfma;-mf16c", "-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON",
@@ -34,17 +36,6 @@ BUILDS = {
 }
 # kexue's largest |out - float64 reference| over the sampled rows (float compute from the stored K and V).
 KEXUE_MAX_ERR = 1e-4
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def build(name, ggml, prefix, jobs):
