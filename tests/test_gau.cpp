@@ -1130,3 +1130,72 @@ TEST_CASE("gau bf16: bad input throws kexue::Error naming the argument, before w
   both.attention.reverse_causal = true;
   expect([&](Matrix<float>& out) { kexue::gau(good, x, out, both); }, "reverse_causal");
 }
+
+TEST_CASE("batched gau with bf16 weights: each sequence is the 2-D bf16 gau on it, bit for bit", "[gau][bf16]") {
+  const Index D = 19, e = 36, s = 12, n = 70, B = 3;  // odd D: the bf16 GEMM pads its last depth pair
+  const GauWeights<BF> wb = weights_bf16(random_weights<float>(D, e, s, true, 41));
+  const RopeTable<float> table(n, s);
+  const Matrix<BF> x = to_bf16(random_matrix<float>(B * n, D, 42));
+  const auto xv = TensorView<const BF>::contiguous(x.data(), B, 1, n, D);
+  std::vector<std::int32_t> seg(static_cast<std::size_t>(B * n), 0);
+  for (Index b = 0; b < B; ++b)
+    for (Index j = 10 + 20 * b; j < n; ++j) seg[static_cast<std::size_t>(b * n + j)] = 1;
+  const std::vector<Index> lengths = {n, 45, 0};  // full, padded, empty
+  GauWorkspace<BF> ws;
+  for (int variant = 0; variant < 4; ++variant) {
+    GauOptions o;
+    switch (variant) {
+      case 0: break;  // SquaredRelu, bert4keras defaults
+      case 1: o = make_options(Normalization::Softmax, true); break;
+      case 2: o = make_options(Normalization::SoftmaxPlus); o.attention.segments = kexue::SegmentIds(seg); break;
+      case 3: o = make_options(Normalization::SquaredRelu); o.zero_padded_rows = true; break;
+    }
+    for (bool act : {false, true}) {
+      o.bf16_activations = act;
+      INFO("variant " << variant << ", bf16 activations " << act);
+      // The 2-D calls, one sequence at a time, are the reference.
+      Matrix<float> ref(B * n, D);
+      Matrix<BF> ref16(B * n, D);
+      for (Index b = 0; b < B; ++b) {
+        GauOptions ob = o;
+        if (o.attention.segments) ob.attention.segments = kexue::SegmentIds(seg.data() + b * n, n);
+        ob.attention.key_length = lengths[static_cast<std::size_t>(b)];
+        Matrix<float> one(n, D);
+        Matrix<BF> one16(n, D);
+        kexue::gau(wb, x.middleRows(b * n, n), one, ob, &table);
+        kexue::gau(wb, x.middleRows(b * n, n), one16, ob, &table);
+        ref.middleRows(b * n, n) = one;
+        ref16.middleRows(b * n, n) = one16;
+      }
+      CHECK(ref.allFinite());
+      for (int threads : {1, 2}) {  // 2 threads and 3 sequences: the sequences run in parallel
+        set_threads(threads);
+        Matrix<float> got(B * n, D);
+        Matrix<BF> got16(B * n, D);
+        kexue::gau(wb, xv, TensorView<float>::contiguous(got.data(), B, 1, n, D), lengths, ws, o, &table);
+        kexue::gau(wb, xv, TensorView<BF>::contiguous(got16.data(), B, 1, n, D), lengths, o, &table);
+        // In place on bf16 x: each sequence reads its x before writing its out.
+        Matrix<BF> inplace = x;
+        kexue::gau(wb, TensorView<const BF>::contiguous(inplace.data(), B, 1, n, D),
+                   TensorView<BF>::contiguous(inplace.data(), B, 1, n, D), lengths, ws, o, &table);
+        set_threads(hardware_threads());
+        INFO("threads " << threads);
+        CHECK(std::memcmp(got.data(), ref.data(), sizeof(float) * std::size_t(B * n * D)) == 0);
+        CHECK(std::memcmp(got16.data(), ref16.data(), sizeof(BF) * std::size_t(B * n * D)) == 0);
+        CHECK(std::memcmp(inplace.data(), ref16.data(), sizeof(BF) * std::size_t(B * n * D)) == 0);
+      }
+    }
+  }
+  // Bad input throws before out is written: a lengths entry out of range, lengths of the wrong count, and a float
+  // out overlapping the bf16 x (no in-place use across types).
+  Matrix<float> out = Matrix<float>::Constant(B * n, D, 7.0f);
+  const auto ov = TensorView<float>::contiguous(out.data(), B, 1, n, D);
+  throws_with([&] { kexue::gau(wb, xv, ov, std::vector<Index>{n, n + 1, 0}); }, "lengths[b]");
+  throws_with([&] { kexue::gau(wb, xv, ov, std::vector<Index>{n, n}); }, "lengths has 2 entries");
+  CHECK((out.array() == 7.0f).all());
+  Matrix<float> buf = Matrix<float>::Constant(B * n, D, 7.0f);
+  const auto alias_x = TensorView<const BF>::contiguous(reinterpret_cast<const BF*>(buf.data()), B, 1, n, D);
+  throws_with([&] { kexue::gau(wb, alias_x, TensorView<float>::contiguous(buf.data(), B, 1, n, D)); },
+              "out overlaps x");
+  CHECK((buf.array() == 7.0f).all());
+}

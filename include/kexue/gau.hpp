@@ -22,7 +22,7 @@
 /// scratch is listed at GauWorkspace (about 57 MiB in float for D = 768, e = 1536, s = 128, n = 2048). The
 /// attention step does not call attention(): its flash kernel is built for head sizes near 64, while here v
 /// is e = 2D wide and A v is a long-inner-dimension GEMM (bench_gau BM_gau_flash_attention measures both).
-/// bf16 (issue 13): GauWeights<Eigen::bfloat16> with x in Eigen::bfloat16 and out in float or bf16 (2-D form):
+/// bf16 (issue 13): GauWeights<Eigen::bfloat16> with x in Eigen::bfloat16 and out in float or bf16 (2-D and batched):
 /// x W_in on the bf16 GEMM (vdpbf16ps under AVX512-BF16), float intermediates by default, or with
 /// GauOptions::bf16_activations v, A and the gated rows rounded to bf16 so all large products run in bf16.
 
@@ -526,11 +526,14 @@ void gau(const GauWeights<Eigen::bfloat16>& weights, const Eigen::DenseBase<Dx>&
 
 namespace detail {
 
-/// The batched gau() on GauWeights or GauPackedWeights.
-template <class T, class W>
-void gau_batched(const W& weights, TensorView<const T> x, TensorView<T> out, const std::vector<Index>& lengths,
-                 GauWorkspace<T>& workspace, const GauOptions& options, const RopeTable<T>* rope_table) {
+/// The batched gau() on GauWeights or GauPackedWeights (X = O = T), or on bf16 weights (T = Eigen::bfloat16,
+/// X = Eigen::bfloat16, O = float or Eigen::bfloat16: float intermediates, as the 2-D bf16 gau()).
+template <class T, class X, class O, class W, class R>
+void gau_batched(const W& weights, TensorView<const X> x, TensorView<O> out, const std::vector<Index>& lengths,
+                 GauWorkspace<T>& workspace, const GauOptions& options, const RopeTable<R>* rope_table) {
   constexpr const char* fn = "gau";
+  constexpr bool kBf16 = std::is_same<T, Eigen::bfloat16>::value;
+  using C = gau_compute_t<T>;
   const Index batch = x.batch(), n = x.seq();
   require(x.batch() >= 0 && x.heads() >= 0 && x.seq() >= 0 && x.dim() >= 0, fn, "x has a negative extent");
   require(x.heads() == 1, fn, "x has ", x.heads(), " heads; the batched GAU takes [batch, 1, n, D]");
@@ -559,30 +562,52 @@ void gau_batched(const W& weights, TensorView<const T> x, TensorView<T> out, con
                         : gau_key_length(fn, "lengths[b]", lengths[static_cast<std::size_t>(b)], n);
   }
   for (Index b = 0; b < batch; ++b) {
-    const View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
+    const View<O> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
     require(!gau_weight_overlaps(weights, ob), fn, "out overlaps one of the weights");
   }
   // Sequence b reads all of its x before writing its out, so out may be x itself, but not a shifted view
   // of it (sequence b would overwrite the input of another sequence).
-  const bool same = out.data == x.data && out.strides == x.strides;
   const auto xe = gau_extent(x), oe = gau_extent(out);
+  const bool same = xe.first == oe.first && std::is_same<X, O>::value && out.strides == x.strides;
   require(same || oe.second <= xe.first || xe.second <= oe.first, fn,
                   "out overlaps x without being the same view; pass out = x or disjoint buffers");
+  if constexpr (kBf16) p.bf16_act = options.bf16_activations;  // before the tiles are sized: it needs more
   auto& slots = workspace.detail_slots();
   const Index threads = std::max<Index>(1, max_threads());
   const bool by_sequence = threads > 1 && batch >= threads;
-  gau_reserve_tiles(slots, threads, n, p);
+  gau_reserve_tiles(slots, threads, n, p, kBf16, kBf16 && !std::is_same<O, float>::value);
   for (Index t = 0; t < (by_sequence ? threads : 1); ++t)
     gau_reserve_sequence(slots[static_cast<std::size_t>(t)], n, p);
-  const GauPacked<T> packed = gau_packed_for(weights, p, slots[0]);
+  // The small vectors and the packed matrices: bf16 weights widen their vectors to float once per call (the
+  // kernels' epilogues read float) and pack W_in in depth pairs, as the 2-D bf16 gau() does.
+  const GauWeights<C>* vectors = nullptr;
+  GauPacked<C> packed;
+  if constexpr (kBf16) {
+    GauWeights<float>& wf = workspace.detail_widened();
+    auto widen = [](const Vector<T>& src, Vector<float>& dst) {
+      dst.resize(src.size());
+      if (src.size() != 0) widen_n(src.data(), dst.data(), src.size());
+    };
+    widen(weights.b_in, wf.b_in);
+    widen(weights.gamma_q, wf.gamma_q);
+    widen(weights.beta_q, wf.beta_q);
+    widen(weights.gamma_k, wf.gamma_k);
+    widen(weights.beta_k, wf.beta_k);
+    widen(weights.b_out, wf.b_out);
+    vectors = &wf;
+    packed = gau_pack_weights_bf16(weights, p, slots[0]);
+  } else {
+    vectors = &gau_vectors(weights);
+    packed = gau_packed_for(weights, p, slots[0]);
+  }
   auto run = [&](Index b, Index slot, bool tiles_parallel) {
-    const View<const T> xb{x.row(b, 0, 0), n, p.hidden, x.strides[2]};
-    const View<T> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
+    const View<const X> xb{x.row(b, 0, 0), n, p.hidden, x.strides[2]};
+    const View<O> ob{out.row(b, 0, 0), n, p.hidden, out.strides[2]};
     GauPlan pb = p;  // sequence b's own segment ids
     if (pb.seg32) pb.seg32 += b * p.seg_batch_stride;
     if (pb.seg64) pb.seg64 += b * p.seg_batch_stride;
-    gau_sequence(gau_vectors(weights), pb, packed, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots,
-                         slot, tiles_parallel);
+    gau_sequence(*vectors, pb, packed, xb, ob, key_lengths[static_cast<std::size_t>(b)], rope_table, slots, slot,
+                 tiles_parallel);
   };
   if (by_sequence) {
     gau_parallel(batch, true, [&](Index b, Index thread) { run(b, thread, false); });
@@ -603,7 +628,7 @@ template <class T>
 void gau(const GauWeights<T>& weights, typename detail::gau_identity<TensorView<const T>>::type x,
          typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths,
          GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
-  detail::gau_batched(weights, x, out, lengths, workspace, options, rope_table);
+  detail::gau_batched<T, T, T>(weights, x, out, lengths, workspace, options, rope_table);
 }
 
 /// Batched GAU with weights packed by gau_pack(); otherwise as the GauWeights overload.
@@ -611,7 +636,7 @@ template <class T>
 void gau(const GauPackedWeights<T>& weights, typename detail::gau_identity<TensorView<const T>>::type x,
          typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths,
          GauWorkspace<T>& workspace, const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
-  detail::gau_batched(weights, x, out, lengths, workspace, options, rope_table);
+  detail::gau_batched<T, T, T>(weights, x, out, lengths, workspace, options, rope_table);
 }
 
 /// Batched GAU allocating its scratch per call (see GauWorkspace); otherwise as the workspace overload.
@@ -629,6 +654,27 @@ void gau(const GauPackedWeights<T>& weights, typename detail::gau_identity<Tenso
          typename detail::gau_identity<TensorView<T>>::type out, const std::vector<Index>& lengths = {},
          const GauOptions& options = {}, const RopeTable<T>* rope_table = nullptr) {
   GauWorkspace<T> workspace;
+  gau(weights, x, out, lengths, workspace, options, rope_table);
+}
+
+/// Batched GAU with bf16 weights and activations (issue 13): x [batch, 1, n, D] in Eigen::bfloat16, out in float or
+/// Eigen::bfloat16, lengths as for the float batched form. Each sequence gives exactly the bits of the 2-D bf16
+/// gau() on it (float intermediates, options.bf16_activations as there).
+template <class O>
+void gau(const GauWeights<Eigen::bfloat16>& weights, TensorView<const Eigen::bfloat16> x, TensorView<O> out,
+         const std::vector<Index>& lengths, GauWorkspace<Eigen::bfloat16>& workspace, const GauOptions& options = {},
+         const RopeTable<float>* rope_table = nullptr) {
+  static_assert(std::is_same<O, float>::value || std::is_same<O, Eigen::bfloat16>::value,
+                "gau: with Eigen::bfloat16 weights out must be float or Eigen::bfloat16");
+  detail::gau_batched<Eigen::bfloat16, Eigen::bfloat16, O>(weights, x, out, lengths, workspace, options, rope_table);
+}
+
+/// Batched bf16 GAU allocating its scratch per call (see GauWorkspace).
+template <class O>
+void gau(const GauWeights<Eigen::bfloat16>& weights, TensorView<const Eigen::bfloat16> x, TensorView<O> out,
+         const std::vector<Index>& lengths = {}, const GauOptions& options = {},
+         const RopeTable<float>* rope_table = nullptr) {
+  GauWorkspace<Eigen::bfloat16> workspace;
   gau(weights, x, out, lengths, workspace, options, rope_table);
 }
 
