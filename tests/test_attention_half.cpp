@@ -8,12 +8,17 @@
 //   segments, head_directions), and a 16-bit out is that float result rounded once.
 // - Hidden keys: inf / NaN in 16-bit k / v rows a row cannot see never reach it.
 // - Bad input throws before out is written; 1 and 2 threads give the same bits.
+// - attention_weights: float weights from 16-bit q / k are the float call's bits on the widened values; 16-bit
+//   weights are the float64 weights rounded once (checked against a midpoint rounding written here, with
+//   constructed values where rounding through float first would land on the other side of a midpoint).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kexue/attention.hpp"
@@ -440,6 +445,244 @@ TEST_CASE("attention_half: bad input throws before out is written", "[attention]
   const auto ot = TensorView<float>::contiguous(obuf.data(), 2, 4, 5, 8);
   throws_with([&] { kexue::attention(qt, kt, kt, ot); }, "not a multiple");
   for (float x : obuf) CHECK(x == 3.0f);
+}
+
+namespace {
+
+template <class H>
+std::uint16_t bits_of(H h) {
+  std::uint16_t u;
+  std::memcpy(&u, static_cast<const void*>(&h), sizeof u);
+  return u;
+}
+template <class H>
+H of_bits(std::uint16_t u) {
+  H h;
+  std::memcpy(static_cast<void*>(&h), &u, sizeof u);
+  return h;
+}
+
+/// The value of the positive 16-bit pattern b as a double; for inf, the next step past the largest finite value
+/// (2^16 for fp16, 2^128 for bf16), which is where rounding to nearest overflows.
+template <class H>
+double value_of(std::uint16_t b) {
+  const std::uint16_t inf = std::is_same<H, half>::value ? 0x7C00 : 0x7F80;
+  if (b == inf) return 2 * value_of<H>(inf - 1) - value_of<H>(inf - 2);
+  return double(kexue::detail::to_float<H>(of_bits<H>(b)));
+}
+
+/// x rounded to H to nearest even in one step, written apart from the library's round-to-odd: the 16-bit values
+/// lo <= |x| < hi around x are found by walking the bit patterns, and |x| is compared with their midpoint, which is
+/// exact in double (two values of at most 11 significant bits); a tie goes to the even pattern.
+template <class H>
+H round_once(double x) {
+  const std::uint16_t inf = std::is_same<H, half>::value ? 0x7C00 : 0x7F80;
+  const std::uint16_t sign = std::signbit(x) ? 0x8000 : 0;
+  const double ax = std::abs(x);
+  std::uint16_t lo = std::min(bits_of(kexue::detail::from_float<H>(float(ax))), inf);  // a step from the answer
+  while (lo > 0 && value_of<H>(lo) > ax) --lo;
+  while (lo < inf && value_of<H>(std::uint16_t(lo + 1)) <= ax) ++lo;
+  if (lo == inf) return of_bits<H>(std::uint16_t(sign | inf));
+  const std::uint16_t hi = std::uint16_t(lo + 1);
+  const double mid = (value_of<H>(lo) + value_of<H>(hi)) / 2;
+  const std::uint16_t b = ax < mid ? lo : ax > mid ? hi : (lo % 2 == 0 ? lo : hi);
+  return of_bits<H>(std::uint16_t(sign | b));
+}
+
+template <class H>
+Matrix<double> to_double(const Matrix<H>& x) {
+  Matrix<double> y(x.rows(), x.cols());
+  for (Index i = 0; i < x.size(); ++i) y.data()[i] = double(kexue::detail::to_float<H>(x.data()[i]));
+  return y;
+}
+
+/// The options of the attention_weights cases: each normalisation, causal or not, key_length 33 of m = 37 keys.
+std::vector<AttentionOptions> weights_options() {
+  std::vector<AttentionOptions> all;
+  for (Normalization norm : {Normalization::Softmax, Normalization::SoftmaxPlus, Normalization::SquaredRelu}) {
+    for (bool causal : {false, true}) {
+      AttentionOptions o;
+      o.normalization = norm;
+      o.causal = causal;
+      o.key_length = 33;
+      all.push_back(o);
+    }
+  }
+  return all;
+}
+
+std::vector<unsigned char> weights_mask(Index m) {
+  std::vector<unsigned char> mask(static_cast<std::size_t>(m));
+  std::mt19937 g(17);
+  for (auto& x : mask) x = (g() % 4) != 0;
+  return mask;
+}
+
+template <class H>
+void check_weights_float_out() {
+  const Index n = 13, m = 37, d = 24;  // n < m: causal rows are bottom-right aligned; 1/sqrt(24) is not a float
+  const Matrix<float> q = randn(n, d, 41);
+  const Matrix<H> qh = narrow<H>(q), kh = narrow<H>(randn(m, d, 42, 1.5f));
+  const Matrix<float> qw = widen(qh), kw = widen(kh);
+  const std::vector<unsigned char> mask = weights_mask(m);
+  for (const AttentionOptions& o : weights_options()) {
+    INFO("norm " << int(o.normalization) << " causal " << o.causal);
+    for (bool use_mask : {false, true}) {
+      INFO("mask " << use_mask);
+      Matrix<float> want(n, m), got(n, m);
+      auto run = [&](const auto& qq, const auto& kk, Matrix<float>& w) {
+        if (use_mask)
+          kexue::attention_weights(qq, kk, mask, w, o);
+        else
+          kexue::attention_weights(qq, kk, w, o);
+      };
+      // KV cache: q float, k 16-bit.
+      run(q, kw, want);
+      got.setConstant(-1.0f);
+      run(q, kh, got);
+      CHECK(same_bits(got.data(), want.data(), got.size()));
+      // q and k 16-bit.
+      run(qw, kw, want);
+      got.setConstant(-1.0f);
+      run(qh, kh, got);
+      CHECK(same_bits(got.data(), want.data(), got.size()));
+      CHECK((want.array() == 0.0f).any());  // the masks hide something
+    }
+  }
+}
+
+template <class H>
+void check_weights_16bit_out() {
+  const Index n = 13, m = 37, d = 24, pad = 3;
+  const Matrix<H> qh = narrow<H>(randn(n, d, 51)), kh = narrow<H>(randn(m, d, 52, 1.5f));
+  const Matrix<double> q64 = to_double(qh), k64 = to_double(kh);
+  const std::vector<unsigned char> mask = weights_mask(m);
+  const H fill = kexue::detail::from_float<H>(-3.0f);
+  for (const AttentionOptions& o : weights_options()) {
+    INFO("norm " << int(o.normalization) << " causal " << o.causal);
+    // The float64 weights: the 16-bit forms scale by 1/sqrt(d) rounded to float, as the float call does.
+    AttentionOptions o64 = o;
+    o64.scale = double(float(1.0 / std::sqrt(double(d))));
+    Matrix<double> w64(n, m);
+    kexue::attention_weights(q64, k64, mask, w64, o64);
+    Matrix<H> got(n, m + pad);  // a strided output: the padding columns must stay as they are
+    got.setConstant(fill);
+    kexue::attention_weights(qh, kh, mask, got.leftCols(m), o);
+    bool rounded = true, pad_kept = true;
+    int double_rounding_differs = 0;
+    for (Index i = 0; i < n; ++i) {
+      for (Index j = 0; j < m; ++j) {
+        const H want = round_once<H>(w64(i, j));
+        rounded &= bits_of(got(i, j)) == bits_of(want);
+        double_rounding_differs += bits_of(kexue::detail::from_float<H>(float(w64(i, j)))) != bits_of(want);
+      }
+      for (Index j = m; j < m + pad; ++j) pad_kept &= bits_of(got(i, j)) == bits_of(fill);
+    }
+    INFO(double_rounding_differs << " weights where double -> float -> 16-bit rounding differs");
+    CHECK(rounded);
+    CHECK(pad_kept);
+  }
+}
+
+/// A 1 x 1 squared-ReLU weight (s q k)^2 / L with q = k = 1 and the float scale s, whose double value lies just
+/// above a 16-bit midpoint and within half a float ulp of it, so that rounding to float lands on the midpoint and
+/// then to even: the wrong side. Found by trying the floats next to sqrt(L M) for several midpoints M and L.
+template <class H>
+void check_weights_double_rounding_case() {
+  const int mant = std::is_same<H, half>::value ? 10 : 7;  // explicit mantissa bits of H
+  bool found = false;
+  for (int L = 3; L < 40 && !found; L += 2) {
+    for (int k = 0; k < 64 && !found; ++k) {
+      const double mid = 1.0 + std::ldexp(2.0 * k + 1.0, -mant - 1);  // a midpoint of H in [1, 2)
+      const float s0 = float(std::sqrt(L * mid));
+      for (float s = std::nextafter(s0, 0.0f); s <= std::nextafter(s0, 4.0f) && !found; s = std::nextafter(s, 4.0f)) {
+        const double w = double(s) * double(s) / L;  // what the kernel computes (a = 1 * 1 * s)
+        const H once = round_once<H>(w);
+        if (bits_of(once) == bits_of(kexue::detail::from_float<H>(float(w)))) continue;
+        found = true;
+        INFO("L " << L << " s " << s << " w " << w);
+        AttentionOptions o;
+        o.normalization = Normalization::SquaredRelu;
+        o.relu2_length = L;
+        o.scale = double(s);
+        Matrix<H> q(1, 1), k(1, 1), got(1, 1);
+        q(0, 0) = kexue::detail::from_float<H>(1.0f);
+        k(0, 0) = q(0, 0);
+        kexue::attention_weights(q, k, got, o);
+        CHECK(bits_of(got(0, 0)) == bits_of(once));
+        Matrix<float> got32(1, 1);
+        kexue::attention_weights(q, k, got32, o);
+        CHECK(got32(0, 0) == float(w));  // float weights: the plain rounding of the same double
+      }
+    }
+  }
+  CHECK(found);
+}
+
+}  // namespace
+
+TEST_CASE("attention_weights: 16-bit q / k with float weights are the float call on the widened values",
+          "[attention][half]") {
+  check_weights_float_out<half>();
+  check_weights_float_out<bf16>();
+}
+
+TEST_CASE("attention_weights: 16-bit weights are the float64 weights rounded once", "[attention][half]") {
+  // The rounding itself at constructed ties: a double just above (or below) a 16-bit midpoint whose float rounding
+  // is the midpoint, where float first then 16-bit (ties to even) gives the other neighbour.
+  const double above_bf16 = 1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40);   // 1 + half a bf16 ulp + a little
+  const double above_half = 1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40);  // 1 + half an fp16 ulp + a little
+  const double below_half = 1.0 + 3 * std::ldexp(1.0, -11) - std::ldexp(1.0, -40);  // the tie with the even above
+  CHECK(float(above_bf16) == float(1.0 + std::ldexp(1.0, -8)));                  // float lands on the midpoint
+  CHECK(float(round_once<bf16>(above_bf16)) == float(1.0 + std::ldexp(1.0, -7)));
+  CHECK(float(kexue::detail::round_to<bf16>(above_bf16)) == float(1.0 + std::ldexp(1.0, -7)));
+  CHECK(float(kexue::detail::from_float<bf16>(float(above_bf16))) == 1.0f);     // the double rounding
+  CHECK(float(round_once<half>(above_half)) == float(1.0 + std::ldexp(1.0, -10)));
+  CHECK(float(kexue::detail::round_to<half>(above_half)) == float(1.0 + std::ldexp(1.0, -10)));
+  CHECK(float(kexue::detail::from_float<half>(float(above_half))) == 1.0f);
+  CHECK(float(round_once<half>(below_half)) == float(1.0 + std::ldexp(1.0, -10)));
+  CHECK(float(kexue::detail::round_to<half>(below_half)) == float(1.0 + std::ldexp(1.0, -10)));
+  CHECK(float(kexue::detail::from_float<half>(float(below_half))) == float(1.0 + std::ldexp(1.0, -9)));
+  CHECK(float(round_once<half>(-above_half)) == -float(1.0 + std::ldexp(1.0, -10)));
+  CHECK(float(kexue::detail::round_to<half>(-above_half)) == -float(1.0 + std::ldexp(1.0, -10)));
+  // Exact ties, overflow and zero, for the test's own rounding.
+  CHECK(float(round_once<half>(1.0 + std::ldexp(1.0, -11))) == 1.0f);
+  CHECK(float(round_once<half>(1.0 + 3 * std::ldexp(1.0, -11))) == float(1.0 + std::ldexp(1.0, -9)));
+  CHECK(std::isinf(float(round_once<half>(65520.0))));
+  CHECK(float(round_once<half>(65519.99)) == 65504.0f);
+  CHECK(bits_of(round_once<half>(-0.0)) == 0x8000);
+  CHECK(float(round_once<half>(std::ldexp(1.0, -25) * 1.5)) == float(std::ldexp(1.0, -24)));  // subnormal
+  check_weights_double_rounding_case<half>();
+  check_weights_double_rounding_case<bf16>();
+  check_weights_16bit_out<half>();
+  check_weights_16bit_out<bf16>();
+}
+
+TEST_CASE("attention_weights: bad 16-bit input throws before the weights are written",
+          "[attention][half][bad_input]") {
+  const Matrix<float> q = randn(4, 8, 1);
+  const Matrix<half> k = narrow<half>(randn(10, 8, 2)), kbad = narrow<half>(randn(10, 7, 3));
+  Matrix<float> w(4, 10), wbad(4, 9);
+  w.setConstant(3.0f);
+  wbad.setConstant(3.0f);
+  throws_with([&] { kexue::attention_weights(q, k, wbad); }, "attention_weights: weights has shape [4 x 9]");
+  throws_with([&] { kexue::attention_weights(q, k, wbad); }, "[4 x 10]");
+  throws_with([&] { kexue::attention_weights(q, kbad, w); }, "k has 7 columns but q has 8");
+  std::vector<unsigned char> mask(9, 1);
+  throws_with([&] { kexue::attention_weights(q, k, mask, w); }, "key_mask has 9 entries");
+  CHECK((w.array() == 3.0f).all());
+  CHECK((wbad.array() == 3.0f).all());
+  // q, k and weights bf16.
+  const Matrix<bf16> qb = narrow<bf16>(q), kb = narrow<bf16>(randn(10, 8, 4));
+  Matrix<bf16> wb(4, 10), wbbad(5, 10);
+  wb.setConstant(bf16(3.0f));
+  wbbad.setConstant(bf16(3.0f));
+  throws_with([&] { kexue::attention_weights(qb, kb, wbbad); }, "weights has shape [5 x 10]");
+  AttentionOptions o;
+  o.key_length = 11;
+  throws_with([&] { kexue::attention_weights(qb, kb, wb, o); }, "options.key_length is 11");
+  CHECK(widen(wb) == Matrix<float>::Constant(4, 10, 3.0f));
+  CHECK(widen(wbbad) == Matrix<float>::Constant(5, 10, 3.0f));
 }
 
 #if defined(_OPENMP)

@@ -377,14 +377,50 @@ inline WindowRule diag_rule(const AttentionPlan<T>& p, Index n, Index m) {
   return w;
 }
 
+/// The scalar types attention_weights() takes: attention()'s with weights in out's place (a 16-bit k with q and
+/// weights float; q and k of one 16-bit type with weights float or that type), plus float or double q and k in any
+/// mix with weights of q's type, as it always took.
+template <class Q, class S, class O>
+constexpr bool kAttentionWeightsTypes =
+    kAttentionTypes<Q, S, O> || (!kIs16Bit<Q> && !kIs16Bit<S> && std::is_same<O, Q>::value);
+
+/// A 16-bit element or a float / double as a double (exact for all of them).
+template <class S>
+inline double widen_to_double(S x) {
+  if constexpr (kIs16Bit<S>) {
+    return double(to_float<S>(x));
+  } else {
+    return double(x);
+  }
+}
+
+/// A weight computed in double, stored as O. A 16-bit O is rounded once to nearest even (round_to: double to
+/// float with round-to-odd, then float to O), as torch's `.to()` from float64: double -> float -> O would round
+/// twice and can land on the other side of a midpoint.
+template <class O>
+inline O store_weight(double x) {
+  if constexpr (kIs16Bit<O>) {
+    return round_to<O>(x);
+  } else {
+    return O(x);
+  }
+}
+
 template <class QD, class KD, class AD>
 void attention_weights_impl(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const KeyMask* key_mask,
                             const Eigen::DenseBase<AD>& weights, const AttentionOptions& options) {
-  using T = typename QD::Scalar;
+  using Q = typename QD::Scalar;
+  using O = typename AD::Scalar;
+  static_assert(kAttentionWeightsTypes<Q, typename KD::Scalar, O>,
+                "attention_weights: q, k float or double with weights of q's type; or k Eigen::half / "
+                "Eigen::bfloat16 with q, weights float; or q, k of one 16-bit type with weights float or that type");
+  // The plan's type sets the scale's rounding: q's type as always, float with a 16-bit q, as attention() and the
+  // float call on the widened values have it.
+  using T = std::conditional_t<kIs16Bit<Q>, float, Q>;
   constexpr const char* fn = "attention_weights";
-  const auto qv = make_view(fn, "q", q);
-  const auto kv = make_view(fn, "k", k);
-  const auto av = make_mut_view(fn, "weights", weights);
+  const auto qv = make_view<QD, true>(fn, "q", q);
+  const auto kv = make_view<KD, true>(fn, "k", k);
+  const auto av = make_mut_view<AD, true>(fn, "weights", weights);
   require(kv.cols == qv.cols, fn, "k has ", kv.cols, " columns but q has ", qv.cols);
   require_shape(fn, "weights", av, qv.rows, kv.rows, "[rows of q x rows of k] is ");
   require(!overlaps(av, qv) && !overlaps(av, kv), fn, "weights must not alias q or k");
@@ -406,19 +442,19 @@ void attention_weights_impl(const Eigen::DenseBase<QD>& q, const Eigen::DenseBas
     for (Index j = 0; j < m; ++j) {
       vis[j] = j >= lo && j < hi && (!mask || mask[j] != 0);
       double s = 0;
-      for (Index c = 0; c < qv.cols; ++c) s += double(qv(i, c)) * double(kv(j, c));
+      for (Index c = 0; c < qv.cols; ++c) s += widen_to_double(qv(i, c)) * widen_to_double(kv(j, c));
       a[j] = s * double(p.scale);
       if (vis[j]) {
         ++l;
         mx = std::max(mx, a[j]);
       }
     }
-    T* row = av.row(i);
+    O* row = av.row(i);
     if (p.norm == AttnNorm::SquaredRelu) {
       const double L = p.relu2_length > 0 ? double(p.relu2_length) : double(l);
       for (Index j = 0; j < m; ++j) {
         const double r = std::max(a[j], 0.0);
-        row[j] = vis[j] && L > 0 ? T(r * r / L) : T(0);
+        row[j] = store_weight<O>(vis[j] && L > 0 ? r * r / L : 0.0);
       }
       continue;
     }
@@ -430,7 +466,7 @@ void attention_weights_impl(const Eigen::DenseBase<QD>& q, const Eigen::DenseBas
       a[j] = vis[j] ? std::exp(c * (a[j] - mx)) : 0.0;
       sum += a[j];
     }
-    for (Index j = 0; j < m; ++j) row[j] = l > 0 ? T(a[j] / sum) : T(0);
+    for (Index j = 0; j < m; ++j) row[j] = store_weight<O>(l > 0 ? a[j] / sum : 0.0);
   }
 }
 
@@ -530,14 +566,18 @@ void attention(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorVie
 
 /// The attention matrix itself, weights: [n, m] (small inputs: this one does materialise it), with exactly the
 /// semantics of attention() (masked cells exactly 0 whatever the hidden k rows hold, rows with no visible key all
-/// 0). Computed in double.
+/// 0). Computed in double, with the scale rounded to q's type (to float for a 16-bit q).
+/// Types: q and k float or double, weights of q's type; or the 16-bit forms of attention(): k Eigen::half /
+/// Eigen::bfloat16 with q and weights float (a KV cache), or q and k of one 16-bit type with weights float or that
+/// type. 16-bit values widen exactly, so float weights are bit for bit the float call on the widened q and k; 16-bit
+/// weights are the double values rounded once to nearest even (as torch's `.to()` from float64).
 template <class QD, class KD, class AD>
 void attention_weights(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<AD>& weights,
                        const AttentionOptions& options = {}) {
   detail::attention_weights_impl(q, k, nullptr, weights, options);
 }
 
-/// attention_weights() with a per-key visibility mask of length m.
+/// attention_weights() with a per-key visibility mask of length m (the same types).
 template <class QD, class KD, class AD>
 void attention_weights(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const KeyMask& key_mask,
                        const Eigen::DenseBase<AD>& weights, const AttentionOptions& options = {}) {
