@@ -3,6 +3,7 @@
 // from one run. Arg "kv": 0 float, 1 Eigen::half, 2 Eigen::bfloat16.
 // - BM_attention_half_decode: one decoding step, 8 query heads, GQA 8/2, d = 64, m cached keys, causal, K/V of the
 //   given type, q and out float (the KV-cache case); 1 thread. Bytes = the K and V caches once (bandwidth-bound).
+//   m = 1048576: a 1 GiB float cache (512 MiB in 16 bits), past any L3, so the step reads DRAM.
 // - BM_attention_half_prefill: 8 heads x n x 64, K/V of the given type, q and out float, 1 thread.
 // - BM_attention_half_qkv: 8 heads x n x 64 with q, k, v all of the given type (out float), 1 thread.
 #include <cstdint>
@@ -63,7 +64,7 @@ void BM_attention_half_decode(benchmark::State& state) {
 // kv first within each m, so the float row and its 16-bit rows are neighbours in the output.
 BENCHMARK(BM_attention_half_decode)
     ->ArgNames({"kv", "m"})
-    ->ArgsProduct({{0, 1, 2}, {4096, 32768}})
+    ->ArgsProduct({{0, 1, 2}, {4096, 32768, 1048576}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
