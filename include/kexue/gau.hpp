@@ -382,6 +382,21 @@ GauPlan gau_check_2d(const char* fn, const W& weights, const GauOptions& options
   return p;
 }
 
+/// bf16 weights: the small vectors (biases, ScaleOffset) widened to float into wf, once per call (the kernels'
+/// epilogues and ScaleOffset read float); wf's matrices stay empty.
+inline void gau_widen_vectors(const GauWeights<Eigen::bfloat16>& w, GauWeights<float>& wf) {
+  auto widen = [](const Vector<Eigen::bfloat16>& src, Vector<float>& dst) {
+    dst.resize(src.size());
+    if (src.size() != 0) widen_n(src.data(), dst.data(), src.size());
+  };
+  widen(w.b_in, wf.b_in);
+  widen(w.gamma_q, wf.gamma_q);
+  widen(w.beta_q, wf.beta_q);
+  widen(w.gamma_k, wf.gamma_k);
+  widen(w.beta_k, wf.beta_k);
+  widen(w.b_out, wf.b_out);
+}
+
 }  // namespace detail
 
 /// Packs a float or double GAU layer for gau() (see GauPackedWeights): validates the weights' shapes (throws
@@ -495,18 +510,8 @@ void gau(const GauWeights<Eigen::bfloat16>& weights, const Eigen::DenseBase<Dx>&
   detail::GauPlan p = detail::gau_check_2d(fn, weights, options, xv, ov, rope_table, key_length);
   if (n == 0) return;
   p.bf16_act = options.bf16_activations;
-  // The small vectors in float, once per call (the kernels' epilogues and ScaleOffset read float).
   GauWeights<float>& wf = workspace.detail_widened();
-  auto widen = [](const Vector<BF>& src, Vector<float>& dst) {
-    dst.resize(src.size());
-    if (src.size() != 0) detail::widen_n(src.data(), dst.data(), src.size());
-  };
-  widen(weights.b_in, wf.b_in);
-  widen(weights.gamma_q, wf.gamma_q);
-  widen(weights.beta_q, wf.beta_q);
-  widen(weights.gamma_k, wf.gamma_k);
-  widen(weights.beta_k, wf.beta_k);
-  widen(weights.b_out, wf.b_out);
+  detail::gau_widen_vectors(weights, wf);
   auto& slots = workspace.detail_slots();
   detail::gau_reserve_tiles(slots, std::max<Index>(1, detail::max_threads()), n, p, true,
                             !std::is_same<O, float>::value);
@@ -584,16 +589,7 @@ void gau_batched(const W& weights, TensorView<const X> x, TensorView<O> out, con
   GauPacked<C> packed;
   if constexpr (kBf16) {
     GauWeights<float>& wf = workspace.detail_widened();
-    auto widen = [](const Vector<T>& src, Vector<float>& dst) {
-      dst.resize(src.size());
-      if (src.size() != 0) widen_n(src.data(), dst.data(), src.size());
-    };
-    widen(weights.b_in, wf.b_in);
-    widen(weights.gamma_q, wf.gamma_q);
-    widen(weights.beta_q, wf.beta_q);
-    widen(weights.gamma_k, wf.gamma_k);
-    widen(weights.beta_k, wf.beta_k);
-    widen(weights.b_out, wf.b_out);
+    gau_widen_vectors(weights, wf);
     vectors = &wf;
     packed = gau_pack_weights_bf16(weights, p, slots[0]);
   } else {
