@@ -216,6 +216,7 @@ void fuzz_2d(FuzzInput& in) {
   if (!finite || !in.flag()) return;
   // Hidden keys: poison the keys some rows cannot see and compare those rows with the clean call.
   const unsigned char* mask = c.use_mask ? c.mask.data() : nullptr;
+  const Strided<T> k_clean = k;
   const auto bad = poisoned_keys(in, c, n, m, mask);
   const T x = poison_value<T>(in);
   const int target = int(in.range(1, 3));  // 1: k rows, 2: v rows, 3: both
@@ -230,6 +231,22 @@ void fuzz_2d(FuzzInput& in) {
     bool sees_bad = false;
     for (Index j = 0; j < m && !sees_bad; ++j) sees_bad = bad[std::size_t(j)] && sees(c, i, j, n, m, mask);
     if (!sees_bad) expect_same_row(clean.row(i), out.row(i), dv);
+  }
+  if (m == 0 || !in.flag()) return;
+  // A visible NaN: one NaN in k makes every row that sees that key NaN in every column (torch's rule, the same on
+  // every ISA and path); the other rows keep the clean call's bits.
+  k = k_clean;
+  const Index jn = in.range(0, m - 1);
+  k.row(jn)[in.range(0, d - 1)] = std::numeric_limits<T>::quiet_NaN();
+  call();
+  for (Index i = 0; i < n; ++i) {
+    if (!sees(c, i, jn, n, m, mask)) {
+      expect_same_row(clean.row(i), out.row(i), dv);
+      continue;
+    }
+    for (Index e = 0; e < dv; ++e)
+      expect(std::isnan(double(out.row(i)[e])), "attention: a NaN logit did not make its row NaN",
+             double(out.row(i)[e]), double(jn));
   }
 }
 

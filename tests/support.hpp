@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -123,6 +124,32 @@ void throws_with(F&& f, const std::string& part) {
     return;
   }
   FAIL("no kexue::Error thrown; expected one mentioning " << part);
+}
+
+/// A NaN in an input reaches exactly the rows that use it, on every path and ISA (torch's rule): each row i with
+/// sees(i) must be NaN in every column of `poisoned`; every other row must keep the bits of `clean` and be finite.
+/// Returns how many rows were NaN (so a caller can check the NaN did reach someone).
+template <class A, class B, class Sees>
+Index expect_nan_reaches(const A& clean, const B& poisoned, Sees sees, const std::string& what) {
+  INFO(what);
+  Index nan_rows = 0, bad_nan = 0, bad_clean = 0;
+  for (Index i = 0; i < Index(clean.rows()); ++i) {
+    bool all_nan = true, same = true;
+    for (Index c = 0; c < Index(clean.cols()); ++c) {
+      const auto x = clean(i, c), y = poisoned(i, c);
+      all_nan = all_nan && std::isnan(double(y));
+      same = same && std::isfinite(double(y)) && std::memcmp(&x, &y, sizeof x) == 0;
+    }
+    if (sees(i)) {
+      bad_nan += !all_nan;
+      nan_rows += all_nan;
+    } else {
+      bad_clean += !same;
+    }
+  }
+  CHECK(bad_nan == 0);
+  CHECK(bad_clean == 0);
+  return nan_rows;
 }
 
 }  // namespace kexue_test

@@ -903,6 +903,80 @@ TEST_CASE("keys a row cannot see never reach its attention_weights", "[attention
   hidden_keys_weights<double>();
 }
 
+// A NaN logit (a NaN in a visible k, or in q) propagates as in torch: every row that sees the key is NaN in every
+// column, whatever the normalisation, path (one-row decode, tiled) or ISA; rows that do not see it keep their bits.
+// (Before, x86 dropped the key as if hidden where ARM64 gave NaN: vmaxps and fmax treat NaN differently.)
+template <class T>
+void nan_logit_rows_2d() {
+  const Index j = 5;
+  for (int norm = 0; norm < 3; ++norm)
+    for (Index d : {16, 64})
+      for (Index n : {1, 2, 37, 200})
+        for (Index m : {9, 50, 300})
+          for (bool causal : {false, true}) {
+            const Index dv = 9;
+            Matrix<T> q = Matrix<T>::Random(n, d), k = Matrix<T>::Random(m, d), v = Matrix<T>::Random(m, dv);
+            AttentionOptions o;
+            o.normalization = static_cast<Normalization>(norm);
+            o.causal = causal;
+            Matrix<T> clean(n, dv), got(n, dv);
+            kexue::attention(q, k, v, clean, o);
+            const std::string what = "norm " + std::to_string(norm) + " d " + std::to_string(d) + " n " +
+                                     std::to_string(n) + " m " + std::to_string(m) + " causal " +
+                                     std::to_string(causal);
+            Matrix<T> kn = k;
+            kn(j, 3) = std::numeric_limits<T>::quiet_NaN();
+            kexue::attention(q, kn, v, got, o);
+            const auto sees = [&](Index i) { return !causal || j <= i + (m - n); };
+            expect_nan_reaches(clean, got, sees, "NaN in k, " + what);
+            Matrix<T> w(n, m);
+            kexue::attention_weights(q, kn, w, o);
+            for (Index i = 0; i < n; ++i) CHECK(std::isnan(double(w(i, j))) == sees(i));
+            Matrix<T> qn = q;
+            const Index r = n / 2;
+            qn(r, d - 1) = std::numeric_limits<T>::quiet_NaN();
+            kexue::attention(qn, k, v, got, o);
+            const bool row_sees_any = !causal || r + (m - n) >= 0;
+            expect_nan_reaches(clean, got, [&](Index i) { return i == r && row_sees_any; }, "NaN in q, " + what);
+          }
+}
+
+template <class T>
+void nan_logit_rows_grouped_decode() {
+  const Index H = 8, Hk = 2, m = 300, d = 64, dv = 64, j = 123;
+  auto qv = random_values<T>(H * d, 31);
+  auto kv = random_values<T>(Hk * m * d, 32);
+  auto vv = random_values<T>(Hk * m * dv, 33);
+  std::vector<T> clean(std::size_t(H * dv)), got(std::size_t(H * dv));
+  for (int norm = 0; norm < 3; ++norm) {
+    AttentionOptions o;
+    o.normalization = static_cast<Normalization>(norm);
+    o.causal = true;
+    auto run = [&](const std::vector<T>& k, std::vector<T>& out) {
+      kexue::attention(kexue::TensorView<const T>::contiguous(qv.data(), 1, H, 1, d),
+                       kexue::TensorView<const T>::contiguous(k.data(), 1, Hk, m, d),
+                       kexue::TensorView<const T>::contiguous(vv.data(), 1, Hk, m, dv),
+                       kexue::TensorView<T>::contiguous(out.data(), 1, H, 1, dv), o);
+    };
+    run(kv, clean);
+    std::vector<T> kn = kv;
+    kn[std::size_t(j * d + 7)] = std::numeric_limits<T>::quiet_NaN();  // kv head 0: query heads 0..3
+    run(kn, got);
+    using RowMat = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+    const Index nan_rows = expect_nan_reaches(RowMat(clean.data(), H, dv), RowMat(got.data(), H, dv),
+                                              [&](Index h) { return h < H / Hk; },
+                                              "grouped decode, norm " + std::to_string(norm));
+    CHECK(nan_rows == H / Hk);
+  }
+}
+
+TEST_CASE("a NaN logit reaches exactly the rows that see its key, on every path", "[attention][nan]") {
+  nan_logit_rows_2d<float>();
+  nan_logit_rows_2d<double>();
+  nan_logit_rows_grouped_decode<float>();
+  nan_logit_rows_grouped_decode<double>();
+}
+
 TEST_CASE("grouped decode: each query head of a GQA/MQA group gets its bits alone, hidden keys stay out", "[attention]") {
   grouped_decode_all<float>();
   grouped_decode_all<double>();

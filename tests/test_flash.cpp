@@ -343,3 +343,27 @@ TEST_CASE("flash_row_bound: a q.k past float's range is not promised, even with 
     CHECK(bound.promised == (big < 1e20));
   }
 }
+
+TEMPLATE_TEST_CASE("FLASH: a NaN in a visible quadratic key reaches exactly the rows of its chunk that see it", "[flash][nan]",
+                   float, double) {
+  // relu^2 keeps a NaN logit NaN on every ISA (x86's vmaxps used to turn it into 0 in the vector lanes only).
+  using T = TestType;
+  const Index n = 150, s = 24, sl = 8, e = 17, j = 70;
+  for (Index c : {64, 150})
+    for (bool causal : {false, true}) {
+      const Matrix<T> qq = Matrix<T>::Random(n, s), kq = Matrix<T>::Random(n, s), ql = Matrix<T>::Random(n, sl),
+                      kl = Matrix<T>::Random(n, sl), v = Matrix<T>::Random(n, e);
+      FlashOptions o;
+      o.chunk_size = c;
+      o.causal = causal;
+      Matrix<T> clean(n, e), got(n, e);
+      kexue::mixed_chunk_attention(qq, kq, ql, kl, v, clean, o);
+      Matrix<T> kn = kq;
+      kn(j, 5) = std::numeric_limits<T>::quiet_NaN();
+      kexue::mixed_chunk_attention(qq, kn, ql, kl, v, got, o);
+      const auto sees = [&](Index i) { return i / c == j / c && (!causal || i >= j); };
+      const Index nan_rows = expect_nan_reaches(clean, got, sees, "chunk " + std::to_string(c) +
+                                                                      " causal " + std::to_string(causal));
+      CHECK(nan_rows > 0);
+    }
+}

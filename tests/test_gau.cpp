@@ -1199,3 +1199,25 @@ TEST_CASE("batched gau with bf16 weights: each sequence is the 2-D bf16 gau on i
               "out overlaps x");
   CHECK((buf.array() == 7.0f).all());
 }
+
+TEMPLATE_TEST_CASE("gau: a NaN in one token reaches exactly the rows that attend to it", "[gau][nan]", float, double) {
+  // End to end: the NaN token's v row is NaN too, so this holds even where a NaN logit was dropped (the logit rule
+  // itself is tested on the kernels, in test_attention and test_flash); it pins down that no path hides the NaN.
+  using T = TestType;
+  const Index n = 40, D = 24, e = 48, s = 16, j = 17;
+  const GauWeights<T> w = random_weights<T>(D, e, s, true, 77);
+  const Matrix<T> x = Matrix<T>::Random(n, D);
+  for (int norm = 0; norm < 3; ++norm)
+    for (bool causal : {false, true}) {
+      GauOptions o;
+      o.attention.normalization = static_cast<Normalization>(norm);
+      o.attention.causal = causal;
+      Matrix<T> clean(n, D), got(n, D);
+      kexue::gau(w, x, clean, o);
+      Matrix<T> xn = x;
+      xn(j, 3) = std::numeric_limits<T>::quiet_NaN();
+      kexue::gau(w, xn, got, o);
+      expect_nan_reaches(clean, got, [&](Index i) { return !causal || i >= j; },
+                         "norm " + std::to_string(norm) + " causal " + std::to_string(causal));
+    }
+}

@@ -684,3 +684,24 @@ TEST_CASE("linear attention on 16-bit inputs: bad input throws before writing", 
   throws_with([&] { kexue::linear_attention(q, k, v, out); }, "linear_attention: k has shape [5 x 7]");
   CHECK(out(0, 0) == 9.0f);
 }
+
+TEMPLATE_TEST_CASE("linear attention: a NaN in a visible key reaches exactly the rows that see it, every feature map",
+                   "[linear_attention][nan]", float, double) {
+  // phi = relu and elu + 1 keep a NaN NaN on every ISA (x86's vmaxps used to turn it into 0 in the vector lanes).
+  using T = TestType;
+  const Index n = 45, m = 45, d = 19, dv = 11, j = 20;
+  for (int map = 0; map < 3; ++map)
+    for (bool causal : {false, true}) {
+      const Matrix<T> q = Matrix<T>::Random(n, d), k = Matrix<T>::Random(m, d), v = Matrix<T>::Random(m, dv);
+      LinearAttentionOptions o;
+      o.feature_map = static_cast<kexue::FeatureMap>(map);
+      o.causal = causal;
+      Matrix<T> clean(n, dv), got(n, dv);
+      kexue::linear_attention(q, k, v, clean, o);
+      Matrix<T> kn = k;
+      kn(j, 2) = std::numeric_limits<T>::quiet_NaN();
+      kexue::linear_attention(q, kn, v, got, o);
+      expect_nan_reaches(clean, got, [&](Index i) { return !causal || i >= j; },
+                         "map " + std::to_string(map) + " causal " + std::to_string(causal));
+    }
+}

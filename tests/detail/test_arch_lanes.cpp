@@ -293,3 +293,42 @@ TEMPLATE_TEST_CASE("arch store_stream stores what its generic version stores", "
   CHECK(std::memcmp(got, want, sizeof got) == 0);
   CHECK(std::memcmp(got, v.data(), std::size_t(n) * sizeof(T)) == 0);  // and the generic one stores v
 }
+
+TEMPLATE_TEST_CASE("arch max_keep_nan / min_keep_nan equal their generic versions and keep a NaN x", "[detail][arch]",
+                   float, double) {
+  using T = TestType;
+  using B = kd::Batch<T>;
+  constexpr Index L = kd::kLanes<T>;
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
+  // Every pair from this list, as x and as the bound, in every lane position.
+  const std::vector<T> special = {nan, -nan, inf, -inf, T(0), -T(0), T(1), T(-1), T(2.5), std::numeric_limits<T>::max(),
+                                  std::numeric_limits<T>::denorm_min()};
+  std::vector<T> xs, bs;
+  for (T a : special)
+    for (T b : special) {
+      xs.push_back(a);
+      bs.push_back(b);
+    }
+  while (xs.size() % std::size_t(L) != 0) {
+    xs.push_back(T(0.5));
+    bs.push_back(T(-0.5));
+  }
+  int max_bad = 0, min_bad = 0, rule_bad = 0;
+  for (std::size_t i = 0; i < xs.size(); i += std::size_t(L)) {
+    const B x = B::load_unaligned(&xs[i]), b = B::load_unaligned(&bs[i]);
+    max_bad += !same_bits<T>(kd::max_keep_nan<T>(x, b), gen::max_keep_nan<T>(x, b));
+    min_bad += !same_bits<T>(kd::min_keep_nan<T>(x, b), gen::min_keep_nan<T>(x, b));
+    alignas(64) T mx[L > 1 ? L : 2], mn[L > 1 ? L : 2];
+    gen::max_keep_nan<T>(x, b).store_aligned(mx);
+    gen::min_keep_nan<T>(x, b).store_aligned(mn);
+    for (Index l = 0; l < L; ++l) {  // the generic versions are the stated expressions, bit for bit
+      const T xv = xs[i + std::size_t(l)], bv = bs[i + std::size_t(l)];
+      const T want_max = xv < bv ? bv : xv, want_min = bv < xv ? bv : xv;
+      rule_bad += std::memcmp(&mx[l], &want_max, sizeof(T)) != 0 || std::memcmp(&mn[l], &want_min, sizeof(T)) != 0;
+      if (std::isnan(xv)) rule_bad += !std::isnan(mx[l]) || !std::isnan(mn[l]);
+    }
+  }
+  CHECK(max_bad == 0);
+  CHECK(min_bad == 0);
+  CHECK(rule_bad == 0);
+}

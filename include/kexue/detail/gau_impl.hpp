@@ -234,7 +234,9 @@ inline void gau_normalize_row(const GauPlan& p, T* a, Index lo, Index hi, Index 
       case Normalization::SquaredRelu: {
         const double length = p.relu2_length ? double(*p.relu2_length) : double(count);
         Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> r(w, len);
-        r = (r * static_cast<T>(p.scale)).max(T(0)).square() * static_cast<T>(1.0 / length);
+        // relu as a < 0 ? 0 : a, so a NaN logit stays NaN on every ISA (Eigen's max follows the SIMD max's rule).
+        r = (r * static_cast<T>(p.scale)).unaryExpr([](T a) { return a < T(0) ? T(0) : a; }).square() *
+            static_cast<T>(1.0 / length);
         if (p.key_mask) {
           for (Index j = lo; j < hi; ++j)
             if (!p.key_mask[j]) a[j] = T(0);

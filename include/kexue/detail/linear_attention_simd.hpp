@@ -173,7 +173,7 @@ inline T phi_scalar(Phi f, T x) {
     case Phi::EluPlusOne:
       return x > T(0) ? x + T(1) : std::exp(x);
     case Phi::Relu:
-      return x > T(0) ? x : T(0);
+      return x < T(0) ? T(0) : x;  // a NaN x stays NaN, as in phi_batch
     default:
       return x;
   }
@@ -186,7 +186,7 @@ inline Batch<T> phi_batch(const Batch<T>& x) {
     // huge x never overflows, and -inf / -1e30 never reach xsimd 8.1's undefined integer conversion (fuzz finding).
     return xsimd::select(x > Batch<T>(T(0)), x + Batch<T>(T(1)), exp_nonpositive(x));
   } else if constexpr (F == Phi::Relu) {
-    return xsimd::max(x, Batch<T>(T(0)));
+    return max_keep_nan<T>(x, Batch<T>(T(0)));
   } else {
     return x;
   }
@@ -251,11 +251,11 @@ inline void relu2_row(T* x, T s, T w, Index n) {
   const Batch<T> vs(s), vw(w), zero(T(0));
   Index i = 0;
   for (; i + L <= n; i += L) {
-    const Batch<T> r = xsimd::max(load(x + i) * vs, zero);
+    const Batch<T> r = max_keep_nan<T>(load(x + i) * vs, zero);
     store(x + i, r * r * vw);
   }
   for (; i < n; ++i) {
-    const T r = std::max(x[i] * s, T(0));
+    const T a = x[i] * s, r = a < T(0) ? T(0) : a;  // a NaN logit stays NaN, as in the vector lanes
     x[i] = r * r * w;
   }
 }

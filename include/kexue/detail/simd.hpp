@@ -158,18 +158,20 @@ inline void scale(T alpha, T* x, Index n) {
   for (; i < n; ++i) x[i] *= alpha;
 }
 
-/// max_i x[i]; -inf for n == 0. NaN entries are ignored.
+/// max_i x[i]; -inf for n == 0. NaN entries are ignored (a compare and a select: xsimd::max's NaN rule differs
+/// between x86 and ARM64).
 template <class T>
 inline T row_max(const T* x, Index n) {
   constexpr Index L = kLanes<T>;
   const T ninf = -std::numeric_limits<T>::infinity();
   Batch<T> m0(ninf), m1(ninf);
+  const auto keep_max = [](const Batch<T>& m, const Batch<T>& v) { return xsimd::select(m < v, v, m); };
   Index i = 0;
   for (; i + 2 * L <= n; i += 2 * L) {
-    m0 = xsimd::max(m0, load(x + i));
-    m1 = xsimd::max(m1, load(x + i + L));
+    m0 = keep_max(m0, load(x + i));
+    m1 = keep_max(m1, load(x + i + L));
   }
-  for (; i + L <= n; i += L) m0 = xsimd::max(m0, load(x + i));
+  for (; i + L <= n; i += L) m0 = keep_max(m0, load(x + i));
   T m = reduce_max<T>(xsimd::max(m0, m1));
   for (; i < n; ++i) m = x[i] > m ? x[i] : m;
   return m;
@@ -197,12 +199,14 @@ inline T row_sum(const T* x, Index n) {
 template <class T>
 constexpr T kExpUnderflow = std::is_same<T, float>::value ? T(-110) : T(-760);
 
-/// exp(x) for x <= 0 (softmax arguments after subtracting the max); -inf and huge negatives give 0.
-/// The argument is clamped to [kExpUnderflow, 0]; max(x, lo) returns lo for a NaN x (vmaxps returns its
-/// second operand), so even NaN input cannot reach xsimd's integer conversion.
+/// exp(x) for x <= 0 (softmax arguments after subtracting the max); -inf and huge negatives give 0, NaN gives NaN.
+/// The argument is clamped to [kExpUnderflow, 0] with compares that send a NaN to 0, so no NaN reaches xsimd's
+/// integer conversion either; the NaN is put back after.
 template <class T>
 inline Batch<T> exp_nonpositive(const Batch<T>& x) {
-  return xsimd::exp(xsimd::min(xsimd::max(x, Batch<T>(kExpUnderflow<T>)), Batch<T>(T(0))));
+  const Batch<T> lo(kExpUnderflow<T>), zero(T(0));
+  const Batch<T> c = xsimd::select(x < lo, lo, xsimd::select(x < zero, x, zero));
+  return xsimd::select(xsimd::isnan(x), x, xsimd::exp(c));
 }
 
 /// x[i] = exp(x[i] - shift), returning the sum of the new values. exp(-inf) = 0. Requires x[i] <= shift.
@@ -226,10 +230,17 @@ inline T exp_shift_sum(T* x, T shift, Index n) {
 }
 
 /// In-place softmax of one row. A row with no finite maximum (empty, or every entry -inf) becomes zeros:
-/// it has no visible key, and exp(-inf - (-inf)) would be NaN.
+/// it has no visible key, and exp(-inf - (-inf)) would be NaN. A NaN entry makes the whole row NaN, as in torch.
 template <class T>
 inline void softmax_row(T* x, Index n) {
   const T m = row_max(x, n);
+  if (!(m > -std::numeric_limits<T>::infinity()) || m == std::numeric_limits<T>::infinity()) {
+    // The rare rows not handled by exp below: look for a NaN first.
+    if (std::any_of(x, x + n, [](T v) { return std::isnan(v); })) {
+      std::fill(x, x + n, std::numeric_limits<T>::quiet_NaN());
+      return;
+    }
+  }
   if (!(m > -std::numeric_limits<T>::infinity())) {
     std::fill(x, x + n, T(0));
     return;

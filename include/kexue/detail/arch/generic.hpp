@@ -238,6 +238,19 @@ inline Batch<T> load_halves(const T* lo, const T* hi) {
   return Batch<T>::load_aligned(lanes);
 }
 
+/// x < lo ? lo : x in every lane: max(x, lo) where a NaN x stays NaN (a NaN compares false) and a zero keeps x's
+/// sign. The kernels clamp and rectify through this so that a NaN logit propagates as in torch on every ISA
+/// (xsimd::max is vmaxps, which returns lo for a NaN x, on x86 and fmax, which returns NaN, on ARM64).
+template <class T>
+inline Batch<T> max_keep_nan(const Batch<T>& x, const Batch<T>& lo) {
+  return xsimd::select(x < lo, lo, x);
+}
+/// hi < x ? hi : x in every lane: min(x, hi) with a NaN x kept NaN.
+template <class T>
+inline Batch<T> min_keep_nan(const Batch<T>& x, const Batch<T>& hi) {
+  return xsimd::select(hi < x, hi, x);
+}
+
 /// v, hidden from the optimiser: a product that feeds an addition stays rounded on its own (the compiler cannot
 /// contract it into an FMA). The portable form goes through memory.
 template <class T>

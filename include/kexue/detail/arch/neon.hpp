@@ -151,6 +151,17 @@ inline Batch<T> load_halves(const T* lo, const T* hi) {
   return generic::load_halves<T>(lo, hi);
 }
 
+// fmax returns NaN for either NaN operand and +0 for (-0, +0): the generic compare and select keeps the exact
+// x < lo ? lo : x, which the x86 max instruction also gives.
+template <class T>
+inline Batch<T> max_keep_nan(const Batch<T>& x, const Batch<T>& lo) {
+  return generic::max_keep_nan<T>(x, lo);
+}
+template <class T>
+inline Batch<T> min_keep_nan(const Batch<T>& x, const Batch<T>& hi) {
+  return generic::min_keep_nan<T>(x, hi);
+}
+
 template <class T>
 inline Batch<T> opaque(const Batch<T>& v) {
 #if defined(__GNUC__)
