@@ -20,7 +20,10 @@
 /// bert4keras' 0/0). A key that row i cannot see takes no part in row i whatever its k and v hold: inf, NaN or
 /// 1e38 in a padding row past key_length, a masked key, a future key under causal, or the unused tail of a KV
 /// cache never reaches that row (unlike softmax(q k^T) v in PyTorch, where a masked weight 0 times an inf value
-/// is NaN). Non-finite values in keys a row does see are the caller's and propagate into that row.
+/// is NaN). Non-finite values in keys a row does see are the caller's: inf or NaN in a visible v propagates into
+/// the row. A NaN logit (from a NaN in q or a visible k, or inf - inf when huge finite inputs overflow q.k) counts
+/// as the most negative logit, on every path and instruction set: that key gets weight 0 (softmax, unless every
+/// key the row sees has a NaN logit; relu^2), and finite inputs always give a finite softmax row.
 /// Softmax rows subtract the running row max and clamp logits to the finite range, so huge or overflowing
 /// logits never give inf or NaN. SquaredRelu has no such normaliser: its exact result is finite as long as
 /// relu(a)^2 * |v| / L is (|a| below ~1e19 in float), and beyond that it overflows like the math does.
@@ -444,6 +447,8 @@ void attention_weights_impl(const Eigen::DenseBase<QD>& q, const Eigen::DenseBas
       double s = 0;
       for (Index c = 0; c < qv.cols; ++c) s += widen_to_double(qv(i, c)) * widen_to_double(kv(j, c));
       a[j] = s * double(p.scale);
+      // A NaN logit (NaN input, or inf - inf from huge finite ones) is the most negative one, as in the kernel.
+      if (std::isnan(a[j])) a[j] = -std::numeric_limits<double>::max();
       if (vis[j]) {
         ++l;
         mx = std::max(mx, a[j]);

@@ -34,10 +34,10 @@ template <class T, bool kNonPositive = false>
 inline Batch<T> fast_exp(Batch<T> x) {
   if constexpr (std::is_same<T, float>::value) {
     using B = Batch<float>;
-    // Clamped first, so t stays in the range the rounding trick needs; a NaN x stays NaN (and gives NaN below:
-    // its exponent bits shift out to +0.0, and NaN * 0 is NaN), on every ISA.
-    B v = max_keep_nan<float>(x, B(-88.0f));
-    if constexpr (!kNonPositive) v = min_keep_nan<float>(v, B(88.0f));
+    // Clamped first, so t stays in the range the rounding trick needs. A NaN x counts as -inf and gives 0 on every
+    // ISA (at_least: x86's vmaxps(x, lo) returns lo for a NaN, ARM64's fmax would keep it).
+    B v = at_least<float>(x, B(-88.0f));
+    if constexpr (!kNonPositive) v = xsimd::min(v, B(88.0f));
     // t rounded to float first (opaque: no FMA), as every build computes it.
     const B biased = opaque(v * B(1.44269504088896341f)) + B(12583039.0f);  // 1.5 * 2^23 + 127
     const B fx = biased - B(12583039.0f);
@@ -58,8 +58,9 @@ inline Batch<T> fast_exp(Batch<T> x) {
   } else {
     // double: xsimd's exp, with the tails pinned down explicitly.
     const T lo = T(-708), hi = -lo;
-    const Batch<T> c = min_keep_nan<T>(max_keep_nan<T>(x, Batch<T>(lo)), Batch<T>(hi));
-    return xsimd::select(x <= Batch<T>(lo), Batch<T>(T(0)), xsimd::exp(c));
+    // A NaN x becomes lo before xsimd's exp (whose integer conversion must not see it), and gives 0.
+    const Batch<T> c = xsimd::min(at_least<T>(x, Batch<T>(lo)), Batch<T>(hi));
+    return xsimd::select(Batch<T>(lo) < x, xsimd::exp(c), Batch<T>(T(0)));
   }
 }
 
@@ -67,7 +68,7 @@ inline Batch<T> fast_exp(Batch<T> x) {
 template <class T>
 inline T scalar_exp(T x) {
   const T lo = std::is_same<T, float>::value ? T(-88) : T(-708);
-  return x <= lo ? T(0) : std::exp(-lo < x ? -lo : x);  // a NaN x stays NaN
+  return lo < x ? std::exp(x < -lo ? x : -lo) : T(0);  // a NaN x gives 0, as in fast_exp
 }
 
 /// How the micro-kernel combines its register block with C.
@@ -259,7 +260,7 @@ inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMa
     }
     if (!window) {
       for (int r = 0; r < NR; ++r) {
-        const Batch<T> s = min_keep_nan<T>(max_keep_nan<T>(load(sp + r * L) * rs[r], nbig), big);
+        const Batch<T> s = xsimd::min(at_least<T>(load(sp + r * L) * rs[r], nbig), big);
         mx[r] = xsimd::max(mx[r], s);
         store(sp + r * L, s);
       }
@@ -268,7 +269,7 @@ inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMa
     BatchBool<T> vis[NR];
     window_visibility<T, NR>(mask, lo, hi, j, vis);
     for (int r = 0; r < NR; ++r) {
-      Batch<T> s = min_keep_nan<T>(max_keep_nan<T>(load(sp + r * L) * rs[r], nbig), big);
+      Batch<T> s = xsimd::min(at_least<T>(load(sp + r * L) * rs[r], nbig), big);
       s = xsimd::select(vis[r], s, ninf);
       mx[r] = xsimd::max(mx[r], s);
       store(sp + r * L, s);
@@ -324,7 +325,7 @@ inline void relu2_tile(T* st, Index nb, T scale, const TileMask<T>& mask) {
     BatchBool<T> vis[NR];
     if (window) window_visibility<T, NR>(mask, lo, hi, j, vis);
     for (int r = 0; r < NR; ++r) {
-      const Batch<T> a = max_keep_nan<T>(load(sp + r * L) * vs, zero);
+      const Batch<T> a = at_least<T>(load(sp + r * L) * vs, zero);
       Batch<T> p = a * a;
       if (window) p = xsimd::select(vis[r], p, zero);
       store(sp + r * L, p);
@@ -597,11 +598,11 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
                                    : dot_lanes<T>(q, kj, ldkc, d);
           sv = sv * vrs;
           if (relu2) {
-            sv = max_keep_nan<T>(sv, vzero);
+            sv = at_least<T>(sv, vzero);
             sv = sv * sv;
           } else {
-            sv = min_keep_nan<T>(max_keep_nan<T>(sv, vnbig), vbig);
-            vcm = xsimd::select(vcm < sv, sv, vcm);
+            sv = xsimd::min(at_least<T>(sv, vnbig), vbig);
+            vcm = xsimd::max(vcm, sv);
           }
           store(sb + j, sv);
           continue;
@@ -613,10 +614,10 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
           }
           T sv = dot_chain(q, kc + u * ldkc, d) * rs;
           if (relu2) {
-            sv = sv < T(0) ? T(0) : sv;
+            sv = T(0) < sv ? sv : T(0);
             sv = sv * sv;
           } else {
-            sv = std::min(std::max(sv, -big), big);
+            sv = -big < sv ? std::min(sv, big) : -big;
             cm = std::max(cm, sv);
           }
           sb[u] = sv;

@@ -234,8 +234,9 @@ inline void gau_normalize_row(const GauPlan& p, T* a, Index lo, Index hi, Index 
       case Normalization::SquaredRelu: {
         const double length = p.relu2_length ? double(*p.relu2_length) : double(count);
         Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> r(w, len);
-        // relu as a < 0 ? 0 : a, so a NaN logit stays NaN on every ISA (Eigen's max follows the SIMD max's rule).
-        r = (r * static_cast<T>(p.scale)).unaryExpr([](T a) { return a < T(0) ? T(0) : a; }).square() *
+        // relu as 0 < a ? a : 0: a NaN logit gives 0 as in the attention kernel, on every ISA (Eigen's max
+        // follows the SIMD max's NaN rule, which differs between x86 and ARM64).
+        r = (r * static_cast<T>(p.scale)).unaryExpr([](T a) { return T(0) < a ? a : T(0); }).square() *
             static_cast<T>(1.0 / length);
         if (p.key_mask) {
           for (Index j = lo; j < hi; ++j)

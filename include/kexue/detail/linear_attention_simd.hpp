@@ -171,9 +171,9 @@ template <class T>
 inline T phi_scalar(Phi f, T x) {
   switch (f) {
     case Phi::EluPlusOne:
-      return x > T(0) ? x + T(1) : std::exp(x);
+      return x > T(0) ? x + T(1) : x == x ? std::exp(x) : T(0);  // a NaN x gives 0, as in phi_batch
     case Phi::Relu:
-      return x < T(0) ? T(0) : x;  // a NaN x stays NaN, as in phi_batch
+      return T(0) < x ? x : T(0);  // a NaN x gives 0, as in phi_batch
     default:
       return x;
   }
@@ -186,7 +186,7 @@ inline Batch<T> phi_batch(const Batch<T>& x) {
     // huge x never overflows, and -inf / -1e30 never reach xsimd 8.1's undefined integer conversion (fuzz finding).
     return xsimd::select(x > Batch<T>(T(0)), x + Batch<T>(T(1)), exp_nonpositive(x));
   } else if constexpr (F == Phi::Relu) {
-    return max_keep_nan<T>(x, Batch<T>(T(0)));
+    return at_least<T>(x, Batch<T>(T(0)));  // a NaN x gives 0 on every ISA
   } else {
     return x;
   }
@@ -251,11 +251,11 @@ inline void relu2_row(T* x, T s, T w, Index n) {
   const Batch<T> vs(s), vw(w), zero(T(0));
   Index i = 0;
   for (; i + L <= n; i += L) {
-    const Batch<T> r = max_keep_nan<T>(load(x + i) * vs, zero);
+    const Batch<T> r = at_least<T>(load(x + i) * vs, zero);
     store(x + i, r * r * vw);
   }
   for (; i < n; ++i) {
-    const T a = x[i] * s, r = a < T(0) ? T(0) : a;  // a NaN logit stays NaN, as in the vector lanes
+    const T a = x[i] * s, r = T(0) < a ? a : T(0);  // a NaN logit gives 0, as in the vector lanes
     x[i] = r * r * w;
   }
 }

@@ -199,14 +199,19 @@ inline T row_sum(const T* x, Index n) {
 template <class T>
 constexpr T kExpUnderflow = std::is_same<T, float>::value ? T(-110) : T(-760);
 
-/// exp(x) for x <= 0 (softmax arguments after subtracting the max); -inf and huge negatives give 0, NaN gives NaN.
-/// The argument is clamped to [kExpUnderflow, 0] with compares that send a NaN to 0, so no NaN reaches xsimd's
-/// integer conversion either; the NaN is put back after.
+/// exp(x) for x <= 0 (softmax arguments after subtracting the max); -inf, huge negatives and NaN give 0.
+/// The argument is clamped to [kExpUnderflow, 0], a NaN to kExpUnderflow (a compare and a select: xsimd::max
+/// would keep the NaN on ARM64), so no NaN or -inf reaches xsimd's integer conversion.
 template <class T>
 inline Batch<T> exp_nonpositive(const Batch<T>& x) {
-  const Batch<T> lo(kExpUnderflow<T>), zero(T(0));
-  const Batch<T> c = xsimd::select(x < lo, lo, xsimd::select(x < zero, x, zero));
-  return xsimd::select(xsimd::isnan(x), x, xsimd::exp(c));
+  const Batch<T> lo(kExpUnderflow<T>);
+  return xsimd::exp(xsimd::min(xsimd::select(lo < x, x, lo), Batch<T>(T(0))));
+}
+
+/// The scalar exp_nonpositive (tails): a NaN x gives 0 as in the vector lanes.
+template <class T>
+inline T exp_nonpositive_scalar(T x) {
+  return x == x ? std::exp(x) : T(0);
 }
 
 /// x[i] = exp(x[i] - shift), returning the sum of the new values. exp(-inf) = 0. Requires x[i] <= shift.
@@ -223,24 +228,17 @@ inline T exp_shift_sum(T* x, T shift, Index n) {
   }
   T s = reduce_add<T>(s0);
   for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - shift);
+    x[i] = exp_nonpositive_scalar(x[i] - shift);
     s += x[i];
   }
   return s;
 }
 
-/// In-place softmax of one row. A row with no finite maximum (empty, or every entry -inf) becomes zeros:
-/// it has no visible key, and exp(-inf - (-inf)) would be NaN. A NaN entry makes the whole row NaN, as in torch.
+/// In-place softmax of one row. A row with no finite maximum (empty, or every entry -inf or NaN) becomes zeros:
+/// it has no visible key, and exp(-inf - (-inf)) would be NaN. A NaN entry gets 0 (as in the attention kernel).
 template <class T>
 inline void softmax_row(T* x, Index n) {
   const T m = row_max(x, n);
-  if (!(m > -std::numeric_limits<T>::infinity()) || m == std::numeric_limits<T>::infinity()) {
-    // The rare rows not handled by exp below: look for a NaN first.
-    if (std::any_of(x, x + n, [](T v) { return std::isnan(v); })) {
-      std::fill(x, x + n, std::numeric_limits<T>::quiet_NaN());
-      return;
-    }
-  }
   if (!(m > -std::numeric_limits<T>::infinity())) {
     std::fill(x, x + n, T(0));
     return;

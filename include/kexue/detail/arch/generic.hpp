@@ -238,17 +238,13 @@ inline Batch<T> load_halves(const T* lo, const T* hi) {
   return Batch<T>::load_aligned(lanes);
 }
 
-/// x < lo ? lo : x in every lane: max(x, lo) where a NaN x stays NaN (a NaN compares false) and a zero keeps x's
-/// sign. The kernels clamp and rectify through this so that a NaN logit propagates as in torch on every ISA
-/// (xsimd::max is vmaxps, which returns lo for a NaN x, on x86 and fmax, which returns NaN, on ARM64).
+/// lo < x ? x : lo in every lane: max(x, lo) where a NaN x gives lo. The kernels clamp logits and rectify through
+/// this, so a NaN logit counts as the most negative one on every ISA: an overflowing q.k of finite inputs can be
+/// inf - inf = NaN, and finite inputs must give a finite row (x86's vmaxps(x, lo) is exactly this; ARM64's fmax
+/// would return the NaN).
 template <class T>
-inline Batch<T> max_keep_nan(const Batch<T>& x, const Batch<T>& lo) {
-  return xsimd::select(x < lo, lo, x);
-}
-/// hi < x ? hi : x in every lane: min(x, hi) with a NaN x kept NaN.
-template <class T>
-inline Batch<T> min_keep_nan(const Batch<T>& x, const Batch<T>& hi) {
-  return xsimd::select(hi < x, hi, x);
+inline Batch<T> at_least(const Batch<T>& x, const Batch<T>& lo) {
+  return xsimd::select(lo < x, x, lo);
 }
 
 /// v, hidden from the optimiser: a product that feeds an addition stays rounded on its own (the compiler cannot

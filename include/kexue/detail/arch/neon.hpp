@@ -151,15 +151,10 @@ inline Batch<T> load_halves(const T* lo, const T* hi) {
   return generic::load_halves<T>(lo, hi);
 }
 
-// fmax returns NaN for either NaN operand and +0 for (-0, +0): the generic compare and select keeps the exact
-// x < lo ? lo : x, which the x86 max instruction also gives.
+// fmax returns NaN for a NaN operand and +0 for (-0, +0): the generic compare and select gives lo < x ? x : lo.
 template <class T>
-inline Batch<T> max_keep_nan(const Batch<T>& x, const Batch<T>& lo) {
-  return generic::max_keep_nan<T>(x, lo);
-}
-template <class T>
-inline Batch<T> min_keep_nan(const Batch<T>& x, const Batch<T>& hi) {
-  return generic::min_keep_nan<T>(x, hi);
+inline Batch<T> at_least(const Batch<T>& x, const Batch<T>& lo) {
+  return generic::at_least<T>(x, lo);
 }
 
 template <class T>

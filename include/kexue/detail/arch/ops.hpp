@@ -15,8 +15,7 @@
 //   reinterpret<To>(v)        the same bits as another 32-bit lane type
 //   store_halves(lo, hi, v)   lanes [0, L/2) at lo, [L/2, L) at hi; load_halves the reverse
 //   opaque(v)                 v, but a product feeding it cannot be contracted into an FMA
-//   max_keep_nan(x, lo)       x < lo ? lo : x (a NaN x stays NaN: clamps and relu that propagate NaN as torch does)
-//   min_keep_nan(x, hi)       hi < x ? hi : x
+//   at_least(x, lo)           lo < x ? x : lo (a NaN x gives lo: the logit clamps and relus, the same on every ISA)
 //   reduce_add_lanes(t)       lane u = reduce_add(t[u]) for the kLanes batches t[0..L), bit for bit
 //   load_widen(p)             kLanes<float> Eigen::half / Eigen::bfloat16 values at p as a Batch<float> (exact)
 //   store_narrow(p, v)        a Batch<float> rounded to nearest even into kLanes<float> 16-bit values at p, NaN
@@ -100,12 +99,8 @@ inline Batch<T> opaque(const Batch<T>& v) {
 }
 
 template <class T>
-inline Batch<T> max_keep_nan(const Batch<T>& x, const Batch<T>& lo) {
-  return arch::max_keep_nan<T>(x, lo);
-}
-template <class T>
-inline Batch<T> min_keep_nan(const Batch<T>& x, const Batch<T>& hi) {
-  return arch::min_keep_nan<T>(x, hi);
+inline Batch<T> at_least(const Batch<T>& x, const Batch<T>& lo) {
+  return arch::at_least<T>(x, lo);
 }
 
 template <class T>

@@ -8,8 +8,7 @@
 //   memory (xsimd 8.1 has no portable lane permute; 14.x spells it with batch_constant).
 // - mulhilo_u32: vpmuludq twice + a blend (+ vpmulld for the low half); xsimd has no 32x32->64 multiply.
 // - reinterpret, store_halves, load_halves, opaque: register casts, 256-bit halves of a zmm, an empty asm.
-// - max_keep_nan, min_keep_nan: maxps / minps with the bound as the first operand (the generic version is a
-//   compare and a blend).
+// - at_least: maxps (the generic version is a compare and a blend).
 // - load_widen, store_narrow (16-bit storage): fp16 with F16C's vcvtph2ps / vcvtps2ph (the 512-bit forms under
 //   AVX-512F), bf16 with integer shifts and packs (a load and two instructions, where the generic one converts
 //   lane by lane through memory). vcvtneps2bf16 (AVX512-BF16) is NOT used: it flushes subnormal inputs and
@@ -300,67 +299,36 @@ inline Batch<T> load_halves(const T* lo, const T* hi) {
   }
 }
 
-// maxps(a, b) is a > b ? a : b and minps(a, b) is a < b ? a : b, the second operand whenever either is NaN: with
-// the bound first they are exactly max_keep_nan / min_keep_nan, one instruction instead of a compare and a blend.
+// maxps(a, b) is a > b ? a : b, its second operand whenever either is NaN: maxps(x, lo) is exactly at_least, one
+// instruction instead of a compare and a blend.
 template <class T>
-inline Batch<T> max_keep_nan(const Batch<T>& x, const Batch<T>& lo) {
+inline Batch<T> at_least(const Batch<T>& x, const Batch<T>& lo) {
   constexpr std::size_t kBytes = kRegBytes<T>;
   constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
   (void)kBytes, (void)kFloat, (void)kDouble;
 #if defined(__AVX512F__)
   if constexpr (kBytes == 64 && kFloat) {
-    return Batch<T>(_mm512_max_ps(lo, x));
+    return Batch<T>(_mm512_max_ps(x, lo));
   } else if constexpr (kBytes == 64 && kDouble) {
-    return Batch<T>(_mm512_max_pd(lo, x));
+    return Batch<T>(_mm512_max_pd(x, lo));
   } else
 #endif
 #if defined(__AVX__)
       if constexpr (kBytes == 32 && kFloat) {
-    return Batch<T>(_mm256_max_ps(lo, x));
+    return Batch<T>(_mm256_max_ps(x, lo));
   } else if constexpr (kBytes == 32 && kDouble) {
-    return Batch<T>(_mm256_max_pd(lo, x));
+    return Batch<T>(_mm256_max_pd(x, lo));
   } else
 #endif
 #if defined(__SSE2__)
       if constexpr (kBytes == 16 && kFloat) {
-    return Batch<T>(_mm_max_ps(lo, x));
+    return Batch<T>(_mm_max_ps(x, lo));
   } else if constexpr (kBytes == 16 && kDouble) {
-    return Batch<T>(_mm_max_pd(lo, x));
+    return Batch<T>(_mm_max_pd(x, lo));
   } else
 #endif
   {
-    return generic::max_keep_nan<T>(x, lo);
-  }
-}
-
-template <class T>
-inline Batch<T> min_keep_nan(const Batch<T>& x, const Batch<T>& hi) {
-  constexpr std::size_t kBytes = kRegBytes<T>;
-  constexpr bool kFloat = std::is_same<T, float>::value, kDouble = std::is_same<T, double>::value;
-  (void)kBytes, (void)kFloat, (void)kDouble;
-#if defined(__AVX512F__)
-  if constexpr (kBytes == 64 && kFloat) {
-    return Batch<T>(_mm512_min_ps(hi, x));
-  } else if constexpr (kBytes == 64 && kDouble) {
-    return Batch<T>(_mm512_min_pd(hi, x));
-  } else
-#endif
-#if defined(__AVX__)
-      if constexpr (kBytes == 32 && kFloat) {
-    return Batch<T>(_mm256_min_ps(hi, x));
-  } else if constexpr (kBytes == 32 && kDouble) {
-    return Batch<T>(_mm256_min_pd(hi, x));
-  } else
-#endif
-#if defined(__SSE2__)
-      if constexpr (kBytes == 16 && kFloat) {
-    return Batch<T>(_mm_min_ps(hi, x));
-  } else if constexpr (kBytes == 16 && kDouble) {
-    return Batch<T>(_mm_min_pd(hi, x));
-  } else
-#endif
-  {
-    return generic::min_keep_nan<T>(x, hi);
+    return generic::at_least<T>(x, lo);
   }
 }
 
