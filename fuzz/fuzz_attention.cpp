@@ -216,7 +216,7 @@ void fuzz_2d(FuzzInput& in) {
   if (!finite || !in.flag()) return;
   // Hidden keys: poison the keys some rows cannot see and compare those rows with the clean call.
   const unsigned char* mask = c.use_mask ? c.mask.data() : nullptr;
-  const Strided<T> k_clean = k;
+  const Strided<T> k_clean = k, v_clean = v;
   const auto bad = poisoned_keys(in, c, n, m, mask);
   const T x = poison_value<T>(in);
   const int target = int(in.range(1, 3));  // 1: k rows, 2: v rows, 3: both
@@ -237,6 +237,7 @@ void fuzz_2d(FuzzInput& in) {
   // negative one, on every ISA and path), so with moderate values those rows stay finite; the other rows keep the
   // clean call's bits.
   k = k_clean;
+  v = v_clean;
   const Index jn = in.range(0, m - 1);
   k.row(jn)[in.range(0, d - 1)] = std::numeric_limits<T>::quiet_NaN();
   call();
