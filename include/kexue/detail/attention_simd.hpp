@@ -368,13 +368,15 @@ inline void pv_rows_block(const T* const* p, const S* v, Index ldv, Index nb, T*
     for (int c = 0; c < NC; ++c) store(o[r] + c * L, acc[r][c]);
 }
 
-/// pv_rows_block for NW rows over all dv columns: blocks of about 8 / NW registers (at least 8 accumulators in
-/// flight when dv allows, so the 4-cycle FMA latency of each O register's chain over the keys is covered), then
+/// pv_rows_block for NW rows over all dv columns: blocks of about kVectorRegisters / 2 / NW registers (8 accumulators
+/// in flight with 16 registers, 16 with 32, when dv allows: the 4-cycle FMA latency of each O register's chain over
+/// the keys is covered, and with 32 registers each weight is broadcast half as often), then
 /// blocks of half, a quarter, ... of that down to single registers (so that dv = 64 with 16-float registers still
 /// runs as one 4-register block, not two latency-bound 2-register ones), then scalar columns (the scalar tails of
 /// scale() and axpy(), same expressions). Each column takes the same operations in the same order whatever block
 /// it falls in, so the block sizes never change a result.
-template <class T, int NW, bool kSkip, int NC = (NW >= 4 ? 2 : 8 / NW / 2 * 2), class S>
+template <class T, int NW, bool kSkip,
+          int NC = (NW >= 4 ? kVectorRegisters / 8 : std::min(8, kVectorRegisters / 2 / NW / 2 * 2)), class S>
 inline void pv_rows(const T* const* p, const S* v, Index ldv, Index nb, Index dv, T* const* o, const T* alpha,
                     Index c = 0) {
   constexpr Index L = kLanes<T>;
@@ -414,37 +416,69 @@ inline void prefetch_row(const T* x, Index n) {
 
 /// q . k for one key in the one-row kernel's order: one accumulator over the whole registers of the row, in order,
 /// its lanes summed by reduce_add, then the scalar tail with madd. One chain per key instead of dot()'s four
-/// accumulators: the kernel runs kLanes keys side by side (dot_lanes), which already gives the FMA pipes enough
+/// accumulators: the kernel runs kLanes keys side by side (dot_rows_lanes), which already gives the FMA pipes enough
 /// independent chains, and at d = 64 with 16-float registers dot()'s three combining adds per key would cost
-/// three quarters as much as its four FMAs.
-template <class T>
-inline T dot_chain(const T* q, const T* k, Index d) {
+/// three quarters as much as its four FMAs. k may be a 16-bit cache row (widened exactly as it is loaded).
+template <class T, class S>
+inline T dot_chain(const T* q, const S* k, Index d) {
   constexpr Index L = kLanes<T>;
   Index i = 0;
   T s = T(0);
   if (d >= L) {
-    Batch<T> acc = load(q) * load(k);
-    for (i = L; i + L <= d; i += L) acc = fmadd(load(q + i), load(k + i), acc);
+    Batch<T> acc = load(q) * load_as<T>(k);
+    for (i = L; i + L <= d; i += L) acc = fmadd(load(q + i), load_as<T>(k + i), acc);
     s = reduce_add<T>(acc);
   }
-  for (; i < d; ++i) s = madd(q[i], k[i], s);
+  for (; i < d; ++i) s = madd(q[i], as_compute<T>(k[i]), s);
   return s;
 }
 
-/// q . k_u for the kLanes<T> keys k_u = k + u * ldk, as one batch, each with the bits of dot_chain(q, k_u, d). d must
-/// be a multiple of kLanes<T> (no scalar tail): per key the same chain, only the final horizontal sums are done for
-/// all keys together (reduce_add_lanes).
-template <class T, Index kD = 0>
-inline Batch<T> dot_lanes(const T* q, const T* k, Index ldk, Index d_runtime) {
+/// Query rows per block of the one-row kernel's q.k: each K register is loaded once for this many rows (their
+/// accumulators, one per row, plus the K register fit the 16 registers of AVX2 with the q operands from L1).
+constexpr int kDotRows = 4;
+
+/// q_r . k_u for NR query rows q[r] and the kLanes<T> keys k_u = k + u * ldk (T or a 16-bit type), as one batch per
+/// row in out[r], each lane with the bits of dot_chain(q[r], k_u, d). d must be a multiple of kLanes<T> (no scalar
+/// tail). Key by key, each register of k_u is loaded (and widened) once and multiplied into the NR rows' chains;
+/// the final horizontal sums are done for all keys of a row together (reduce_add_lanes).
+template <class T, int NR, Index kD, class S>
+inline void dot_rows_lanes(const T* const* q, const S* k, Index ldk, Index d_runtime, Batch<T>* out) {
   constexpr Index L = kLanes<T>;
   const Index d = kD > 0 ? kD : d_runtime;  // kD > 0: the common head sizes, loops fully unrolled
-  Batch<T> t[L];
-  for (Index u = 0; u < L; ++u) t[u] = load(q) * load(k + u * ldk);
-  for (Index i = L; i < d; i += L) {
-    const Batch<T> qi = load(q + i);
-    for (Index u = 0; u < L; ++u) t[u] = fmadd(qi, load(k + u * ldk + i), t[u]);
+  Batch<T> t[NR][L];
+  for (Index u = 0; u < L; ++u) {
+    const S* ku = k + u * ldk;
+    const Batch<T> k0 = load_as<T>(ku);
+    Batch<T> acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = load(q[r]) * k0;
+    for (Index i = L; i < d; i += L) {
+      const Batch<T> ki = load_as<T>(ku + i);
+      for (int r = 0; r < NR; ++r) acc[r] = fmadd(load(q[r] + i), ki, acc[r]);
+    }
+    for (int r = 0; r < NR; ++r) t[r][u] = acc[r];
   }
-  return reduce_add_lanes<T>(t);
+  for (int r = 0; r < NR; ++r) out[r] = reduce_add_lanes<T>(t[r]);
+}
+
+/// dot_rows_lanes for nr (1 to kDotRows) rows, with the loops unrolled for the common head sizes d = 64 and 128.
+template <class T, class S>
+inline void dot_rows_lanes_any(int nr, const T* const* q, const S* k, Index ldk, Index d, Batch<T>* out) {
+  auto with_rows = [&](auto nr_tag) {
+    constexpr int NR = decltype(nr_tag)::value;
+    if (d == 64)
+      dot_rows_lanes<T, NR, 64>(q, k, ldk, d, out);
+    else if (d == 128)
+      dot_rows_lanes<T, NR, 128>(q, k, ldk, d, out);
+    else
+      dot_rows_lanes<T, NR, 0>(q, k, ldk, d, out);
+  };
+  static_assert(kDotRows == 4, "one case per row count");
+  switch (nr) {
+    case 4: with_rows(std::integral_constant<int, 4>()); break;
+    case 3: with_rows(std::integral_constant<int, 3>()); break;
+    case 2: with_rows(std::integral_constant<int, 2>()); break;
+    default: with_rows(std::integral_constant<int, 1>()); break;
+  }
 }
 
 /// rows x n values of src (row stride lds, 16-bit or T) into dst (row stride ldd) as T: exact widening
@@ -463,19 +497,15 @@ inline void widen_rows(const S* src, Index lds, Index rows, Index n, T* dst, Ind
 
 /// Per-thread scratch of the one-row kernel: o (dv per row), the weights of the current key chunk (kChunk per
 /// row) and the per-row online-softmax state. Grown on first use for a row count and (dv, kChunk), then reused.
-/// kw: the current chunk's K rows widened to T (16-bit K/V caches only).
 template <class T>
 struct RowSetScratch {
-  AlignedVector<T> o, p, state, kw;
+  AlignedVector<T> o, p, state;
   std::vector<unsigned char> active;
   void ensure(Index rows, Index dv, Index chunk) {
     if (Index(o.size()) < rows * dv) o.resize(static_cast<std::size_t>(rows * dv));
     if (Index(p.size()) < rows * chunk) p.resize(static_cast<std::size_t>(rows * chunk));
     if (Index(state.size()) < 4 * rows) state.resize(static_cast<std::size_t>(4 * rows));
     if (Index(active.size()) < rows) active.resize(static_cast<std::size_t>(rows));
-  }
-  void ensure_widened(Index d, Index chunk) {
-    if (Index(kw.size()) < chunk * d) kw.resize(static_cast<std::size_t>(chunk * d));
   }
 };
 
@@ -499,7 +529,8 @@ struct RowSet {
 /// (the KV-cache decoding step, n = 1). Vectorised along d for q.k, along dv for P V, exp over the key chunk.
 ///
 /// The rows share one pass over the keys: each key chunk's K rows are read from memory once and dotted with
-/// every row's q while they sit in L1, and each V row once for the P V update of all rows (pv_rows). Each
+/// every row's q while they sit in L1 (kDotRows rows per K register load), and each V row once for the P V update
+/// of all rows (pv_rows). Each
 /// row's arithmetic is nevertheless exactly that of a set holding that row alone: the same dot_chain() per key, the
 /// same chunk boundaries (multiples of kChunk from key 0), the same online-softmax update per chunk and the same
 /// per-element fma sequence for O, only interleaved across rows. So the grouped decode of a GQA/MQA step gives
@@ -508,21 +539,18 @@ struct RowSet {
 /// rescale (so a row's bits do not depend on the other rows of the set). Keys it cannot see (masked, before lo,
 /// past lim) get weight exactly 0 and their V rows are skipped, so inf or NaN there never reaches it.
 ///
-/// 16-bit K/V (S = Eigen::half / Eigen::bfloat16, T = float: a 16-bit KV cache): each chunk's K and V rows are
-/// widened into L1 scratch as they arrive (kChunk x d floats, 16 KiB at d = 64) and the float code runs on the
-/// copy, so every row gets the float kernel's bits on the widened cache while memory traffic is the 16-bit bytes:
-/// a decoding step is bound by the cache read, and the copy stays in L1.
+/// 16-bit K/V (S = Eigen::half / Eigen::bfloat16, T = float: a 16-bit KV cache): every K and V register is widened
+/// (exactly) as it is loaded, so every row gets the float kernel's bits on the widened cache while memory traffic
+/// is the 16-bit bytes, with no copy: a decoding step is bound by the cache read and the work per key.
 template <class T, Index kChunk, class S>
 inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk, const S* v, Index ldv, Index dv,
                            const unsigned char* mask, bool relu2, RowSetScratch<T>& s) {
-  constexpr bool kWiden = !std::is_same<S, T>::value;
   constexpr Index L = kLanes<T>;
   static_assert(kChunk % L == 0, "the key chunk must be whole registers");
   const T ninf = -std::numeric_limits<T>::infinity();
   const T big = std::numeric_limits<T>::max();
   const Index R = set.rows;
   s.ensure(R, dv, kChunk);
-  if constexpr (kWiden) s.ensure_widened(d, kChunk);
   T* mrow = s.state.data();
   T* lrow = mrow + R;
   T* alpha = lrow + R;
@@ -545,90 +573,96 @@ inline void attention_rows(const RowSet<T>& set, Index d, const S* k, Index ldk,
 
   for (Index j0 = jstart; j0 < jmax; j0 += kChunk) {
     const Index nb_all = std::min(kChunk, jmax - j0);
-    // The chunk's K rows kc[u * ldkc], u < nb_all: the caller's, or their widened copy (used by every row of the
-    // set). V rows vc[u * ldv] are read once per key for all rows, so they are widened as P V loads them.
-    const T* kc;
+    // The chunk's K rows kc[u * ldk] and V rows vc[u * ldv], u < nb_all, in the caller's type: a 16-bit cache is
+    // widened in registers as the dot products and P V load it (exact), never copied.
+    const S* kc = k + j0 * ldk;
     const S* vc = v + j0 * ldv;
-    Index ldkc;
-    if constexpr (kWiden) {
-      widen_rows(k + j0 * ldk, ldk, nb_all, d, s.kw.data(), d);
-      kc = s.kw.data();
-      ldkc = d;
-    } else {
-      kc = k + j0 * ldk;
-      ldkc = ldk;
-    }
-    // Logits, row by row over the chunk: the chunk's K rows (kChunk x d, 16 KiB at d = 64) come from memory for
-    // the first row and from L1 for the others.
     bool all_active = true;
     for (Index r = 0; r < R; ++r) {
       const Index lo = lo_of(r) - j0;  // first visible key of the chunk (may be <= 0)
       active[r] = j0 < set.lim[r] && lo < kChunk && lo < set.lim[r] - j0;
       all_active &= active[r] != 0;
-      T* sb = prow(r);
-      if (!active[r]) {
-        std::fill(sb, sb + kChunk, T(0));
-        continue;
+      if (!active[r]) std::fill(prow(r), prow(r) + kChunk, T(0));
+    }
+    // Logits, kDotRows rows at a time: each register of K is loaded (and widened) once for the rows of the block,
+    // and the chunk's K rows (kChunk x d) come from memory for the first block and from L1 for the others.
+    for (Index r0 = 0; r0 < R; r0 += kDotRows) {
+      const int nr = int(std::min<Index>(kDotRows, R - r0));
+      const T* qb[kDotRows];
+      Index lob[kDotRows], nbb[kDotRows];
+      T cm[kDotRows];
+      Batch<T> vcm[kDotRows], sv[kDotRows];
+      for (int i = 0; i < nr; ++i) {
+        qb[i] = set.q[r0 + i];
+        lob[i] = lo_of(r0 + i) - j0;
+        nbb[i] = std::min(kChunk, set.lim[r0 + i] - j0);
+        cm[i] = ninf;
+        vcm[i] = Batch<T>(ninf);
       }
-      const Index nb = std::min(kChunk, set.lim[r] - j0);
-      const T* q = set.q[r];
-      const T rs = set.rowscale[r];
-      T cm = ninf;
-      // Whole registers of keys that are all visible take the vector path (dot_lanes); the others, key by key,
-      // the scalar one. Both give every key the bits of dot_chain(); the selects below are std::max / std::min /
-      // the relu2 ternary lane by lane (a NaN logit is kept, and never becomes the max, as in the scalar code).
-      const Batch<T> vrs(rs), vbig(big), vnbig(-big), vzero(T(0));
-      Batch<T> vcm(ninf);
+      const Batch<T> vbig(big), vnbig(-big), vzero(T(0));
       for (Index j = 0; j < kChunk; j += L) {
-        if (r == 0) {
-          // While the first row's dot products run, fetch this chunk's V rows (next: P V) and the next chunk's K
-          // rows: the hardware prefetcher alone leaves the core waiting on each chunk when the cache is in DRAM.
+        if (r0 == 0) {
+          // While the first block's dot products run, fetch this chunk's V rows (next: P V) and the next chunk's
+          // K rows: the hardware prefetcher alone leaves the core waiting on each chunk when the cache is in DRAM.
           for (Index u = j; u < j + L; ++u) {
             if (u < nb_all) prefetch_row(v + (j0 + u) * ldv, dv);
             if (j0 + kChunk + u < jmax) prefetch_row(k + (j0 + kChunk + u) * ldk, d);
           }
         }
-        bool whole = vec_dot && j + L <= nb && j >= lo;
-        if (whole && mask)
-          for (Index u = j; u < j + L; ++u) whole &= mask[j0 + u] != 0;
-        if (whole) {
-          const T* kj = kc + j * ldkc;
-          Batch<T> sv = d == 64    ? dot_lanes<T, 64>(q, kj, ldkc, d)
-                        : d == 128 ? dot_lanes<T, 128>(q, kj, ldkc, d)
-                                   : dot_lanes<T>(q, kj, ldkc, d);
-          sv = sv * vrs;
-          if (relu2) {
-            sv = at_least<T>(sv, vzero);
-            sv = sv * sv;
-          } else {
-            sv = xsimd::min(at_least<T>(sv, vnbig), vbig);
-            vcm = xsimd::max(vcm, sv);
-          }
-          store(sb + j, sv);
-          continue;
+        // Rows whose L keys from j are all visible take the vector path (dot_rows_lanes), the others key by key
+        // the scalar one. Both give every key the bits of dot_chain(); the clamps below are std::max / std::min /
+        // the relu2 ternary lane by lane (at_least: a NaN logit becomes the most negative one, as in the scalar code).
+        bool group_visible = vec_dot && j + L <= nb_all;
+        if (group_visible && mask)
+          for (Index u = j; u < j + L; ++u) group_visible &= mask[j0 + u] != 0;
+        bool whole[kDotRows], any_whole = false;
+        for (int i = 0; i < nr; ++i) {
+          whole[i] = group_visible && active[r0 + i] && j + L <= nbb[i] && j >= lob[i];
+          any_whole |= whole[i];
         }
-        for (Index u = j; u < j + L; ++u) {
-          if (u >= nb || u < lo || (mask && !mask[j0 + u])) {
-            sb[u] = relu2 ? T(0) : ninf;
+        if (any_whole) dot_rows_lanes_any<T>(nr, qb, kc + j * ldk, ldk, d, sv);
+        for (int i = 0; i < nr; ++i) {
+          const Index r = r0 + i;
+          if (!active[r]) continue;
+          T* sb = prow(r);
+          const T rs = set.rowscale[r];
+          if (whole[i]) {
+            Batch<T> x = sv[i] * Batch<T>(rs);
+            if (relu2) {
+              x = at_least<T>(x, vzero);
+              x = x * x;
+            } else {
+              x = xsimd::min(at_least<T>(x, vnbig), vbig);
+              vcm[i] = xsimd::max(vcm[i], x);
+            }
+            store(sb + j, x);
             continue;
           }
-          T sv = dot_chain(q, kc + u * ldkc, d) * rs;
-          if (relu2) {
-            sv = T(0) < sv ? sv : T(0);
-            sv = sv * sv;
-          } else {
-            sv = -big < sv ? std::min(sv, big) : -big;
-            cm = std::max(cm, sv);
+          for (Index u = j; u < j + L; ++u) {
+            if (u >= nbb[i] || u < lob[i] || (mask && !mask[j0 + u])) {
+              sb[u] = relu2 ? T(0) : ninf;
+              continue;
+            }
+            T x = dot_chain(qb[i], kc + u * ldk, d) * rs;
+            if (relu2) {
+              x = T(0) < x ? x : T(0);
+              x = x * x;
+            } else {
+              x = -big < x ? std::min(x, big) : -big;
+              cm[i] = std::max(cm[i], x);
+            }
+            sb[u] = x;
           }
-          sb[u] = sv;
         }
       }
-      if (!relu2) {
-        alignas(64) T lanes[L];
-        store(lanes, vcm);
-        for (Index u = 0; u < L; ++u) cm = std::max(cm, lanes[u]);
+      for (int i = 0; i < nr; ++i) {
+        if (!relu2) {
+          alignas(64) T lanes[L];
+          store(lanes, vcm[i]);
+          for (Index u = 0; u < L; ++u) cm[i] = std::max(cm[i], lanes[u]);
+        }
+        cmax[r0 + i] = cm[i];
       }
-      cmax[r] = cm;
     }
     // Online-softmax update of each active row (the inactive ones keep their state and get weights 0).
     bool any_zero = !all_active;

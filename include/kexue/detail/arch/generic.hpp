@@ -263,7 +263,7 @@ inline Batch<T> opaque(const Batch<T>& v) {
 
 /// The kLanes sums of kLanes batches t[0..L) as one batch: lane u = reduce_add(t[u]), each batch on its own.
 template <class T>
-inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
+KEXUE_ALWAYS_INLINE Batch<T> reduce_add_lanes(const Batch<T>* t) {
   constexpr std::size_t L = Batch<T>::size;
   alignas(64) T lanes[L];
   for (std::size_t u = 0; u < L; ++u) lanes[u] = reduce_add<T>(t[u]);

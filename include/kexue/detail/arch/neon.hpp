@@ -169,7 +169,7 @@ inline Batch<T> opaque(const Batch<T>& v) {
 }
 
 template <class T>
-inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
+KEXUE_ALWAYS_INLINE Batch<T> reduce_add_lanes(const Batch<T>* t) {
   return generic::reduce_add_lanes<T>(t);
 }
 

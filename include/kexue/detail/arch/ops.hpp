@@ -104,7 +104,7 @@ inline Batch<T> at_least(const Batch<T>& x, const Batch<T>& lo) {
 }
 
 template <class T>
-inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
+KEXUE_ALWAYS_INLINE Batch<T> reduce_add_lanes(const Batch<T>* t) {
   return arch::reduce_add_lanes<T>(t);
 }
 

@@ -347,7 +347,7 @@ inline Batch<T> opaque(const Batch<T>& v) {
 
 #if defined(__AVX__) && XSIMD_VERSION_MAJOR < 9
 /// The eight hadd sums of eight ymm float registers, lane u = hadd(w[u]) bit for bit (see reduce_add_lanes).
-inline __m256 hadd_lanes_avx(const __m256* t) {
+KEXUE_ALWAYS_INLINE __m256 hadd_lanes_avx(const __m256* t) {
   __m256 w[4];
   for (int u = 0; u < 4; ++u) {
     const __m256 a = t[u], b = t[u + 4];
@@ -356,7 +356,7 @@ inline __m256 hadd_lanes_avx(const __m256* t) {
   return _mm256_hadd_ps(_mm256_hadd_ps(w[0], w[1]), _mm256_hadd_ps(w[2], w[3]));
 }
 /// The four hadd sums of four ymm double registers.
-inline __m256d hadd_lanes_avx(const __m256d* t) {
+KEXUE_ALWAYS_INLINE __m256d hadd_lanes_avx(const __m256d* t) {
   __m256d w[2];
   for (int u = 0; u < 2; ++u) {
     const __m256d a = t[u], b = t[u + 2];
@@ -374,7 +374,7 @@ inline __m256d hadd_lanes_avx(const __m256d* t) {
 /// version or instruction set reduces each batch with reduce_add itself (the generic path, which
 /// tests/detail/test_simd.cpp compares them with).
 template <class T>
-inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
+KEXUE_ALWAYS_INLINE Batch<T> reduce_add_lanes(const Batch<T>* t) {
   using Reg = typename Batch<T>::register_type;
   constexpr bool kFloat = std::is_same<T, float>::value;
   (void)kFloat;
@@ -400,7 +400,7 @@ inline Batch<T> reduce_add_lanes(const Batch<T>* t) {
 #if defined(__AVX__) && XSIMD_VERSION_MAJOR < 9
   if constexpr (sizeof(Reg) == 32) {
     Reg r[kLanes<T>];
-    for (Index u = 0; u < kLanes<T>; ++u) r[u] = t[u];
+    for (Index u = 0; u < kLanes<T>; ++u) r[u] = static_cast<Reg>(t[u]);
     return Batch<T>(hadd_lanes_avx(r));
   } else
 #endif
