@@ -381,13 +381,27 @@ KEXUE_ALWAYS_INLINE Batch<T> reduce_add_lanes(const Batch<T>* t) {
   (void)sizeof(Reg);  // only the x86 branches name it
 #if defined(__AVX512F__) && XSIMD_VERSION_MAJOR < 9
   if constexpr (sizeof(Reg) == 64 && kFloat) {
-    __m256 h[16];
-    for (int u = 0; u < 16; ++u) {
-      const __m512 x = static_cast<Reg>(t[u]);
-      h[u] = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)), _mm512_castps512_ps256(x));
+    // A tree of two-source shuffles and adds, 45 instructions for the 16 sums (adding each batch's 256-bit halves,
+    // then two 8-register hadd_lanes_avx, takes 74),
+    // each batch's additions in reduce_add's order: ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7)) with
+    // s_i = x_i + x_{i+8}. Level 1 adds the 256-bit halves (two batches per register), level 2 the 128-bit
+    // quarters (four batches), levels 3 and 4 the pairs within each quarter. The tree leaves batch kOrder[u]'s sum
+    // in lane u's place of the input order; taking the inputs in that order puts batch u's sum in lane u.
+    constexpr int kOrder[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+    __m512 a[8], b[4], c[2];
+    for (int u = 0; u < 8; ++u) {
+      const __m512 x = static_cast<Reg>(t[kOrder[2 * u]]), y = static_cast<Reg>(t[kOrder[2 * u + 1]]);
+      a[u] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
     }
-    const __m256d lo = _mm256_castps_pd(hadd_lanes_avx(h)), hi = _mm256_castps_pd(hadd_lanes_avx(h + 8));
-    return Batch<T>(_mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1)));
+    for (int u = 0; u < 4; ++u)
+      b[u] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * u], a[2 * u + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_f32x4(a[2 * u], a[2 * u + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int u = 0; u < 2; ++u)
+      c[u] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * u], b[2 * u + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_ps(b[2 * u], b[2 * u + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return Batch<T>(_mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1))));
   } else if constexpr (sizeof(Reg) == 64 && !kFloat) {
     __m256d h[8];
     for (int u = 0; u < 8; ++u) {
