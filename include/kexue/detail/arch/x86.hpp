@@ -470,8 +470,17 @@ inline F load_widen(const H* p) {
   if constexpr (kBytes == 64 && kHalf) {
     return F(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
   } else if constexpr (kBytes == 64) {
+#if defined(__AVX512BW__)
+    // bf16 i into the upper half of 32-bit lane i, zeros below: one word permute (vpermw with a zero mask), where
+    // zero-extension and a shift cost two operations, the shift on an FMA port.
+    const __m512i idx = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0,
+                                         3, 0, 2, 0, 1, 0, 0, 0);
+    const __m512i x = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return F(_mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(__mmask32(0xAAAAAAAAu), idx, x)));
+#else
     const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return F(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+#endif
   } else
 #endif
 #if defined(__AVX__) && defined(__F16C__)
@@ -481,8 +490,13 @@ inline F load_widen(const H* p) {
 #endif
 #if defined(__AVX2__)
       if constexpr (kBytes == 32 && !kHalf) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return F(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    // The 8 bf16 in both 128-bit halves (a broadcast load, no ALU operation), then one byte shuffle puts bf16 i
+    // (of the half's four) into the upper half of 32-bit lane i with zeros below; zero-extension and a shift would
+    // cost two operations, the shift on an FMA port.
+    const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i pick = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,  //
+                                          -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+    return F(_mm256_castsi256_ps(_mm256_shuffle_epi8(x, pick)));
   } else
 #endif
 #if defined(__AVX2__) && !defined(__F16C__)
