@@ -9,7 +9,7 @@
 # finding and prints the crashing input in hex (reproduce: printf the bytes into a file, run the target on it).
 #
 #   fuzz/ci_fuzz.sh            # 60 s per target and build (about 14 minutes on 2 cores, builds included)
-#   fuzz/ci_fuzz.sh 15         # CI (.ci/run): 15 s each, about 6 minutes; long runs are done per kernel change
+#   fuzz/ci_fuzz.sh 10         # CI (.ci/run): 10 s each, about 6 minutes with the builds; long runs per kernel change
 #   fuzz/ci_fuzz.sh 3600       # every target for an hour, in both builds (2 x 10 x 1 h of CPU: 10 h on 2 cores)
 #   KEXUE_FUZZ_BUILDS=avx2 fuzz/ci_fuzz.sh 3600      # the -mavx2 -mfma build only (5 h on 2 cores)
 #   KEXUE_FUZZ_JOBS=16 fuzz/ci_fuzz.sh 3600          # on 16 cores: every target for an hour in ~1 h 10 min
