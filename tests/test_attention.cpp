@@ -592,7 +592,7 @@ TEST_CASE("fast exp: accurate against std::exp, exact 0 at -inf, finite at the t
       worst = std::max(worst, std::abs(double(y[l]) - want) / want);
     }
   }
-  CHECK(worst < 3e-7);
+  CHECK(worst < 1.5e-7);  // 7.5e-8 with FMA, 1.0e-7 without (SSE2) over every float in [-87, 0]
   // The double path (xsimd's exp) with the same tail conventions.
   const double inf = std::numeric_limits<double>::infinity();
   // Padded to whole registers of any width (1 to 8 doubles).
