@@ -10,7 +10,8 @@
 // NaN or +-1e30 written into k and/or v rows of keys some rows cannot see (padding past key_length, masked keys,
 // a causal tail) must give every row that sees none of them the same bits as the first call. Batched decoding
 // steps (n <= 2, 1-9 query heads per KV head, run as one row set per group) must give each head the bits of the
-// 2-D call on that head alone. The masks of post 9529 (reverse causal, UniLM segments, mixed head directions) have
+// 2-D call on that head alone; with the K/V cache rounded to fp16 or bf16, the bits of the float call on the
+// widened cache. The masks of post 9529 (reverse causal, UniLM segments, mixed head directions) have
 // a target of their own, fuzz_masks (1 in 8 of the inputs that were 2-D before it existed).
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_attention -max_total_time=600 -max_len=4096
@@ -254,7 +255,42 @@ void fuzz_2d(FuzzInput& in) {
   }
 }
 
-/// Batched [B, H, n, d] with H = G * Hkv (grouped-query attention); each head against the 2-D reference.
+/// A 16-bit KV cache (S = Eigen::half or Eigen::bfloat16) under float q: the result must be the float kernel's on
+/// the widened cache, bit for bit (NaN compares equal to NaN), for prefill and decoding steps alike. k and v are
+/// the float tensors of fuzz_batched (dense), rounded to S here (huge values become inf in fp16).
+template <class S>
+void check_16bit_cache(const kexue::AttentionOptions& o, const kexue::TensorView<const float>& qv,
+                       const Strided<float>& k, const Strided<float>& v, Index B, Index hkv, Index m, Index n, Index H) {
+  const Index d = k.cols, dv = v.cols;
+  std::vector<S> k16(std::size_t(std::max<Index>(1, k.rows * d))), v16(std::size_t(std::max<Index>(1, v.rows * dv)));
+  std::vector<float> kw(k16.size()), vw(v16.size());
+  for (Index r = 0; r < k.rows; ++r)
+    for (Index c = 0; c < d; ++c) {
+      k16[std::size_t(r * d + c)] = S(k(r, c));
+      kw[std::size_t(r * d + c)] = float(k16[std::size_t(r * d + c)]);
+    }
+  for (Index r = 0; r < v.rows; ++r)
+    for (Index c = 0; c < dv; ++c) {
+      v16[std::size_t(r * dv + c)] = S(v(r, c));
+      vw[std::size_t(r * dv + c)] = float(v16[std::size_t(r * dv + c)]);
+    }
+  Strided<float> o16 = sentinel<float>(B * n * H, dv, 0), ow = sentinel<float>(B * n * H, dv, 0);
+  kexue::attention(qv, kexue::TensorView<const S>::contiguous(k16.data(), B, hkv, m, d),
+                   kexue::TensorView<const S>::contiguous(v16.data(), B, hkv, m, dv),
+                   kexue::TensorView<float>::seq_major(o16.data(), B, n, H, dv), o);
+  kexue::attention(qv, kexue::TensorView<const float>::contiguous(kw.data(), B, hkv, m, d),
+                   kexue::TensorView<const float>::contiguous(vw.data(), B, hkv, m, dv),
+                   kexue::TensorView<float>::seq_major(ow.data(), B, n, H, dv), o);
+  for (Index r = 0; r < B * n * H; ++r)
+    for (Index e = 0; e < dv; ++e) {
+      const float a = o16(r, e), x = ow(r, e);
+      expect((std::isnan(a) && std::isnan(x)) || std::memcmp(&a, &x, sizeof(float)) == 0,
+             "attention: a 16-bit KV cache differs from the float kernel on the widened cache", double(a), double(x));
+    }
+}
+
+/// Batched [B, H, n, d] with H = G * Hkv (grouped-query attention); each head against the 2-D reference. Float
+/// inputs also run with the K/V cache rounded to fp16 or bf16 (check_16bit_cache).
 template <class T>
 void fuzz_batched(FuzzInput& in) {
   const Index B = in.range(1, 2), hkv = in.range(1, 2), G = in.range(1, 9), H = hkv * G;
@@ -324,6 +360,14 @@ void fuzz_batched(FuzzInput& in) {
           }
       }
     }
+  if constexpr (std::is_same<T, float>::value) {
+    if (in.flag()) {
+      if (in.flag())
+        check_16bit_cache<Eigen::half>(c.o, qv, k, v, B, hkv, m, n, H);
+      else
+        check_16bit_cache<Eigen::bfloat16>(c.o, qv, k, v, B, hkv, m, n, H);
+    }
+  }
 }
 
 /// The masks of post 9529 (SPEC 7.3): UniLM segment ids (int32 / int64, shared or per batch), reverse causal, mixed
