@@ -260,7 +260,8 @@ void fuzz_2d(FuzzInput& in) {
 /// the float tensors of fuzz_batched (dense), rounded to S here (huge values become inf in fp16).
 template <class S>
 void check_16bit_cache(const kexue::AttentionOptions& o, const kexue::TensorView<const float>& qv,
-                       const Strided<float>& k, const Strided<float>& v, Index B, Index hkv, Index m, Index n, Index H) {
+                       const Strided<float>& k, const Strided<float>& v, Index B, Index hkv, Index m, Index n,
+                       Index H) {
   const Index d = k.cols, dv = v.cols;
   std::vector<S> k16(std::size_t(std::max<Index>(1, k.rows * d))), v16(std::size_t(std::max<Index>(1, v.rows * dv)));
   std::vector<float> kw(k16.size()), vw(v16.size());

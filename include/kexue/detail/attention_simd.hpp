@@ -275,8 +275,8 @@ inline void bcast_fma_masked(const T* A, Index lda, const T* B, Index bt, Index 
 }
 
 /// Online-softmax step 1 on a key tile S^T [nb][NR * L] (rows as lanes): logits *= rowscale (times
-/// kSoftmaxLogitScale: the logit units of softmax_exp), clamped to the finite range (a +-inf or overflowing logit must not turn s - max into inf - inf), masked keys set to -inf.
-/// Returns the tile's row maxima in tmax.
+/// kSoftmaxLogitScale: the logit units of softmax_exp), clamped to the finite range (a +-inf or overflowing logit
+/// must not turn s - max into inf - inf), masked keys set to -inf. Returns the tile's row maxima in tmax.
 template <class T, int NR>
 inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMask<T>& mask, T* tmax) {
   constexpr Index L = kLanes<T>;
@@ -317,10 +317,10 @@ inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMa
 }
 
 /// Online-softmax step 2: given the old running max m and the tile max, sets m to the new max, alpha to the
-/// factor exp(m_old - m_new) that rescales the running sum and O, replaces S^T by P^T = exp(S^T - m_new) (softmax_exp,
-/// in the logit units of step 1) and
-/// updates the running sum l = l * alpha + sum_j P. A row that has seen no visible key yet keeps m = -inf;
-/// its shift is taken as 0 so that exp(-inf - shift) = 0 and no inf - inf appears.
+/// factor exp(m_old - m_new) that rescales the running sum and O, replaces S^T by P^T = exp(S^T - m_new)
+/// (softmax_exp, in the logit units of step 1) and updates the running sum l = l * alpha + sum_j P. A row that has
+/// seen no visible key yet keeps m = -inf; its shift is taken as 0 so that exp(-inf - shift) = 0 and no inf - inf
+/// appears.
 template <class T, int NR>
 inline void softmax_tile_exp(T* st, Index nb, const T* tmax, T* m, T* l, T* alpha) {
   constexpr Index L = kLanes<T>;
