@@ -75,10 +75,12 @@ inline Batch<T> fast_exp(Batch<T> x) {
 template <class T>
 constexpr T kSoftmaxLogitScale = std::is_same<T, float>::value ? T(1.44269504088896340736) : T(1);
 
-/// exp of the tiled softmax for x <= 0 in its logit units (see kSoftmaxLogitScale): 2^x for float, exactly 0 for
-/// x <= -127 and for -inf and NaN (at_least, as in fast_exp), accurate to 6.9e-8 relative with FMA and 9.2e-8
-/// without (worst over every float in [-125, 0]). n is rounded by fast_exp's addition of 1.5 * 2^23 + 127, and
-/// 2^r = e^(r ln 2) is fast_exp's polynomial with its coefficients times powers of ln 2, in Horner form.
+/// exp of the tiled softmax for x <= 0 in its logit units (see kSoftmaxLogitScale): 2^x for float, exactly 0 for x <=
+/// -127 and for -inf and NaN (at_least, as in fast_exp), accurate to 8.0e-8 relative with FMA and 1.03e-7 without
+/// (worst over every float in [-125, 0]). n is rounded by fast_exp's addition of 1.5 * 2^23 + 127. 2^r on |r| <= 1/2 is
+/// a degree-6 polynomial 1 + r q(r), fitted for least maximum relative error (2.0e-9 before float rounding, so the
+/// float evaluation's own rounding dominates: degree 7 gave 6.9e-8 / 9.2e-8 for one more operation per register, degree
+/// 5 would give 1.7e-7), in Horner form, ending in + 1 so that 2^0 is exactly 1.
 template <class T>
 inline Batch<T> softmax_exp(Batch<T> x) {
   if constexpr (std::is_same<T, float>::value) {
@@ -86,12 +88,11 @@ inline Batch<T> softmax_exp(Batch<T> x) {
     const B v = at_least<float>(x, B(-127.0f));
     const B biased = v + B(12583039.0f);  // 1.5 * 2^23 + 127
     const B r = v - (biased - B(12583039.0f));
-    B p(1.527919449e-05f);
-    p = fmadd(p, r, B(1.550679444e-04f));
-    p = fmadd(p, r, B(1.333374763e-03f));
-    p = fmadd(p, r, B(9.617928416e-03f));
-    p = fmadd(p, r, B(5.550410599e-02f));
-    p = fmadd(p, r, B(2.402265072e-01f));
+    B p(1.535336341e-04f);
+    p = fmadd(p, r, B(1.339887502e-03f));
+    p = fmadd(p, r, B(9.618436918e-03f));
+    p = fmadd(p, r, B(5.550332367e-02f));
+    p = fmadd(p, r, B(2.402264774e-01f));
     p = fmadd(p, r, B(6.931471825e-01f));
     p = fmadd(p, r, B(1.0f));
     // p * 2^n, 2^n built in the exponent bits as in fast_exp: n = -127 gives +0.0.
@@ -274,21 +275,27 @@ inline void bcast_fma_masked(const T* A, Index lda, const T* B, Index bt, Index 
   if (x < nx) bcast_fma_masked_block<T, 1, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, lo, hi);
 }
 
-/// Online-softmax step 1 on a key tile S^T [nb][NR * L] (rows as lanes): logits *= rowscale (times
-/// kSoftmaxLogitScale: the logit units of softmax_exp), clamped to the finite range (a +-inf or overflowing logit
-/// must not turn s - max into inf - inf), masked keys set to -inf. Returns the tile's row maxima in tmax.
-template <class T, int NR>
-inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMask<T>& mask, T* tmax) {
+/// One pass of softmax_tile_logits. kClamp false: the scaled logits are stored unclamped, and s * 0 is summed into a
+/// finiteness witness that turns NaN at the first inf or NaN logit (one operation per register where the two clamps
+/// took two); returns whether every logit was finite. kClamp true: the clamped pass, always returns true.
+template <class T, int NR, bool kClamp>
+inline bool softmax_tile_logits_pass(T* st, Index nb, const Batch<T>* rs, const TileMask<T>& mask, T* tmax) {
   constexpr Index L = kLanes<T>;
   constexpr Index W = NR * L;
   const Batch<T> big(std::numeric_limits<T>::max()), nbig(-std::numeric_limits<T>::max());
-  const Batch<T> ninf(-std::numeric_limits<T>::infinity());
-  Batch<T> rs[NR], mx[NR], lo[NR], hi[NR];
+  const Batch<T> ninf(-std::numeric_limits<T>::infinity()), zero(T(0));
+  Batch<T> mx[NR], lo[NR], hi[NR], witness[NR];
   load_window<T, NR>(mask, lo, hi);
-  for (int r = 0; r < NR; ++r) {
-    rs[r] = load(rowscale + r * L) * Batch<T>(kSoftmaxLogitScale<T>);
-    mx[r] = ninf;
-  }
+  for (int r = 0; r < NR; ++r) mx[r] = ninf, witness[r] = zero;
+  const auto scaled = [&](const T* sp, int r) {
+    const Batch<T> s = load(sp + r * L) * rs[r];
+    if constexpr (kClamp) {
+      return xsimd::min(at_least<T>(s, nbig), big);
+    } else {
+      witness[r] = fmadd(s, zero, witness[r]);
+      return s;
+    }
+  };
   const bool window = mask.lo != nullptr || mask.hi != nullptr;
   for (Index j = 0; j < nb; ++j) {
     T* sp = st + j * W;
@@ -298,7 +305,7 @@ inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMa
     }
     if (!window) {
       for (int r = 0; r < NR; ++r) {
-        const Batch<T> s = xsimd::min(at_least<T>(load(sp + r * L) * rs[r], nbig), big);
+        const Batch<T> s = scaled(sp, r);
         mx[r] = xsimd::max(mx[r], s);
         store(sp + r * L, s);
       }
@@ -307,13 +314,34 @@ inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMa
     BatchBool<T> vis[NR];
     window_visibility<T, NR>(mask, lo, hi, j, vis);
     for (int r = 0; r < NR; ++r) {
-      Batch<T> s = xsimd::min(at_least<T>(load(sp + r * L) * rs[r], nbig), big);
-      s = xsimd::select(vis[r], s, ninf);
+      const Batch<T> s = xsimd::select(vis[r], scaled(sp, r), ninf);
       mx[r] = xsimd::max(mx[r], s);
       store(sp + r * L, s);
     }
   }
+  for (int r = 1; r < NR; ++r) witness[0] += witness[r];
+  // isnan, not w != w: xsimd 8.1's != is an ordered compare (_CMP_NEQ_OQ), false for NaN.
+  if (!kClamp && xsimd::any(xsimd::isnan(witness[0]))) return false;
   for (int r = 0; r < NR; ++r) store(tmax + r * L, mx[r]);
+  return true;
+}
+
+/// Online-softmax step 1 on a key tile S^T [nb][NR * L] (rows as lanes): logits *= rowscale (times
+/// kSoftmaxLogitScale: the logit units of softmax_exp), clamped to the finite range (a +-inf or overflowing logit
+/// must not turn s - max into inf - inf), masked keys set to -inf. Returns the tile's row maxima in tmax.
+/// The clamps are needed only by a tile that holds an inf or NaN logit: the fast pass stores the scaled logits
+/// unclamped and checks that they are finite; a tile that fails is clamped from the stored values (clamping
+/// rowscale * s gives the same bits either way, and masked keys are set to -inf again).
+template <class T, int NR>
+inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMask<T>& mask, T* tmax) {
+  constexpr Index L = kLanes<T>;
+  Batch<T> rs[NR], one[NR];
+  for (int r = 0; r < NR; ++r) {
+    rs[r] = load(rowscale + r * L) * Batch<T>(kSoftmaxLogitScale<T>);
+    one[r] = Batch<T>(T(1));
+  }
+  if (!softmax_tile_logits_pass<T, NR, false>(st, nb, rs, mask, tmax))
+    softmax_tile_logits_pass<T, NR, true>(st, nb, one, mask, tmax);
 }
 
 /// Online-softmax step 2: given the old running max m and the tile max, sets m to the new max, alpha to the
