@@ -70,8 +70,8 @@ inline Batch<T> fast_exp(Batch<T> x) {
 /// The tiled softmax (softmax_tile_logits / softmax_tile_exp) keeps its logits in units of 1 / kSoftmaxLogitScale
 /// and exponentiates them with softmax_exp. float: base 2, logits times log2 e (folded into the row scale, one
 /// rounding), softmax_exp(x) = 2^x, whose range reduction is exact (n = x rounded, r = x - n, |r| <= 1/2): no
-/// multiplication by log2 e and one reduction step instead of Cody-Waite's two, two operations fewer per register
-/// than fast_exp, the softmax's largest cost beside the FMAs. double: base e and fast_exp.
+/// multiplication by log2 e, one reduction step instead of Cody-Waite's two and a degree-6 polynomial: three
+/// operations fewer per register than fast_exp, the softmax's largest cost beside the FMAs. double: base e, fast_exp.
 template <class T>
 constexpr T kSoftmaxLogitScale = std::is_same<T, float>::value ? T(1.44269504088896340736) : T(1);
 
