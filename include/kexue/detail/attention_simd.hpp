@@ -275,9 +275,10 @@ inline void bcast_fma_masked(const T* A, Index lda, const T* B, Index bt, Index 
   if (x < nx) bcast_fma_masked_block<T, 1, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, lo, hi);
 }
 
-/// One pass of softmax_tile_logits. kClamp false: the scaled logits are stored unclamped, and s * 0 is summed into a
-/// finiteness witness that turns NaN at the first inf or NaN logit (one operation per register where the two clamps
-/// took two); returns whether every logit was finite. kClamp true: the clamped pass, always returns true.
+/// One pass of softmax_tile_logits. kClamp false: the logits times rs are stored unclamped, and s * 0 is summed into
+/// a finiteness witness that turns NaN at the first inf or NaN logit (one operation per register where the two
+/// clamps took two); returns whether every logit was finite. kClamp true (rs unused): the logits the first pass
+/// stored, already scaled, are clamped in place; returns true.
 template <class T, int NR, bool kClamp>
 inline bool softmax_tile_logits_pass(T* st, Index nb, const Batch<T>* rs, const TileMask<T>& mask, T* tmax) {
   constexpr Index L = kLanes<T>;
@@ -288,10 +289,10 @@ inline bool softmax_tile_logits_pass(T* st, Index nb, const Batch<T>* rs, const 
   load_window<T, NR>(mask, lo, hi);
   for (int r = 0; r < NR; ++r) mx[r] = ninf, witness[r] = zero;
   const auto scaled = [&](const T* sp, int r) {
-    const Batch<T> s = load(sp + r * L) * rs[r];
     if constexpr (kClamp) {
-      return xsimd::min(at_least<T>(s, nbig), big);
+      return xsimd::min(at_least<T>(load(sp + r * L), nbig), big);
     } else {
+      const Batch<T> s = load(sp + r * L) * rs[r];
       witness[r] = fmadd(s, zero, witness[r]);
       return s;
     }
@@ -319,9 +320,11 @@ inline bool softmax_tile_logits_pass(T* st, Index nb, const Batch<T>* rs, const 
       store(sp + r * L, s);
     }
   }
-  for (int r = 1; r < NR; ++r) witness[0] += witness[r];
-  // isnan, not w != w: xsimd 8.1's != is an ordered compare (_CMP_NEQ_OQ), false for NaN.
-  if (!kClamp && xsimd::any(xsimd::isnan(witness[0]))) return false;
+  if constexpr (!kClamp) {
+    for (int r = 1; r < NR; ++r) witness[0] += witness[r];
+    // isnan, not w != w: xsimd 8.1's != is an ordered compare (_CMP_NEQ_OQ), false for NaN.
+    if (xsimd::any(xsimd::isnan(witness[0]))) return false;
+  }
   for (int r = 0; r < NR; ++r) store(tmax + r * L, mx[r]);
   return true;
 }
@@ -335,13 +338,10 @@ inline bool softmax_tile_logits_pass(T* st, Index nb, const Batch<T>* rs, const 
 template <class T, int NR>
 inline void softmax_tile_logits(T* st, Index nb, const T* rowscale, const TileMask<T>& mask, T* tmax) {
   constexpr Index L = kLanes<T>;
-  Batch<T> rs[NR], one[NR];
-  for (int r = 0; r < NR; ++r) {
-    rs[r] = load(rowscale + r * L) * Batch<T>(kSoftmaxLogitScale<T>);
-    one[r] = Batch<T>(T(1));
-  }
+  Batch<T> rs[NR];
+  for (int r = 0; r < NR; ++r) rs[r] = load(rowscale + r * L) * Batch<T>(kSoftmaxLogitScale<T>);
   if (!softmax_tile_logits_pass<T, NR, false>(st, nb, rs, mask, tmax))
-    softmax_tile_logits_pass<T, NR, true>(st, nb, one, mask, tmax);
+    softmax_tile_logits_pass<T, NR, true>(st, nb, rs, mask, tmax);
 }
 
 /// Online-softmax step 2: given the old running max m and the tile max, sets m to the new max, alpha to the
