@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -194,10 +195,21 @@ void check_batched_bitwise(Index B, Index Hq, Index Hk, Index n, Index m, Index 
       oview(want));
   run(TensorView<const float>(q0.view), TensorView<const H>(kh.view), TensorView<const H>(vh.view), oview(got));
   CHECK(same_bits(got.data(), want.data(), outn));
-  // q, k, v 16-bit: the float kernel on the widened q.
+  // q, k, v 16-bit: the float kernel on the widened q; for bf16 where kPreferBf16Dot, the default is the
+  // bf16-pairs products instead (their own tests below), and the widened products are what it is with them off.
   run(TensorView<const float>(qh.wview), TensorView<const float>(kh.wview), TensorView<const float>(vh.wview),
       oview(want));
+  const std::vector<unsigned char> no_mask;
+  const kexue::KeyMask km(mask ? *mask : no_mask);
+  auto run16 = [&](std::vector<float>& out, std::optional<bool> pairs) {
+    kexue::detail::attention_batched<H, H, float>(TensorView<const H>(qh.view), TensorView<const H>(kh.view),
+                                                  TensorView<const H>(vh.view), mask ? &km : nullptr, oview(out), o,
+                                                  pairs);
+  };
+  run16(got2, false);
+  CHECK(same_bits(got2.data(), want.data(), outn));
   run(TensorView<const H>(qh.view), TensorView<const H>(kh.view), TensorView<const H>(vh.view), oview(got2));
+  if (std::is_same<H, bf16>::value && kexue::detail::kPreferBf16Dot) run16(want, true);
   CHECK(same_bits(got2.data(), want.data(), outn));
   // out 16-bit, strided: rounded once from the float result.
   const Index ldo = dv + 5;
@@ -282,6 +294,153 @@ TEST_CASE("attention_half: bf16 q, k, v within 1e-2 and twice PyTorch's bf16 err
   CHECK(cases == int(ref().scalar("bf16/count")));
 }
 
+TEST_CASE("attention_half: bf16 pairs (vdpbf16ps's products, P in bf16) within 1e-2 and twice PyTorch's bf16 error",
+          "[attention][half][pairs]") {
+  // The bf16-pairs products that q, k, v all bf16 take where kPreferBf16Dot, forced here on every build: q k^T as
+  // pairs of exact bf16 products, the weights rounded to bf16, P V as pairs again (vdpbf16ps or its widened form).
+  const Matrix<float> qf = ref().matrix<float>("bf16/q"), kf = ref().matrix<float>("bf16/k"),
+                      vf = ref().matrix<float>("bf16/v");
+  const Matrix<bf16> q = narrow<bf16>(qf), k = narrow<bf16>(kf), v = narrow<bf16>(vf);
+  const std::vector<unsigned char> mask = mask_of("bf16/mask");
+  const kexue::KeyMask km(mask);
+  INFO("bf16 pairs by default in this build: " << kexue::detail::kPreferBf16Dot);
+  int cases = 0;
+  for (const char* norm : {"softmax", "softmax_plus", "squared_relu"}) {
+    for (const char* mk : {"none", "causal", "keylen_mask"}) {
+      const std::string name = std::string("bf16_") + norm + "_" + mk;
+      INFO(name);
+      const AttentionOptions o = case_options(name);
+      const kexue::KeyMask* mp = ref().scalar(name + "/use_mask") != 0 ? &km : nullptr;
+      const Matrix<double> want = ref().matrix<double>(name + "/out64");
+      const double torch_err = ref().scalar(name + "/torch_err");
+      Matrix<float> got(q.rows(), v.cols()), widened(q.rows(), v.cols());
+      Matrix<bf16> got16(q.rows(), v.cols());
+      kexue::detail::attention_2d(q, k, v, mp, got, o, true);
+      kexue::detail::attention_2d(q, k, v, mp, got16, o, true);
+      kexue::detail::attention_2d(q, k, v, mp, widened, o, false);
+      const double e32 = rel_rms(got, want), e16 = rel_rms(widen(got16), want), ew = rel_rms(widened, want);
+      INFO("pairs float out " << e32 << ", bf16 out " << e16 << ", widened " << ew << ", torch bf16 " << torch_err);
+      CHECK(e32 <= 1e-2);
+      CHECK(e32 <= 2 * torch_err);
+      CHECK(e16 <= 1e-2);
+      CHECK(e16 <= 2 * torch_err);
+      CHECK(e32 > ew);  // the weights really were rounded: the pairs path is not the widened float one
+      CHECK(widen(got16) == widen(narrow<bf16>(got)));
+      ++cases;
+    }
+  }
+  CHECK(cases == 9);
+}
+
+TEST_CASE("attention_half: bf16 pairs in every form: close to the float kernel, hidden keys kept out, same bits "
+          "for 1 and 2 threads", "[attention][half][pairs]") {
+  std::vector<unsigned char> mask(300);
+  std::mt19937 g(9);
+  for (auto& x : mask) x = (g() % 4) != 0;
+  std::vector<std::int32_t> seg(300, 0);
+  for (Index j = 40; j < 300; ++j) seg[static_cast<std::size_t>(j)] = (j % 37 == 0) ? 1 : 0;
+  const float kNaN = std::numeric_limits<float>::quiet_NaN(), kInf = std::numeric_limits<float>::infinity();
+  int poisoned_cases = 0;
+  for (Normalization norm : {Normalization::Softmax, Normalization::SoftmaxPlus, Normalization::SquaredRelu}) {
+    for (int mk = 0; mk < 7; ++mk) {
+      // (B, Hq, Hk, n, m, d, dv): odd d and dv, odd key counts per sub-tile, several key tiles and sub-tiles; the
+      // decode path (n = 2) keeps the widened products.
+      for (const auto& shape : std::vector<std::array<Index, 7>>{{2, 4, 2, 57, 57, 23, 17},
+                                                                 {1, 2, 1, 130, 131, 64, 64},
+                                                                 {1, 2, 2, 101, 101, 64, 64},
+                                                                 {1, 4, 1, 2, 131, 20, 12}}) {
+        const Index B = shape[0], Hq = shape[1], Hk = shape[2], n = shape[3], m = shape[4], d = shape[5],
+                    dv = shape[6];
+        AttentionOptions o;
+        o.normalization = norm;
+        std::vector<unsigned char> mv;
+        std::vector<HeadDirection> dirs;
+        switch (mk) {
+          case 0: break;
+          case 1: o.causal = true; break;
+          case 2: o.key_length = m - 9; break;
+          case 3:
+            mv = std::vector<unsigned char>(mask.begin(), mask.begin() + m);
+            o.causal = true;
+            o.key_length = m - 3;
+            break;
+          case 4:
+            if (n != m) continue;
+            o.reverse_causal = true;
+            break;
+          case 5:
+            if (n != m) continue;
+            o.segments = kexue::SegmentIds(seg.data(), m);
+            break;
+          case 6:
+            if (n != m) continue;
+            for (Index h = 0; h < Hq; ++h)
+              dirs.push_back(h % 3 == 0 ? HeadDirection::Causal
+                                        : h % 3 == 1 ? HeadDirection::ReverseCausal : HeadDirection::Bidirectional);
+            o.head_directions = kexue::HeadDirections(dirs);
+            break;
+        }
+        INFO("norm " << int(norm) << " mask " << mk << " n " << n << " m " << m << " d " << d);
+        const Tensor4 q0(B, Hq, n, d, 300 + mk), k0(B, Hk, m, d, 301 + mk, 1.5f), v0(B, Hk, m, dv, 302 + mk);
+        const Tensor4h<bf16> qh(q0), kh(k0), vh(v0);
+        const kexue::KeyMask km(mv);
+        const kexue::KeyMask* mp = mv.empty() ? nullptr : &km;
+        const Index outn = B * Hq * n * dv;
+        auto run = [&](const Tensor4h<bf16>& kk, const Tensor4h<bf16>& vv, std::vector<float>& out, bool pairs) {
+          out.assign(static_cast<std::size_t>(outn), -7.0f);
+          kexue::detail::attention_batched<bf16, bf16, float>(
+              TensorView<const bf16>(qh.view), TensorView<const bf16>(kk.view), TensorView<const bf16>(vv.view), mp,
+              TensorView<float>::contiguous(out.data(), B, Hq, n, dv), o, pairs);
+        };
+        std::vector<float> got, widened;
+        run(kh, vh, got, true);
+        run(kh, vh, widened, false);
+        if (n <= 2) {
+          CHECK(same_bits(got.data(), widened.data(), outn));  // decoding keeps the widened products
+        } else {
+          double num = 0, den = 0;
+          for (Index i = 0; i < outn; ++i) {
+            const double e = double(got[i]) - double(widened[i]);
+            num += e * e;
+            den += double(widened[i]) * double(widened[i]);
+          }
+          CHECK(std::sqrt(num / den) < 1e-2);
+          CHECK(std::sqrt(num / den) > 0);
+        }
+        // Keys no row may see (key mask, past key_length) get inf / NaN in k and v: the same bits.
+        if (mk == 2 || mk == 3) {
+          Tensor4h<bf16> kp(kh), vp(vh);
+          bool any = false;
+          for (Index b = 0; b < B; ++b)
+            for (Index h = 0; h < Hk; ++h)
+              for (Index j = 0; j < m; ++j) {
+                if (j < *o.key_length && (mv.empty() || mv[static_cast<std::size_t>(j)])) continue;
+                any = true;
+                bf16* kr = kp.data.data() + (kh.view.row(b, h, j) - kh.view.data);
+                bf16* vr = vp.data.data() + (vh.view.row(b, h, j) - vh.view.data);
+                for (Index c = 0; c < d; ++c) kr[c] = bf16((j + c) % 2 ? kNaN : kInf);
+                for (Index c = 0; c < dv; ++c) vr[c] = bf16((j + c) % 3 ? -kInf : kNaN);
+              }
+          REQUIRE(any);
+          std::vector<float> again;
+          run(kp, vp, again, true);
+          CHECK(same_bits(again.data(), got.data(), outn));
+          ++poisoned_cases;
+        }
+#if defined(_OPENMP)
+        const int saved = omp_get_max_threads();
+        omp_set_num_threads(saved == 1 ? 2 : 1);
+        std::vector<float> other;
+        run(kh, vh, other, true);
+        omp_set_num_threads(saved);
+        CHECK(same_bits(other.data(), got.data(), outn));
+#endif
+      }
+    }
+  }
+  CHECK(poisoned_cases == 3 * 2 * 4);
+}
+
 TEST_CASE("attention_half: every form is the float kernel on the widened inputs, bit for bit", "[attention][half]") {
   std::vector<unsigned char> mask(300);
   std::mt19937 g(7);
@@ -350,6 +509,8 @@ TEST_CASE("attention_half: 2-D strided views and a 16-bit out", "[attention][hal
     CHECK(Matrix<float>(got.leftCols(dv)) == want);
     CHECK((got.rightCols(3).array() == -5.0f).all());
     kexue::attention(qw.leftCols(d), kw.leftCols(d), vw.leftCols(dv), want, o);
+    if (kexue::detail::kPreferBf16Dot)  // q, k, v bf16 take the bf16-pairs products here by default
+      kexue::detail::attention_2d(qh.leftCols(d), kh.leftCols(d), vh.leftCols(dv), nullptr, want, o, true);
     Matrix<bf16> o16(n, dv + 2);
     o16.setConstant(bf16(-5.0f));
     kexue::attention(qh.leftCols(d), kh.leftCols(d), vh.leftCols(dv), o16.leftCols(dv), o);

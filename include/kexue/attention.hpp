@@ -255,8 +255,13 @@ using attention_compute_t = std::conditional_t<kIs16Bit<S>, float, S>;
 
 /// Runs a validated plan (k, v, options set) on q and out of the call's types: a 16-bit q is widened once into a
 /// float copy (exact), and a 16-bit out is computed in float and rounded once to nearest even as it is stored.
+/// q, k, v all bf16 take the bf16-pairs products (AttentionPlan::bf16_pairs) where kPreferBf16Dot, or as
+/// bf16_pairs says (tests run both ways on every build).
 template <class T, class S, class Q, class O>
-void run_attention_io(AttentionPlan<T, S>& p, const TensorView<const Q>& q, const TensorView<O>& out) {
+void run_attention_io(AttentionPlan<T, S>& p, const TensorView<const Q>& q, const TensorView<O>& out,
+                      std::optional<bool> bf16_pairs = std::nullopt) {
+  if constexpr (std::is_same<Q, Eigen::bfloat16>::value && std::is_same<S, Eigen::bfloat16>::value)
+    p.bf16_pairs = bf16_pairs.value_or(kPreferBf16Dot);
   AlignedVector<T> qw, ow;
   if constexpr (std::is_same<Q, T>::value) {
     p.q = q;
@@ -290,7 +295,8 @@ void run_attention_io(AttentionPlan<T, S>& p, const TensorView<const Q>& q, cons
 
 template <class QD, class KD, class VD, class OD>
 void attention_2d(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
-                  const KeyMask* key_mask, const Eigen::DenseBase<OD>& out, const AttentionOptions& options) {
+                  const KeyMask* key_mask, const Eigen::DenseBase<OD>& out, const AttentionOptions& options,
+                  std::optional<bool> bf16_pairs = std::nullopt) {
   using S = typename KD::Scalar;
   using T = attention_compute_t<S>;
   static_assert(std::is_same<S, typename VD::Scalar>::value &&
@@ -318,12 +324,13 @@ void attention_2d(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, 
   }
   p.k = as_tensor(kv);
   p.v = as_tensor(vv);
-  run_attention_io(p, as_tensor(qv), as_tensor(ov));
+  run_attention_io(p, as_tensor(qv), as_tensor(ov), bf16_pairs);
 }
 
 template <class Q, class S, class O>
 void attention_batched(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
-                       const KeyMask* key_mask, const TensorView<O>& out, const AttentionOptions& options) {
+                       const KeyMask* key_mask, const TensorView<O>& out, const AttentionOptions& options,
+                       std::optional<bool> bf16_pairs = std::nullopt) {
   using T = attention_compute_t<S>;
   constexpr const char* fn = "attention";
   auto dims = [](const auto& t) {
@@ -357,7 +364,7 @@ void attention_batched(const TensorView<const Q>& q, const TensorView<const S>& 
   }
   p.k = k;
   p.v = v;
-  run_attention_io(p, q, out);
+  run_attention_io(p, q, out, bf16_pairs);
 }
 
 /// Entry i of an n-entry output given as a vector, a [1, n] row or an [n, 1] column (any row stride).

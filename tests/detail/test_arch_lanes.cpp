@@ -272,6 +272,58 @@ TEST_CASE("arch dot_bf16_pairs equals its generic version on normal numbers", "[
   }
 }
 
+TEST_CASE("arch round_bf16_pairs equals its generic version, which rounds to nearest even after flushing subnormals",
+          "[detail][arch][half]") {
+  using F = kd::Batch<float>;
+  using U = kd::Batch<std::uint32_t>;
+  constexpr std::size_t L = F::size;
+  INFO("arch " << kd::simd_arch_name());
+  std::mt19937 e(22);
+  // Every class but NaN: normals, ties (low 16 bits 0x8000), subnormals, zeros, values that round to inf, inf.
+  auto any_float = [&]() -> float {
+    std::uint32_t u = e();
+    switch (e() % 6) {
+      case 0: u = (u & 0x807F0000u) | (e() % 2 ? 0x8000u : 0x7FFFu) | (u & 0x3F800000u); break;
+      case 1: u &= 0x807FFFFFu; break;                                    // subnormal or zero
+      case 2: u = (u & 0x80000000u) | (0x7F7F8000u + (u & 0x7FFFu)); break;  // at or above bf16 max + half an ulp
+      case 3: u = (u & 0x80000000u) | 0x7F800000u; break;                  // inf
+      default: break;
+    }
+    if ((u & 0x7F800000u) == 0x7F800000u) u &= 0xFF800000u;  // no NaN
+    return gen::bits_float(u);
+  };
+  int bad = 0, wrong = 0;
+  for (int it = 0; it < 20000; ++it) {
+    alignas(64) float lo[L], hi[L];
+    alignas(64) std::uint32_t got[L], want[L];
+    for (std::size_t l = 0; l < L; ++l) lo[l] = any_float(), hi[l] = any_float();
+    kd::round_bf16_pairs(F::load_aligned(lo), F::load_aligned(hi)).store_aligned(got);
+    gen::round_bf16_pairs(F::load_aligned(lo), F::load_aligned(hi)).store_aligned(want);
+    for (std::size_t l = 0; l < L; ++l) {
+      bad += got[l] != want[l];
+      auto one = [](float x) -> std::uint32_t {
+        const std::uint32_t u = gen::float_bits(x);
+        const float flushed = (u & 0x7FFFFFFFu) < 0x00800000u ? gen::bits_float(u & 0x80000000u) : x;
+        return gen::bits16(gen::from_float<Eigen::bfloat16>(flushed));
+      };
+      wrong += want[l] != (one(lo[l]) | one(hi[l]) << 16);
+    }
+  }
+  CHECK(bad == 0);
+  CHECK(wrong == 0);
+  // The pair layout dot_bf16_pairs reads: lo in the low half (the even element).
+  alignas(64) float lo[L], hi[L];
+  for (std::size_t l = 0; l < L; ++l) lo[l] = 1.5f + float(l), hi[l] = -0.25f * float(l + 1);
+  const U pairs = kd::round_bf16_pairs(F::load_aligned(lo), F::load_aligned(hi));
+  alignas(64) float even[L], odd[L];
+  kd::bf16_even(pairs).store_aligned(even);
+  kd::bf16_odd(pairs).store_aligned(odd);
+  for (std::size_t l = 0; l < L; ++l) {
+    CHECK(even[l] == lo[l]);
+    CHECK(odd[l] == hi[l]);
+  }
+}
+
 TEMPLATE_TEST_CASE("arch store_stream stores what its generic version stores", "[detail][arch]", float, double) {
   using T = TestType;
   using B = kd::Batch<T>;

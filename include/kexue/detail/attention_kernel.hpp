@@ -71,6 +71,9 @@ struct AttentionPlan {
   const std::int64_t* seg64 = nullptr;
   Index seg_batch_stride = 0;           // 0: one segment row for every batch; m: one per batch
   const unsigned char* head_dirs = nullptr;  // per query head: a HeadDir, overriding causal / reverse
+  // q (widened into this plan's float q, so exactly bf16 values), k and v all bf16: the tiled path takes q k^T and
+  // P V as bf16 pairs (pair_dot: vdpbf16ps where kPreferBf16Dot), with P rounded to bf16 (bf16_pairs_tile).
+  bool bf16_pairs = false;
 };
 
 /// Mask direction of one head (kexue::HeadDirection's values).
@@ -175,6 +178,9 @@ template <class T>
 struct AttentionScratch {
   AlignedVector<T> qt, st, ot, stats;  // 64-byte aligned: every micro-kernel load of them is a whole register
   AlignedVector<T> kw, vw;             // 16-bit K/V: the current key tile widened (kTileKeys x d, x dv)
+  // bf16 pairs (AttentionPlan::bf16_pairs): Q^T [ceil(d / 2)][rows] per sub-tile, the key tile's K [keys][ceil(d
+  // / 2)] and V [keys / 2][dv], and the weights P^T [keys / 2][rows].
+  AlignedVector<std::uint32_t> qp, kp, vp, pp;
   std::vector<Index> lo, hi;           // each row's key window [lo, hi)
   void ensure(Index d, Index dv, Index sub_tiles) {
     const Index W = kTileRows<T> * sub_tiles;
@@ -186,6 +192,16 @@ struct AttentionScratch {
     if (Index(st.size()) < kTileKeys * kTileRows<T>) st.resize(static_cast<std::size_t>(kTileKeys * kTileRows<T>));
     if (Index(ot.size()) < dv * W) ot.resize(static_cast<std::size_t>(dv * W));
     if (Index(stats.size()) < kStats * W) stats.resize(static_cast<std::size_t>(kStats * W));
+  }
+  void ensure_pairs(Index d, Index dv, Index sub_tiles) {
+    const Index d2 = (d + 1) / 2, W = kTileRows<T>;
+    auto grow = [](AlignedVector<std::uint32_t>& v, Index size) {
+      if (Index(v.size()) < size) v.resize(static_cast<std::size_t>(size));
+    };
+    grow(qp, d2 * W * sub_tiles);
+    grow(kp, kTileKeys * d2);
+    grow(vp, kTileKeys / 2 * dv);
+    grow(pp, kTileKeys / 2 * W);
   }
   void ensure_widened(Index d, Index dv) {
     if (Index(kw.size()) < kTileKeys * d) kw.resize(static_cast<std::size_t>(kTileKeys * d));
@@ -315,10 +331,19 @@ inline void attention_tile(const AttentionPlan<T, S>& p, Index b, Index h, Index
   const S* vbase = p.v.row(b, hk, 0);
   const Index ldk = p.k.strides[2], ldv = p.v.strides[2];
   constexpr bool kWiden = !std::is_same<S, T>::value;
+  // bf16 pairs (AttentionPlan::bf16_pairs): q k^T and P V on the bf16 values themselves, two per 32-bit lane.
+  constexpr bool kPairsType = std::is_same<S, Eigen::bfloat16>::value && std::is_same<T, float>::value;
+  const bool pairs = kPairsType && p.bf16_pairs;
+  const Index d2 = (d + 1) / 2;
 
   AttentionScratch<T>& s = attention_scratch<T>();
   s.ensure(d, dv, (item_rows + W - 1) / W);
-  if constexpr (kWiden) s.ensure_widened(d, dv);
+  if constexpr (kWiden) {
+    if (pairs)
+      s.ensure_pairs(d, dv, (item_rows + W - 1) / W);
+    else
+      s.ensure_widened(d, dv);
+  }
   T* st = s.st.data();
 
   if (rows <= kSmallTileRows) {
@@ -329,6 +354,7 @@ inline void attention_tile(const AttentionPlan<T, S>& p, Index b, Index h, Index
   const Index nsub = (rows + W - 1) / W;
   // Sub-tile g: rows [i0 + g W, i0 + g W + rows_g); its Q^T, O^T, statistics and row windows live at offset g.
   auto qt_of = [&](Index g) { return s.qt.data() + g * d * W; };
+  auto qp_of = [&](Index g) { return s.qp.data() + g * d2 * W; };
   auto ot_of = [&](Index g) { return s.ot.data() + g * dv * W; };
   auto stats_of = [&](Index g) { return s.stats.data() + g * kStats * W; };
   auto lo_of = [&](Index g) { return s.lo.data() + g * W; };
@@ -369,6 +395,16 @@ inline void attention_tile(const AttentionPlan<T, S>& p, Index b, Index h, Index
         lrow[r] = T(0);
         alpha[r] = T(1);
       }
+      if (pairs) {
+        // Q^T as bf16 pairs of consecutive columns (exact: q holds bf16 values), an odd d padded with 0.
+        std::uint32_t* qp = qp_of(g);
+        for (Index c2 = 0; c2 < d2; ++c2)
+          for (Index r = 0; r < W; ++r) {
+            const std::uint32_t even = generic::float_bits(float(qt[2 * c2 * W + r])) >> 16;
+            const std::uint32_t odd = 2 * c2 + 1 < d ? generic::float_bits(float(qt[(2 * c2 + 1) * W + r])) : 0u;
+            qp[c2 * W + r] = even | (odd & 0xFFFF0000u);
+          }
+      }
       lo_first[g] = lo_g[0];
       hi_last[g] = hi_g[rows_g - 1];
       lo_last[g] = lo_g[rows_g - 1];
@@ -402,7 +438,30 @@ inline void attention_tile(const AttentionPlan<T, S>& p, Index b, Index h, Index
       if (!any) continue;  // nothing visible in this key tile for any row
       if (!all) tile_keys = mask + j0;
     }
-    if constexpr (kWiden) {
+    if constexpr (kPairsType) {
+      if (pairs) {
+        // K rows as pairs of consecutive columns (a bf16 row is already that, read as 32-bit words); V as pairs of
+        // consecutive keys, an odd key count padded with a zero row.
+        for (Index j = 0; j < nb_all; ++j) {
+          const S* kr = kbase + (j0 + j) * ldk;
+          std::uint32_t* kq = s.kp.data() + j * d2;
+          for (Index c2 = 0; c2 < d2; ++c2)
+            kq[c2] = std::uint32_t(generic::bits16(kr[2 * c2])) |
+                     (2 * c2 + 1 < d ? std::uint32_t(generic::bits16(kr[2 * c2 + 1])) << 16 : 0u);
+        }
+        for (Index t = 0; 2 * t < nb_all; ++t) {
+          const S* ve = vbase + (j0 + 2 * t) * ldv;
+          const S* vo = 2 * t + 1 < nb_all ? ve + ldv : nullptr;
+          std::uint32_t* vq = s.vp.data() + t * dv;
+          for (Index e = 0; e < dv; ++e)
+            vq[e] = std::uint32_t(generic::bits16(ve[e])) | (vo ? std::uint32_t(generic::bits16(vo[e])) << 16 : 0u);
+        }
+      }
+    }
+    if (pairs) {
+      ktile = vtile = nullptr;  // the pair-mode products read s.kp and s.vp
+      ldkt = ldvt = 0;
+    } else if constexpr (kWiden) {
       widen_rows(kbase + j0 * ldk, ldk, nb_all, d, s.kw.data(), d);
       widen_rows(vbase + j0 * ldv, ldv, nb_all, dv, s.vw.data(), dv);
       ktile = s.kw.data();
@@ -420,12 +479,23 @@ inline void attention_tile(const AttentionPlan<T, S>& p, Index b, Index h, Index
     // are never read; the keys of this tile that some row of the item cannot see (masked ones, and those outside
     // some row's window) are checked here, and only if one of their V rows is not finite do the sub-tiles that
     // mask this tile take the masked product. Finite V keeps the plain kernel and its bits.
+    const auto v_finite = [&](Index j) {
+      if constexpr (kPairsType) {
+        if (pairs) {
+          const S* vr = vbase + (j0 + j) * ldv;
+          for (Index e = 0; e < dv; ++e)
+            if ((generic::bits16(vr[e]) & 0x7F80u) == 0x7F80u) return false;
+          return true;
+        }
+      }
+      return all_finite(vtile + j * ldvt, dv);
+    };
     bool hidden_v_nonfinite = false;
     if (tile_keys || j0 < item_lo_max || j0 + nb_all > item_hi_min) {
       for (Index j = 0; j < nb_all && !hidden_v_nonfinite; ++j) {
         const Index jj = j0 + j;
         const bool hidden = (tile_keys && !tile_keys[j]) || jj < item_lo_max || jj >= item_hi_min;
-        if (hidden && !all_finite(vtile + j * ldvt, dv)) hidden_v_nonfinite = true;
+        if (hidden && !v_finite(j)) hidden_v_nonfinite = true;
       }
     }
     for (Index g = 0; g < nsub; ++g) {
@@ -451,12 +521,34 @@ inline void attention_tile(const AttentionPlan<T, S>& p, Index b, Index h, Index
         if (need_lo) tm.lo = rlo;
         if (need_hi) tm.hi = rhi;
       }
-      bcast_fma<T, NR, Combine::Store>(qt_of(g), W, ktile, ldkt, 1, d, nb, st, W, nullptr);
+      if constexpr (kPairsType) {
+        if (pairs) {
+          pair_dot<NR, Combine::Store>(qp_of(g), W, s.kp.data(), d2, 1, d2, nb, st, W, nullptr);
+        }
+      }
+      if (!pairs) bcast_fma<T, NR, Combine::Store>(qt_of(g), W, ktile, ldkt, 1, d, nb, st, W, nullptr);
       if (relu2) {
         relu2_tile<T, NR>(st, nb, p.scale, tm);
       } else {
         softmax_tile_logits<T, NR>(st, nb, rowscale, tm, tmax);
         softmax_tile_exp<T, NR>(st, nb, tmax, mrow, lrow, alpha);
+      }
+      if constexpr (kPairsType) {
+        if (pairs) {
+          // P^T as bf16 pairs of keys; an odd nb pairs its last key with key nb, which may be a real key this
+          // sub-tile cannot see (weight 0, but its V may be inf or NaN): the masked product leaves it out.
+          std::uint32_t* pp = s.pp.data();
+          if (relu2)
+            pack_weight_pairs<NR, true>(st, nb, pp);
+          else
+            pack_weight_pairs<NR, false>(st, nb, pp);
+          const Index nt = (nb + 1) / 2;
+          if (hidden_v_nonfinite && (tm.masked() || (nb % 2 == 1 && nb < nb_all)))
+            pair_dot_masked<NR>(pp, W, s.vp.data(), dv, nt, nb, dv, ot_of(g), W, alpha, tm);
+          else
+            pair_dot<NR, Combine::ScaleAdd>(pp, W, s.vp.data(), 1, dv, nt, dv, ot_of(g), W, alpha);
+          continue;
+        }
       }
       if (hidden_v_nonfinite && tm.masked())
         bcast_fma_masked<T, NR>(st, W, vtile, ldvt, nb, dv, ot_of(g), W, alpha, tm);

@@ -275,6 +275,141 @@ inline void bcast_fma_masked(const T* A, Index lda, const T* B, Index bt, Index 
   if (x < nx) bcast_fma_masked_block<T, 1, NR>(A, lda, B + x, bt, nt, Cp + x * ldc, ldc, alpha, mask, lo, hi);
 }
 
+// ---- bf16 pairs (q, k, v all bf16 where kPreferBf16Dot: vdpbf16ps) ----------------------------------------------
+// The products of bcast_fma on operands packed as bf16 pairs of consecutive reduction indices in 32-bit lanes
+// (dot_bf16_pairs' layout: index 2t in the low half, 2t + 1 in the high half), so one step covers two indices:
+// C = sum over t of (C + A_odd B_odd) + A_even B_even, each addition rounded to float (the products are exact).
+
+/// bcast_fma_block over pairs: C[x * ldc + r] (op)= the pair chain over t < nt of A[t * lda + r] and the broadcast
+/// pair B[x * bx + t * bt], for x < NX and r < NR * kLanes; the same register blocking as bcast_fma_block.
+template <int NX, int NR, Combine C>
+inline void pair_dot_block(const std::uint32_t* A, Index lda, const std::uint32_t* B, Index bx, Index bt, Index nt,
+                           float* Cp, Index ldc, const float* alpha) {
+  constexpr Index L = kLanes<float>;
+  using U = Batch<std::uint32_t>;
+  Batch<float> acc[NX][NR];
+  for (int x = 0; x < NX; ++x)
+    for (int r = 0; r < NR; ++r) acc[x][r] = Batch<float>(0.0f);
+  for (Index t = 0; t < nt; ++t) {
+    U a[NR];
+    for (int r = 0; r < NR; ++r) a[r] = U::load_aligned(A + t * lda + r * L);
+    const std::uint32_t* bp = B + t * bt;
+    for (int x = 0; x < NX; ++x) {
+      const U b(bp[x * bx]);
+      for (int r = 0; r < NR; ++r) acc[x][r] = dot_bf16_pairs(acc[x][r], a[r], b);
+    }
+  }
+  for (int x = 0; x < NX; ++x) {
+    for (int r = 0; r < NR; ++r) {
+      float* cp = Cp + x * ldc + r * L;
+      if constexpr (C == Combine::Store) {
+        store(cp, acc[x][r]);
+      } else {
+        store(cp, fmadd(load(cp), load(alpha + r * L), acc[x][r]));
+      }
+    }
+  }
+}
+
+/// pair_dot_block for any count nx of x (blocks as bcast_fma).
+template <int NR, Combine C>
+inline void pair_dot(const std::uint32_t* A, Index lda, const std::uint32_t* B, Index bx, Index bt, Index nt,
+                     Index nx, float* Cp, Index ldc, const float* alpha) {
+  Index x = 0;
+  for (; x + kBlockCols <= nx; x += kBlockCols)
+    pair_dot_block<kBlockCols, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha);
+  if constexpr (kBlockCols > 4) {
+    if (x + 4 <= nx) {
+      pair_dot_block<4, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha);
+      x += 4;
+    }
+  }
+  switch (nx - x) {
+    case 3: pair_dot_block<3, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha); break;
+    case 2: pair_dot_block<2, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha); break;
+    case 1: pair_dot_block<1, NR, C>(A, lda, B + x * bx, bx, bt, nt, Cp + x * ldc, ldc, alpha); break;
+    default: break;
+  }
+}
+
+/// The masked O^T update of bcast_fma_masked_block over pairs (A = the weights' pairs [nt][NR * L], key pair t of
+/// column x at B[x + t * bt]; nb keys, so an odd nb leaves a padding key): the pair chain of pair_dot_block with
+/// each hidden (row, key) product left out instead of multiplied, in the generic widened form of dot_bf16_pairs.
+/// A hidden key's weight is an exact 0, so where V is finite (and normal) the plain chain adds +-0 there to an
+/// accumulator that is never -0: the same bits as pair_dot_block.
+template <int NX, int NR>
+inline void pair_dot_masked_block(const std::uint32_t* A, Index lda, const std::uint32_t* B, Index bt, Index nt,
+                                  Index nb, float* Cp, Index ldc, const float* alpha, const TileMask<float>& mask,
+                                  const Batch<float>* lo, const Batch<float>* hi) {
+  constexpr Index L = kLanes<float>;
+  using U = Batch<std::uint32_t>;
+  const Batch<float> zero(0.0f);
+  Batch<float> acc[NX][NR];
+  for (int x = 0; x < NX; ++x)
+    for (int r = 0; r < NR; ++r) acc[x][r] = zero;
+  for (Index t = 0; t < nt; ++t) {
+    const Index je = 2 * t, jo = 2 * t + 1;
+    const bool key_e = !mask.keys || mask.keys[je];
+    const bool key_o = jo < nb && (!mask.keys || mask.keys[jo]);
+    if (!key_e && !key_o) continue;  // no row sees either key
+    BatchBool<float> vis_e[NR], vis_o[NR];
+    window_visibility<float, NR>(mask, lo, hi, je, vis_e);
+    window_visibility<float, NR>(mask, lo, hi, jo, vis_o);
+    Batch<float> ae[NR], ao[NR];
+    for (int r = 0; r < NR; ++r) {
+      const U a = U::load_aligned(A + t * lda + r * L);
+      ae[r] = bf16_even(a);
+      ao[r] = bf16_odd(a);
+    }
+    const std::uint32_t* bp = B + t * bt;
+    for (int x = 0; x < NX; ++x) {
+      const U b(bp[x]);
+      const Batch<float> be = bf16_even(b), bo = bf16_odd(b);
+      for (int r = 0; r < NR; ++r) {
+        if (key_o) acc[x][r] = fmadd(xsimd::select(vis_o[r], bo, zero), ao[r], acc[x][r]);
+        if (key_e) acc[x][r] = fmadd(xsimd::select(vis_e[r], be, zero), ae[r], acc[x][r]);
+      }
+    }
+  }
+  for (int x = 0; x < NX; ++x) {
+    for (int r = 0; r < NR; ++r) {
+      float* cp = Cp + x * ldc + r * L;
+      store(cp, fmadd(load(cp), load(alpha + r * L), acc[x][r]));
+    }
+  }
+}
+
+/// The masked pair update for any number nx of value columns (blocks of 2, as bcast_fma_masked).
+template <int NR>
+inline void pair_dot_masked(const std::uint32_t* A, Index lda, const std::uint32_t* B, Index bt, Index nt, Index nb,
+                            Index nx, float* Cp, Index ldc, const float* alpha, const TileMask<float>& mask) {
+  Batch<float> lo[NR], hi[NR];
+  load_window<float, NR>(mask, lo, hi);
+  Index x = 0;
+  for (; x + 2 <= nx; x += 2)
+    pair_dot_masked_block<2, NR>(A, lda, B + x, bt, nt, nb, Cp + x * ldc, ldc, alpha, mask, lo, hi);
+  if (x < nx) pair_dot_masked_block<1, NR>(A, lda, B + x, bt, nt, nb, Cp + x * ldc, ldc, alpha, mask, lo, hi);
+}
+
+/// The weights tile P^T [nb][NR * L] (floats >= 0) as bf16 pairs of consecutive keys [ceil(nb / 2)][NR * L], each
+/// weight rounded to nearest even (round_bf16_pairs; an odd nb pads with a zero weight). kSaturate: weights above
+/// the largest bf16 (squared-ReLU weights can be) become the largest bf16 instead of inf.
+template <int NR, bool kSaturate>
+inline void pack_weight_pairs(const float* st, Index nb, std::uint32_t* pt) {
+  constexpr Index L = kLanes<float>;
+  constexpr Index W = NR * L;
+  const Batch<float> zero(0.0f), top(generic::bits_float(0x7F7F0000u));
+  for (Index t = 0; 2 * t < nb; ++t) {
+    const float* pe = st + 2 * t * W;
+    const bool has_odd = 2 * t + 1 < nb;
+    for (int r = 0; r < NR; ++r) {
+      Batch<float> e = load(pe + r * L), o = has_odd ? load(pe + W + r * L) : zero;
+      if constexpr (kSaturate) e = xsimd::min(e, top), o = xsimd::min(o, top);
+      round_bf16_pairs(e, o).store_aligned(pt + t * W + r * L);
+    }
+  }
+}
+
 /// One pass of softmax_tile_logits. kClamp false: the logits times rs are stored unclamped, and s * 0 is summed into
 /// a finiteness witness that turns NaN at the first inf or NaN logit (one operation per register where the two
 /// clamps took two); returns whether every logit was finite. kClamp true (rs unused): the logits the first pass

@@ -345,6 +345,20 @@ inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uin
   return fmadd<float>(bf16_even(a), bf16_even(b), fmadd<float>(bf16_odd(a), bf16_odd(b), acc));
 }
 
+/// bf16 pairs of two float registers, in dot_bf16_pairs' layout: lane i = bf16(lo_i) | bf16(hi_i) << 16, each
+/// rounded to nearest even after a subnormal float is flushed to a zero of its sign (vcvtne2ps2bf16's rule; a
+/// normal float never rounds to a subnormal bf16, and a finite one above the largest bf16 rounds to inf). Not for
+/// NaN inputs: the attention weights it packs are never NaN.
+inline Batch<std::uint32_t> round_bf16_pairs(const Batch<float>& lo, const Batch<float>& hi) {
+  using U = Batch<std::uint32_t>;
+  const auto rounded = [](const Batch<float>& x) {
+    U u = reinterpret<std::uint32_t>(x);
+    u = xsimd::select((u & U(0x7FFFFFFFu)) < U(0x00800000u), u & U(0x80000000u), u);
+    return u + U(0x7FFFu) + ((u >> 16) & U(1u));
+  };
+  return (rounded(lo) >> 16) | (rounded(hi) & U(0xFFFF0000u));
+}
+
 /// v stored at p, which is aligned to the register's size. An ordinary aligned store here; x86.hpp's stores it
 /// non-temporally (past the caches), for outputs too large to stay in cache.
 template <class T>

@@ -215,6 +215,11 @@ inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uin
                       fmadd<float>(generic::bf16_odd(a), generic::bf16_odd(b), acc));
 }
 
+/// ARMv8.0 NEON has no bf16 conversion (BFCVTN needs +bf16): the generic integer rounding.
+inline Batch<std::uint32_t> round_bf16_pairs(const Batch<float>& lo, const Batch<float>& hi) {
+  return generic::round_bf16_pairs(lo, hi);
+}
+
 /// ARMv8 has STNP (a non-temporal pair store), but no measurement here: ordinary stores, as generic.
 template <class T>
 inline void store_stream(T* p, const Batch<T>& v) {

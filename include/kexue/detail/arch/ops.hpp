@@ -25,6 +25,8 @@
 //                             (vdpbf16ps where kNativeBf16Dot, else widened + two fmadds: the same bits for
 //                             normal numbers); kPreferBf16Dot: whether kernels should use it (x86.hpp: not where
 //                             it is slower than widening); bf16_even(p), bf16_odd(p): the pairs' halves as floats
+//   round_bf16_pairs(lo, hi)  two float registers rounded to nearest even into bf16 pairs (subnormals flushed to
+//                             zero, vcvtne2ps2bf16's rule, which x86.hpp uses under AVX512-BF16)
 //   store_stream(p, v)        v at p (aligned to the register) past the caches where the ISA has a non-temporal
 //                             store (x86 movntps / movntpd), else an ordinary store; stream_fence() after the
 //                             last one (x86 sfence) orders them before later stores
@@ -139,6 +141,9 @@ constexpr bool kPreferBf16Dot = arch::kPreferBf16Dot;
 inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const Batch<std::uint32_t>& a,
                                    const Batch<std::uint32_t>& b) {
   return arch::dot_bf16_pairs(acc, a, b);
+}
+inline Batch<std::uint32_t> round_bf16_pairs(const Batch<float>& lo, const Batch<float>& hi) {
+  return arch::round_bf16_pairs(lo, hi);
 }
 inline Batch<float> bf16_even(const Batch<std::uint32_t>& pairs) { return generic::bf16_even(pairs); }
 inline Batch<float> bf16_odd(const Batch<std::uint32_t>& pairs) { return generic::bf16_odd(pairs); }

@@ -18,6 +18,8 @@
 // - dot_bf16_pairs: vdpbf16ps (AVX512-BF16, 64-byte registers): two bf16 products per float lane in one
 //   instruction, the bf16 GEMM's micro-kernel step where kPreferBf16Dot (not on Intel cores, where it runs at
 //   half the float FMA's rate); the generic version widens and does two FMAs.
+// - round_bf16_pairs: vcvtne2ps2bf16 + vpermw (AVX512-BF16): two float registers to bf16 pairs in two
+//   instructions (the generic integer rounding takes seven per register); the bf16-pairs attention's weights.
 // - store_stream, stream_fence: movntps / movntpd and sfence (the generic version is an ordinary store), for
 //   outputs too large to stay in cache: no read of each line before it is written.
 // - reduce_add_lanes: the horizontal sums of L registers at once, transposed (a third of the shuffles of L
@@ -656,6 +658,27 @@ inline Batch<float> dot_bf16_pairs(const Batch<float>& acc, const U& a, const U&
   {
     return fmadd<float>(generic::bf16_even(a), generic::bf16_even(b),
                         fmadd<float>(generic::bf16_odd(a), generic::bf16_odd(b), acc));
+  }
+}
+
+/// round_bf16_pairs (generic.hpp) with vcvtne2ps2bf16 and a word interleave (AVX512-BF16 on 64-byte registers):
+/// two instructions where the generic rounding takes seven per register. vcvtne2ps2bf16 treats subnormal inputs
+/// as zero and rounds to nearest even, the generic version's rule for every non-NaN input.
+template <class F = Batch<float>>  // a template only so that the other widths' branches stay unchecked
+inline Batch<std::uint32_t> round_bf16_pairs(const F& lo, const F& hi) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  if constexpr (sizeof(typename F::register_type) == 64) {
+    // Words [lo_0 .. lo_15, hi_0 .. hi_15], then word 2i <- lo_i and 2i + 1 <- hi_i.
+    const __m512i words = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    alignas(64) static constexpr std::uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                                  21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                                  11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    return Batch<std::uint32_t>(
+        _mm512_permutexvar_epi16(_mm512_load_si512(static_cast<const void*>(kInterleave)), words));
+  } else
+#endif
+  {
+    return generic::round_bf16_pairs(lo, hi);
   }
 }
 
