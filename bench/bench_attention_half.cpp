@@ -6,7 +6,11 @@
 //   m = 1048576: a 1 GiB float cache (512 MiB in 16 bits), past any L3, so the step reads DRAM.
 // - BM_attention_half_prefill: 8 heads x n x 64, K/V of the given type, q and out float, 1 thread.
 // - BM_attention_half_qkv: 8 heads x n x 64 with q, k, v all of the given type (out float), 1 thread.
+// - BM_attention_half_qkv_pairs: the bf16 row of BM_attention_half_qkv with the bf16-pairs products forced off (0:
+//   q, k, v widened to float, float FMAs) or on (1: q k^T and P V as bf16 pairs, vdpbf16ps where the build has
+//   AVX512-BF16, else widened in the micro-kernel); the default is 1 only where kPreferBf16Dot.
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "bench_util.hpp"
@@ -27,7 +31,8 @@ kd::AlignedVector<T> filled(std::size_t size, unsigned seed) {
 }
 
 template <class Q, class S>
-void run_case(benchmark::State& state, Index kv_heads, Index n, Index m, bool causal) {
+void run_case(benchmark::State& state, Index kv_heads, Index n, Index m, bool causal,
+              std::optional<bool> bf16_pairs = std::nullopt) {
   const auto q = filled<Q>(static_cast<std::size_t>(kHeads * n * kDim), 1);
   const auto k = filled<S>(static_cast<std::size_t>(kv_heads * m * kDim), 7);
   const auto v = filled<S>(k.size(), 13);
@@ -39,7 +44,7 @@ void run_case(benchmark::State& state, Index kv_heads, Index n, Index m, bool ca
   kexue::AttentionOptions opt;
   opt.causal = causal;
   for (auto _ : state) {
-    kexue::attention(tq, tk, tv, to, opt);
+    kexue::detail::attention_batched<Q, S, float>(tq, tk, tv, nullptr, to, opt, bf16_pairs);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -90,6 +95,18 @@ void BM_attention_half_qkv(benchmark::State& state) {
 BENCHMARK(BM_attention_half_qkv)
     ->ArgNames({"kv", "n"})
     ->ArgsProduct({{0, 2}, {2048}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+void BM_attention_half_qkv_pairs(benchmark::State& state) {
+  set_threads(1);
+  const Index n = state.range(1);
+  state.SetLabel(kd::kPreferBf16Dot ? "default: pairs" : "default: widened");
+  run_case<Eigen::bfloat16, Eigen::bfloat16>(state, kHeads, n, n, false, state.range(0) != 0);
+}
+BENCHMARK(BM_attention_half_qkv_pairs)
+    ->ArgNames({"pairs", "n"})
+    ->ArgsProduct({{0, 1}, {2048}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

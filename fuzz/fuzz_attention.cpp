@@ -11,7 +11,8 @@
 // a causal tail) must give every row that sees none of them the same bits as the first call. Batched decoding
 // steps (n <= 2, 1-9 query heads per KV head, run as one row set per group) must give each head the bits of the
 // 2-D call on that head alone; with the K/V cache rounded to fp16 or bf16, the bits of the float call on the
-// widened cache. The masks of post 9529 (reverse causal, UniLM segments, mixed head directions) have
+// widened cache; with q, k, v rounded to bf16 and the bf16-pairs products forced on, the reference within the
+// float bound plus the weights' bf16 rounding, and the hidden-keys property again. The masks of post 9529 (reverse causal, UniLM segments, mixed head directions) have
 // a target of their own, fuzz_masks (1 in 8 of the inputs that were 2-D before it existed).
 // Smoke run: ctest (8 s, seed 1). Longer run:
 //   cmake --workflow --preset fuzz && build/fuzz/fuzz/fuzz_attention -max_total_time=600 -max_len=4096
@@ -290,6 +291,97 @@ void check_16bit_cache(const kexue::AttentionOptions& o, const kexue::TensorView
     }
 }
 
+/// q, k, v rounded to bf16 with the bf16-pairs products forced on (the default where kPreferBf16Dot; every build
+/// runs them, vdpbf16ps or widened pairs). q is seq-major [B, n, H, d], k and v head-major [B, hkv, m, *]. Each head
+/// against the scalar reference on the rounded values, within the float kernel's bound plus 2^-8 sum_j a_ij |v_je|
+/// (each weight is rounded to bf16 once, relative error <= 2^-9; the reference on |v| gives that sum); finite
+/// wherever the widened products give a finite row; decoding steps (n <= 2) keep the widened products' bits; with
+/// hidden keys poisoned (inf, NaN, +-1e30 in k and v), the rows that see none of them keep their bits.
+void check_bf16_pairs(FuzzInput& in, const Case& c, const Strided<float>& q, const Strided<float>& k,
+                      const Strided<float>& v, Index B, Index hkv, Index m, Index n, Index H, bool moderate) {
+  using bf16 = Eigen::bfloat16;
+  const Index d = q.cols, dv = v.cols;
+  auto rounded = [](const Strided<float>& x) {
+    std::vector<bf16> y(std::size_t(std::max<Index>(1, x.rows * x.cols)));
+    for (Index r = 0; r < x.rows; ++r)
+      for (Index e = 0; e < x.cols; ++e) y[std::size_t(r * x.cols + e)] = bf16(x(r, e));
+    return y;
+  };
+  const std::vector<bf16> q16 = rounded(q);
+  std::vector<bf16> k16 = rounded(k), v16 = rounded(v);
+  auto run = [&](const std::vector<bf16>& kk, const std::vector<bf16>& vv, bool pairs) {
+    Strided<float> o = sentinel<float>(B * n * H, dv, 0);
+    kexue::detail::attention_batched<bf16, bf16, float>(
+        kexue::TensorView<const bf16>::seq_major(q16.data(), B, n, H, d),
+        kexue::TensorView<const bf16>::contiguous(kk.data(), B, hkv, m, d),
+        kexue::TensorView<const bf16>::contiguous(vv.data(), B, hkv, m, dv), nullptr,
+        kexue::TensorView<float>::seq_major(o.data(), B, n, H, dv), c.o, pairs);
+    return o;
+  };
+  const Strided<float> got = run(k16, v16, true), widened = run(k16, v16, false);
+  for (Index r = 0; r < B * n * H; ++r) {
+    bool widened_finite = true;
+    for (Index e = 0; e < dv; ++e) widened_finite = widened_finite && std::isfinite(widened(r, e));
+    for (Index e = 0; e < dv; ++e) {
+      const float a = got(r, e), x = widened(r, e);
+      if (n <= kexue::detail::kSmallTileRows)
+        expect((std::isnan(a) && std::isnan(x)) || std::memcmp(&a, &x, sizeof(float)) == 0,
+               "attention: bf16 pairs changed a decoding step (it keeps the widened products)", double(a), double(x));
+      else if (widened_finite)
+        expect(std::isfinite(a), "attention: bf16 pairs gave a non-finite value where the widened products did not",
+               double(a), double(x));
+    }
+  }
+  if (moderate && n > kexue::detail::kSmallTileRows) {
+    const double scale = c.o.scale ? *c.o.scale : 1.0 / std::sqrt(double(d));
+    for (Index b = 0; b < B; ++b)
+      for (Index h = 0; h < H; ++h) {
+        const Index g = h / (H / hkv);
+        std::vector<double> qd, kd, vd, va;
+        for (Index s = 0; s < n; ++s)
+          for (Index e = 0; e < d; ++e) qd.push_back(double(q16[std::size_t(((b * n + s) * H + h) * d + e)]));
+        double vmax = 0;
+        for (Index j = 0; j < m; ++j) {
+          for (Index e = 0; e < d; ++e) kd.push_back(double(k16[std::size_t(((b * hkv + g) * m + j) * d + e)]));
+          for (Index e = 0; e < dv; ++e) {
+            const double x = double(v16[std::size_t(((b * hkv + g) * m + j) * dv + e)]);
+            vd.push_back(x);
+            va.push_back(std::abs(x));
+            vmax = std::max(vmax, std::abs(x));
+          }
+        }
+        const auto want = kexue_test::reference_attention(qd, kd, vd, n, m, d, dv, ref_args(c, nullptr));
+        const auto wabs = kexue_test::reference_attention(qd, kd, va, n, m, d, dv, ref_args(c, nullptr));
+        for (Index i = 0; i < n; ++i) {
+          const double bound = row_bound<float>(c, row_l1(qd, kd, i, m, d, scale), m, d, vmax);
+          for (Index e = 0; e < dv; ++e)
+            expect_near(double(got((b * n + i) * H + h, e)), want[std::size_t(i * dv + e)],
+                        bound + std::ldexp(wabs[std::size_t(i * dv + e)], -8), "attention bf16 pairs vs reference");
+        }
+      }
+  }
+  if (in.flag()) {
+    const auto bad = poisoned_keys(in, c, n, m, nullptr);
+    const bf16 x = bf16(poison_value<float>(in));
+    for (Index b = 0; b < B; ++b)
+      for (Index g = 0; g < hkv; ++g)
+        for (Index j = 0; j < m; ++j)
+          if (bad[std::size_t(j)]) {
+            const Index row = (b * hkv + g) * m + j;
+            std::fill(k16.begin() + row * d, k16.begin() + (row + 1) * d, x);
+            std::fill(v16.begin() + row * dv, v16.begin() + (row + 1) * dv, x);
+          }
+    const Strided<float> again = run(k16, v16, true);
+    for (Index i = 0; i < n; ++i) {
+      bool sees_bad = false;
+      for (Index j = 0; j < m && !sees_bad; ++j) sees_bad = bad[std::size_t(j)] && sees(c, i, j, n, m, nullptr);
+      if (sees_bad) continue;
+      for (Index b = 0; b < B; ++b)
+        for (Index h = 0; h < H; ++h) expect_same_row(got.row((b * n + i) * H + h), again.row((b * n + i) * H + h), dv);
+    }
+  }
+}
+
 /// Batched [B, H, n, d] with H = G * Hkv (grouped-query attention); each head against the 2-D reference. Float
 /// inputs also run with the K/V cache rounded to fp16 or bf16 (check_16bit_cache).
 template <class T>
@@ -368,6 +460,7 @@ void fuzz_batched(FuzzInput& in) {
       else
         check_16bit_cache<Eigen::bfloat16>(c.o, qv, k, v, B, hkv, m, n, H);
     }
+    if (in.flag()) check_bf16_pairs(in, c, q, k, v, B, hkv, m, n, H, !special && finite);
   }
 }
 

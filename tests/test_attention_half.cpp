@@ -439,6 +439,33 @@ TEST_CASE("attention_half: bf16 pairs in every form: close to the float kernel, 
     }
   }
   CHECK(poisoned_cases == 3 * 2 * 4);
+  // A prefix-LM (UniLM) prompt of P = W + 1 keys, W the rows of a sub-tile: the first sub-tile's rows all see keys
+  // [0, P) (no window edge inside their key tile, so the plain pair product runs), an odd count, so its last key
+  // pair also holds key P, which those rows cannot see (weight 0) but later rows do. inf / NaN in the V of keys >= P
+  // must not reach the prompt's rows.
+  const Index W = kexue::detail::kTileRows<float>, P = W + 1, n = 2 * W + 5, d = 32, dv = 24;
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(n), 0);
+  for (Index j = P; j < n; ++j) ids[static_cast<std::size_t>(j)] = 1;
+  const Tensor4 q0(1, 2, n, d, 501), k0(1, 1, n, d, 502), v0(1, 1, n, dv, 503);
+  const Tensor4h<bf16> qh(q0), kh(k0);
+  Tensor4h<bf16> vh(v0), vp(v0);
+  for (Index j = P; j < n; ++j) {
+    bf16* vr = vp.data.data() + (vh.view.row(0, 0, j) - vh.view.data);
+    for (Index c = 0; c < dv; ++c) vr[c] = bf16(c % 2 ? std::numeric_limits<float>::quiet_NaN() : -kInf);
+  }
+  AttentionOptions o;
+  o.segments = kexue::SegmentIds(ids.data(), n);
+  std::vector<float> clean(static_cast<std::size_t>(2 * n * dv)), dirty(clean.size());
+  for (int poisoned = 0; poisoned < 2; ++poisoned)
+    kexue::detail::attention_batched<bf16, bf16, float>(
+        TensorView<const bf16>(qh.view), TensorView<const bf16>(kh.view),
+        TensorView<const bf16>(poisoned ? vp.view : vh.view), nullptr,
+        TensorView<float>::contiguous((poisoned ? dirty : clean).data(), 1, 2, n, dv), o, true);
+  for (Index h = 0; h < 2; ++h) {
+    INFO("head " << h);
+    CHECK(same_bits(dirty.data() + h * n * dv, clean.data() + h * n * dv, P * dv));  // the prompt's rows
+    CHECK(std::isnan(dirty[static_cast<std::size_t>((h * n + P) * dv + 1)]));        // row P sees key P
+  }
 }
 
 TEST_CASE("attention_half: every form is the float kernel on the widened inputs, bit for bit", "[attention][half]") {

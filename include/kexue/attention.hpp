@@ -521,7 +521,11 @@ void attention_sparsity_impl(const Eigen::DenseBase<AD>& a, const KeyMask* key_m
 /// fine); rows of k and v past key_length are not read at all.
 /// 16-bit storage (issue 13): k and v may be Eigen::half / Eigen::bfloat16 with q and out float (a KV cache), or
 /// q, k, v all of one 16-bit type with out float or that type. They compute in float on the exactly widened values
-/// (bit for bit the float call on them); a 16-bit out is the float result rounded once to nearest even.
+/// (bit for bit the float call on them); a 16-bit out is the float result rounded once to nearest even. One
+/// exception: q, k, v all Eigen::bfloat16 on a build where vdpbf16ps is the fast instruction (detail::kPreferBf16Dot,
+/// AMD Zen4; -DKEXUE_BF16_DOT=0 / 1 overrides) run the tiled path (n > 2 rows) as bf16 pairs: q k^T and P V two
+/// exact bf16 products per float addition, the weights P rounded to bf16 per key tile; within the bf16 tolerance of
+/// the float call (relative RMS ~1e-3 on the tests' data), the same bits on every build that takes that form.
 template <class QD, class KD, class VD, class OD>
 void attention(const Eigen::DenseBase<QD>& q, const Eigen::DenseBase<KD>& k, const Eigen::DenseBase<VD>& v,
                const Eigen::DenseBase<OD>& out, const AttentionOptions& options = {}) {
