@@ -466,6 +466,23 @@ TEST_CASE("attention_half: bf16 pairs in every form: close to the float kernel, 
     CHECK(same_bits(dirty.data() + h * n * dv, clean.data() + h * n * dv, P * dv));  // the prompt's rows
     CHECK(std::isnan(dirty[static_cast<std::size_t>((h * n + P) * dv + 1)]));        // row P sees key P
   }
+  // Every row of an n > 2 call takes the pairs products, also a work item's tail of one or two rows (items are sized
+  // from the L2): a row's bits depend only on its q row and the keys, whichever item it falls in.
+  const Index rows = kexue::detail::attention_item_rows<float>(d, dv), m2 = 77;
+  const Tensor4 qa(1, 1, rows + 5, d, 601), ka(1, 1, m2, d, 602), va(1, 1, m2, dv, 603);
+  const Tensor4h<bf16> qah(qa), kah(ka), vah(va);
+  auto tail_run = [&](Index nrows, bool pairs) {
+    std::vector<float> out(static_cast<std::size_t>(nrows * dv));
+    kexue::detail::attention_batched<bf16, bf16, float>(
+        TensorView<const bf16>(qah.view.data, {1, 1, nrows, d}, qah.view.strides), TensorView<const bf16>(kah.view),
+        TensorView<const bf16>(vah.view), nullptr, TensorView<float>::contiguous(out.data(), 1, 1, nrows, dv),
+        AttentionOptions(), pairs);
+    return out;
+  };
+  const std::vector<float> tail1 = tail_run(rows + 1, true), tail5 = tail_run(rows + 5, true),
+                           widened1 = tail_run(rows + 1, false);
+  CHECK(same_bits(tail1.data(), tail5.data(), (rows + 1) * dv));
+  CHECK(!same_bits(tail1.data() + rows * dv, widened1.data() + rows * dv, dv));
 }
 
 TEST_CASE("attention_half: every form is the float kernel on the widened inputs, bit for bit", "[attention][half]") {

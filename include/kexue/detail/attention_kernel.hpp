@@ -72,7 +72,7 @@ struct AttentionPlan {
   Index seg_batch_stride = 0;           // 0: one segment row for every batch; m: one per batch
   const unsigned char* head_dirs = nullptr;  // per query head: a HeadDir, overriding causal / reverse
   // q (widened into this plan's float q, so exactly bf16 values), k and v all bf16: the tiled path takes q k^T and
-  // P V as bf16 pairs (pair_dot: vdpbf16ps where kPreferBf16Dot), with P rounded to bf16 (bf16_pairs_tile).
+  // P V as bf16 pairs (pair_dot: vdpbf16ps where kPreferBf16Dot), with P rounded to bf16 (pack_weight_pairs).
   bool bf16_pairs = false;
 };
 
@@ -346,7 +346,9 @@ inline void attention_tile(const AttentionPlan<T, S>& p, Index b, Index h, Index
   }
   T* st = s.st.data();
 
-  if (rows <= kSmallTileRows) {
+  // A tail item of one or two rows takes the one-row path, except in the bf16-pairs form: there every row of an
+  // n > 2 call takes the pairs products, whichever item (sized from the machine's L2) it falls in.
+  if (rows <= kSmallTileRows && !pairs) {
     attention_small_item(p, b, h, h + 1, i0, rows);
     return;
   }

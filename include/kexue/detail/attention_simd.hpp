@@ -333,42 +333,41 @@ inline void pair_dot(const std::uint32_t* A, Index lda, const std::uint32_t* B, 
 }
 
 /// The masked O^T update of bcast_fma_masked_block over pairs (A = the weights' pairs [nt][NR * L], key pair t of
-/// column x at B[x + t * bt]; nb keys, so an odd nb leaves a padding key): the pair chain of pair_dot_block with
-/// each hidden (row, key) product left out instead of multiplied, in the generic widened form of dot_bf16_pairs.
-/// A hidden key's weight is an exact 0, so where V is finite (and normal) the plain chain adds +-0 there to an
-/// accumulator that is never -0: the same bits as pair_dot_block.
+/// column x at B[x + t * bt]; nb keys, so an odd nb leaves a padding key): the pair chain of pair_dot_block with the
+/// V half of each hidden (row, key) cleared to +0 in that row's lane before the same dot_bf16_pairs, so inf or NaN
+/// there is never multiplied. A hidden key's weight is an exact 0, so where V is finite the plain chain adds +-0
+/// there to an accumulator that is never -0: the same bits as pair_dot_block, subnormal flushes included (it is the
+/// same instruction).
 template <int NX, int NR>
 inline void pair_dot_masked_block(const std::uint32_t* A, Index lda, const std::uint32_t* B, Index bt, Index nt,
                                   Index nb, float* Cp, Index ldc, const float* alpha, const TileMask<float>& mask,
                                   const Batch<float>* lo, const Batch<float>* hi) {
   constexpr Index L = kLanes<float>;
   using U = Batch<std::uint32_t>;
-  const Batch<float> zero(0.0f);
-  Batch<float> acc[NX][NR];
+  using F = Batch<float>;
+  const F zero(0.0f), low_half(generic::bits_float(0x0000FFFFu)), high_half(generic::bits_float(0xFFFF0000u));
+  F acc[NX][NR];
   for (int x = 0; x < NX; ++x)
     for (int r = 0; r < NR; ++r) acc[x][r] = zero;
   for (Index t = 0; t < nt; ++t) {
     const Index je = 2 * t, jo = 2 * t + 1;
     const bool key_e = !mask.keys || mask.keys[je];
     const bool key_o = jo < nb && (!mask.keys || mask.keys[jo]);
-    if (!key_e && !key_o) continue;  // no row sees either key
+    if (!key_e && !key_o) continue;  // no row sees either key: the plain chain adds +-0 twice
     BatchBool<float> vis_e[NR], vis_o[NR];
     window_visibility<float, NR>(mask, lo, hi, je, vis_e);
     window_visibility<float, NR>(mask, lo, hi, jo, vis_o);
-    Batch<float> ae[NR], ao[NR];
+    U a[NR], keep[NR];  // keep: per row lane, the halves of a V pair that row may multiply
     for (int r = 0; r < NR; ++r) {
-      const U a = U::load_aligned(A + t * lda + r * L);
-      ae[r] = bf16_even(a);
-      ao[r] = bf16_odd(a);
+      a[r] = U::load_aligned(A + t * lda + r * L);
+      const F ke = key_e ? xsimd::select(vis_e[r], low_half, zero) : zero;
+      const F ko = key_o ? xsimd::select(vis_o[r], high_half, zero) : zero;
+      keep[r] = reinterpret<std::uint32_t>(ke) | reinterpret<std::uint32_t>(ko);
     }
     const std::uint32_t* bp = B + t * bt;
     for (int x = 0; x < NX; ++x) {
       const U b(bp[x]);
-      const Batch<float> be = bf16_even(b), bo = bf16_odd(b);
-      for (int r = 0; r < NR; ++r) {
-        if (key_o) acc[x][r] = fmadd(xsimd::select(vis_o[r], bo, zero), ao[r], acc[x][r]);
-        if (key_e) acc[x][r] = fmadd(xsimd::select(vis_e[r], be, zero), ae[r], acc[x][r]);
-      }
+      for (int r = 0; r < NR; ++r) acc[x][r] = dot_bf16_pairs(acc[x][r], a[r], b & keep[r]);
     }
   }
   for (int x = 0; x < NX; ++x) {
