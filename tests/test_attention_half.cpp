@@ -174,6 +174,40 @@ struct Tensor4h {
   }
 };
 
+/// Options (and mask, head directions) of mask kind mk for an n x m problem with `heads` query heads: 0 none,
+/// 1 causal, 2 key_length, 3 KeyMask + causal + key_length, 4 reverse causal, 5 UniLM segments, 6 mixed head
+/// directions (4-6 need n == m: false otherwise, skip the case). o keeps pointers into seg and dirs.
+bool mask_kind_options(int mk, Index n, Index m, Index heads, const std::vector<unsigned char>& mask,
+                       const std::vector<std::int32_t>& seg, AttentionOptions& o, std::vector<unsigned char>& mv,
+                       std::vector<HeadDirection>& dirs) {
+  switch (mk) {
+    case 0: break;
+    case 1: o.causal = true; break;
+    case 2: o.key_length = m - 9; break;
+    case 3:
+      mv = std::vector<unsigned char>(mask.begin(), mask.begin() + m);
+      o.causal = true;
+      o.key_length = m - 3;
+      break;
+    case 4:
+      if (n != m) return false;
+      o.reverse_causal = true;
+      break;
+    case 5:
+      if (n != m) return false;
+      o.segments = kexue::SegmentIds(seg.data(), m);
+      break;
+    case 6:
+      if (n != m) return false;
+      for (Index h = 0; h < heads; ++h)
+        dirs.push_back(h % 3 == 0 ? HeadDirection::Causal
+                                  : h % 3 == 1 ? HeadDirection::ReverseCausal : HeadDirection::Bidirectional);
+      o.head_directions = kexue::HeadDirections(dirs);
+      break;
+  }
+  return true;
+}
+
 /// Runs the batched float kernel on widened inputs and every 16-bit form of type H on the same values, and checks
 /// the bits: K/V 16-bit (q, out float); q, k, v 16-bit with out float; out 16-bit == the float result rounded.
 template <class H>
@@ -355,31 +389,7 @@ TEST_CASE("attention_half: bf16 pairs in every form: close to the float kernel, 
         o.normalization = norm;
         std::vector<unsigned char> mv;
         std::vector<HeadDirection> dirs;
-        switch (mk) {
-          case 0: break;
-          case 1: o.causal = true; break;
-          case 2: o.key_length = m - 9; break;
-          case 3:
-            mv = std::vector<unsigned char>(mask.begin(), mask.begin() + m);
-            o.causal = true;
-            o.key_length = m - 3;
-            break;
-          case 4:
-            if (n != m) continue;
-            o.reverse_causal = true;
-            break;
-          case 5:
-            if (n != m) continue;
-            o.segments = kexue::SegmentIds(seg.data(), m);
-            break;
-          case 6:
-            if (n != m) continue;
-            for (Index h = 0; h < Hq; ++h)
-              dirs.push_back(h % 3 == 0 ? HeadDirection::Causal
-                                        : h % 3 == 1 ? HeadDirection::ReverseCausal : HeadDirection::Bidirectional);
-            o.head_directions = kexue::HeadDirections(dirs);
-            break;
-        }
+        if (!mask_kind_options(mk, n, m, Hq, mask, seg, o, mv, dirs)) continue;
         INFO("norm " << int(norm) << " mask " << mk << " n " << n << " m " << m << " d " << d);
         const Tensor4 q0(B, Hq, n, d, 300 + mk), k0(B, Hk, m, d, 301 + mk, 1.5f), v0(B, Hk, m, dv, 302 + mk);
         const Tensor4h<bf16> qh(q0), kh(k0), vh(v0);
@@ -504,32 +514,8 @@ TEST_CASE("attention_half: every form is the float kernel on the widened inputs,
         const std::vector<unsigned char>* mp = nullptr;
         std::vector<unsigned char> mv;
         std::vector<HeadDirection> dirs;
-        switch (mk) {
-          case 0: break;
-          case 1: o.causal = true; break;
-          case 2: o.key_length = m - 9; break;
-          case 3:
-            mv.assign(mask.begin(), mask.begin() + m);
-            mp = &mv;
-            o.causal = true;
-            o.key_length = m - 3;
-            break;
-          case 4:
-            if (n != m) continue;
-            o.reverse_causal = true;
-            break;
-          case 5:
-            if (n != m) continue;
-            o.segments = kexue::SegmentIds(seg.data(), m);
-            break;
-          case 6:
-            if (n != m) continue;
-            for (Index h = 0; h < shape[1]; ++h)
-              dirs.push_back(h % 3 == 0 ? HeadDirection::Causal
-                                        : h % 3 == 1 ? HeadDirection::ReverseCausal : HeadDirection::Bidirectional);
-            o.head_directions = kexue::HeadDirections(dirs);
-            break;
-        }
+        if (!mask_kind_options(mk, n, m, shape[1], mask, seg, o, mv, dirs)) continue;
+        if (!mv.empty()) mp = &mv;
         INFO("norm " << int(norm) << " mask " << mk << " n " << n << " m " << m);
         check_batched_bitwise<half>(shape[0], shape[1], shape[2], n, m, shape[5], shape[6], o, mp, 100 + mk);
         check_batched_bitwise<bf16>(shape[0], shape[1], shape[2], n, m, shape[5], shape[6], o, mp, 200 + mk);
